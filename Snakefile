@@ -1,0 +1,23 @@
+# studyflow: Optuna studies as a Snakemake workflow. Logic lives in src/studyflow; rules stay thin.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/stage.smk"
+include: "workflow/rules/optimize.smk"
+include: "workflow/rules/summarize.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,27 @@
+"""studyflow: Optuna studies as reproducible Snakemake workflows on a Dask cluster."""
+
+from studyflow.config import StudyConfig
+from studyflow.config import load_study
+from studyflow.driver import StudyResult
+from studyflow.driver import optimize
+from studyflow.errors import ConfigError
+from studyflow.errors import DataError
+from studyflow.errors import ObjectiveError
+from studyflow.errors import StudyAbortedError
+from studyflow.errors import StudyflowError
+from studyflow.errors import StudyLockedError
+from studyflow.trial import RemoteTrial
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ObjectiveError",
+    "RemoteTrial",
+    "StudyAbortedError",
+    "StudyConfig",
+    "StudyLockedError",
+    "StudyResult",
+    "StudyflowError",
+    "load_study",
+    "optimize",
+]

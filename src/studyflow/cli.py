@@ -1,0 +1,150 @@
+"""`studyflow` command line: thin commands over the Python API; one place maps errors to exits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from studyflow._io import atomic_write
+from studyflow.driver import ResultsLayout
+from studyflow.errors import StudyflowError
+from studyflow.workflow import DEFAULT_CONFIG
+from studyflow.workflow import WorkflowConfig
+
+_logger = logging.getLogger("studyflow.cli")
+
+
+def _setup_logging(log_file: str | None = None) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("studyflow").setLevel(logging.INFO)
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study file (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a study setting (OmegaConf dot-list), repeatable")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="workflow config with the datasets")
+    p.add_argument("--results", default="results", help="results folder")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--address", default=None, help="attach to this Dask scheduler instead")
+    p.add_argument("--log", default=None, help="also log to this file")
+
+
+def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
+    from studyflow.config import load_study
+    from studyflow.driver import optimize
+    from studyflow.stage import stage
+
+    workflow = WorkflowConfig.from_file(args.config)
+    cfg = load_study(args.study, args.overrides)
+    workflow.check_dataset(cfg)
+    if args.dry_run:
+        sys.stdout.write(cfg.to_yaml())
+        workers = args.workers or cfg.concurrency
+        where = f"scheduler at {args.address}" if args.address else f"LocalCluster, {workers or 'one per core'} workers"
+        sys.stdout.write(f"# cluster: {where}\n")
+        return 0
+    layout = ResultsLayout(Path(args.results))
+    default_log = f"logs/optimize/{cfg.name}.log" if stage_missing else None
+    _setup_logging(args.log or default_log)
+    if stage_missing and cfg.data is not None and not layout.data(cfg.data).is_file():
+        stage(cfg.data, workflow.datasets[cfg.data], layout.data(cfg.data).parent)
+    result = optimize(
+        None, args.study, overrides=args.overrides, results_dir=args.results,
+        n_workers=args.workers, address=args.address, watch_parent=not stage_missing,
+    )
+    result.write(layout.study_dir(cfg.name))
+    _logger.info("wrote %s", layout.study_dir(cfg.name))
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from studyflow.config import dataset_spec
+    from studyflow.stage import stage
+
+    _setup_logging()
+    if args.spec:
+        spec = dataset_spec(args.dataset, json.loads(args.spec), "--spec")
+    else:
+        spec = WorkflowConfig.from_file(args.config).datasets[args.dataset]
+    manifest = stage(args.dataset, spec, args.out)
+    _logger.info("staged %s: %d rows, sha256 %s", args.dataset, manifest.rows, manifest.sha256)
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from studyflow.report import write_index
+    from studyflow.tables import summarize
+    from studyflow.tables import write_parquet
+
+    _setup_logging()
+    dirs = [Path(d) for d in args.study_dirs]
+    studies, params = summarize(dirs)
+    out = Path(args.out)
+    write_parquet(studies, out / "studies.parquet")
+    atomic_write(out / "best_params.csv", lambda tmp: params.to_csv(tmp, index=False))
+    if args.index:
+        write_index(dirs, args.index)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from studyflow.report import write_report
+
+    _setup_logging()
+    write_report(args.study_dir, args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="studyflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="stage the data if needed and run a study (no Snakemake)")
+    _study_args(run)
+    run.add_argument("--dry-run", action="store_true", help="print the resolved study and exit")
+    opt = sub.add_parser("optimize", help="run a study on staged data (the optimize rule)")
+    _study_args(opt)
+    opt.add_argument("--dry-run", action="store_true", help="print the resolved study and exit")
+    st = sub.add_parser("stage", help="stage a dataset to parquet + manifest")
+    st.add_argument("dataset")
+    st.add_argument("--spec", default=None, help="dataset spec as JSON (else read from --config)")
+    st.add_argument("--config", default=DEFAULT_CONFIG)
+    st.add_argument("--out", default="results/data")
+    sm = sub.add_parser("summarize", help="compare finished studies")
+    sm.add_argument("study_dirs", nargs="+")
+    sm.add_argument("--out", default="results/summary")
+    sm.add_argument("--index", default=None, help="also write an HTML index of study cards here")
+    rp = sub.add_parser("report", help="write a study's HTML card")
+    rp.add_argument("study_dir")
+    rp.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("run", "optimize"):
+            return cmd_optimize(args, stage_missing=args.command == "run")
+        return {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report}[args.command](args)
+    except StudyflowError as exc:
+        sys.stderr.write(f"studyflow: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("studyflow: interrupted; finished trials are in the journal, rerun to resume\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Study files: load with OmegaConf, validate into typed dataclasses, hash.
+
+Every problem is raised as one :class:`ConfigError` line naming the file and the key, before
+any cluster starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from studyflow.errors import ConfigError
+
+SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2")
+PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving")
+DIRECTIONS = ("minimize", "maximize")
+PARAM_TYPES = ("float", "int", "categorical")
+SCHEDULING = ("async",)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class ParamSpec:
+    """One search-space entry: `float`/`int` with `low`/`high`, or `categorical` with `choices`."""
+
+    type: str = "float"
+    low: Optional[Any] = None
+    high: Optional[Any] = None
+    log: bool = False
+    step: Optional[Any] = None
+    choices: Optional[list[Any]] = None
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"
+    seed: Optional[int] = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PrunerConfig:
+    name: str = "none"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BudgetConfig:
+    n_trials: int = 20
+    timeout_s: Optional[float] = None
+    trial_timeout_s: Optional[float] = None
+    retries: int = 1
+    max_failures: Optional[int] = None
+    patience: Optional[int] = None
+
+
+@dataclass
+class StudyConfig:
+    """A validated study file. `name` is the file's stem unless given."""
+
+    objective: str = "???"
+    objective_args: dict[str, Any] = field(default_factory=dict)
+    data: Optional[str] = None
+    search_space: dict[str, ParamSpec] = field(default_factory=dict)
+    direction: str = "minimize"
+    directions: Optional[list[str]] = None
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    concurrency: Optional[int] = None
+    scheduling: str = "async"
+    name: Optional[str] = None
+    source: Optional[str] = None  # the file it came from; filled in by load_study
+
+    @property
+    def study_directions(self) -> list[str]:
+        return list(self.directions) if self.directions else [self.direction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(self.to_dict()))
+
+    def config_hash(self) -> str:
+        """Hash of everything in the resolved study (a Snakemake param: a change re-runs)."""
+        data = self.to_dict()
+        data.pop("source")
+        return _hash(data)
+
+    def identity_hash(self) -> str:
+        """Hash of what defines the trials (not the budget): keys the study's journal.
+
+        Raising `n_trials` or changing the concurrency continues the same journal; changing the
+        objective, its settings, the data, the space, the directions or the sampler starts anew.
+        """
+        data = self.to_dict()
+        keep = ("objective", "objective_args", "data", "search_space", "sampler", "pruner")
+        ident = {k: data[k] for k in keep}
+        ident["directions"] = self.study_directions
+        return _hash(ident)
+
+
+def _hash(data: dict[str, Any]) -> str:
+    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_study(
+    source: str | Path | dict[str, Any] | StudyConfig,
+    overrides: list[str] | None = None,
+    name: str | None = None,
+) -> StudyConfig:
+    """Load a study file (or a dict), apply OmegaConf dot-list overrides, validate.
+
+    Raises:
+        ConfigError: one line naming the file and the key that is wrong.
+    """
+    if isinstance(source, StudyConfig):
+        source = {k: v for k, v in source.to_dict().items() if k != "source"}
+    label = str(source) if isinstance(source, (str, Path)) else "<study>"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(label, "", "study file not found")
+        try:
+            raw = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors carry line numbers in their message
+            raise ConfigError(label, "", f"not valid YAML: {_one_line(exc)}") from exc
+        default_name = path.stem
+    else:
+        raw = OmegaConf.create(dict(source))
+        default_name = name or "study"
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), raw)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(label, _key(exc), _omegaconf_message(exc)) from exc
+    if overrides:
+        try:
+            dotlist = OmegaConf.from_dotlist(list(overrides))
+        except Exception as exc:
+            raise ConfigError(label, "--set", f"bad override {overrides}: {_one_line(exc)}")
+        try:
+            merged = OmegaConf.merge(merged, dotlist)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(label, _key(exc), _omegaconf_message(exc) + " (from --set)")
+    try:
+        cfg: StudyConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(label, _key(exc), _omegaconf_message(exc)) from exc
+    cfg.name = name or cfg.name or default_name
+    cfg.source = label
+    validate_study(cfg, label)
+    return cfg
+
+
+def _key(exc: OmegaConfBaseException) -> str:
+    return str(getattr(exc, "full_key", "") or "")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _omegaconf_message(exc: OmegaConfBaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if type(exc).__name__ == "ConfigKeyError":
+        return f"unknown key ({first})"
+    if type(exc).__name__ == "MissingMandatoryValue":
+        return "missing (required)"
+    return f"wrong type ({first})"
+
+
+def validate_study(cfg: StudyConfig, label: str) -> None:
+    """Checks the typed config cannot express: ranges, names, choices."""
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(label, key, msg)
+
+    if not cfg.name or not _SAFE_NAME.match(cfg.name):
+        fail("name", f"study name {cfg.name!r} must match {_SAFE_NAME.pattern} (it names files)")
+    if cfg.data is not None and not _SAFE_NAME.match(cfg.data):
+        fail("data", f"dataset name {cfg.data!r} must match {_SAFE_NAME.pattern}")
+    if ":" not in cfg.objective or cfg.objective.count(":") != 1:
+        fail("objective", f"{cfg.objective!r} must be 'module:function'")
+    for i, direction in enumerate(cfg.study_directions):
+        if direction not in DIRECTIONS:
+            key = f"directions.{i}" if cfg.directions else "direction"
+            fail(key, f"{direction!r} is not one of {', '.join(DIRECTIONS)}")
+    if cfg.sampler.name not in SAMPLERS:
+        fail("sampler.name", f"{cfg.sampler.name!r} is not one of {', '.join(SAMPLERS)}")
+    if cfg.pruner.name not in PRUNERS:
+        fail("pruner.name", f"{cfg.pruner.name!r} is not one of {', '.join(PRUNERS)}")
+    if cfg.scheduling not in SCHEDULING:
+        fail("scheduling", f"{cfg.scheduling!r} is not one of {', '.join(SCHEDULING)}")
+    budget = cfg.budget
+    if budget.n_trials < 1:
+        fail("budget.n_trials", f"must be at least 1, got {budget.n_trials}")
+    for key in ("timeout_s", "trial_timeout_s"):
+        value = getattr(budget, key)
+        if value is not None and value <= 0:
+            fail(f"budget.{key}", f"must be positive, got {value}")
+    if budget.retries < 0:
+        fail("budget.retries", f"must be 0 or more, got {budget.retries}")
+    if budget.patience is not None and budget.patience < 1:
+        fail("budget.patience", f"must be at least 1, got {budget.patience}")
+    if cfg.concurrency is not None and cfg.concurrency < 1:
+        fail("concurrency", f"must be at least 1, got {cfg.concurrency}")
+    for pname, spec in cfg.search_space.items():
+        _validate_param(pname, spec, fail)
+    if cfg.sampler.name == "grid":
+        for pname, spec in cfg.search_space.items():
+            if spec.type == "float" and spec.step is None:
+                fail(f"search_space.{pname}.step", "the grid sampler needs a step for floats")
+
+
+def _validate_param(pname: str, spec: ParamSpec, fail: Any) -> None:
+    key = f"search_space.{pname}"
+    if spec.type not in PARAM_TYPES:
+        fail(f"{key}.type", f"{spec.type!r} is not one of {', '.join(PARAM_TYPES)}")
+    if spec.type == "categorical":
+        if not spec.choices:
+            fail(f"{key}.choices", "a categorical parameter needs a non-empty list of choices")
+        for attr in ("low", "high", "step"):
+            if getattr(spec, attr) is not None:
+                fail(f"{key}.{attr}", "not allowed for a categorical parameter")
+        return
+    if spec.choices is not None:
+        fail(f"{key}.choices", f"only categorical parameters take choices, not {spec.type}")
+    for attr in ("low", "high"):
+        value = getattr(spec, attr)
+        if value is None:
+            fail(f"{key}.{attr}", f"missing (required for a {spec.type} parameter)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"{key}.{attr}", f"must be a number, got {value!r}")
+        if spec.type == "int" and not float(value).is_integer():
+            fail(f"{key}.{attr}", f"must be an integer for an int parameter, got {value!r}")
+        if not math.isfinite(value):
+            fail(f"{key}.{attr}", f"must be finite, got {value!r}")
+    if spec.low > spec.high:
+        fail(f"{key}.low", f"low ({spec.low}) > high ({spec.high})")
+    if spec.log and spec.low <= 0:
+        fail(f"{key}.low", f"a log-scaled parameter needs low > 0, got {spec.low}")
+    if spec.step is not None:
+        if isinstance(spec.step, bool) or not isinstance(spec.step, (int, float)) or spec.step <= 0:
+            fail(f"{key}.step", f"must be a positive number, got {spec.step!r}")
+        if spec.log and spec.type == "float":
+            fail(f"{key}.step", "a float parameter cannot have both step and log")
+        if spec.type == "int" and not float(spec.step).is_integer():
+            fail(f"{key}.step", f"must be an integer for an int parameter, got {spec.step!r}")
+
+
+@dataclass
+class DatasetSpec:
+    """Where a dataset comes from: a file `path`, or a `loader` ('module:function') and kwargs."""
+
+    path: Optional[str] = None
+    loader: Optional[str] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_spec(name: str, raw: dict[str, Any], label: str) -> DatasetSpec:
+    if not _SAFE_NAME.match(name):
+        raise ConfigError(label, f"datasets.{name}", f"dataset name must match {_SAFE_NAME.pattern}")
+    try:
+        spec: DatasetSpec = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(DatasetSpec), OmegaConf.create(dict(raw)))
+        )  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(label, f"datasets.{name}.{_key(exc)}", _omegaconf_message(exc))
+    if (spec.path is None) == (spec.loader is None):
+        raise ConfigError(label, f"datasets.{name}", "give exactly one of 'path' or 'loader'")
+    return spec

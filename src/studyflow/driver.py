@@ -1,0 +1,249 @@
+"""The driver: what `studyflow optimize`, `studyflow run` and `studyflow.optimize()` call.
+
+It checks the inputs before any cluster starts, takes the study's lock, starts or attaches the
+cluster, registers the study server, starts one trial loop per slot (and restarts a loop whose
+task died), shows progress, and returns the finished study read back from its journal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from distributed import Client
+from distributed import wait
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from studyflow._io import write_json
+from studyflow._io import write_text
+from studyflow.cluster import connect
+from studyflow.config import StudyConfig
+from studyflow.config import load_study
+from studyflow.errors import DataError
+from studyflow.errors import StudyAbortedError
+from studyflow.errors import StudyflowError
+from studyflow.lock import StudyLock
+from studyflow.loop import run_trial_loop
+from studyflow.objective import ObjectiveFn
+from studyflow.objective import add_search_paths
+from studyflow.objective import check_signature
+from studyflow.objective import import_objective
+from studyflow.objective import search_paths
+from studyflow.progress import Progress
+from studyflow.server import StudyServer
+from studyflow.server import StudySpec
+from studyflow.space import check_sampler_options
+from studyflow.stage import read_manifest
+from studyflow.tables import trials_frame
+from studyflow.tables import write_parquet
+
+_logger = logging.getLogger(__name__)
+POLL_S = 0.2
+
+
+@dataclass
+class ResultsLayout:
+    """Where a run's files live, relative to one results folder."""
+
+    root: Path
+
+    def data(self, dataset: str) -> Path:
+        return self.root / "data" / f"{dataset}.parquet"
+
+    def study_dir(self, study: str) -> Path:
+        return self.root / "studies" / study
+
+    def journal(self, cfg: StudyConfig) -> Path:
+        return self.root / ".store" / "journals" / f"{cfg.name}-{cfg.identity_hash()}.log"
+
+
+@dataclass
+class StudyResult:
+    """A finished study: the Optuna study (read from its journal) and its trials table."""
+
+    config: StudyConfig
+    study: optuna.Study
+    trials: pd.DataFrame
+    journal: Path
+    wall_time_s: float
+    workers: int
+    stop_reason: str | None
+    data_sha256: str | None = None
+
+    def best(self) -> dict[str, Any]:
+        """What `best.json` holds."""
+        out: dict[str, Any] = {
+            "study": self.config.name,
+            "directions": self.config.study_directions,
+            "n_trials": self.config.budget.n_trials,
+            "stop_reason": self.stop_reason,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "workers": self.workers,
+            "data_sha256": self.data_sha256,
+            "journal": str(self.journal),
+            "config_hash": self.config.config_hash(),
+            "versions": {p: version(p) for p in ("studyflow", "optuna", "distributed")},
+        }
+        complete = [t for t in self.study.get_trials(deepcopy=False) if t.values is not None]
+        if not complete:
+            return out | {"best_number": None, "best_values": None, "best_params": None}
+        if len(self.config.study_directions) == 1:
+            best = self.study.best_trial
+            return out | {"best_number": best.number, "best_values": best.values, "best_params": best.params}
+        front = [{"number": t.number, "values": t.values, "params": t.params} for t in self.study.best_trials]
+        return out | {"best_number": None, "best_values": None, "best_params": None, "pareto_front": front}
+
+    def write(self, out_dir: str | Path) -> None:
+        """Write trials.parquet, best.json and resolved.yaml, each atomically."""
+        out = Path(out_dir)
+        write_parquet(self.trials, out / "trials.parquet")
+        write_json(out / "best.json", self.best())
+        write_text(out / "resolved.yaml", self.config.to_yaml())
+
+
+def optimize(
+    objective: ObjectiveFn | None = None,
+    study: str | Path | dict[str, Any] | StudyConfig = "",
+    *,
+    data: pd.DataFrame | str | Path | None = None,
+    client: Client | None = None,
+    overrides: list[str] | None = None,
+    results_dir: str | Path = "results",
+    n_workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    watch_parent: bool = False,
+) -> StudyResult:
+    """Run a study on Dask and return it when its budget is spent.
+
+    Args:
+        objective: the objective; if None, the study file's `objective` ('module:function').
+        study: a study file path, a dict, or a `StudyConfig`.
+        data: a DataFrame or parquet path; if None and the study names a dataset, the staged
+            `results/data/<dataset>.parquet`.
+        client: a connected Dask client; if None, a `LocalCluster` of `n_workers` processes
+            is started (or `address` attached).
+        overrides: OmegaConf dot-list (`["budget.n_trials=50"]`).
+        watch_parent: stop when the parent process dies (set by the CLI under Snakemake).
+    """
+    cfg = load_study(study, overrides)
+    label = cfg.source or cfg.name or "<study>"
+    paths = search_paths(cfg.source if isinstance(study, (str, Path)) else None)
+    add_search_paths(paths)
+    fn = objective if objective is not None else import_objective(cfg.objective, label)
+    check_signature(fn, cfg.objective_args, label)
+    check_sampler_options(cfg)
+    layout = ResultsLayout(Path(results_dir))
+    data_arg, data_sha = _resolve_data(cfg, data, layout)
+    journal = layout.journal(cfg)
+    n_workers = n_workers or cfg.concurrency or os.cpu_count() or 1
+    with StudyLock(journal.with_suffix(".lock")):
+        context = nullcontext(client) if client is not None else connect(n_workers, address)
+        with context as active:
+            return _run(cfg, objective, active, data_arg, data_sha, journal, paths, progress, watch_parent)
+
+
+def _resolve_data(
+    cfg: StudyConfig, data: pd.DataFrame | str | Path | None, layout: ResultsLayout
+) -> tuple[Any, str | None]:
+    if isinstance(data, pd.DataFrame):
+        return data, None
+    if data is not None:
+        path = Path(data)
+        if not path.is_file():
+            raise DataError(f"{path}: data file not found")
+        return str(path.resolve()), None
+    if cfg.data is None:
+        return None, None
+    path = layout.data(cfg.data)
+    if not path.is_file():
+        raise DataError(f"{path}: staged data for dataset {cfg.data!r} not found (run the stage rule)")
+    return str(path.resolve()), read_manifest(path)["sha256"]
+
+
+def _run(
+    cfg: StudyConfig,
+    objective: ObjectiveFn | None,
+    client: Client,
+    data: Any,
+    data_sha: str | None,
+    journal: Path,
+    paths: list[str],
+    show_progress: bool,
+    watch_parent: bool,
+) -> StudyResult:
+    started = time.monotonic()
+    slots = sum(client.nthreads().values())
+    concurrency = cfg.concurrency or slots
+    study_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+    client.register_plugin(StudyServer(), name=StudyServer.name)
+    spec = StudySpec(study_id, cfg, str(journal.resolve()), concurrency)
+    opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
+    _logger.info(
+        "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
+        cfg.name, slots, concurrency, journal, opened["resumed"],
+    )
+    if isinstance(data, pd.DataFrame):
+        data = client.scatter(data, broadcast=True)
+    loop_args = (
+        study_id,
+        objective if objective is not None else cfg.objective,
+        data,
+        cfg.objective_args,
+        len(cfg.study_directions),
+        paths,
+    )
+
+    def start_loop(i: int) -> Any:
+        key = f"studyflow-loop-{study_id}-{i}-{uuid.uuid4().hex[:6]}"
+        return client.submit(run_trial_loop, *loop_args, key=key, pure=False)
+
+    loops = [start_loop(i) for i in range(concurrency)]
+    progress = Progress(cfg.name, opened["n_trials"], show_progress)
+    parent = os.getppid()
+    restarts, reason = 0, "closed"
+    try:
+        while True:
+            status = client.sync(client.scheduler.studyflow_status, study_id=study_id)
+            progress.update(status)
+            for i, fut in enumerate(loops):
+                if fut.status == "error" and not status["done"]:
+                    restarts += 1
+                    exc = fut.exception()
+                    if restarts > 3 * concurrency:
+                        raise StudyflowError(f"study {cfg.name}: trial loops keep dying; last error: {exc!r}")
+                    _logger.warning("study %s: trial loop died (%r); starting another", cfg.name, exc)
+                    loops[i] = start_loop(i)
+            if status["done"]:
+                reason = status["stop_reason"]
+                break
+            if watch_parent and os.getppid() != parent:
+                raise StudyflowError(f"study {cfg.name}: parent process {parent} died; stopping")
+            time.sleep(POLL_S)
+        wait(loops, timeout=30)
+    finally:
+        progress.close()
+        client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason)
+        client.cancel(loops, force=True)
+    for err in status["errors"]:
+        _logger.info("failed %s", err)
+    if reason and reason.startswith("too many failures"):
+        raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
+    loaded = optuna.load_study(study_name=cfg.name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions))
+    wall = time.monotonic() - started
+    _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(
+        {k: status[k] for k in ("complete", "pruned", "failed", "best_value", "best_number")}))
+    return StudyResult(cfg, loaded, trials, journal, wall, slots, reason, data_sha)

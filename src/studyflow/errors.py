@@ -1,0 +1,34 @@
+"""Exception classes: one root so callers can catch anything studyflow raises."""
+
+from __future__ import annotations
+
+
+class StudyflowError(Exception):
+    """Root of every error studyflow raises on purpose."""
+
+
+class ConfigError(StudyflowError, ValueError):
+    """A study or workflow file is invalid; the message names the file and the key."""
+
+    def __init__(self, path: str, key: str, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.message = message
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class ObjectiveError(ConfigError):
+    """The objective named in a study file cannot be imported or has the wrong signature."""
+
+
+class DataError(StudyflowError):
+    """A dataset is missing, unreadable, or does not have what the study needs."""
+
+
+class StudyLockedError(StudyflowError):
+    """Another driver already runs this study (named by its lock file and pid)."""
+
+
+class StudyAbortedError(StudyflowError):
+    """The study server stopped the study early, e.g. too many failed trials."""

@@ -1,0 +1,90 @@
+"""Find the user's objective (`module:function`) and call it the way its signature asks.
+
+Two signatures are accepted, so a plain Optuna objective runs unchanged:
+
+- `objective(trial)`: the staged data and `objective_args` are on `trial.data` / `trial.settings`;
+- `objective(trial, data, **objective_args)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from studyflow.errors import ObjectiveError
+
+ObjectiveFn = Callable[..., Any]
+
+
+def add_search_paths(paths: list[str]) -> None:
+    """Let `module:function` find modules beside the study file or in the working directory."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def search_paths(study_file: str | None) -> list[str]:
+    paths = [str(Path.cwd())]
+    if study_file and Path(study_file).is_file():
+        paths.insert(0, str(Path(study_file).resolve().parent))
+    return paths
+
+
+def import_objective(ref: str, label: str = "<study>") -> ObjectiveFn:
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ObjectiveError(
+            label, "objective", f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise ObjectiveError(label, "objective", f"module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise ObjectiveError(label, "objective", f"{ref!r} is not callable")
+    return fn
+
+
+def wants_data(fn: ObjectiveFn) -> bool:
+    """True for `objective(trial, data, ...)`, False for `objective(trial)`."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return len(positional) >= 2
+
+
+def check_signature(fn: ObjectiveFn, objective_args: dict[str, Any], label: str = "<study>") -> None:
+    """Fail before any cluster starts if the objective cannot be called as studyflow will."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        if wants_data(fn):
+            sig.bind(None, None, **objective_args)
+        else:
+            sig.bind(None)
+    except TypeError as exc:
+        shape = "objective(trial, data, **objective_args)" if wants_data(fn) else "objective(trial)"
+        raise ObjectiveError(
+            label,
+            "objective",
+            f"{getattr(fn, '__name__', fn)!r} has signature {sig}; studyflow calls {shape}"
+            f" with objective_args {sorted(objective_args)}: {exc}",
+        ) from exc
+
+
+def bind(fn: ObjectiveFn, objective_args: dict[str, Any]) -> Callable[[Any, Any], Any]:
+    """Return `call(trial, data)`, looking at the signature once, not per trial."""
+    if wants_data(fn):
+        return lambda trial, data: fn(trial, data, **objective_args)
+    return lambda trial, data: fn(trial)

@@ -1,0 +1,55 @@
+"""One progress line for a running study: trials done / total, best so far, failures, ETA.
+
+On a terminal it is a tqdm bar on stderr; in a log file (the Snakemake rule's `log:`) it is a
+log line at every tenth of the budget, so logs stay short.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+_logger = logging.getLogger("studyflow.progress")
+
+
+class Progress:
+    def __init__(self, study: str, total: int, enabled: bool = True) -> None:
+        self.study = study
+        self.total = total
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self._bar = None
+        self._next_log = 0
+        if enabled and sys.stderr.isatty():
+            self._bar = tqdm(total=total, desc=study, unit="trial", file=sys.stderr, leave=True)
+
+    def update(self, status: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        done = status["complete"] + status["pruned"]
+        facts = {"best": _fmt(status["best_value"]), "failed": status["failed"], "running": status["running"]}
+        if self._bar is not None:
+            self._bar.n = min(done, self.total)
+            self._bar.set_postfix(facts, refresh=True)
+            return
+        if done >= self._next_log or status["done"]:
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / done * (self.total - done) if done else float("nan")
+            _logger.info(
+                "%s: %d/%d trials, best %s, %d failed, %d running, %.0f s elapsed, ETA %.0f s",
+                self.study, done, self.total, facts["best"], status["failed"], status["running"],
+                elapsed, eta,
+            )
+            self._next_log = done + max(1, self.total // 10)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"

@@ -1,0 +1,93 @@
+"""Turn a study file's search space, sampler and pruner into Optuna objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
+
+from studyflow.config import ParamSpec
+from studyflow.config import StudyConfig
+from studyflow.errors import ConfigError
+
+
+def distribution(spec: ParamSpec) -> BaseDistribution:
+    if spec.type == "categorical":
+        return CategoricalDistribution(list(spec.choices or []))
+    if spec.type == "int":
+        return IntDistribution(int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
+    return FloatDistribution(float(spec.low), float(spec.high), log=spec.log, step=spec.step)
+
+
+def distributions(cfg: StudyConfig) -> dict[str, BaseDistribution]:
+    return {name: distribution(spec) for name, spec in cfg.search_space.items()}
+
+
+def grid_values(spec: ParamSpec) -> list[Any]:
+    """Every value a grid sampler visits for one parameter."""
+    if spec.type == "categorical":
+        return list(spec.choices or [])
+    step = spec.step if spec.step is not None else 1
+    if spec.type == "int":
+        return list(range(int(spec.low), int(spec.high) + 1, int(step)))
+    n = int(np.floor((spec.high - spec.low) / step + 1e-9)) + 1
+    return [float(spec.low + i * step) for i in range(n)]
+
+
+def grid_size(cfg: StudyConfig) -> int:
+    sizes = [len(grid_values(spec)) for spec in cfg.search_space.values()]
+    return int(np.prod(sizes)) if sizes else 0
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    s = cfg.sampler
+    opts = dict(s.options)
+    label = cfg.source or cfg.name or "<study>"
+    try:
+        if s.name == "tpe":
+            return optuna.samplers.TPESampler(seed=s.seed, **opts)
+        if s.name == "random":
+            return optuna.samplers.RandomSampler(seed=s.seed, **opts)
+        if s.name == "grid":
+            space = {name: grid_values(spec) for name, spec in cfg.search_space.items()}
+            return optuna.samplers.GridSampler(space, seed=s.seed, **opts)
+        if s.name == "qmc":
+            return optuna.samplers.QMCSampler(seed=s.seed, **opts)
+        if s.name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=s.seed, **opts)
+        if s.name == "gp":
+            return optuna.samplers.GPSampler(seed=s.seed, **opts)
+        if s.name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=s.seed, **opts)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(label, "sampler.options", str(exc)) from exc
+    raise ConfigError(label, "sampler.name", f"unknown sampler {s.name!r}")
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    opts = dict(p.options)
+    label = cfg.source or cfg.name or "<study>"
+    classes = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    }
+    try:
+        return classes[p.name](**opts)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(label, "pruner.options", str(exc)) from exc
+
+
+def check_sampler_options(cfg: StudyConfig) -> None:
+    """Build the sampler and pruner once so bad options fail before any cluster starts."""
+    make_sampler(cfg)
+    make_pruner(cfg)
+

@@ -1,0 +1,95 @@
+"""Stage a dataset: read it once, write `<name>.parquet` and a manifest (sha256, rows, schema)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import asdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from studyflow._io import atomic_write
+from studyflow._io import write_json
+from studyflow.config import DatasetSpec
+from studyflow.errors import DataError
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    path: str
+    sha256: str
+    rows: int
+    columns: dict[str, str]  # {column: dtype}
+    source: dict[str, Any]
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_source(name: str, spec: DatasetSpec) -> pd.DataFrame:
+    """Read a dataset from its file (csv/parquet/json) or its loader ('module:function')."""
+    if spec.path is not None:
+        path = Path(spec.path)
+        if not path.is_file():
+            raise DataError(f"datasets.{name}.path: data file {path} not found")
+        try:
+            if path.suffix == ".parquet":
+                return pd.read_parquet(path)
+            if path.suffix in (".json", ".jsonl"):
+                return pd.read_json(path, lines=path.suffix == ".jsonl")
+            return pd.read_csv(path)
+        except Exception as exc:
+            raise DataError(f"datasets.{name}.path: cannot read {path}: {type(exc).__name__}: {exc}")
+    module_name, _, attr = (spec.loader or "").partition(":")
+    try:
+        loader = getattr(importlib.import_module(module_name), attr)
+        frame = loader(**spec.kwargs)
+    except Exception as exc:
+        raise DataError(
+            f"datasets.{name}.loader: {spec.loader} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    frame = getattr(frame, "frame", frame)  # scikit-learn's Bunch(as_frame=True)
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"datasets.{name}.loader: {spec.loader} returned {type(frame).__name__}, not a DataFrame")
+    return frame
+
+
+def stage(name: str, spec: DatasetSpec, out_dir: str | Path) -> Manifest:
+    frame = read_source(name, spec)
+    if frame.empty:
+        raise DataError(f"datasets.{name}: the dataset has no rows")
+    frame.columns = [str(c) for c in frame.columns]
+    out = Path(out_dir) / f"{name}.parquet"
+    atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
+    manifest = Manifest(
+        dataset=name,
+        path=str(out),
+        sha256=sha256_file(out),
+        rows=len(frame),
+        columns={c: str(t) for c, t in frame.dtypes.items()},
+        source=asdict(spec),
+    )
+    write_json(manifest_path(out), asdict(manifest))
+    return manifest
+
+
+def manifest_path(parquet: str | Path) -> Path:
+    parquet = Path(parquet)
+    return parquet.with_name(parquet.stem + ".manifest.json")
+
+
+def read_manifest(parquet: str | Path) -> dict[str, Any]:
+    path = manifest_path(parquet)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest of staged data not found (run the stage rule)")
+    return json.loads(path.read_text())

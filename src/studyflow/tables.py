@@ -1,0 +1,92 @@
+"""Trials and study summaries as pandas tables, written to parquet/CSV atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from optuna.trial import FrozenTrial
+
+from studyflow._io import atomic_write
+from studyflow.server import ATTEMPT_ATTR
+from studyflow.server import ERROR_ATTR
+from studyflow.server import RETRY_OF_ATTR
+from studyflow.server import WORKER_ATTR
+
+
+def trials_frame(trials: list[FrozenTrial], n_objectives: int) -> pd.DataFrame:
+    """One row per trial: number, state, value(s), params_<name>, times, worker, error, attrs."""
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        values = t.values if t.values is not None else [None] * n_objectives
+        if n_objectives == 1:
+            row["value"] = values[0]
+        else:
+            row.update({f"values_{i}": v for i, v in enumerate(values)})
+        row.update({f"params_{k}": v for k, v in t.params.items()})
+        row["datetime_start"] = t.datetime_start
+        row["datetime_complete"] = t.datetime_complete
+        row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
+        row["worker"] = t.system_attrs.get(WORKER_ATTR)
+        row["error"] = t.system_attrs.get(ERROR_ATTR)
+        row["attempt"] = int(t.system_attrs.get(ATTEMPT_ATTR, 0))
+        row["retry_of"] = t.system_attrs.get(RETRY_OF_ATTR)
+        row.update({f"user_attrs_{k}": v for k, v in t.user_attrs.items()})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["retry_of"] = df["retry_of"].astype("Int64")
+    value_cols = ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
+    for col in value_cols:
+        df[col] = df[col].astype("float64")
+    for col in ("worker", "error", "state"):
+        df[col] = df[col].astype("string")
+    for col in df.columns:
+        if col.startswith(("params_", "user_attrs_")) and df[col].dtype == object:
+            df[col] = _uniform(df[col])
+    return df.sort_values("number", ignore_index=True)
+
+
+def _uniform(col: pd.Series) -> pd.Series:
+    """Parquet needs one type per column: mixed categorical choices become strings."""
+    kinds = {type(v) for v in col.dropna()}
+    if len(kinds) <= 1 and not kinds & {list, dict}:
+        return col
+    return col.map(lambda v: None if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def summarize(study_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per study, and the best parameters in long form (study, param, value)."""
+    studies, params = [], []
+    for study_dir in study_dirs:
+        best = json.loads((Path(study_dir) / "best.json").read_text())
+        trials = pd.read_parquet(Path(study_dir) / "trials.parquet")
+        states = trials["state"].value_counts()
+        studies.append(
+            {
+                "study": best["study"],
+                "directions": ",".join(best["directions"]),
+                "n_trials": int(len(trials)),
+                "complete": int(states.get("COMPLETE", 0)),
+                "pruned": int(states.get("PRUNED", 0)),
+                "failed": int(states.get("FAIL", 0)),
+                "best_number": best.get("best_number"),
+                "best_value": (best.get("best_values") or [None])[0],
+                "wall_time_s": best.get("wall_time_s"),
+                "workers": best.get("workers"),
+                "stop_reason": best.get("stop_reason"),
+            }
+        )
+        for name, value in (best.get("best_params") or {}).items():
+            params.append({"study": best["study"], "param": name, "value": str(value)})
+    studies_df = pd.DataFrame(studies)
+    params_df = pd.DataFrame(params, columns=["study", "param", "value"])
+    return studies_df, params_df

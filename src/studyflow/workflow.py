@@ -1,0 +1,89 @@
+"""The run-wide config (`config/config.yaml`): which studies, where their data comes from.
+
+Snakemake's `common.smk` and `studyflow run` both read it through `WorkflowConfig`, so the
+same study resolves the same way from either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from studyflow.config import DatasetSpec
+from studyflow.config import StudyConfig
+from studyflow.config import dataset_spec
+from studyflow.config import load_study
+from studyflow.errors import ConfigError
+
+DEFAULT_CONFIG = "config/config.yaml"
+
+
+@dataclass
+class WorkflowConfig:
+    studies: list[str]
+    study_dir: str = "config/studies"
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    set: list[str] = field(default_factory=list)  # dot-list overrides for every study
+    overrides: dict[str, list[str]] = field(default_factory=dict)  # {study: dot-list}
+    source: str = DEFAULT_CONFIG
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = DEFAULT_CONFIG) -> WorkflowConfig:
+        raw = dict(raw)
+        studies = raw.get("studies") or []
+        if isinstance(studies, str):
+            studies = [studies]
+        datasets = {
+            name: dataset_spec(name, spec or {}, source)
+            for name, spec in (raw.get("datasets") or {}).items()
+        }
+        overrides = {k: _as_list(v) for k, v in (raw.get("overrides") or {}).items()}
+        return cls(
+            studies=[str(s) for s in studies],
+            study_dir=str(raw.get("study_dir", "config/studies")),
+            datasets=datasets,
+            set=_as_list(raw.get("set")),
+            overrides=overrides,
+            source=source,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path = DEFAULT_CONFIG) -> WorkflowConfig:
+        if not Path(path).is_file():
+            return cls(studies=[], source=str(path))
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        return cls.from_dict(raw or {}, str(path))  # type: ignore[arg-type]
+
+    def study_file(self, study: str) -> Path:
+        return Path(self.study_dir) / f"{study}.yaml"
+
+    def study_overrides(self, study: str) -> list[str]:
+        return [*self.set, *self.overrides.get(study, [])]
+
+    def load(self, study: str) -> StudyConfig:
+        path = self.study_file(study)
+        if not path.is_file():
+            raise ConfigError(self.source, "studies", f"study {study!r} has no file {path}")
+        cfg = load_study(path, self.study_overrides(study))
+        self.check_dataset(cfg)
+        return cfg
+
+    def check_dataset(self, cfg: StudyConfig) -> None:
+        if cfg.data is not None and cfg.data not in self.datasets:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            raise ConfigError(
+                cfg.source or "<study>", "data",
+                f"dataset {cfg.data!r} is not defined under 'datasets' in {self.source} (known: {known})",
+            )
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]

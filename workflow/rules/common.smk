@@ -1,0 +1,50 @@
+# Validate the config once and name the helpers the rules use.
+import json
+import shlex
+
+from snakemake.utils import validate
+
+from studyflow.workflow import WorkflowConfig
+
+validate(config, "../schemas/config.schema.yaml")
+
+WORKFLOW = WorkflowConfig.from_dict(config, source="config/config.yaml (with --config)")
+# Loading each study here validates it, so a bad study file fails before any job starts.
+STUDIES = {name: WORKFLOW.load(name) for name in WORKFLOW.studies}
+DATASETS = sorted({cfg.data for cfg in STUDIES.values() if cfg.data is not None})
+
+
+wildcard_constraints:
+    study="|".join(STUDIES) or "NO_STUDIES",
+    dataset="|".join(DATASETS) or "NO_DATASETS",
+
+
+def final_outputs():
+    return [
+        *expand("results/reports/{study}.html", study=STUDIES),
+        "results/reports/index.html",
+        "results/summary/studies.parquet",
+        "results/summary/best_params.csv",
+    ]
+
+
+def dataset_spec_json(wildcards):
+    spec = WORKFLOW.datasets[wildcards.dataset]
+    return json.dumps({"path": spec.path, "loader": spec.loader, "kwargs": spec.kwargs}, sort_keys=True)
+
+
+def optimize_inputs(wildcards):
+    cfg = STUDIES[wildcards.study]
+    inputs = {"study": str(WORKFLOW.study_file(wildcards.study))}
+    if cfg.data is not None:
+        inputs["data"] = f"results/data/{cfg.data}.parquet"
+        inputs["manifest"] = f"results/data/{cfg.data}.manifest.json"
+    return inputs
+
+
+def study_config_hash(wildcards):
+    return STUDIES[wildcards.study].config_hash()
+
+
+def study_set_args(wildcards):
+    return " ".join(f"--set {shlex.quote(o)}" for o in WORKFLOW.study_overrides(wildcards.study))

@@ -1,0 +1,19 @@
+# One Dask worker process per thread; the study server runs on the local scheduler.
+rule optimize:
+    input:
+        unpack(optimize_inputs),
+    output:
+        trials="results/studies/{study}/trials.parquet",
+        best="results/studies/{study}/best.json",
+        resolved="results/studies/{study}/resolved.yaml",
+    params:
+        config_hash=study_config_hash,
+        set_args=study_set_args,
+    log:
+        "logs/optimize/{study}.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=2000,
+    shell:
+        "studyflow optimize {input.study} {params.set_args} --config config/config.yaml"
+        " --results results --workers {threads} 2> {log}"

@@ -1,0 +1,23 @@
+rule summarize:
+    input:
+        best=expand("results/studies/{study}/best.json", study=STUDIES),
+        trials=expand("results/studies/{study}/trials.parquet", study=STUDIES),
+    output:
+        studies=report(
+            "results/summary/studies.parquet",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+        best_params=report(
+            "results/summary/best_params.csv",
+            caption="../report/best_params.rst",
+            category="Summary",
+        ),
+        index="results/reports/index.html",
+    params:
+        study_dirs=expand("results/studies/{study}", study=STUDIES),
+    log:
+        "logs/summarize.log",
+    threads: 1
+    shell:
+        "studyflow summarize {params.study_dirs} --out results/summary --index {output.index} 2> {log}"
