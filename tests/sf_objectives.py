@@ -1,0 +1,62 @@
+"""Objectives used by the tests; importable on worker processes through PYTHONPATH."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+
+
+def quadratic(trial):
+    """A plain Optuna objective: every parameter suggested define-by-run."""
+    x = trial.suggest_float("x", -10, 10)
+    n = trial.suggest_int("n", 1, 5)
+    kind = trial.suggest_categorical("kind", ["a", "b"])
+    return (x - 2) ** 2 + n + (0.5 if kind == "b" else 0.0)
+
+
+def instant(trial):
+    return trial.suggest_float("x", 0, 1)
+
+
+def with_data(trial, data, column="y", scale=1.0):
+    trial.set_user_attr("rows", len(data))
+    return float(data[column].sum()) * scale * trial.suggest_float("w", 0, 1)
+
+
+def raises_when_large(trial):
+    x = trial.suggest_float("x", 0, 1)
+    if x > 0.7:
+        raise ValueError(f"x too large: {x:.3f}")
+    return x
+
+
+def nan_when_large(trial):
+    x = trial.suggest_float("x", 0, 1)
+    return math.nan if x > 0.7 else x
+
+
+def always_raises(trial):
+    trial.suggest_float("x", 0, 1)
+    raise RuntimeError("broken objective")
+
+
+def kills_worker_once(trial):
+    """SIGKILLs its own worker process on the first trial whose marker file is absent."""
+    x = trial.suggest_float("x", 0, 1)
+    marker = os.environ.get("SF_KILL_MARKER")
+    if marker and trial.number == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return x
+
+
+def counted(trial):
+    """Appends one line per evaluation to $SF_COUNT_FILE, so tests can count evaluations."""
+    x = trial.suggest_float("x", 0, 1)
+    with open(os.environ["SF_COUNT_FILE"], "a") as f:
+        f.write(f"{trial.number}\n")
+    time.sleep(float(os.environ.get("SF_SLEEP", "0")))
+    return x

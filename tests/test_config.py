@@ -1,0 +1,120 @@
+"""A bad study file fails before any cluster starts, with one line naming the file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from studyflow import ConfigError
+from studyflow import ObjectiveError
+from studyflow import load_study
+from studyflow import optimize
+
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
+
+
+def _error(path, overrides=None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_study(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message
+    return info.value
+
+
+def test_unknown_key_names_file_and_key(write_study):
+    path = write_study(objective="m:f", search_space={"x": {"type": "float", "low": 0, "hihg": 1}})
+    err = _error(path)
+    assert err.key == "search_space.x.hihg"
+    assert "unknown key" in str(err)
+
+
+def test_unknown_top_level_key(write_study):
+    err = _error(write_study(objective="m:f", n_trials=5))
+    assert err.key == "n_trials"
+
+
+def test_wrong_type_names_the_key(write_study):
+    err = _error(write_study(objective="m:f", budget={"n_trials": "many"}))
+    assert err.key == "budget.n_trials"
+    assert "wrong type" in str(err)
+
+
+def test_low_above_high(write_study):
+    err = _error(write_study(objective="m:f", search_space={"x": {"type": "int", "low": 5, "high": 1}}))
+    assert err.key == "search_space.x.low"
+    assert "low (5) > high (1)" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "key"),
+    [
+        ("direction", "sideways", "direction"),
+        ("sampler", {"name": "magic"}, "sampler.name"),
+        ("search_space", {"c": {"type": "categorical", "choices": []}}, "search_space.c.choices"),
+        ("search_space", {"x": {"type": "float", "low": 0, "high": 1, "log": True}}, "search_space.x.low"),
+        ("objective", "no_colon", "objective"),
+        ("name", "../escape", "name"),
+        ("data", "../../etc", "data"),
+    ],
+)
+def test_invalid_values(write_study, field, value, key):
+    fields = {"objective": "m:f", "search_space": SPACE, field: value}
+    assert _error(write_study(**fields)).key == key
+
+
+def test_overrides_merge_as_dot_list(write_study):
+    path = write_study(objective="m:f", search_space=SPACE, budget={"n_trials": 5, "retries": 2})
+    cfg = load_study(path, ["budget.n_trials=50", "sampler.seed=7", "search_space.x.high=3"])
+    assert cfg.budget.n_trials == 50
+    assert cfg.budget.retries == 2  # untouched keys keep the file's value
+    assert cfg.sampler.seed == 7
+    assert cfg.search_space["x"].high == 3
+    assert cfg.name == "study"
+
+
+def test_bad_override_names_the_key(write_study):
+    path = write_study(objective="m:f", search_space=SPACE)
+    err = _error(path, ["budget.n_trails=50"])
+    assert err.key == "budget.n_trails"
+    assert "--set" in str(err)
+
+
+def test_unimportable_objective_fails_before_any_cluster(write_study, tmp_path):
+    path = write_study(objective="no_such_module_xyz:objective", search_space=SPACE)
+    with pytest.raises(ObjectiveError) as info:
+        optimize(None, path, results_dir=tmp_path / "results")
+    assert "no_such_module_xyz" in str(info.value) and str(path) in str(info.value)
+    assert info.value.key == "objective"
+    assert not (tmp_path / "results").exists()  # no lock, no journal: nothing started
+
+
+def test_objective_with_wrong_signature(write_study, tmp_path):
+    path = write_study(objective="sf_objectives:with_data", objective_args={"colour": "red"})
+    with pytest.raises(ObjectiveError) as info:
+        optimize(None, path, results_dir=tmp_path / "results")
+    assert "signature" in str(info.value)
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_dry_run_prints_resolved_study(write_study, tmp_path):
+    path = write_study(objective="sf_objectives:instant", search_space=SPACE, budget={"n_trials": 5})
+    out = subprocess.run(
+        [sys.executable, "-m", "studyflow.cli", "run", str(path), "--dry-run", "--set", "budget.n_trials=7"],
+        capture_output=True, text=True, cwd=tmp_path, check=True,
+    ).stdout
+    assert "n_trials: 7" in out
+    assert "objective: sf_objectives:instant" in out
+    assert "# cluster: LocalCluster" in out
+
+
+def test_cli_bad_study_is_one_line_and_exit_1(write_study, tmp_path):
+    path = write_study(objective="m:f", search_space={"x": {"type": "float", "low": 2, "high": 1}})
+    proc = subprocess.run(
+        [sys.executable, "-m", "studyflow.cli", "run", str(path)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "search_space.x.low" in proc.stderr

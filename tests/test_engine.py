@@ -1,0 +1,81 @@
+"""The engine on a real 4-worker LocalCluster: exact budgets, define-by-run, the journal."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from studyflow import optimize
+
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
+
+
+def test_300_instant_trials_on_4_workers_none_lost_or_duplicated(client4, tmp_path):
+    study = {"objective": "sf_objectives:instant", "search_space": SPACE,
+             "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": 300}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert trials["number"].tolist() == list(range(300))
+    assert (trials["state"] == "COMPLETE").all()
+    assert trials["params_x"].between(0, 1).all()
+    assert trials["worker"].nunique() == 4  # every worker ran trials
+    assert result.stop_reason == "n_trials"
+
+
+def test_plain_optuna_objective_runs_unchanged_define_by_run(client4, tmp_path):
+    study = {"objective": "sf_objectives:quadratic", "sampler": {"name": "tpe", "seed": 3},
+             "budget": {"n_trials": 30}, "concurrency": 3}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert len(trials) == 30 and (trials["state"] == "COMPLETE").all()
+    assert trials["params_x"].between(-10, 10).all()
+    assert set(trials["params_n"]) <= set(range(1, 6))
+    assert set(trials["params_kind"]) <= {"a", "b"}
+    expected = (trials["params_x"] - 2) ** 2 + trials["params_n"] + (trials["params_kind"] == "b") * 0.5
+    assert (trials["value"] - expected).abs().max() < 1e-12
+    assert isinstance(result.study.best_trial, optuna.trial.FrozenTrial)
+
+
+def test_exactly_n_trials_complete_whatever_the_concurrency(client4, tmp_path):
+    for concurrency, n_trials in ((1, 7), (4, 13), (8, 13)):
+        study = {"objective": "sf_objectives:instant", "search_space": SPACE,
+                 "budget": {"n_trials": n_trials}, "concurrency": concurrency}
+        result = optimize(None, study, client=client4, results_dir=tmp_path / str(concurrency), progress=False)
+        assert (result.trials["state"] == "COMPLETE").sum() == n_trials
+        assert len(result.trials) == n_trials
+
+
+def test_journal_opens_with_optuna_and_holds_the_same_trials(client4, tmp_path):
+    study = {"objective": "sf_objectives:quadratic", "budget": {"n_trials": 20}, "name": "journaled"}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    assert result.journal.is_file() and result.journal.parent == tmp_path / ".store" / "journals"
+    loaded = optuna.load_study(study_name="journaled", storage=JournalStorage(JournalFileBackend(str(result.journal))))
+    ours = result.trials.set_index("number")
+    theirs = loaded.get_trials()
+    assert [t.number for t in theirs] == list(range(20))
+    for t in theirs:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.value == ours.loc[t.number, "value"]
+        assert t.params == {k: ours.loc[t.number, f"params_{k}"] for k in t.params}
+
+
+def test_objective_gets_data_and_objective_args(client4, tmp_path):
+    data = pd.DataFrame({"y": [1.0, 2.0, 3.0]})
+    study = {"objective": "sf_objectives:with_data", "objective_args": {"column": "y", "scale": 2.0},
+             "search_space": {"w": {"type": "float", "low": 0, "high": 1}}, "budget": {"n_trials": 8}}
+    result = optimize(None, study, data=data, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert (trials["user_attrs_rows"] == 3).all()
+    assert ((trials["value"] - 12.0 * trials["params_w"]).abs() < 1e-12).all()
+
+
+def test_a_python_callable_objective(client4, tmp_path):
+    def objective(trial):
+        return trial.suggest_int("k", 0, 3) * 2
+
+    study = {"objective": "unused:unused", "budget": {"n_trials": 10}, "name": "callable"}
+    result = optimize(objective, study, client=client4, results_dir=tmp_path, progress=False)
+    assert ((result.trials["value"] == result.trials["params_k"] * 2)).all()
+    assert result.best()["best_values"] == [result.trials["value"].min()]

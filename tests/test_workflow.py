@@ -1,0 +1,123 @@
+"""End to end: real `snakemake -c2` runs of the repo's workflow on a tiny config in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY_STUDY = {
+    "objective": "tiny_objective:objective",
+    "objective_args": {"column": "y"},
+    "data": "tiny",
+    "direction": "minimize",
+    "search_space": {
+        "x": {"type": "float", "low": -3, "high": 3},
+        "k": {"type": "int", "low": 1, "high": 4},
+    },
+    "sampler": {"name": "tpe", "seed": 1},
+    "budget": {"n_trials": 6},
+}
+
+OBJECTIVE = '''
+def objective(trial, data, column):
+    x = trial.suggest_float("x", -3, 3)
+    k = trial.suggest_int("k", 1, 4)
+    trial.set_user_attr("rows", len(data))
+    return (x - 1) ** 2 + k + float(data[column].mean())
+'''
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A copy of the workflow with a tiny config: one dataset (a CSV) and one 6-trial study."""
+    shutil.copy(REPO / "Snakefile", tmp_path)
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    (tmp_path / "config" / "studies").mkdir(parents=True)
+    (tmp_path / "tiny.csv").write_text("y\n1\n2\n3\n")
+    config = {"studies": ["tiny"], "datasets": {"tiny": {"path": "tiny.csv"}}}
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "config" / "studies" / "tiny.yaml").write_text(yaml.safe_dump(TINY_STUDY))
+    (tmp_path / "tiny_objective.py").write_text(OBJECTIVE)
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-c2", *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+
+
+def test_snakemake_runs_every_rule_then_has_nothing_to_do(workdir):
+    first = snakemake(workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for out in (
+        "results/data/tiny.parquet", "results/data/tiny.manifest.json",
+        "results/studies/tiny/trials.parquet", "results/studies/tiny/best.json",
+        "results/studies/tiny/resolved.yaml", "results/summary/studies.parquet",
+        "results/summary/best_params.csv", "results/reports/tiny.html", "results/reports/index.html",
+        "logs/optimize/tiny.log", "logs/stage/tiny.log",
+    ):
+        assert (workdir / out).is_file(), out
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert trials["number"].tolist() == list(range(6))
+    assert (trials["state"] == "COMPLETE").all()
+    assert (trials["user_attrs_rows"] == 3).all()
+    expected = (trials["params_x"] - 1) ** 2 + trials["params_k"] + 2.0
+    assert (trials["value"] - expected).abs().max() < 1e-9
+    for col in ("datetime_start", "datetime_complete", "duration_s", "worker", "error"):
+        assert col in trials.columns
+    best = json.loads((workdir / "results/studies/tiny/best.json").read_text())
+    assert best["best_values"] == [trials["value"].min()]
+    manifest = json.loads((workdir / "results/data/tiny.manifest.json").read_text())
+    assert manifest["rows"] == 3 and best["data_sha256"] == manifest["sha256"]
+    summary = pd.read_parquet(workdir / "results/summary/studies.parquet")
+    assert summary.loc[0, "study"] == "tiny" and summary.loc[0, "complete"] == 6
+    html = (workdir / "results/reports/tiny.html").read_text()
+    assert "Optimization history" in html and 'class="trials"' in html
+    assert "<script src=" not in html  # plotly.js is inlined: the card works offline
+
+    second = snakemake(workdir)
+    assert second.returncode == 0
+    assert "Nothing to be done" in second.stdout + second.stderr
+
+
+def test_config_override_reruns_only_optimize_and_continues_the_journal(workdir):
+    assert snakemake(workdir).returncode == 0
+    rerun = snakemake(workdir, "--config", 'set=["budget.n_trials=9"]')
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    log = rerun.stdout + rerun.stderr
+    assert "rule optimize" in log and "rule stage" not in log
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert len(trials) == 9 and (trials["state"] == "COMPLETE").all()
+    optimize_log = (workdir / "logs/optimize/tiny.log").read_text()
+    assert "6 trials already in it" in optimize_log  # the first run's trials were not re-run
+
+
+def test_a_bad_study_file_fails_before_any_job_with_file_and_key(workdir):
+    study = dict(TINY_STUDY, search_space={"x": {"type": "float", "low": 3, "high": -3}})
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(study))
+    proc = snakemake(workdir)
+    assert proc.returncode != 0
+    assert "config/studies/tiny.yaml: search_space.x.low: low (3) > high (-3)" in proc.stdout + proc.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_snakemake_report_archive_holds_the_study_card(workdir):
+    assert snakemake(workdir).returncode == 0
+    proc = snakemake(workdir, "--report", "report.zip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import zipfile
+
+    names = zipfile.ZipFile(workdir / "report.zip").namelist()
+    assert any(n.endswith("tiny.html") for n in names), names
