@@ -60,3 +60,20 @@ def counted(trial):
         f.write(f"{trial.number}\n")
     time.sleep(float(os.environ.get("SF_SLEEP", "0")))
     return x
+
+
+def hangs_when_large(trial):
+    x = trial.suggest_float("x", 0, 1)
+    if x > 0.8:
+        time.sleep(600)
+    return x
+
+
+def constant(trial):
+    trial.suggest_float("x", 0, 1)
+    return 1.0
+
+
+def sleepy(trial):
+    time.sleep(0.1)
+    return trial.suggest_float("x", 0, 1)

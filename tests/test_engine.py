@@ -79,3 +79,19 @@ def test_a_python_callable_objective(client4, tmp_path):
     result = optimize(objective, study, client=client4, results_dir=tmp_path, progress=False)
     assert ((result.trials["value"] == result.trials["params_k"] * 2)).all()
     assert result.best()["best_values"] == [result.trials["value"].min()]
+
+
+def test_workers_run_one_blas_openmp_thread_even_when_snakemake_exports_more(monkeypatch):
+    import os
+
+    from studyflow.cluster import connect
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "8")  # what `snakemake -c8` exports to the optimize job
+    with connect(1) as client:
+        env = client.run(lambda: {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")})
+    (worker_env,) = env.values()
+    assert worker_env["OMP_NUM_THREADS"] == "1"
+    assert worker_env["OPENBLAS_NUM_THREADS"] == "1"
+    assert worker_env["GOTO_NUM_THREADS"] == "1"
+    assert worker_env["MKL_NUM_THREADS"] == "1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -132,8 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Snakemake and SLURM stop jobs with SIGTERM: clean up as for Ctrl-C (running trials are
+    # marked and re-enqueued in the journal, no output is written).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command in ("run", "optimize"):
             return cmd_optimize(args, stage_missing=args.command == "run")

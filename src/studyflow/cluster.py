@@ -11,6 +11,16 @@ from distributed import LocalCluster
 
 _logger = logging.getLogger(__name__)
 
+# Snakemake exports these as the rule's threads (8 with -c8): eight workers each running eight
+# OpenMP threads on two cores slowed a 0.3 s trial to 100 s here. One worker slot, one thread.
+ONE_THREAD_ENV = {
+    name: "1"
+    for name in (
+        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
+    )
+}
+
 
 @contextmanager
 def connect(
@@ -19,7 +29,7 @@ def connect(
     """Yield a client: to `address`/`scheduler_file` if given, else to a new `LocalCluster`.
 
     The local cluster has one single-threaded worker process per slot (BLAS/OpenMP capped at
-    one thread by the nanny's environment), listens on 127.0.0.1 only, and picks a free
+    one thread), listens on 127.0.0.1 only, and picks a free
     dashboard port so parallel runs never clash on 8787.
     """
     if address or scheduler_file:
@@ -34,7 +44,8 @@ def connect(
         host="127.0.0.1",
         scheduler_port=0,
         dashboard_address="127.0.0.1:0",
-        silence_logs=logging.CRITICAL,  # shutdown races log scary heartbeat errors
+        silence_logs=logging.CRITICAL,
+        env=ONE_THREAD_ENV,  # shutdown races log scary heartbeat errors
     ) as cluster, Client(cluster) as client:
         _logger.info("local cluster: %d workers at %s", n_workers, cluster.scheduler_address)
         yield client

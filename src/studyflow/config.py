@@ -72,6 +72,7 @@ class StudyConfig:
     objective: str = "???"
     objective_args: dict[str, Any] = field(default_factory=dict)
     data: Optional[str] = None
+    data_columns: list[str] = field(default_factory=list)  # checked before any cluster starts
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
     direction: str = "minimize"
     directions: Optional[list[str]] = None

@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import pyarrow.parquet as pq
 from distributed import Client
 from distributed import wait
 from optuna.storages import JournalStorage
@@ -31,6 +32,7 @@ from studyflow._io import write_text
 from studyflow.cluster import connect
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
+from studyflow.errors import ConfigError
 from studyflow.errors import DataError
 from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
@@ -155,22 +157,67 @@ def optimize(
             return _run(cfg, objective, active, data_arg, data_sha, journal, paths, progress, watch_parent)
 
 
+def _ancestors(n: int) -> list[int]:
+    """The nearest `n` ancestor pids (not init): under Snakemake, the job's shell and snakemake.
+
+    SIGKILL of `snakemake` leaves its job's shell alive, so watching only the parent would
+    leave an orphaned driver running beside the rerun.
+    """
+    pids, pid = [], os.getpid()
+    for _ in range(n):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            break
+        pids.append(pid)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
 def _resolve_data(
     cfg: StudyConfig, data: pd.DataFrame | str | Path | None, layout: ResultsLayout
 ) -> tuple[Any, str | None]:
+    """The data argument for the trial loops, and its sha256 when it is staged."""
     if isinstance(data, pd.DataFrame):
+        _check_columns(cfg, list(data.columns), "the DataFrame given as data")
         return data, None
-    if data is not None:
-        path = Path(data)
-        if not path.is_file():
-            raise DataError(f"{path}: data file not found")
-        return str(path.resolve()), None
-    if cfg.data is None:
+    if data is None and cfg.data is None:
+        if cfg.data_columns:
+            raise ConfigError(cfg.source or "<study>", "data_columns", "set, but the study has no data")
         return None, None
-    path = layout.data(cfg.data)
+    path = Path(data) if data is not None else layout.data(cfg.data or "")
     if not path.is_file():
-        raise DataError(f"{path}: staged data for dataset {cfg.data!r} not found (run the stage rule)")
-    return str(path.resolve()), read_manifest(path)["sha256"]
+        what = "data file" if data is not None else f"staged data for dataset {cfg.data!r}"
+        raise DataError(f"{path}: {what} not found" + ("" if data is not None else " (run the stage rule)"))
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable parquet file: {type(exc).__name__}: {exc}") from exc
+    _check_columns(cfg, columns, str(path))
+    sha = read_manifest(path)["sha256"] if data is None else None
+    return str(path.resolve()), sha
+
+
+def _check_columns(cfg: StudyConfig, columns: list[str], where: str) -> None:
+    missing = [c for c in cfg.data_columns if c not in columns]
+    if missing:
+        raise ConfigError(
+            cfg.source or "<study>", "data_columns",
+            f"{where} lacks column(s) {missing} that the objective needs (it has {columns[:20]})",
+        )
 
 
 def _run(
@@ -212,7 +259,8 @@ def _run(
 
     loops = [start_loop(i) for i in range(concurrency)]
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
-    parent = os.getppid()
+    ancestors = _ancestors(2) if watch_parent else []
+    max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
     restarts, reason = 0, "closed"
     try:
         while True:
@@ -222,15 +270,16 @@ def _run(
                 if fut.status == "error" and not status["done"]:
                     restarts += 1
                     exc = fut.exception()
-                    if restarts > 3 * concurrency:
+                    if restarts > max_restarts:
                         raise StudyflowError(f"study {cfg.name}: trial loops keep dying; last error: {exc!r}")
                     _logger.warning("study %s: trial loop died (%r); starting another", cfg.name, exc)
                     loops[i] = start_loop(i)
             if status["done"]:
                 reason = status["stop_reason"]
                 break
-            if watch_parent and os.getppid() != parent:
-                raise StudyflowError(f"study {cfg.name}: parent process {parent} died; stopping")
+            dead = [pid for pid in ancestors if not _alive(pid)]
+            if dead:
+                raise StudyflowError(f"study {cfg.name}: parent process {dead[0]} died; stopping")
             time.sleep(POLL_S)
         wait(loops, timeout=30)
     finally:

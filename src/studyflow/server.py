@@ -315,7 +315,33 @@ class StudyServer(SchedulerPlugin):
             old.backend.close()
         served = await offload(_open_study, study_spec)
         self._studies[study_spec.study_id] = served
+        if served.config.budget.trial_timeout_s is not None:
+            asyncio.ensure_future(self._watch_timeouts(study_spec.study_id, served))
         return served.status()
+
+    async def _watch_timeouts(self, study_id: str, served: _ServedStudy) -> None:
+        """Fail trials that run past `budget.trial_timeout_s` and restart their workers (the
+        only way to stop a hung objective); the study goes on with the next trial."""
+        limit = served.config.budget.trial_timeout_s
+        assert limit is not None
+        while self._studies.get(study_id) is served:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            async with served.lock:
+                expired = [(n, lease.worker) for n, lease in served.leases.items() if now - lease.started > limit]
+                for number, _ in expired:
+                    error = f"Timeout: trial ran longer than budget.trial_timeout_s={limit:g} s"
+                    await offload(served.fail_lease, number, error, False)
+            if not expired:
+                continue
+            workers = sorted({worker for _, worker in expired})
+            _logger.warning("study %s: trials %s timed out; restarting workers %s",
+                            served.config.name, [n for n, _ in expired], workers)
+            served.notify()
+            await self.scheduler.restart_workers(
+                workers, timeout=30, wait_for_workers=False, on_error="return",
+                stimulus_id=f"studyflow-timeout-{time.time()}",
+            )
 
     async def ask(self, study_id: str, worker: str, wait_s: float = 1.0) -> dict[str, Any]:
         served = self._get(study_id)

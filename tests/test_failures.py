@@ -1,0 +1,127 @@
+"""Nothing lost: objectives that raise, return garbage or hang, and workers killed mid-trial.
+
+Each runs on its own real LocalCluster (processes), so killed and restarted workers never
+touch another test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from studyflow import StudyAbortedError
+from studyflow import optimize
+from studyflow.cluster import connect
+
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
+
+
+def study(objective: str, n_trials: int = 20, **extra) -> dict:
+    budget = {"n_trials": n_trials, "max_failures": 100, **extra.pop("budget", {})}
+    return {"objective": f"sf_objectives:{objective}", "search_space": SPACE,
+            "sampler": {"name": "random", "seed": 5}, "budget": budget, **extra}
+
+
+@pytest.fixture(scope="module")
+def client2():
+    with connect(2) as client:
+        yield client
+
+
+def assert_finished_cleanly(trials, n_trials: int) -> None:
+    assert (trials["state"] == "COMPLETE").sum() == n_trials
+    assert "RUNNING" not in set(trials["state"])
+    assert trials["number"].is_unique
+
+
+def test_objective_raising_on_some_params_fails_those_trials_and_goes_on(client2, tmp_path):
+    result = optimize(None, study("raises_when_large"), client=client2, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert_finished_cleanly(trials, 20)
+    failed = trials[trials["state"] == "FAIL"]
+    assert len(failed) > 0
+    assert (failed["params_x"] > 0.7).all()
+    assert failed["error"].str.startswith("ValueError: x too large").all()
+    assert trials.loc[trials["state"] == "COMPLETE", "error"].isna().all()
+
+
+def test_objective_returning_nan_is_a_failed_trial_saying_what_it_returned(client2, tmp_path):
+    result = optimize(None, study("nan_when_large"), client=client2, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert_finished_cleanly(trials, 20)
+    failed = trials[trials["state"] == "FAIL"]
+    assert len(failed) > 0 and (failed["params_x"] > 0.7).all()
+    assert failed["error"].str.contains("objective returned nan, not a finite number").all()
+
+
+def test_too_many_failures_stops_the_study_with_a_clear_error(client2, tmp_path):
+    cfg = study("always_raises", n_trials=50)
+    cfg["budget"]["max_failures"] = None  # the default rule: the first 10 all failed
+    with pytest.raises(StudyAbortedError, match="the first 10 trials all failed"):
+        optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+
+
+def test_patience_stops_after_n_trials_without_improvement(client2, tmp_path):
+    cfg = study("constant", n_trials=100, budget={"patience": 5}, concurrency=1)
+    result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+    assert result.stop_reason == "patience"
+    assert len(result.trials) == 6 and (result.trials["state"] == "COMPLETE").all()
+
+
+def test_timeout_s_starts_no_new_trial_after_it(client2, tmp_path):
+    cfg = study("sleepy", n_trials=10_000, budget={"timeout_s": 1.5})
+    result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert result.stop_reason == "timeout_s"
+    assert 2 <= len(trials) < 10_000
+    assert set(trials["state"]) == {"COMPLETE"}
+
+
+def test_hung_trial_times_out_its_worker_is_restarted_and_the_study_goes_on(tmp_path):
+    cfg = study("hangs_when_large", n_trials=12, budget={"trial_timeout_s": 2})
+    with connect(2) as client:
+        result = optimize(None, cfg, client=client, results_dir=tmp_path, progress=False)
+        assert len(client.nthreads()) == 2  # restarted workers came back
+    trials = result.trials
+    assert_finished_cleanly(trials, 12)
+    timed_out = trials[trials["state"] == "FAIL"]
+    assert len(timed_out) > 0 and (timed_out["params_x"] > 0.8).all()
+    assert timed_out["error"].str.startswith("Timeout: trial ran longer than budget.trial_timeout_s=2 s").all()
+    assert (timed_out["duration_s"] < 2 + 10).all()
+
+
+def test_worker_killed_mid_trial_is_retried_with_the_same_params(tmp_path, monkeypatch):
+    monkeypatch.setenv("SF_KILL_MARKER", str(tmp_path / "killed"))
+    cfg = study("kills_worker_once", n_trials=12)
+    with connect(2) as client:  # workers spawn after the env is set, so they see the marker path
+        result = optimize(None, cfg, client=client, results_dir=tmp_path, progress=False)
+    trials = result.trials.set_index("number")
+    assert (tmp_path / "killed").exists()
+    assert_finished_cleanly(result.trials, 12)
+    lost = trials.loc[3]
+    assert lost["state"] == "FAIL" and lost["error"].startswith("WorkerLost")
+    retry = trials[trials["retry_of"] == 3]
+    assert len(retry) == 1
+    assert retry.iloc[0]["state"] == "COMPLETE"
+    assert retry.iloc[0]["params_x"] == lost["params_x"]
+    assert retry.iloc[0]["attempt"] == 1
+
+
+def test_cli_run_writes_failed_trials_tracebacks_to_the_study_log(write_study, tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    path = write_study(**study("raises_when_large", n_trials=10))
+    proc = subprocess.run(
+        [sys.executable, "-m", "studyflow.cli", "run", str(path), "--workers", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == 10
+    log = (tmp_path / "logs/optimize/study.log").read_text()
+    n_failed = int((trials["state"] == "FAIL").sum())
+    assert n_failed > 0
+    assert log.count("Traceback (most recent call last)") == n_failed
+    assert "in raises_when_large" in log and "ValueError: x too large" in log
