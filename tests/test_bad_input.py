@@ -1,0 +1,64 @@
+"""Bad input gets one clear line naming the file and key, and leaves no output behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from studyflow import ConfigError
+from studyflow import DataError
+from studyflow import optimize
+
+SPACE = {"w": {"type": "float", "low": 0, "high": 1}}
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "studyflow.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_missing_data_file_is_one_line_naming_the_key(tmp_path):
+    proc = run_cli("stage", "prices", "--spec", '{"path": "nowhere/prices.csv"}', "--out", "results/data", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "studyflow: error: datasets.prices.path: data file nowhere/prices.csv not found"
+    assert not (tmp_path / "results").exists()
+
+
+def test_unreadable_data_file(tmp_path):
+    (tmp_path / "prices.parquet").write_bytes(b"not parquet at all")
+    proc = run_cli("stage", "prices", "--spec", '{"path": "prices.parquet"}', "--out", "results/data", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "datasets.prices.path: cannot read prices.parquet" in proc.stderr
+    assert not (tmp_path / "results/data/prices.parquet").exists()
+
+
+def test_data_given_to_the_api_that_is_missing_or_not_parquet(tmp_path):
+    study = {"objective": "sf_objectives:with_data", "search_space": SPACE}
+    with pytest.raises(DataError, match="missing.parquet: data file not found"):
+        optimize(None, study, data=tmp_path / "missing.parquet", results_dir=tmp_path / "results")
+    (tmp_path / "bad.parquet").write_text("garbage")
+    with pytest.raises(DataError, match="bad.parquet: not a readable parquet file"):
+        optimize(None, study, data=tmp_path / "bad.parquet", results_dir=tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def test_staged_table_missing_a_column_the_objective_needs(write_study, tmp_path):
+    pd.DataFrame({"x": [1.0, 2.0]}).to_parquet(tmp_path / "table.parquet")
+    path = write_study(objective="sf_objectives:with_data", objective_args={"column": "y"},
+                       data_columns=["y"], search_space=SPACE)
+    with pytest.raises(ConfigError) as info:
+        optimize(None, path, data=tmp_path / "table.parquet", results_dir=tmp_path / "results")
+    message = str(info.value)
+    assert message.startswith(f"{path}: data_columns: ") and "lacks column(s) ['y']" in message
+    assert "\n" not in message
+    assert not (tmp_path / "results").exists()
+
+
+def test_dataset_not_defined_in_the_workflow_config(write_study, tmp_path):
+    path = write_study(objective="sf_objectives:with_data", data="prices", search_space=SPACE)
+    proc = run_cli("run", str(path), cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"{path}: data: dataset 'prices' is not defined under 'datasets'" in proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,173 @@
+"""A killed run resumes from its journal: finished trials are not evaluated again.
+
+Evaluations are counted through a file the test objective appends to, so "not evaluated
+again" is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from conftest import REPO
+from conftest import TESTS
+
+pytestmark = pytest.mark.slow
+N_TRIALS = 20
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch) -> Path:
+    shutil_copy_workflow(tmp_path)
+    (tmp_path / "config" / "studies").mkdir(parents=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump({"studies": ["counted"]}))
+    study = {"objective": "sf_objectives:counted", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "sampler": {"name": "random", "seed": 2}, "budget": {"n_trials": N_TRIALS}}
+    (tmp_path / "config" / "studies" / "counted.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "evaluations.txt"))
+    monkeypatch.setenv("SF_SLEEP", "0.25")
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    return tmp_path
+
+
+def shutil_copy_workflow(dest: Path) -> None:
+    import shutil
+
+    shutil.copy(REPO / "Snakefile", dest)
+    shutil.copytree(REPO / "workflow", dest / "workflow")
+    shutil.copytree(REPO / "profiles", dest / "profiles")
+
+
+def evaluations(workdir: Path) -> int:
+    path = workdir / "evaluations.txt"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_for_evaluations(workdir: Path, n: int, proc: subprocess.Popen, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while evaluations(workdir) < n:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+
+
+def wait_until_unlocked(workdir: Path, limit_s: float = 30) -> None:
+    """The orphaned optimize job stops by itself once snakemake is gone; wait for it."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(["pgrep", "-f", f"studyflow optimize.*--results results"], capture_output=True, text=True)
+        pids = [p for p in out.stdout.split() if Path(f"/proc/{p}/cwd").exists() and os.readlink(f"/proc/{p}/cwd") == str(workdir)]
+        if not pids:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the orphaned optimize job did not stop")
+
+
+def assert_resumed_exactly(workdir: Path) -> pd.DataFrame:
+    trials = pd.read_parquet(workdir / "results/studies/counted/trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == N_TRIALS
+    assert "RUNNING" not in set(trials["state"])
+    interrupted = trials[trials["error"].fillna("").str.startswith("Interrupted")]
+    assert 1 <= len(interrupted) <= 2  # the trials in flight on the two workers at the kill
+    # Every interrupted trial was re-run once with its own parameters...
+    retried = trials[trials["retry_of"].notna()]
+    assert sorted(retried["retry_of"]) == sorted(interrupted["number"])
+    by_number = trials.set_index("number")
+    for _, row in retried.iterrows():
+        assert row["params_x"] == by_number.loc[row["retry_of"], "params_x"]
+    # ...and nothing that finished before the kill was evaluated again.
+    assert evaluations(workdir) == N_TRIALS + len(interrupted)
+    journal = next((workdir / "results/.store/journals").glob("counted-*.log"))
+    loaded = optuna.load_study(study_name="counted", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert len(loaded.get_trials()) == len(trials)
+    return trials
+
+
+def snakemake(workdir: Path, *args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "snakemake", "-c2", *args], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_snakemake_sigkilled_halfway_then_rerun_resumes_the_study(workdir):
+    run = snakemake(workdir)
+    wait_for_evaluations(workdir, N_TRIALS // 2, run)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    wait_until_unlocked(workdir)
+    assert not (workdir / "results/studies/counted/trials.parquet").exists()
+    # Snakemake's own lock outlives a SIGKILL of snakemake: it asks for --unlock first.
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock", "-c1"], cwd=workdir, check=True, capture_output=True)
+    rerun = snakemake(workdir)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out[-3000:]
+    assert_resumed_exactly(workdir)
+
+
+def test_optimize_job_sigkilled_then_plain_rerun_resumes(workdir):
+    run = snakemake(workdir)
+    wait_for_evaluations(workdir, N_TRIALS // 2, run)
+    driver = subprocess.run(["pgrep", "-f", "studyflow optimize"], capture_output=True, text=True).stdout.split()
+    mine = [p for p in driver if os.readlink(f"/proc/{p}/cwd") == str(workdir)]
+    assert mine, "no optimize job found"
+    for pid in mine:
+        os.kill(int(pid), signal.SIGKILL)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode != 0  # snakemake saw its job die, released its lock
+    assert not (workdir / "results/studies/counted/trials.parquet").exists()
+    rerun = snakemake(workdir)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out[-3000:]
+    trials = assert_resumed_exactly(workdir)
+    assert trials.loc[trials["error"].fillna("").str.startswith("Interrupted"), "error"].str.contains("mid-trial").all()
+
+
+def _start_api_run(workdir: Path) -> subprocess.Popen:
+    script = (
+        "import studyflow\n"
+        "studyflow.optimize(None, 'config/studies/counted.yaml', n_workers=2, progress=False)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", script], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_python_api_run_killed_then_rerun_resumes(workdir):
+    run = _start_api_run(workdir)
+    wait_for_evaluations(workdir, N_TRIALS // 2, run)
+    os.killpg(run.pid, signal.SIGKILL)  # the driver and its worker processes, at once
+    run.wait()
+    from studyflow import optimize
+
+    result = optimize(None, workdir / "config/studies/counted.yaml", n_workers=2,
+                      results_dir=workdir / "results", progress=False)
+    result.write(workdir / "results/studies/counted")
+    assert_resumed_exactly(workdir)
+
+
+def test_ctrl_c_stops_within_seconds_writes_no_output_and_a_rerun_resumes(workdir):
+    run = subprocess.Popen(
+        [sys.executable, "-m", "studyflow.cli", "run", "config/studies/counted.yaml", "--workers", "2"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for_evaluations(workdir, N_TRIALS // 2, run)
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=15)  # "within a few seconds"
+    assert run.returncode == 130, out[-2000:]
+    assert "rerun to resume" in out
+    assert not (workdir / "results/studies/counted").exists()
+    rerun = subprocess.run(
+        [sys.executable, "-m", "studyflow.cli", "run", "config/studies/counted.yaml", "--workers", "2"],
+        cwd=workdir, capture_output=True, text=True, timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_resumed_exactly(workdir)
