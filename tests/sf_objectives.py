@@ -77,3 +77,29 @@ def constant(trial):
 def sleepy(trial):
     time.sleep(0.1)
     return trial.suggest_float("x", 0, 1)
+
+
+def two_objectives(trial):
+    x = trial.suggest_float("x", 0, 1)
+    return x, (1 - x) ** 2
+
+
+def learning_curve(trial):
+    """Reports a score per epoch; bad `x` plateaus high, so the median pruner stops it."""
+    x = trial.suggest_float("x", 0, 1)
+    score = 1.0
+    for epoch in range(10):
+        score = x + 1.0 / (epoch + 1)
+        trial.report(score, epoch)
+        if trial.should_prune():
+            import optuna
+
+            raise optuna.TrialPruned()
+    return score
+
+
+def unserializable_attr(trial):
+    x = trial.suggest_float("x", 0, 1)
+    if x > 0.5:
+        trial.set_user_attr("thing", {1, 2})  # a set: not JSON, cannot be journaled
+    return x

@@ -95,3 +95,38 @@ def test_workers_run_one_blas_openmp_thread_even_when_snakemake_exports_more(mon
     assert worker_env["OPENBLAS_NUM_THREADS"] == "1"
     assert worker_env["GOTO_NUM_THREADS"] == "1"
     assert worker_env["MKL_NUM_THREADS"] == "1"
+
+
+def test_grid_sampler_visits_every_combination_once_and_stops(client4, tmp_path):
+    study = {"objective": "sf_objectives:quadratic", "sampler": {"name": "grid", "seed": 0},
+             "search_space": {"x": {"type": "float", "low": 0, "high": 1, "step": 0.5},
+                              "n": {"type": "int", "low": 1, "high": 2},
+                              "kind": {"type": "categorical", "choices": ["a", "b"]}},
+             "budget": {"n_trials": 100}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    combos = result.trials[["params_x", "params_n", "params_kind"]].apply(tuple, axis=1)
+    assert len(combos) == 12 and combos.is_unique  # 3 x 2 x 2, n_trials capped at the grid
+
+
+def test_two_objectives_give_values_columns_and_a_pareto_front(client4, tmp_path):
+    study = {"objective": "sf_objectives:two_objectives", "directions": ["minimize", "minimize"],
+             "sampler": {"name": "nsga2", "seed": 0}, "budget": {"n_trials": 16}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert {"values_0", "values_1"} <= set(trials.columns) and "value" not in trials.columns
+    assert ((trials["values_1"] - (1 - trials["params_x"]) ** 2).abs() < 1e-12).all()
+    front = result.best()["pareto_front"]
+    assert len(front) == 16  # on this curve every trial is Pareto-optimal
+
+
+def test_pruning_sees_intermediate_values_from_other_workers(client4, tmp_path):
+    study = {"objective": "sf_objectives:learning_curve", "sampler": {"name": "random", "seed": 4},
+             "pruner": {"name": "median", "options": {"n_startup_trials": 4, "n_warmup_steps": 2}},
+             "budget": {"n_trials": 40}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    pruned = trials[trials["state"] == "PRUNED"]
+    assert len(trials) == 40 and set(trials["state"]) == {"COMPLETE", "PRUNED"}
+    assert len(pruned) > 0
+    assert pruned["params_x"].min() > trials.loc[trials["state"] == "COMPLETE", "params_x"].min()
+    assert pruned["worker"].nunique() >= 1 and trials["worker"].nunique() == 4

@@ -125,3 +125,12 @@ def test_cli_run_writes_failed_trials_tracebacks_to_the_study_log(write_study, t
     assert n_failed > 0
     assert log.count("Traceback (most recent call last)") == n_failed
     assert "in raises_when_large" in log and "ValueError: x too large" in log
+
+
+def test_a_result_that_cannot_be_recorded_fails_the_trial_not_the_loop(client2, tmp_path):
+    result = optimize(None, study("unserializable_attr", n_trials=10), client=client2, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert_finished_cleanly(trials, 10)
+    failed = trials[trials["state"] == "FAIL"]
+    assert len(failed) > 0 and (failed["params_x"] > 0.5).all()
+    assert failed["error"].str.startswith("RecordError").all()

@@ -139,18 +139,31 @@ class _ServedStudy:
             return {"status": "stale"}
         trial = lease.trial
         storage = self.study._storage
-        for key, value in user_attrs.items():
-            trial.set_user_attr(key, value)
-        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
-        if error:
-            storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
-        if state == "COMPLETE":
-            self.study.tell(trial, values)
-        else:
-            self.study.tell(trial, state=TrialState[state])
+        try:
+            for key, value in user_attrs.items():
+                trial.set_user_attr(key, value)
+            storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+            if error:
+                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
+            if state == "COMPLETE":
+                self._tell(trial, values=values)
+            else:
+                self._tell(trial, state=TrialState[state])
+        except Exception as exc:  # e.g. a user attr that is not JSON: fail the trial, not the loop
+            _logger.exception("study %s: could not record trial %d", self.config.name, number)
+            state, values, error = "FAIL", None, f"RecordError: {type(exc).__name__}: {exc}"
+            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         self.backend.flush_to_disk()
         self._count(number, state, values, error)
         return {"status": "ok"}
+
+    def _tell(self, trial: optuna.Trial, **kwargs: Any) -> None:
+        # GridSampler.after_trial calls study.stop() once the grid is used up, which Optuna only
+        # allows inside optimize(); the server owns the budget, so mark this thread as inside.
+        self.study._thread_local.in_optimize_loop = True
+        self.study.tell(trial, **kwargs)
 
     def _count(self, number: int, state: str, values: list[float] | None, error: str | None) -> None:
         if state == "COMPLETE":
@@ -203,7 +216,7 @@ class _ServedStudy:
         trial_id = lease.trial._trial_id
         storage.set_trial_system_attr(trial_id, WORKER_ATTR, lease.worker)
         storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
-        self.study.tell(lease.trial, state=TrialState.FAIL)
+        self._tell(lease.trial, state=TrialState.FAIL)
         if retry and lease.attempt < self.config.budget.retries:
             self._enqueue_retry(lease.trial.params, number, lease.attempt + 1)
         self.backend.flush_to_disk()
