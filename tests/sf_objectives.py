@@ -103,3 +103,22 @@ def unserializable_attr(trial):
     if x > 0.5:
         trial.set_user_attr("thing", {1, 2})  # a set: not JSON, cannot be journaled
     return x
+
+
+def jittery(trial):
+    """Random durations, so completion order differs from run to run."""
+    import random
+
+    time.sleep(random.uniform(0, 0.03))
+    x, y = trial.params["x"], trial.params["y"]
+    return (x - 0.3) ** 2 + (y - 0.6) ** 2
+
+
+def logged_key(trial):
+    """Logs `key start end` per evaluation to $SF_COUNT_FILE."""
+    start = time.time()
+    time.sleep(0.05)
+    value = {"a": 1.0, "b": 2.0}[trial.params["c"]] + trial.params["k"]
+    with open(os.environ["SF_COUNT_FILE"], "a") as f:
+        f.write(f"{trial.key} {start} {time.time()}\n")
+    return value

@@ -109,6 +109,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from studyflow.store import TrialStore
+    from studyflow.store import gc
+
+    root = Path(args.results) / ".store"
+    if args.action == "gc":
+        removed, freed = gc(root)
+        sys.stdout.write(f"removed {removed} entries no journal refers to, freed {freed / 1e6:.1f} MB\n")
+        return 0
+    store = TrialStore(root)
+    keys = store.keys()
+    states: dict[str, int] = {}
+    for key in keys:
+        result = store.get(key)
+        state = result.state if result else "incomplete"
+        states[state] = states.get(state, 0) + 1
+    size = sum(store.size_bytes(k) for k in keys)
+    with_artifacts = sum(store.artifacts_dir(k).is_dir() for k in keys)
+    journals = sorted((root / "journals").glob("*.log"))
+    sys.stdout.write(f"store {root}: {len(keys)} trials, {size / 1e6:.1f} MB, {with_artifacts} with artifacts\n")
+    for state, n in sorted(states.items()):
+        sys.stdout.write(f"  {state}: {n}\n")
+    sys.stdout.write(f"journals: {len(journals)}\n")
+    for journal in journals:
+        sys.stdout.write(f"  {journal.name}: {journal.stat().st_size / 1e3:.0f} kB\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studyflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write a study's HTML card")
     rp.add_argument("study_dir")
     rp.add_argument("--out", required=True)
+    so = sub.add_parser("store", help="the content-addressed trial store")
+    so.add_argument("action", choices=["ls", "gc"], help="ls: sizes and counts; gc: drop unreferenced")
+    so.add_argument("--results", default="results")
     return parser
 
 
@@ -145,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "optimize"):
             return cmd_optimize(args, stage_missing=args.command == "run")
-        return {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report}[args.command](args)
+        commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store}
+        return commands[args.command](args)
     except StudyflowError as exc:
         sys.stderr.write(f"studyflow: error: {exc}\n")
         return 1

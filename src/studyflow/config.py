@@ -26,7 +26,8 @@ SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2")
 PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving")
 DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("float", "int", "categorical")
-SCHEDULING = ("async",)
+SCHEDULING = ("async", "reproducible")
+DEFAULT_REPRODUCIBLE_WINDOW = 8
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -70,6 +71,7 @@ class StudyConfig:
     """A validated study file. `name` is the file's stem unless given."""
 
     objective: str = "???"
+    objective_version: Optional[str] = None  # else the objective module's source is hashed
     objective_args: dict[str, Any] = field(default_factory=dict)
     data: Optional[str] = None
     data_columns: list[str] = field(default_factory=list)  # checked before any cluster starts
@@ -81,8 +83,16 @@ class StudyConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     concurrency: Optional[int] = None
     scheduling: str = "async"
+    report: dict[str, Any] = field(default_factory=dict)  # report settings: never re-run optimize
     name: Optional[str] = None
     source: Optional[str] = None  # the file it came from; filled in by load_study
+
+    @property
+    def window(self) -> int | None:
+        """Reproducible scheduling's window c (the study's concurrency, 8 if unset)."""
+        if self.scheduling != "reproducible":
+            return None
+        return self.concurrency or DEFAULT_REPRODUCIBLE_WINDOW
 
     @property
     def study_directions(self) -> list[str]:
@@ -98,16 +108,19 @@ class StudyConfig:
         """Hash of everything in the resolved study (a Snakemake param: a change re-runs)."""
         data = self.to_dict()
         data.pop("source")
+        data.pop("report")
         return _hash(data)
 
     def identity_hash(self) -> str:
-        """Hash of what defines the trials (not the budget): keys the study's journal.
+        """Hash of what defines the trials (not the budget); with the objective's code version
+        and the data's sha256 (see `driver`) it keys the study's journal.
 
-        Raising `n_trials` or changing the concurrency continues the same journal; changing the
-        objective, its settings, the data, the space, the directions or the sampler starts anew.
+        Raising `n_trials` continues the same journal; changing the objective, its settings,
+        the data, the space, the directions, the sampler or the scheduling starts a new one.
         """
         data = self.to_dict()
-        keep = ("objective", "objective_args", "data", "search_space", "sampler", "pruner")
+        keep = ("objective", "objective_version", "objective_args", "data", "search_space",
+                "sampler", "pruner", "scheduling")
         ident = {k: data[k] for k in keep}
         ident["directions"] = self.study_directions
         return _hash(ident)

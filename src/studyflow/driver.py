@@ -45,9 +45,14 @@ from studyflow.objective import import_objective
 from studyflow.objective import search_paths
 from studyflow.progress import Progress
 from studyflow.server import StudyServer
-from studyflow.server import StudySpec
+from studyflow.served_study import StudySpec
 from studyflow.space import check_sampler_options
 from studyflow.stage import read_manifest
+from studyflow.stage import sha256_file
+from studyflow.store import canonical_json
+from studyflow.store import code_version
+from studyflow.store import sha256_text
+from studyflow.store import TrialStore
 from studyflow.tables import trials_frame
 from studyflow.tables import write_parquet
 
@@ -67,8 +72,14 @@ class ResultsLayout:
     def study_dir(self, study: str) -> Path:
         return self.root / "studies" / study
 
-    def journal(self, cfg: StudyConfig) -> Path:
-        return self.root / ".store" / "journals" / f"{cfg.name}-{cfg.identity_hash()}.log"
+    @property
+    def store(self) -> Path:
+        return self.root / ".store"
+
+    def journal(self, cfg: StudyConfig, key_base: str) -> Path:
+        """One journal per study identity, objective code version and data version."""
+        digest = sha256_text(cfg.identity_hash() + key_base)[:16]
+        return self.store / "journals" / f"{cfg.name}-{digest}.log"
 
 
 @dataclass
@@ -149,12 +160,26 @@ def optimize(
     check_sampler_options(cfg)
     layout = ResultsLayout(Path(results_dir))
     data_arg, data_sha = _resolve_data(cfg, data, layout)
-    journal = layout.journal(cfg)
+    key_base = _key_base(cfg, objective, fn, data_sha)
+    journal = layout.journal(cfg, key_base)
     n_workers = n_workers or cfg.concurrency or os.cpu_count() or 1
     with StudyLock(journal.with_suffix(".lock")):
         context = nullcontext(client) if client is not None else connect(n_workers, address)
         with context as active:
-            return _run(cfg, objective, active, data_arg, data_sha, journal, paths, progress, watch_parent)
+            return _run(cfg, objective, active, data_arg, data_sha, journal, layout.store, key_base,
+                        paths, progress, watch_parent)
+
+
+def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, fn: ObjectiveFn, data_sha: str | None) -> str:
+    """What every trial key of this study shares: objective identity and code, data, settings."""
+    identity = cfg.objective if objective is None else f"{fn.__module__}:{fn.__qualname__}"
+    return canonical_json({
+        "objective": identity,
+        "code": code_version(fn, cfg.objective_version),
+        "data_sha256": data_sha,
+        "objective_args": cfg.objective_args,
+        "n_objectives": len(cfg.study_directions),
+    })
 
 
 def _ancestors(n: int) -> list[int]:
@@ -193,7 +218,8 @@ def _resolve_data(
     """The data argument for the trial loops, and its sha256 when it is staged."""
     if isinstance(data, pd.DataFrame):
         _check_columns(cfg, list(data.columns), "the DataFrame given as data")
-        return data, None
+        rows = pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes()
+        return data, sha256_text(canonical_json(list(map(str, data.columns))) + rows.hex())
     if data is None and cfg.data is None:
         if cfg.data_columns:
             raise ConfigError(cfg.source or "<study>", "data_columns", "set, but the study has no data")
@@ -207,7 +233,7 @@ def _resolve_data(
     except Exception as exc:
         raise DataError(f"{path}: not a readable parquet file: {type(exc).__name__}: {exc}") from exc
     _check_columns(cfg, columns, str(path))
-    sha = read_manifest(path)["sha256"] if data is None else None
+    sha = read_manifest(path)["sha256"] if data is None else sha256_file(path)
     return str(path.resolve()), sha
 
 
@@ -227,16 +253,18 @@ def _run(
     data: Any,
     data_sha: str | None,
     journal: Path,
+    store: Path,
+    key_base: str,
     paths: list[str],
     show_progress: bool,
     watch_parent: bool,
 ) -> StudyResult:
     started = time.monotonic()
     slots = sum(client.nthreads().values())
-    concurrency = cfg.concurrency or slots
+    concurrency = cfg.window or cfg.concurrency or slots
     study_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     client.register_plugin(StudyServer(), name=StudyServer.name)
-    spec = StudySpec(study_id, cfg, str(journal.resolve()), concurrency)
+    spec = StudySpec(study_id, cfg, str(journal.resolve()), str(store.resolve()), key_base, concurrency)
     opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
@@ -257,7 +285,7 @@ def _run(
         key = f"studyflow-loop-{study_id}-{i}-{uuid.uuid4().hex[:6]}"
         return client.submit(run_trial_loop, *loop_args, key=key, pure=False)
 
-    loops = [start_loop(i) for i in range(concurrency)]
+    loops = [start_loop(i) for i in range(min(concurrency, slots))]
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
     ancestors = _ancestors(2) if watch_parent else []
     max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
@@ -291,7 +319,7 @@ def _run(
     if reason and reason.startswith("too many failures"):
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
     loaded = optuna.load_study(study_name=cfg.name, storage=JournalStorage(JournalFileBackend(str(journal))))
-    trials = trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions))
+    trials = trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions), TrialStore(store))
     wall = time.monotonic() - started
     _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(
         {k: status[k] for k in ("complete", "pruned", "failed", "best_value", "best_number")}))

@@ -7,6 +7,7 @@ server says the budget is spent.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from functools import lru_cache
 from typing import Any
@@ -56,8 +57,10 @@ def run_trial_loop(
             return ran
         if reply["status"] != "run":
             continue
-        trial = RemoteTrial(conn, reply["number"], reply["params"], data, objective_args)
+        trial = RemoteTrial(conn, reply["number"], reply["params"], data, objective_args,
+                            reply["key"], reply["seed"], reply["artifact_dir"])
         state, values, error, tb = "COMPLETE", None, None, None
+        started = time.perf_counter()
         try:
             values, error = check_result(call(trial, data), n_objectives)
             if error:
@@ -75,5 +78,6 @@ def run_trial_loop(
             error=error,
             traceback=tb,
             worker=conn.address,
+            duration_s=time.perf_counter() - started,
         )
         ran += 1

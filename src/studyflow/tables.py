@@ -10,14 +10,18 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 
 from studyflow._io import atomic_write
-from studyflow.server import ATTEMPT_ATTR
-from studyflow.server import ERROR_ATTR
-from studyflow.server import RETRY_OF_ATTR
-from studyflow.server import WORKER_ATTR
+from studyflow.store import TrialStore
+from studyflow.served_study import ATTEMPT_ATTR
+from studyflow.served_study import CACHED_ATTR
+from studyflow.served_study import KEY_ATTR
+from studyflow.served_study import ERROR_ATTR
+from studyflow.served_study import RETRY_OF_ATTR
+from studyflow.served_study import WORKER_ATTR
 
 
-def trials_frame(trials: list[FrozenTrial], n_objectives: int) -> pd.DataFrame:
-    """One row per trial: number, state, value(s), params_<name>, times, worker, error, attrs."""
+def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore | None = None) -> pd.DataFrame:
+    """One row per trial: number, state, value(s), params_<name>, times, worker, error, key,
+    cached, artifacts (the trial's folder in the store, if it wrote one), user attrs."""
     rows = []
     for t in trials:
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
@@ -34,6 +38,10 @@ def trials_frame(trials: list[FrozenTrial], n_objectives: int) -> pd.DataFrame:
         row["error"] = t.system_attrs.get(ERROR_ATTR)
         row["attempt"] = int(t.system_attrs.get(ATTEMPT_ATTR, 0))
         row["retry_of"] = t.system_attrs.get(RETRY_OF_ATTR)
+        row["key"] = t.system_attrs.get(KEY_ATTR)
+        row["cached"] = bool(t.system_attrs.get(CACHED_ATTR, False))
+        artifacts = store.artifacts_dir(row["key"]) if store and row["key"] else None
+        row["artifacts"] = str(artifacts) if artifacts is not None and artifacts.is_dir() else None
         row.update({f"user_attrs_{k}": v for k, v in t.user_attrs.items()})
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -43,7 +51,7 @@ def trials_frame(trials: list[FrozenTrial], n_objectives: int) -> pd.DataFrame:
     value_cols = ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
     for col in value_cols:
         df[col] = df[col].astype("float64")
-    for col in ("worker", "error", "state"):
+    for col in ("worker", "error", "state", "key", "artifacts"):
         df[col] = df[col].astype("string")
     for col in df.columns:
         if col.startswith(("params_", "user_attrs_")) and df[col].dtype == object:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from distributed import get_worker
@@ -39,10 +40,16 @@ class RemoteTrial:
         params: dict[str, Any],
         data: Any = None,
         settings: dict[str, Any] | None = None,
+        key: str = "",
+        seed: int = 0,
+        artifact_dir: str | None = None,
     ) -> None:
         self._conn = conn
         self._number = number
         self._params = dict(params)
+        self.key = key  # the trial's content address in the trial store
+        self.seed = seed  # derived from the key: seed your model with it for reproducible trials
+        self._artifact_dir = artifact_dir
         self._user_attrs: dict[str, Any] = {}
         self.data = data
         self.settings = dict(settings or {})
@@ -50,6 +57,15 @@ class RemoteTrial:
     @property
     def number(self) -> int:
         return self._number
+
+    @property
+    def artifact_dir(self) -> Path:
+        """A folder for the trial's files; kept under its key in the store if it completes."""
+        if self._artifact_dir is None:
+            raise RuntimeError("this trial has no artifact folder")
+        path = Path(self._artifact_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def params(self) -> dict[str, Any]:

@@ -1,0 +1,456 @@
+"""One study as the server holds it: budget, leases, the trial store, and when tells apply.
+
+Everything here is synchronous Optuna work; the plugin (`server.py`) calls it under the
+study's lock, off the event loop.
+
+Outcomes are *received* when a worker tells (or the store answers) and *applied* to the Optuna
+study when the scheduling mode allows:
+
+- `async`: at once, so each ask sees whatever has finished;
+- `reproducible` with window c: in trial order, and the outcome of trial j only just before
+  trial j + c is asked. Trial i is then sampled seeing exactly trials 0..i-c complete and
+  i-c+1..i-1 running, whatever the worker count and timing, so a seed gives the same trials on
+  1 or 8 workers. Until applied, an outcome is safe in the trial store (COMPLETE ones) and
+  its user attributes are already in the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.trial import TrialState
+
+from studyflow.config import StudyConfig
+from studyflow.journal import SingleWriterJournal
+from studyflow.space import distributions
+from studyflow.space import grid_size
+from studyflow.space import make_pruner
+from studyflow.space import make_sampler
+from studyflow.store import StoredResult
+from studyflow.store import TrialStore
+from studyflow.store import trial_key
+from studyflow.store import trial_seed
+
+_logger = logging.getLogger(__name__)
+
+ERROR_ATTR = "studyflow:error"
+WORKER_ATTR = "studyflow:worker"
+ATTEMPT_ATTR = "studyflow:attempt"
+RETRY_OF_ATTR = "studyflow:retry_of"
+KEY_ATTR = "studyflow:key"
+CACHED_ATTR = "studyflow:cached"
+# Failures caused by the infrastructure, not the objective: retried, and not counted against
+# `budget.max_failures`.
+INFRA_ERRORS = ("WorkerLost", "Interrupted")
+
+
+@dataclass
+class StudySpec:
+    """What the driver sends to open a study on the server."""
+
+    study_id: str
+    config: StudyConfig
+    journal_path: str
+    store_root: str
+    key_base: str  # objective identity + code version + data sha256 + objective_args
+    concurrency: int
+
+
+@dataclass
+class _Lease:
+    trial: optuna.Trial
+    key: str
+    worker: str
+    attempt: int
+    started: float
+
+
+@dataclass
+class _Outcome:
+    trial: optuna.Trial
+    state: str
+    values: list[float] | None
+    cached: bool = False
+
+
+@dataclass
+class ServedStudy:
+    spec: StudySpec
+    study: optuna.Study
+    backend: SingleWriterJournal
+    store: TrialStore
+    n_trials: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
+    followers: dict[str, list[optuna.Trial]] = field(default_factory=dict)  # {key: trials}
+    ready: list[optuna.Trial] = field(default_factory=list)  # followers whose leader failed
+    received: dict[int, _Outcome] = field(default_factory=dict)  # {number: not yet applied}
+    n_complete: int = 0
+    n_pruned: int = 0
+    n_fail: int = 0
+    n_cached: int = 0
+    n_objective_fail: int = 0
+    n_objective_fail_first10: int = 0
+    n_resumed: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    since_improvement: int = 0
+    stop_reason: str | None = None
+    opened: float = field(default_factory=time.monotonic)
+    recent_errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.space = distributions(self.config)
+        # Only when every parameter comes from the study file's space does the ask know the
+        # trial's key; once the objective suggests a name of its own, the key is known at the
+        # tell, and trials are stored but not answered from the store at the ask.
+        self.define_by_run = not self.space
+        self.window = self.spec.concurrency if self.config.scheduling == "reproducible" else 0
+
+    @property
+    def config(self) -> StudyConfig:
+        return self.spec.config
+
+    @property
+    def finished(self) -> int:
+        return self.n_complete + self.n_pruned
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.leases) + sum(map(len, self.followers.values())) + len(self.ready)
+
+    def notify(self) -> None:
+        """Wake every loop waiting for a change (a finished trial may free budget)."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    # --- deciding ---
+
+    def decide(self) -> str:
+        """'run', 'wait' or 'stop' for a loop asking for a trial."""
+        budget = self.config.budget
+        if self.stop_reason is None:
+            if self.finished >= self.n_trials:
+                self.stop_reason = "n_trials"
+            elif budget.timeout_s is not None and time.monotonic() - self.opened > budget.timeout_s:
+                self.stop_reason = "timeout_s"
+        if self.stop_reason is not None:
+            return "stop"
+        if self.finished + self.in_flight >= self.n_trials:
+            return "wait"
+        if len(self.leases) >= self.spec.concurrency:
+            return "wait"
+        if self.window and self._blocked_by_window():
+            return "wait"
+        return "run"
+
+    def _in_flight_numbers(self) -> list[int]:
+        numbers = list(self.leases)
+        numbers += [t.number for ts in self.followers.values() for t in ts]
+        return numbers + [t.number for t in self.ready]
+
+    def _next_number(self) -> int:
+        storage = self.study._storage
+        waiting = storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        if waiting:
+            return min(t.number for t in waiting)
+        return storage.get_n_trials(self.study._study_id)
+
+    def _blocked_by_window(self) -> bool:
+        """Reproducible mode: trial i waits until every trial up to i - c has finished."""
+        horizon = self._next_number() - self.window
+        return any(n <= horizon for n in self._in_flight_numbers())
+
+    # --- asking ---
+
+    def ask(self, worker: str) -> dict[str, Any]:
+        """Lease the next trial to `worker`; trials the store already answers are told at once."""
+        while True:
+            decision = self.decide()
+            if decision != "run":
+                return {"status": decision, "reason": self.stop_reason}
+            if self.ready:
+                trial = self.ready.pop(0)
+                key = self._key(trial)
+            else:
+                if self.window:
+                    self._apply_received(upto=self._next_number() - self.window)
+                trial = self.study.ask(self.space)
+                key = trial_key(self.spec.key_base, trial.params)
+                self.study._storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
+                stored = None if self.define_by_run else self.store.get(key)
+                if stored is not None and stored.state == "COMPLETE":
+                    self._answer_from_store(trial, stored)
+                    continue
+                if not self.define_by_run and key in self._leased_keys():
+                    self.followers.setdefault(key, []).append(trial)
+                    continue
+            attempt = int(self.study._storage.get_trial_system_attrs(trial._trial_id).get(ATTEMPT_ATTR, 0))
+            self.leases[trial.number] = _Lease(trial, key, worker, attempt, time.monotonic())
+            return {
+                "status": "run",
+                "number": trial.number,
+                "params": trial.params,
+                "key": key,
+                "seed": trial_seed(key),
+                "artifact_dir": str(self.store.staging_dir(key, trial.number)),
+            }
+
+    def _leased_keys(self) -> set[str]:
+        return {lease.key for lease in self.leases.values()}
+
+    def _key(self, trial: optuna.Trial) -> str:
+        return self.study._storage.get_trial_system_attrs(trial._trial_id)[KEY_ATTR]
+
+    def _answer_from_store(self, trial: optuna.Trial, stored: StoredResult) -> None:
+        for key, value in stored.user_attrs.items():
+            trial.set_user_attr(key, value)
+        self.study._storage.set_trial_system_attr(trial._trial_id, CACHED_ATTR, True)
+        self.n_cached += 1
+        self._receive(_Outcome(trial, "COMPLETE", stored.values, cached=True), None)
+
+    # --- telling ---
+
+    def tell(
+        self,
+        number: int,
+        state: str,
+        values: list[float] | None,
+        user_attrs: dict[str, Any],
+        error: str | None,
+        worker: str,
+        duration_s: float | None = None,
+    ) -> dict[str, Any]:
+        lease = self.leases.pop(number, None)
+        if lease is None:  # already failed as lost or timed out; the late answer is dropped
+            return {"status": "stale"}
+        trial = lease.trial
+        storage = self.study._storage
+        try:
+            for key, value in user_attrs.items():
+                trial.set_user_attr(key, value)
+            storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+            if error:
+                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
+        except Exception as exc:  # e.g. a user attr that is not JSON: fail the trial, not the loop
+            _logger.exception("study %s: could not record trial %d", self.config.name, number)
+            state, values, error = "FAIL", None, f"RecordError: {type(exc).__name__}: {exc}"
+            storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
+        if state == "COMPLETE":
+            params = storage.get_trial_params(trial._trial_id)
+            key = trial_key(self.spec.key_base, params)  # define-by-run params join the key
+            if key != lease.key:
+                storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
+            self.store.put(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
+                                        self.config.name, number))
+            self.store.commit_artifacts(lease.key, number)
+        else:
+            self.store.discard_staging(lease.key, number)
+        self._receive(_Outcome(trial, state, values), error)
+        self._release_followers(lease.key, state, values, user_attrs)
+        self._apply_received()
+        self.backend.flush_to_disk()
+        return {"status": "ok"}
+
+    def _release_followers(self, key: str, state: str, values: list[float] | None, attrs: dict[str, Any]) -> None:
+        """Trials that asked for a key while it ran share its result (or run it if it failed)."""
+        for trial in self.followers.pop(key, []):
+            if state == "COMPLETE":
+                self._answer_from_store(trial, StoredResult(key, state, values, dict(attrs)))
+            else:
+                self.ready.append(trial)
+
+    def fail_lease(self, number: int, error: str, retry: bool) -> None:
+        """Mark a running trial FAIL and, for infrastructure errors, enqueue its retry."""
+        lease = self.leases.pop(number)
+        storage = self.study._storage
+        trial_id = lease.trial._trial_id
+        storage.set_trial_system_attr(trial_id, WORKER_ATTR, lease.worker)
+        storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
+        self.store.discard_staging(lease.key, number)
+        if retry and lease.attempt < self.config.budget.retries:
+            self._enqueue_retry(lease.trial.params, number, lease.attempt + 1)
+        self._receive(_Outcome(lease.trial, "FAIL", None), error)
+        for trial in self.followers.pop(lease.key, []):
+            self.ready.append(trial)
+        self._apply_received()
+        self.backend.flush_to_disk()
+
+    def _enqueue_retry(self, params: dict[str, Any], number: int, attempt: int) -> None:
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs={
+                    "fixed_params": params,
+                    RETRY_OF_ATTR: number,
+                    ATTEMPT_ATTR: attempt,
+                    KEY_ATTR: trial_key(self.spec.key_base, params),
+                },
+            )
+        )
+
+    # --- receiving and applying outcomes ---
+
+    def _receive(self, outcome: _Outcome, error: str | None) -> None:
+        self.received[outcome.trial.number] = outcome
+        self._count(outcome.trial.number, outcome.state, outcome.values, error)
+
+    def _apply_received(self, upto: int | None = None) -> None:
+        """Tell Optuna the received outcomes the scheduling mode lets the sampler see now."""
+        if not self.window:
+            for number in sorted(self.received):
+                self._apply(self.received.pop(number))
+            return
+        if upto is None:
+            return  # reproducible: applied just before the ask that may see them
+        in_flight = set(self._in_flight_numbers())
+        for number in sorted(self.received):
+            if number > upto or any(n < number for n in in_flight):
+                break
+            self._apply(self.received.pop(number))
+
+    def apply_all(self) -> None:
+        """At the end of a study (or a stop), every received outcome goes to the journal."""
+        for number in sorted(self.received):
+            self._apply(self.received.pop(number))
+        self.backend.flush_to_disk()
+
+    def _apply(self, outcome: _Outcome) -> None:
+        # GridSampler.after_trial calls study.stop() once the grid is used up, which Optuna only
+        # allows inside optimize(); the server owns the budget, so mark this thread as inside.
+        self.study._thread_local.in_optimize_loop = True
+        if outcome.state == "COMPLETE":
+            self.study.tell(outcome.trial, values=outcome.values)
+        else:
+            self.study.tell(outcome.trial, state=TrialState[outcome.state])
+
+    def _count(self, number: int, state: str, values: list[float] | None, error: str | None) -> None:
+        if state == "COMPLETE":
+            self.n_complete += 1
+            self._track_best(number, values)
+        elif state == "PRUNED":
+            self.n_pruned += 1
+        else:
+            self.n_fail += 1
+            if error and len(self.recent_errors) < 20:
+                self.recent_errors.append(f"trial {number}: {error}")
+            if not (error or "").startswith(INFRA_ERRORS):
+                self.n_objective_fail += 1
+                if number < 10:
+                    self.n_objective_fail_first10 += 1
+                self._check_failures()
+        patience = self.config.budget.patience
+        if patience is not None and self.since_improvement >= patience and self.stop_reason is None:
+            self.stop_reason = "patience"
+
+    def _track_best(self, number: int, values: list[float] | None) -> None:
+        if values is None or len(self.config.study_directions) != 1:
+            return
+        value = values[0]
+        maximize = self.config.study_directions[0] == "maximize"
+        better = self.best_value is None or (value > self.best_value if maximize else value < self.best_value)
+        if better:
+            self.best_value, self.best_number = value, number
+            self.since_improvement = 0
+        else:
+            self.since_improvement += 1
+
+    def _check_failures(self) -> None:
+        limit = self.config.budget.max_failures
+        n = self.n_objective_fail
+        if limit is not None:
+            if n > limit:
+                self.stop_reason = f"too many failures: {n} > budget.max_failures={limit}"
+            return
+        total = self.finished + n
+        if self.n_objective_fail_first10 >= 10 and self.finished == 0:
+            self.stop_reason = "too many failures: the first 10 trials all failed"
+        elif total >= 10 and n > total / 2:
+            self.stop_reason = f"too many failures: {n} of {total} trials failed (more than half)"
+
+    # --- opening, resuming, closing ---
+
+    def resume(self) -> None:
+        """Count what the journal holds. A trial left RUNNING by a killed run is completed from
+        the store when its result got there, else failed and re-enqueued with its parameters
+        (a journal has no heartbeat to tell us)."""
+        storage = self.study._storage
+        for trial in self.study.get_trials(deepcopy=False):
+            self.n_resumed += trial.state != TrialState.WAITING
+            self.define_by_run |= not set(trial.params) <= set(self.space)
+            if trial.state == TrialState.RUNNING:
+                stored = self.store.get(trial.system_attrs.get(KEY_ATTR, ""))
+                if stored is not None and stored.state == "COMPLETE":
+                    storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, stored.values)
+                    self._count(trial.number, "COMPLETE", stored.values, None)
+                    continue
+                error = "Interrupted: the run was stopped mid-trial"
+                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                attempt = int(trial.system_attrs.get(ATTEMPT_ATTR, 0))
+                self._enqueue_retry(trial.params, trial.number, attempt + 1)
+                self.n_fail += 1
+            elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+                self._count(trial.number, trial.state.name, trial.values, trial.system_attrs.get(ERROR_ATTR))
+        self.stop_reason = None  # a resumed run decides afresh (the budget may have grown)
+        self.backend.flush_to_disk()
+
+    def close(self, reason: str) -> None:
+        """Stop handing out trials; fail (and re-enqueue) running ones; write everything."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        for number in list(self.leases):
+            self.fail_lease(number, "Interrupted: the run was stopped", True)
+        for trial in [t for ts in self.followers.values() for t in ts] + self.ready:
+            self.study.tell(trial, state=TrialState.FAIL)  # never started: nothing to retry
+        self.followers.clear()
+        self.ready.clear()
+        self.apply_all()
+        self.backend.close()
+
+    def status(self) -> dict[str, Any]:
+        done = self.decide() == "stop" and not self.leases
+        return {
+            "n_trials": self.n_trials,
+            "complete": self.n_complete,
+            "pruned": self.n_pruned,
+            "failed": self.n_fail,
+            "cached": self.n_cached,
+            "running": len(self.leases),
+            "resumed": self.n_resumed,
+            "best_value": self.best_value,
+            "best_number": self.best_number,
+            "stop_reason": self.stop_reason,
+            "done": done,
+            "errors": list(self.recent_errors),
+        }
+
+
+def open_study(spec: StudySpec) -> ServedStudy:
+    cfg = spec.config
+    backend = SingleWriterJournal(spec.journal_path)
+    study = optuna.create_study(
+        storage=JournalStorage(backend),
+        study_name=cfg.name,
+        directions=cfg.study_directions,
+        sampler=make_sampler(cfg),
+        pruner=make_pruner(cfg),
+        load_if_exists=True,
+    )
+    existing = study._storage.get_n_trials(study._study_id)
+    if existing:
+        study.sampler = make_sampler(cfg, resumed_trials=existing)
+    n_trials = cfg.budget.n_trials
+    if cfg.sampler.name == "grid":
+        n_trials = min(n_trials, grid_size(cfg))  # the grid sampler revisits once exhausted
+    served = ServedStudy(spec=spec, study=study, backend=backend, store=TrialStore(spec.store_root), n_trials=n_trials)
+    served.resume()
+    return served

@@ -1,0 +1,150 @@
+"""The content-addressed trial store: `<root>/trials/<key>/result.json` and `artifacts/`.
+
+A trial's key hashes what decides its result: the objective's identity and code version, the
+data's sha256, the settings that reach the objective, and the trial's parameters. A key with a
+COMPLETE result is answered from the store instead of running the objective again.
+
+The study server is the only writer of results: each `result.json` is written to a temporary
+name and renamed. The objective writes its files into a staging folder
+(`<key>/.staging-<trial number>`), which the server renames to `artifacts/` when the trial
+completes, so a crashed trial never leaves half its artifacts under the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from studyflow._io import write_json
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_version(fn: Any, explicit: str | None = None) -> str:
+    """The objective's code version: `objective_version` if given, else its module's source."""
+    if explicit:
+        return f"explicit:{explicit}"
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    for target in (module, fn):
+        if target is None:
+            continue
+        try:
+            return "source:" + sha256_text(inspect.getsource(target))
+        except (OSError, TypeError):
+            continue
+    return "unversioned:" + getattr(fn, "__qualname__", repr(fn))
+
+
+def trial_key(key_base: str, params: dict[str, Any]) -> str:
+    return sha256_text(key_base + "|" + canonical_json(params))[:32]
+
+
+def trial_seed(key: str) -> int:
+    """A per-trial seed derived from the key: the same trial gets the same seed everywhere."""
+    return int(key[:8], 16)
+
+
+@dataclass
+class StoredResult:
+    key: str
+    state: str
+    values: list[float] | None
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    duration_s: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    study: str | None = None
+    number: int | None = None
+
+
+class TrialStore:
+    """Filesystem store under `root` (default `results/.store`)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.trials = self.root / "trials"
+
+    def entry(self, key: str) -> Path:
+        return self.trials / key[:2] / key
+
+    def get(self, key: str) -> StoredResult | None:
+        path = self.entry(key) / "result.json"
+        try:
+            return StoredResult(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def put(self, result: StoredResult) -> None:
+        write_json(self.entry(result.key) / "result.json", asdict(result))
+
+    def staging_dir(self, key: str, number: int) -> Path:
+        return self.entry(key) / f".staging-{number}"
+
+    def artifacts_dir(self, key: str) -> Path:
+        return self.entry(key) / "artifacts"
+
+    def commit_artifacts(self, key: str, number: int) -> None:
+        staging = self.staging_dir(key, number)
+        if not staging.exists():
+            return
+        target = self.artifacts_dir(key)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+
+    def discard_staging(self, key: str, number: int) -> None:
+        shutil.rmtree(self.staging_dir(key, number), ignore_errors=True)
+
+    def keys(self) -> list[str]:
+        if not self.trials.is_dir():
+            return []
+        return sorted(p.name for p in self.trials.glob("*/*") if p.is_dir())
+
+    def size_bytes(self, key: str) -> int:
+        return sum(f.stat().st_size for f in self.entry(key).rglob("*") if f.is_file())
+
+    def remove(self, key: str) -> None:
+        shutil.rmtree(self.entry(key), ignore_errors=True)
+
+
+def referenced_keys(journal_dir: str | Path) -> set[str]:
+    """Every trial key that some study journal under `journal_dir` refers to."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from studyflow.served_study import KEY_ATTR
+
+    keys: set[str] = set()
+    for journal in sorted(Path(journal_dir).glob("*.log")):
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        for study in storage.get_all_studies():
+            for trial in storage.get_all_trials(study._study_id, deepcopy=False):
+                if KEY_ATTR in trial.system_attrs:
+                    keys.add(trial.system_attrs[KEY_ATTR])
+    return keys
+
+
+def gc(root: str | Path) -> tuple[int, int]:
+    """Remove store entries no study journal refers to; return (entries removed, bytes freed)."""
+    store = TrialStore(root)
+    keep = referenced_keys(Path(root) / "journals")
+    removed = freed = 0
+    for key in store.keys():
+        if key not in keep:
+            freed += store.size_bytes(key)
+            store.remove(key)
+            removed += 1
+    return removed, freed

@@ -1,0 +1,157 @@
+"""The trial store and reproducible scheduling: the same answer, never paid for twice."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from studyflow import optimize
+from studyflow.cluster import connect
+
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}, "y": {"type": "float", "low": 0, "high": 1}}
+TIMING = ["datetime_start", "datetime_complete", "duration_s", "worker", "cached", "artifacts"]
+
+
+def reproducible(sampler: str, n_trials: int = 24, **extra) -> dict:
+    return {"objective": "sf_objectives:jittery", "search_space": SPACE, "scheduling": "reproducible",
+            "concurrency": 4, "sampler": {"name": sampler, "seed": 11}, "budget": {"n_trials": n_trials}, **extra}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_reproducible_study_gives_the_same_trials_on_1_2_and_4_workers(sampler, tmp_path):
+    tables = {}
+    for workers in (1, 2, 4):
+        with connect(workers) as client:
+            result = optimize(None, reproducible(sampler), client=client,
+                              results_dir=tmp_path / str(workers), progress=False)
+        tables[workers] = result.trials.set_index("number")[["params_x", "params_y", "value", "key"]]
+    pd.testing.assert_frame_equal(tables[1], tables[2])
+    pd.testing.assert_frame_equal(tables[1], tables[4])
+    assert tables[1]["key"].is_unique
+
+
+def test_async_tpe_with_8_in_flight_is_not_the_same_as_reproducible(client4, tmp_path):
+    """Guard against a vacuous pass above: TPE's later trials do depend on what it saw."""
+    seq = optimize(None, reproducible("tpe", concurrency=1), client=client4, results_dir=tmp_path / "a", progress=False)
+    par = optimize(None, reproducible("tpe", concurrency=4), client=client4, results_dir=tmp_path / "b", progress=False)
+    assert not seq.trials["params_x"].equals(par.trials["params_x"])
+
+
+@pytest.fixture
+def counting_client(tmp_path, monkeypatch):
+    """A fresh 4-worker cluster whose workers see $SF_COUNT_FILE (set before they spawn)."""
+    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "count.txt"))
+    with connect(4) as client:
+        yield client
+
+
+def test_rerun_against_the_store_evaluates_nothing_and_rewrites_the_same_table(counting_client, tmp_path):
+    client4 = counting_client
+    study = dict(reproducible("tpe", n_trials=16), objective="sf_objectives:counted",
+                 search_space={"x": SPACE["x"]})
+    first = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    assert len((tmp_path / "count.txt").read_text().splitlines()) == 16
+    shutil.rmtree(tmp_path / "results/.store/journals")  # lose the study, keep the trial store
+    second = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    assert len((tmp_path / "count.txt").read_text().splitlines()) == 16  # zero new evaluations
+    assert second.trials["cached"].all() and not first.trials["cached"].any()
+    pd.testing.assert_frame_equal(first.trials.drop(columns=TIMING), second.trials.drop(columns=TIMING))
+
+
+def test_raising_n_trials_evaluates_only_the_new_trials(counting_client, tmp_path):
+    client4 = counting_client
+    study = {"objective": "sf_objectives:counted", "search_space": {"x": SPACE["x"]},
+             "sampler": {"name": "tpe", "seed": 1}, "budget": {"n_trials": 10}}
+    optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    more = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False,
+                    overrides=["budget.n_trials=20"])
+    assert len((tmp_path / "count.txt").read_text().splitlines()) == 20
+    assert more.trials["number"].tolist() == list(range(20))
+    assert (more.trials["state"] == "COMPLETE").all()
+
+
+def test_editing_the_objectives_module_invalidates_only_that_studys_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "count.txt"))
+    (tmp_path / "edited_obj.py").write_text(
+        "import os\n"
+        "def objective(trial):\n"
+        "    open(os.environ['SF_COUNT_FILE'], 'a').write('edited\\n')\n"
+        "    return trial.params['x']\n"
+    )
+    studies = {
+        "edited": {"objective": "edited_obj:objective", "search_space": {"x": SPACE["x"]},
+                   "scheduling": "reproducible", "sampler": {"name": "random", "seed": 3}, "budget": {"n_trials": 6}},
+        "other": {"objective": "sf_objectives:counted", "search_space": {"x": SPACE["x"]},
+                  "scheduling": "reproducible", "sampler": {"name": "random", "seed": 3}, "budget": {"n_trials": 6}},
+    }
+    monkeypatch.chdir(tmp_path)
+
+    def run_both() -> list[str]:
+        for name, study in studies.items():
+            proc = subprocess.run([sys.executable, "-c", (
+                "import studyflow, sys\n"
+                f"studyflow.optimize(None, {study!r}, n_workers=2, progress=False)\n")],
+                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = (tmp_path / "count.txt").read_text().splitlines()
+        return ["edited" if line == "edited" else "other" for line in lines]
+
+    assert run_both().count("edited") == 6
+    shutil.rmtree(tmp_path / "results/.store/journals")  # reruns start from the store alone
+    assert run_both() == ["edited"] * 6 + ["other"] * 6  # nothing evaluated again
+    source = (tmp_path / "edited_obj.py").read_text()
+    (tmp_path / "edited_obj.py").write_text(source.replace("return trial.params['x']", "return 2 * trial.params['x']"))
+    shutil.rmtree(tmp_path / "results/.store/journals")
+    evaluations = run_both()
+    assert evaluations.count("edited") == 12  # the edited objective's trials ran again
+    assert evaluations.count("other") == 6  # the other study was answered from the store
+
+
+def test_the_same_key_is_never_evaluated_twice(counting_client, tmp_path):
+    client4 = counting_client
+    study = {"objective": "sf_objectives:logged_key", "sampler": {"name": "random", "seed": 0},
+             "search_space": {"c": {"type": "categorical", "choices": ["a", "b"]},
+                              "k": {"type": "int", "low": 0, "high": 1}},
+             "budget": {"n_trials": 24}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    log = [line.split() for line in (tmp_path / "count.txt").read_text().splitlines()]
+    keys = [key for key, _, _ in log]
+    assert len(keys) == len(set(keys)) <= 4  # 4 distinct trials at most, each evaluated once
+    assert len(result.trials) == 24 and (result.trials["state"] == "COMPLETE").all()
+    assert result.trials["cached"].sum() == 24 - len(keys)
+    values = result.trials.groupby("key")["value"].nunique()
+    assert (values == 1).all()  # every trial of a key got the one evaluation's value
+
+
+def test_artifacts_are_kept_under_the_trials_key(client4, tmp_path):
+    def objective(trial):
+        (trial.artifact_dir / "model.txt").write_text(f"{trial.params['x']} seed={trial.seed}")
+        return trial.params["x"]
+
+    study = {"objective": "unused:unused", "search_space": {"x": SPACE["x"]}, "budget": {"n_trials": 5}}
+    result = optimize(objective, study, client=client4, results_dir=tmp_path, progress=False)
+    for row in result.trials.itertuples():
+        folder = Path(row.artifacts)
+        assert folder.name == "artifacts" and folder.parent.name == row.key
+        assert (folder / "model.txt").read_text().startswith(str(row.params_x))
+    assert not list(tmp_path.glob(".store/trials/*/*/.staging-*"))
+
+
+def test_store_ls_and_gc(client4, tmp_path):
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": SPACE["x"]}, "budget": {"n_trials": 7}}
+    optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    ls = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "ls"], cwd=tmp_path,
+                        capture_output=True, text=True, check=True).stdout
+    assert "7 trials" in ls and "COMPLETE: 7" in ls
+    gc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "gc"], cwd=tmp_path,
+                        capture_output=True, text=True, check=True).stdout
+    assert gc.startswith("removed 0 entries")
+    shutil.rmtree(tmp_path / "results/.store/journals")
+    gc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "gc"], cwd=tmp_path,
+                        capture_output=True, text=True, check=True).stdout
+    assert gc.startswith("removed 7 entries")
