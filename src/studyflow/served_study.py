@@ -46,6 +46,7 @@ ATTEMPT_ATTR = "studyflow:attempt"
 RETRY_OF_ATTR = "studyflow:retry_of"
 KEY_ATTR = "studyflow:key"
 CACHED_ATTR = "studyflow:cached"
+DURATION_ATTR = "studyflow:duration_s"  # the objective's own run time, measured on the worker
 # Failures caused by the infrastructure, not the objective: retried, and not counted against
 # `budget.max_failures`.
 INFRA_ERRORS = ("WorkerLost", "Interrupted")
@@ -238,6 +239,8 @@ class ServedStudy:
             for key, value in user_attrs.items():
                 trial.set_user_attr(key, value)
             storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+            if duration_s is not None:
+                storage.set_trial_system_attr(trial._trial_id, DURATION_ATTR, duration_s)
             if error:
                 storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
         except Exception as exc:  # e.g. a user attr that is not JSON: fail the trial, not the loop

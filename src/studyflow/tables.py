@@ -13,6 +13,7 @@ from studyflow._io import atomic_write
 from studyflow.store import TrialStore
 from studyflow.served_study import ATTEMPT_ATTR
 from studyflow.served_study import CACHED_ATTR
+from studyflow.served_study import DURATION_ATTR
 from studyflow.served_study import KEY_ATTR
 from studyflow.served_study import ERROR_ATTR
 from studyflow.served_study import RETRY_OF_ATTR
@@ -33,7 +34,11 @@ def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore
         row.update({f"params_{k}": v for k, v in t.params.items()})
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
-        row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
+        # The objective's own time when the worker measured it (a reproducible study applies a
+        # result later than it arrives), else Optuna's start-to-complete time.
+        measured = t.system_attrs.get(DURATION_ATTR)
+        row["duration_s"] = measured if measured is not None else (
+            t.duration.total_seconds() if t.duration is not None else None)
         row["worker"] = t.system_attrs.get(WORKER_ATTR)
         row["error"] = t.system_attrs.get(ERROR_ATTR)
         row["attempt"] = int(t.system_attrs.get(ATTEMPT_ATTR, 0))
