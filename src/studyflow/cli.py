@@ -104,8 +104,11 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from studyflow.report import write_report
 
+    from studyflow.config import load_study
+
     _setup_logging()
-    write_report(args.study_dir, args.out)
+    study_file = load_study(args.study, args.overrides) if args.study else None
+    write_report(args.study_dir, args.out, study_file)
     return 0
 
 
@@ -158,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write a study's HTML card")
     rp.add_argument("study_dir")
     rp.add_argument("--out", required=True)
+    rp.add_argument("--study", default=None, help="study file whose `report:` settings to use")
+    rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     so = sub.add_parser("store", help="the content-addressed trial store")
     so.add_argument("action", choices=["ls", "gc"], help="ls: sizes and counts; gc: drop unreferenced")
     so.add_argument("--results", default="results")

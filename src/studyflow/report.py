@@ -1,7 +1,8 @@
-"""The study card: one self-contained HTML file (plotly.js inlined once, works offline).
+"""The study card: one self-contained HTML file (plotly.js inlined once, so it works offline).
 
-Step 1 content: the best trial, the optimization history with best-so-far (or the Pareto
-front for several objectives), and a sortable table of every trial.
+Sections: the best trial; the optimization history with best so far (the Pareto front for two
+objectives); parameter importances; parallel coordinates; slices; a timeline of trials per
+worker; a failure banner; a sortable, filterable table of every trial; and the run's facts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 
 import pandas as pd
 
+from studyflow import figures
 from studyflow._io import write_text
+from studyflow.config import StudyConfig
+from studyflow.config import load_study
 
 _TABLE_JS = """
 document.querySelectorAll('table.trials th').forEach(function (th, col) {
@@ -48,105 +52,165 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table.trials { border-collapse: collapse; font-size: 12px; }
 table.trials th { cursor: pointer; background: #eee; position: sticky; top: 0; }
 table.trials td, table.trials th { border: 1px solid #ddd; padding: 2px 6px; }
+table.trials th[data-order=asc]::after { content: " \\25B2"; }
+table.trials th[data-order=desc]::after { content: " \\25BC"; }
+tr.pareto td { background: #fff3f3; }
+table.facts th { text-align: left; padding-right: 1em; font-weight: normal; color: #555; }
+.placeholder { color: #777; font-style: italic; }
 """
 
 
-def render(trials: pd.DataFrame, best: dict[str, Any], resolved_yaml: str) -> str:
+def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig) -> str:
     """Build the study card's HTML from the optimize rule's outputs."""
-    import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
 
-    study = best["study"]
     directions = best["directions"]
+    multi = len(directions) > 1
+    front = {p["number"] for p in best.get("pareto_front") or []}
+    value_col = "values_0" if multi else "value"
+    sections = [
+        ("pareto", "Pareto front", figures.pareto(trials, directions, front)) if multi
+        else ("history", "Optimization history", figures.history(trials, directions[0])),
+        ("importance", "Parameter importances", figures.importances(trials, cfg)),
+        ("parallel", "Parallel coordinates", figures.parallel_coordinates(trials, value_col)),
+        ("slices", "Slices", figures.slices(trials, value_col)),
+        ("timeline", "Timeline of trials per worker", figures.timeline(trials)),
+    ]
+    body = "\n".join(_section(sid, title, fig) for sid, title, fig in sections)
     counts = trials["state"].value_counts().to_dict() if not trials.empty else {}
-    figures = [_history(trials, directions, go)] if len(directions) == 1 else [_pareto(trials, directions, go)]
-    plots = "\n".join(
-        f.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}) for f in figures
-    )
-    failed = counts.get("FAIL", 0)
-    banner = f'<div class="banner">{failed} failed trial(s); see the table\'s error column.</div>' if failed else ""
+    name = html.escape(cfg.name or "")
+    title = html.escape(str(cfg.report.get("title") or f"Study {cfg.name}"))
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>studyflow: {html.escape(study)}</title>
+<html><head><meta charset="utf-8"><title>studyflow: {name}</title>
 <style>{_CSS}</style><script>{get_plotlyjs()}</script></head>
 <body>
-<h1>Study {html.escape(study)}</h1>
+<h1>{title}</h1>
 {_hero(best, len(trials))}
-{banner}
-<h2>{'Optimization history' if len(directions) == 1 else 'Pareto front'}</h2>
-{plots}
-<h2>Trials</h2>
+{_failure_banner(trials)}
+{body}
+<section id="trials"><h2>Trials</h2>
 <p><input id="filter" placeholder="filter rows"> {len(trials)} trials:
-{html.escape(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))}</p>
-{_table(trials)}
-<h2>Study file (resolved)</h2><pre>{html.escape(resolved_yaml)}</pre>
+{html.escape(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))}. Click a column to sort.</p>
+{_table(trials, front if multi else None)}</section>
+{_facts(trials, best, cfg)}
 <script>{_TABLE_JS}</script>
 </body></html>
 """
 
 
+def _section(sid: str, title: str, fig: figures.Figure) -> str:
+    if isinstance(fig, str):
+        inner = f'<p class="placeholder">{html.escape(fig)}</p>'
+    else:
+        inner = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{sid}",
+                            config={"displaylogo": False, "responsive": True})
+    return f'<section id="{sid}"><h2>{html.escape(title)}</h2>{inner}</section>'
+
+
+def _failure_banner(trials: pd.DataFrame) -> str:
+    failed = trials[trials["state"] == "FAIL"] if not trials.empty else trials
+    if failed.empty:
+        return ""
+    errors = failed["error"].fillna("")
+    timed_out = int(errors.str.startswith("Timeout").sum())
+    lost = int(errors.str.startswith(("WorkerLost", "Interrupted")).sum())
+    others = len(failed) - timed_out - lost
+    return (f'<div class="banner" id="failures"><b>{len(failed)} failed trial(s)</b>: '
+            f"{others} raised or returned a bad value, {timed_out} timed out, {lost} lost with their "
+            "worker or run (and retried). See the table's error column.</div>")
+
+
+def _facts(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig) -> str:
+    workers, wall = best.get("workers") or 0, best.get("wall_time_s") or 0
+    busy = float(trials["duration_s"].fillna(0).sum()) if "duration_s" in trials else 0.0
+    utilization = f"{busy / (workers * wall):.0%}" if workers and wall else "n/a"
+    facts = {
+        "stop reason": best.get("stop_reason"),
+        "workers": workers,
+        "wall time": f"{wall:.1f} s",
+        "worker utilization (objective time / workers x wall time)": utilization,
+        "cached trials (answered from the store)": int(trials["cached"].sum()) if "cached" in trials else 0,
+        "data sha256": best.get("data_sha256") or "no data",
+        "journal": best.get("journal"),
+        **{f"{pkg} version": v for pkg, v in (best.get("versions") or {}).items()},
+    }
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
+    return (f'<section id="facts"><h2>Run facts</h2><table class="facts">{rows}</table>'
+            f"<h3>Study file (resolved)</h3><pre>{html.escape(cfg.to_yaml())}</pre></section>")
+
+
 def _hero(best: dict[str, Any], n: int) -> str:
     if best.get("best_number") is None:
         if best.get("pareto_front"):
-            return f'<div class="hero">{len(best["pareto_front"])} Pareto-optimal trials of {n}</div>'
-        return '<div class="hero">No trial completed.</div>'
+            return f'<div class="hero" id="hero">{len(best["pareto_front"])} Pareto-optimal trials of {n}</div>'
+        return '<div class="hero" id="hero">No trial completed.</div>'
     params = "".join(
         f"<li><code>{html.escape(k)}</code> = {html.escape(repr(v))}</li>"
         for k, v in best["best_params"].items()
     )
     return (
-        f'<div class="hero"><div>Best ({best["directions"][0]}) at trial {best["best_number"]}'
+        f'<div class="hero" id="hero"><div>Best ({best["directions"][0]}) at trial {best["best_number"]}'
         f" of {n}</div>"
         f'<div class="value" id="best-value">{best["best_values"][0]:.6g}</div><ul>{params}</ul></div>'
     )
 
 
-def _history(trials: pd.DataFrame, directions: list[str], go: Any) -> Any:
-    done = trials[trials["state"] == "COMPLETE"].sort_values("number")
-    fig = go.Figure()
-    fig.add_scatter(x=done["number"], y=done["value"], mode="markers", name="trial value")
-    running = done["value"].cummax() if directions[0] == "maximize" else done["value"].cummin()
-    fig.add_scatter(x=done["number"], y=running, mode="lines", name="best so far")
-    fig.update_layout(xaxis_title="trial", yaxis_title="value", height=420, margin=dict(t=30))
-    return fig
 
 
-def _pareto(trials: pd.DataFrame, directions: list[str], go: Any) -> Any:
-    done = trials[trials["state"] == "COMPLETE"]
-    fig = go.Figure()
-    fig.add_scatter(x=done["values_0"], y=done["values_1"], mode="markers", text=done["number"])
-    fig.update_layout(
-        xaxis_title=f"objective 0 ({directions[0]})", yaxis_title=f"objective 1 ({directions[1]})",
-        height=420, margin=dict(t=30),
-    )
-    return fig
+TABLE_COLUMNS = ("number", "state", "value", "duration_s", "worker", "cached", "error")
 
 
-def _table(trials: pd.DataFrame) -> str:
-    cols = [c for c in trials.columns if c not in ("datetime_start", "datetime_complete")]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+def _table(trials: pd.DataFrame, front: set[int] | None) -> str:
+    """All trials; `data-v` holds the sort key so numbers sort as numbers."""
+    lead = [c for c in TABLE_COLUMNS if c in trials.columns]
+    values = [c for c in trials.columns if c.startswith("values_")]
+    params = [c for c in trials.columns if c.startswith("params_")]
+    attrs = [c for c in trials.columns if c.startswith("user_attrs_")]
+    cols = lead[:3] + values + params + lead[3:] + attrs
+    head = ("<th>pareto</th>" if front is not None else "") + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     rows = []
-    for rec in trials[cols].itertuples(index=False):
-        cells = []
-        for v in rec:
-            text = "" if pd.isna(v) else (f"{v:.6g}" if isinstance(v, float) else str(v))
-            cells.append(f'<td data-v="{html.escape(text)}">{html.escape(text)}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+    for rec in trials[["number", *cols]].itertuples(index=False):
+        number, *cells = rec
+        parts = []
+        if front is not None:
+            mark = "yes" if number in front else ""
+            parts.append(f'<td data-v="{mark}">{mark}</td>')
+        for v in cells:
+            text = "" if v is None or (not isinstance(v, (list, dict)) and pd.isna(v)) else (
+                f"{v:.6g}" if isinstance(v, float) else str(v))
+            parts.append(f'<td data-v="{html.escape(text)}">{html.escape(text)}</td>')
+        cls = ' class="pareto"' if front is not None and number in front else ""
+        rows.append(f"<tr{cls}>" + "".join(parts) + "</tr>")
     return f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def write_report(study_dir: str | Path, out: str | Path) -> Path:
+def write_report(study_dir: str | Path, out: str | Path, study_file: StudyConfig | None = None) -> Path:
+    """Render a finished study. Report settings come from `study_file` (the study file as it
+    is now, so editing them re-renders without re-running the study), else resolved.yaml."""
     study_dir = Path(study_dir)
     trials = pd.read_parquet(study_dir / "trials.parquet")
     best = json.loads((study_dir / "best.json").read_text())
-    resolved = (study_dir / "resolved.yaml").read_text()
-    return write_text(out, render(trials, best, resolved))
+    cfg = load_study(study_dir / "resolved.yaml")
+    if study_file is not None:
+        cfg.report = dict(study_file.report)
+    return write_text(out, render(trials, best, cfg))
 
 
 def write_index(study_dirs: list[Path], out: str | Path) -> Path:
-    """An index page linking each study card, with its best value."""
-    items = []
+    """An index page linking each study card, with its best value and trial counts."""
+    rows = []
     for d in study_dirs:
         best = json.loads((Path(d) / "best.json").read_text())
+        trials = pd.read_parquet(Path(d) / "trials.parquet", columns=["state"])
+        states = trials["state"].value_counts().to_dict()
         value = (best.get("best_values") or ["-"])[0]
-        items.append(f'<li><a href="{html.escape(best["study"])}.html">{html.escape(best["study"])}</a>: best {value}</li>')
-    return write_text(out, f"<!DOCTYPE html><html><body><h1>Studies</h1><ul>{''.join(items)}</ul></body></html>\n")
+        value = f"{value:.6g}" if isinstance(value, float) else value
+        name = html.escape(best["study"])
+        rows.append(f'<tr><td><a href="{name}.html">{name}</a></td><td>{",".join(best["directions"])}</td>'
+                    f"<td>{value}</td><td>{states.get('COMPLETE', 0)}</td><td>{states.get('PRUNED', 0)}</td>"
+                    f"<td>{states.get('FAIL', 0)}</td><td>{best.get('wall_time_s')}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("study", "directions", "best", "complete", "pruned", "failed", "wall s"))
+    return write_text(out, f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>studyflow studies</title>'
+                           f"<style>{_CSS}</style></head><body><h1>Studies</h1>"
+                           f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
+                           "</table></body></html>\n")

@@ -35,11 +35,15 @@ def dataset_spec_json(wildcards):
 
 def optimize_inputs(wildcards):
     cfg = STUDIES[wildcards.study]
-    inputs = {"study": str(WORKFLOW.study_file(wildcards.study))}
+    inputs = {"study": study_file(wildcards)}
     if cfg.data is not None:
         inputs["data"] = f"results/data/{cfg.data}.parquet"
         inputs["manifest"] = f"results/data/{cfg.data}.manifest.json"
     return inputs
+
+
+def study_file(wildcards):
+    return str(WORKFLOW.study_file(wildcards.study))
 
 
 def study_config_hash(wildcards):

@@ -3,6 +3,7 @@ rule report:
         trials="results/studies/{study}/trials.parquet",
         best="results/studies/{study}/best.json",
         resolved="results/studies/{study}/resolved.yaml",
+        study=study_file,
     output:
         report(
             "results/reports/{study}.html",
@@ -10,8 +11,11 @@ rule report:
             category="Study cards",
             labels={"study": "{study}"},
         ),
+    params:
+        set_args=study_set_args,
     log:
         "logs/report/{study}.log",
     threads: 1
     shell:
-        "studyflow report results/studies/{wildcards.study} --out {output} 2> {log}"
+        "studyflow report results/studies/{wildcards.study} --study {input.study} {params.set_args}"
+        " --out {output} 2> {log}"

@@ -1,0 +1,182 @@
+"""The study card's plotly figures, built from `trials.parquet` (no live study needed).
+
+Each function returns a figure, or a string saying why there is none (too few trials, one
+objective where two are needed...), which the card shows as a placeholder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from studyflow.config import StudyConfig
+from studyflow.space import distribution
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line per card
+MIN_TRIALS_FOR_IMPORTANCE = 5
+STATE_COLOURS = {"COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e76f51", "TIMEOUT": "#9b2226",
+                 "CACHED": "#8ecae6", "RUNNING": "#adb5bd"}
+_LAYOUT = dict(height=380, margin=dict(t=30, l=60, r=20, b=50), template="plotly_white")
+
+Figure = go.Figure | str
+
+
+def param_columns(trials: pd.DataFrame) -> list[str]:
+    return [c for c in trials.columns if c.startswith("params_")]
+
+
+def complete(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["state"] == "COMPLETE"].sort_values("number")
+
+
+def history(trials: pd.DataFrame, direction: str) -> Figure:
+    done = complete(trials)
+    if done.empty:
+        return "No trial completed yet."
+    best = done["value"].cummax() if direction == "maximize" else done["value"].cummin()
+    fig = go.Figure()
+    fig.add_scattergl(x=done["number"], y=done["value"], mode="markers", name="trial value",
+                      marker=dict(size=6, color="#457b9d"))
+    fig.add_scatter(x=done["number"], y=best, mode="lines", name="best so far", line=dict(color="#e63946"))
+    fig.update_layout(xaxis_title="trial", yaxis_title="value", **_LAYOUT)
+    return fig
+
+
+def pareto(trials: pd.DataFrame, directions: list[str], front: set[int]) -> Figure:
+    done = complete(trials)
+    if done.empty:
+        return "No trial completed yet."
+    on_front = done["number"].isin(front)
+    fig = go.Figure()
+    for mask, name, colour in ((~on_front, "dominated", "#adb5bd"), (on_front, "Pareto-optimal", "#e63946")):
+        part = done[mask]
+        fig.add_scattergl(x=part["values_0"], y=part["values_1"], mode="markers", name=name,
+                          text=[f"trial {n}" for n in part["number"]], marker=dict(size=7, color=colour))
+    fig.update_layout(xaxis_title=f"objective 0 ({directions[0]})", yaxis_title=f"objective 1 ({directions[1]})",
+                      **_LAYOUT)
+    return fig
+
+
+def importances(trials: pd.DataFrame, cfg: StudyConfig) -> Figure:
+    """Optuna's PED-ANOVA importances (fast enough for thousands of trials)."""
+    done = complete(trials)
+    params = param_columns(trials)
+    if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not params:
+        return (f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials and one "
+                f"parameter; this study has {len(done)} completed trial(s).")
+    if len(params) < 2:
+        return "Parameter importances need at least two parameters."
+    study = _in_memory_study(done, params, cfg)
+    value = (lambda t: t.values[0]) if len(cfg.study_directions) > 1 else None
+    try:
+        scores = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=value)
+    except (RuntimeError, ValueError) as exc:
+        return f"Parameter importances could not be computed: {exc}"
+    names = list(scores)[::-1]
+    fig = go.Figure(go.Bar(x=[scores[n] for n in names], y=names, orientation="h", marker_color="#457b9d"))
+    title = "importance" + (" (objective 0)" if value else "")
+    fig.update_layout(xaxis_title=title, **_LAYOUT)
+    return fig
+
+
+def _in_memory_study(done: pd.DataFrame, params: list[str], cfg: StudyConfig) -> optuna.Study:
+    dists = {}
+    for col in params:
+        name = col.removeprefix("params_")
+        if name in cfg.search_space:
+            dists[name] = distribution(cfg.search_space[name])
+        elif pd.api.types.is_numeric_dtype(done[col]):
+            low, high = float(done[col].min()), float(done[col].max())
+            dists[name] = optuna.distributions.FloatDistribution(low, high if high > low else low + 1)
+        else:
+            dists[name] = optuna.distributions.CategoricalDistribution(sorted(done[col].dropna().astype(str).unique()))
+    value_cols = ["value"] if "value" in done.columns else [c for c in done.columns if c.startswith("values_")]
+    study = optuna.create_study(directions=cfg.study_directions)
+    trials = []
+    for row in done.to_dict("records"):
+        present = {c.removeprefix("params_"): _native(row[c]) for c in params if not _missing(row[c])}
+        trials.append(optuna.trial.create_trial(
+            params=present, distributions={k: dists[k] for k in present},
+            values=[row[c] for c in value_cols], state=optuna.trial.TrialState.COMPLETE,
+        ))
+    study.add_trials(trials)
+    return study
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _native(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def parallel_coordinates(trials: pd.DataFrame, value_col: str) -> Figure:
+    done = complete(trials)
+    params = param_columns(trials)
+    if done.empty or not params:
+        return "Parallel coordinates need completed trials with parameters."
+    dims = []
+    for col in params:
+        series = done[col]
+        if pd.api.types.is_numeric_dtype(series):
+            dims.append(dict(label=col.removeprefix("params_"), values=series))
+        else:
+            codes, labels = pd.factorize(series.astype(str))
+            dims.append(dict(label=col.removeprefix("params_"), values=codes,
+                             tickvals=list(range(len(labels))), ticktext=list(labels)))
+    dims.append(dict(label=value_col, values=done[value_col]))
+    fig = go.Figure(go.Parcoords(line=dict(color=done[value_col], colorscale="Viridis", showscale=True),
+                                 dimensions=dims))
+    fig.update_layout(**{**_LAYOUT, "margin": dict(t=50, l=60, r=60, b=30)})
+    return fig
+
+
+def slices(trials: pd.DataFrame, value_col: str) -> Figure:
+    done = complete(trials)
+    params = param_columns(trials)
+    if done.empty or not params:
+        return "Slice plots need completed trials with parameters."
+    fig = make_subplots(rows=1, cols=len(params), shared_yaxes=True,
+                        subplot_titles=[p.removeprefix("params_") for p in params])
+    for i, col in enumerate(params, start=1):
+        fig.add_trace(go.Scattergl(x=done[col], y=done[value_col], mode="markers", showlegend=False,
+                                   marker=dict(size=5, color=done["number"], colorscale="Blues")), row=1, col=i)
+    fig.update_yaxes(title_text=value_col, row=1, col=1)
+    fig.update_layout(**{**_LAYOUT, "height": 320})
+    return fig
+
+
+def timeline(trials: pd.DataFrame) -> Figure:
+    """One row per worker; each trial a bar from start to end, coloured by what happened."""
+    timed = trials.dropna(subset=["datetime_start", "datetime_complete"])
+    if timed.empty:
+        return "No timed trials."
+    start = pd.to_datetime(timed["datetime_start"])
+    end = start + pd.to_timedelta(timed["duration_s"].fillna(0), unit="s")
+    end = end.where(timed["duration_s"].notna(), pd.to_datetime(timed["datetime_complete"]))
+    origin = start.min()
+    kind = timed["state"].astype(str).where(~timed["cached"].fillna(False).astype(bool), "CACHED")
+    kind = kind.where(~timed["error"].fillna("").str.startswith("Timeout"), "TIMEOUT")
+    workers = timed["worker"].fillna("cache").astype(str)
+    fig = go.Figure()
+    for state, colour in STATE_COLOURS.items():
+        mask = kind == state
+        if not mask.any():
+            continue
+        x, y, text = [], [], []
+        for s, e, w, n in zip((start[mask] - origin).dt.total_seconds(), (end[mask] - origin).dt.total_seconds(),
+                              workers[mask], timed["number"][mask]):
+            x += [s, e, None]
+            y += [w, w, None]
+            text += [f"trial {n}"] * 3
+        fig.add_scattergl(x=x, y=y, mode="lines", name=state, text=text, line=dict(color=colour, width=10))
+    fig.update_layout(xaxis_title="seconds since the first trial", yaxis_title="worker",
+                      **{**_LAYOUT, "height": max(220, 60 + 28 * workers.nunique())})
+    return fig
