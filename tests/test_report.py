@@ -1,0 +1,103 @@
+"""The study card on real finished studies: content that matches trials.parquet, and a real
+headless Chromium opening it from a file:// path."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from studyflow import optimize
+from studyflow.report import write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}, "k": {"type": "int", "low": 1, "high": 3},
+         "kind": {"type": "categorical", "choices": ["a", "b"]}}
+
+
+@pytest.fixture(scope="module")
+def finished(client4, tmp_path_factory) -> Path:
+    """A finished study with failures (objective raises when x > 0.7), written as the rule does."""
+    tmp = tmp_path_factory.mktemp("card")
+    study = {"objective": "sf_objectives:raises_when_large", "search_space": SPACE, "name": "card",
+             "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": 30, "max_failures": 100},
+             "report": {"title": "A card for the tests"}}
+    result = optimize(None, study, client=client4, results_dir=tmp / "results", progress=False)
+    result.write(tmp / "results/studies/card")
+    write_report(tmp / "results/studies/card", tmp / "results/reports/card.html")
+    return tmp
+
+
+def test_every_section_is_there_and_numbers_match_the_trials_table(finished):
+    html = (finished / "results/reports/card.html").read_text()
+    trials = pd.read_parquet(finished / "results/studies/card/trials.parquet")
+    for section in ("hero", "failures", "history", "importance", "parallel", "slices", "timeline", "trials", "facts"):
+        assert f'id="{section}"' in html, section
+    assert "<h1>A card for the tests</h1>" in html
+    best = trials.loc[trials["value"].idxmin()]
+    assert re.search(rf'id="best-value">{best["value"]:.6g}<', html)
+    assert f"at trial {int(best['number'])} of {len(trials)}" in html
+    n_failed = int((trials["state"] == "FAIL").sum())
+    assert n_failed > 0 and f"<b>{n_failed} failed trial(s)</b>" in html
+    assert html.count("<tr><td") == len(trials)  # one table row per trial
+    assert "<script src=" not in html  # plotly.js inlined: works offline
+    js_size = len(__import__("plotly.offline", fromlist=["get_plotlyjs"]).get_plotlyjs())
+    assert len(html.encode()) - js_size < 5_000_000
+
+
+def test_too_few_trials_give_a_placeholder_with_the_reason(client4, tmp_path):
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": SPACE["x"]}, "budget": {"n_trials": 3}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    result.write(tmp_path / "results/studies/study")
+    write_report(tmp_path / "results/studies/study", tmp_path / "card.html")
+    html = (tmp_path / "card.html").read_text()
+    assert "Parameter importances need at least 5 completed trials and one parameter; this study has 3" in html
+
+
+def test_two_objectives_show_the_pareto_front_and_mark_its_trials(client4, tmp_path):
+    study = {"objective": "sf_objectives:two_objectives", "directions": ["minimize", "minimize"],
+             "budget": {"n_trials": 10}, "search_space": {"x": SPACE["x"]}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    result.write(tmp_path / "results/studies/study")
+    write_report(tmp_path / "results/studies/study", tmp_path / "card.html")
+    html = (tmp_path / "card.html").read_text()
+    assert 'id="pareto"' in html and 'id="history"' not in html
+    assert html.count('<tr class="pareto">') == len(result.best()["pareto_front"])
+
+
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+                    reason="no chromium here (.ci/run installs Debian's chromium)")
+def test_chromium_opens_the_card_draws_the_plots_and_sorts_the_table(finished):
+    from playwright.sync_api import sync_playwright
+
+    card = finished / "results/reports/card.html"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(card.as_uri())
+        for plot in ("history", "importance", "parallel", "slices", "timeline"):
+            page.wait_for_selector(f"#plot-{plot} .main-svg", timeout=15_000)
+        assert page.locator("#plot-history .scatterlayer .point, #plot-history .gl-container canvas").count() > 0
+        value_col = page.locator("table.trials th", has_text=re.compile(r"^value$"))
+        value_col.click()
+        cells = page.locator("table.trials tbody tr td:nth-child(3)").all_inner_texts()
+        numbers = [float(c) for c in cells if c]
+        assert numbers == sorted(numbers) and len(numbers) > 0
+        value_col.click()  # a second click sorts descending
+        cells = page.locator("table.trials tbody tr td:nth-child(3)").all_inner_texts()
+        numbers = [float(c) for c in cells if c]
+        assert numbers == sorted(numbers, reverse=True)
+        shot = Path(os.environ.get("STUDYFLOW_SCREENSHOTS", finished)) / "card.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
+        browser.close()
+    assert errors == []
