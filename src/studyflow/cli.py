@@ -49,13 +49,17 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
     from studyflow.stage import stage
 
     workflow = WorkflowConfig.from_file(args.config)
-    cfg = load_study(args.study, args.overrides)
+    cfg = load_study(args.study, args.overrides, defaults=workflow.study_defaults())
     workflow.check_dataset(cfg)
     if args.dry_run:
+        from studyflow.cluster import describe
+        from studyflow.objective import search_paths
+
         sys.stdout.write(cfg.to_yaml())
-        workers = args.workers or cfg.concurrency
-        where = f"scheduler at {args.address}" if args.address else f"LocalCluster, {workers or 'one per core'} workers"
-        sys.stdout.write(f"# cluster: {where}\n")
+        if args.address:
+            cfg.cluster.mode, cfg.cluster.address = "address", args.address
+        text = describe(cfg.cluster, args.workers or cfg.concurrency, search_paths(args.study))
+        sys.stdout.write("".join(f"# {line}\n" for line in text.splitlines()))
         return 0
     layout = ResultsLayout(Path(args.results))
     default_log = f"logs/optimize/{cfg.name}.log" if stage_missing else None
@@ -63,7 +67,7 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
     if stage_missing and cfg.data is not None and not layout.data(cfg.data).is_file():
         stage(cfg.data, workflow.datasets[cfg.data], layout.data(cfg.data).parent)
     result = optimize(
-        None, args.study, overrides=args.overrides, results_dir=args.results,
+        None, cfg, overrides=None, results_dir=args.results,
         n_workers=args.workers, address=args.address, watch_parent=not stage_missing,
     )
     result.write(layout.study_dir(cfg.name))
@@ -140,6 +144,22 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Copy a profile of this workflow to ~/.config/snakemake/<name>, so that
+    `snakemake --profile <name>` finds it by name."""
+    import shutil
+
+    source = Path(args.profiles) / args.name
+    if not (source / "config.yaml").is_file():
+        raise StudyflowError(f"{source}/config.yaml: no such profile")
+    target = Path(args.to).expanduser() / args.name
+    if target.exists() and not args.force:
+        raise StudyflowError(f"{target} exists; pass --force to replace it")
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    sys.stdout.write(f"installed {source} as {target}: run `snakemake --profile {args.name}`\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studyflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True)
     rp.add_argument("--study", default=None, help="study file whose `report:` settings to use")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pf = sub.add_parser("profile", help="install a Snakemake profile by name")
+    pf.add_argument("action", choices=["install"])
+    pf.add_argument("name", help="profile name, e.g. slurm")
+    pf.add_argument("--profiles", default="profiles", help="this workflow's profiles folder")
+    pf.add_argument("--to", default="~/.config/snakemake", help="where Snakemake looks up profiles")
+    pf.add_argument("--force", action="store_true")
     so = sub.add_parser("store", help="the content-addressed trial store")
     so.add_argument("action", choices=["ls", "gc"], help="ls: sizes and counts; gc: drop unreferenced")
     so.add_argument("--results", default="results")
@@ -181,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "optimize"):
             return cmd_optimize(args, stage_missing=args.command == "run")
-        commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store}
+        commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store,
+                    "profile": cmd_profile}
         return commands[args.command](args)
     except StudyflowError as exc:
         sys.stderr.write(f"studyflow: error: {exc}\n")

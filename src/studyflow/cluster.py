@@ -1,13 +1,20 @@
-"""Start or attach the Dask cluster a study runs on."""
+"""Start or attach the Dask cluster a study runs on: local, SLURM jobs, or an existing one."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from distributed import Client
 from distributed import LocalCluster
+
+from studyflow.config import ClusterConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -22,30 +29,159 @@ ONE_THREAD_ENV = {
 }
 
 
+def local_workers(requested: int | None) -> int:
+    """Workers for a local cluster: as asked, else the SLURM job's CPUs, else the cores."""
+    if requested:
+        return requested
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    return int(slurm_cpus) if slurm_cpus else (os.cpu_count() or 1)
+
+
+class Supervisor:
+    """Keeps a cluster at its size while a study runs (only SLURM needs it: a job that SLURM
+    killed or that hit its walltime stays in dask-jobqueue's plan and is never replaced)."""
+
+    def check(self) -> None:
+        """Called by the driver between status polls."""
+
+
+class SlurmSupervisor(Supervisor):
+    def __init__(self, cluster: Any, jobs: int) -> None:
+        self.cluster = cluster
+        self.jobs = jobs
+
+    def check(self) -> None:
+        alive = _live_slurm_jobs()
+        if alive is None:
+            return
+        dead = [name for name, job in list(self.cluster.workers.items())
+                if getattr(job, "job_id", None) and job.job_id not in alive]
+        if not dead:
+            return
+        for name in dead:
+            self.cluster.worker_spec.pop(name, None)
+            self.cluster.workers.pop(name, None)
+        _logger.warning("SLURM worker job(s) %s ended; submitting replacements", dead)
+        self.cluster.scale(jobs=self.jobs)
+
+
+def supervisor_for(client: Client) -> Supervisor:
+    cluster = getattr(client, "cluster", None)
+    if type(cluster).__name__ == "SLURMCluster":
+        return SlurmSupervisor(cluster, len(cluster.worker_spec))
+    return Supervisor()
+
+
+def _live_slurm_jobs() -> set[str] | None:
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "--me"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    live = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUED")
+    return {line.split()[0] for line in out.stdout.splitlines() if line.split()[-1] in live}
+
+
+def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = None) -> dict[str, Any]:
+    """dask-jobqueue arguments: each job runs `cores` single-threaded worker processes."""
+    prologue = [f"export {k}=1" for k in ONE_THREAD_ENV]
+    if search_paths:
+        prologue.append(f"export PYTHONPATH={os.pathsep.join(search_paths)}${{PYTHONPATH:+:$PYTHONPATH}}")
+    return dict(
+        cores=cfg.cores,
+        processes=cfg.cores,
+        memory=cfg.memory,
+        walltime=cfg.walltime,
+        queue=cfg.queue,
+        account=cfg.account,
+        job_extra_directives=list(cfg.job_extra_directives),
+        job_script_prologue=prologue,
+        python=sys.executable,
+        log_directory=None,
+    )
+
+
+def slurm_job_script(cfg: ClusterConfig, search_paths: list[str] | None = None) -> str:
+    """The script dask-jobqueue would submit, without starting anything."""
+    from dask_jobqueue.slurm import SLURMJob
+
+    job = SLURMJob(scheduler="tls://<scheduler>:<port>" if cfg.tls else "tcp://<scheduler>:<port>",
+                   name="studyflow-worker", **slurm_cluster_kwargs(cfg, search_paths))
+    return job.job_script()
+
+
+def describe(cfg: ClusterConfig, n_workers: int | None, search_paths: list[str] | None = None) -> str:
+    """What `studyflow run --dry-run` prints about the cluster."""
+    if cfg.mode == "address":
+        return f"cluster: attach to the scheduler at {cfg.address}"
+    if cfg.mode == "scheduler_file":
+        return f"cluster: attach to the scheduler in {cfg.scheduler_file}"
+    if cfg.mode == "local":
+        return f"cluster: LocalCluster, {local_workers(n_workers)} single-threaded worker processes on 127.0.0.1"
+    script = slurm_job_script(cfg, search_paths)
+    return (f"cluster: SLURM, {cfg.jobs} job(s) x {cfg.cores} worker process(es), "
+            f"{'TLS with certificates made for the run' if cfg.tls else 'plain TCP'}\n"
+            f"job script:\n{script}")
+
+
 @contextmanager
 def connect(
-    n_workers: int = 1, address: str | None = None, scheduler_file: str | None = None
+    n_workers: int | None = 1,
+    address: str | None = None,
+    scheduler_file: str | None = None,
+    cluster: ClusterConfig | None = None,
+    tls_dir: str | Path | None = None,
+    search_paths: list[str] | None = None,
 ) -> Iterator[Client]:
-    """Yield a client: to `address`/`scheduler_file` if given, else to a new `LocalCluster`.
+    """Yield a client to the cluster the study asks for (see `ClusterConfig`).
 
     The local cluster has one single-threaded worker process per slot (BLAS/OpenMP capped at
-    one thread), listens on 127.0.0.1 only, and picks a free
-    dashboard port so parallel runs never clash on 8787.
+    one thread), listens on 127.0.0.1 only, and picks a free dashboard port so parallel runs
+    never clash on 8787.
     """
+    cfg = cluster or ClusterConfig()
+    address = address or (cfg.address if cfg.mode == "address" else None)
+    scheduler_file = scheduler_file or (cfg.scheduler_file if cfg.mode == "scheduler_file" else None)
     if address or scheduler_file:
         with Client(address=address, scheduler_file=scheduler_file) as client:
             _logger.info("attached to scheduler %s", client.scheduler.address)
             yield client
         return
+    if cfg.mode == "slurm":
+        with _slurm(cfg, tls_dir, search_paths) as client:
+            yield client
+        return
+    n = local_workers(n_workers)
     with LocalCluster(
-        n_workers=n_workers,
+        n_workers=n,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
         dashboard_address="127.0.0.1:0",
-        silence_logs=logging.CRITICAL,
-        env=ONE_THREAD_ENV,  # shutdown races log scary heartbeat errors
-    ) as cluster, Client(cluster) as client:
-        _logger.info("local cluster: %d workers at %s", n_workers, cluster.scheduler_address)
+        silence_logs=logging.CRITICAL,  # shutdown races log scary heartbeat errors
+        env=ONE_THREAD_ENV,
+    ) as local, Client(local) as client:
+        _logger.info("local cluster: %d workers at %s", n, local.scheduler_address)
         yield client
+
+
+@contextmanager
+def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[str] | None) -> Iterator[Client]:
+    from dask_jobqueue import SLURMCluster
+    from distributed.security import Security
+
+    kwargs = slurm_cluster_kwargs(cfg, search_paths)
+    if cfg.tls:
+        # Certificates made for this run; jobqueue writes the workers' copies to a folder the
+        # nodes share (the results store), readable by this user only.
+        shared = Path(tls_dir or Path.cwd() / ".studyflow-tls")
+        shared.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kwargs.update(security=Security.temporary(), shared_temp_directory=str(shared), protocol="tls://")
+    with SLURMCluster(**kwargs, scheduler_options={"dashboard_address": ":0"}) as slurm:
+        slurm.scale(jobs=cfg.jobs)
+        with Client(slurm, security=kwargs.get("security")) as client:
+            _logger.info("SLURM cluster at %s: %d job(s) of %d worker(s)", slurm.scheduler_address, cfg.jobs, cfg.cores)
+            client.wait_for_workers(1, timeout=600)
+            yield client

@@ -66,6 +66,28 @@ class BudgetConfig:
     patience: Optional[int] = None
 
 
+CLUSTER_MODES = ("local", "slurm", "address", "scheduler_file")
+
+
+@dataclass
+class ClusterConfig:
+    """Where the trials run. `local`: a LocalCluster sized from the rule's threads (inside a
+    SLURM job, the job's CPUs). `slurm`: dask-jobqueue SLURM jobs of `cores` single-threaded
+    worker processes each, over TLS. `address`/`scheduler_file`: attach to a running cluster."""
+
+    mode: str = "local"
+    address: Optional[str] = None
+    scheduler_file: Optional[str] = None
+    jobs: int = 2
+    cores: int = 1
+    memory: str = "2GB"
+    walltime: str = "01:00:00"
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    job_extra_directives: list[str] = field(default_factory=list)
+    tls: bool = True  # slurm mode: certificates made for the run (Security.temporary())
+
+
 @dataclass
 class StudyConfig:
     """A validated study file. `name` is the file's stem unless given."""
@@ -84,6 +106,7 @@ class StudyConfig:
     concurrency: Optional[int] = None
     scheduling: str = "async"
     report: dict[str, Any] = field(default_factory=dict)  # report settings: never re-run optimize
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where, not what: not hashed
     name: Optional[str] = None
     source: Optional[str] = None  # the file it came from; filled in by load_study
 
@@ -107,8 +130,8 @@ class StudyConfig:
     def config_hash(self) -> str:
         """Hash of everything in the resolved study (a Snakemake param: a change re-runs)."""
         data = self.to_dict()
-        data.pop("source")
-        data.pop("report")
+        for key in ("source", "report", "cluster"):
+            data.pop(key)
         return _hash(data)
 
     def identity_hash(self) -> str:
@@ -135,15 +158,19 @@ def load_study(
     source: str | Path | dict[str, Any] | StudyConfig,
     overrides: list[str] | None = None,
     name: str | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> StudyConfig:
-    """Load a study file (or a dict), apply OmegaConf dot-list overrides, validate.
+    """Load a study file (or a dict) over `defaults` (e.g. a run-wide `cluster:` section),
+    apply OmegaConf dot-list overrides, validate.
 
     Raises:
         ConfigError: one line naming the file and the key that is wrong.
     """
-    if isinstance(source, StudyConfig):
+    origin = None
+    if isinstance(source, StudyConfig):  # re-validate, keeping where it came from
+        origin, name = source.source, name or source.name
         source = {k: v for k, v in source.to_dict().items() if k != "source"}
-    label = str(source) if isinstance(source, (str, Path)) else "<study>"
+    label = str(source) if isinstance(source, (str, Path)) else (origin or "<study>")
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -157,7 +184,7 @@ def load_study(
         raw = OmegaConf.create(dict(source))
         default_name = name or "study"
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), raw)
+        merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), defaults or {}, raw)
     except OmegaConfBaseException as exc:
         raise ConfigError(label, _key(exc), _omegaconf_message(exc)) from exc
     if overrides:
@@ -229,6 +256,12 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("budget.retries", f"must be 0 or more, got {budget.retries}")
     if budget.patience is not None and budget.patience < 1:
         fail("budget.patience", f"must be at least 1, got {budget.patience}")
+    if cfg.cluster.mode not in CLUSTER_MODES:
+        fail("cluster.mode", f"{cfg.cluster.mode!r} is not one of {', '.join(CLUSTER_MODES)}")
+    if cfg.cluster.mode in ("address", "scheduler_file") and not getattr(cfg.cluster, cfg.cluster.mode):
+        fail(f"cluster.{cfg.cluster.mode}", f"cluster.mode {cfg.cluster.mode} needs cluster.{cfg.cluster.mode}")
+    if cfg.cluster.jobs < 1 or cfg.cluster.cores < 1:
+        fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
     if cfg.concurrency is not None and cfg.concurrency < 1:
         fail("concurrency", f"must be at least 1, got {cfg.concurrency}")
     for pname, spec in cfg.search_space.items():

@@ -30,6 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from studyflow._io import write_json
 from studyflow._io import write_text
 from studyflow.cluster import connect
+from studyflow.cluster import supervisor_for
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
 from studyflow.errors import ConfigError
@@ -153,7 +154,7 @@ def optimize(
     """
     cfg = load_study(study, overrides)
     label = cfg.source or cfg.name or "<study>"
-    paths = search_paths(cfg.source if isinstance(study, (str, Path)) else None)
+    paths = search_paths(cfg.source)
     add_search_paths(paths)
     fn = objective if objective is not None else import_objective(cfg.objective, label)
     check_signature(fn, cfg.objective_args, label)
@@ -162,9 +163,10 @@ def optimize(
     data_arg, data_sha = _resolve_data(cfg, data, layout)
     key_base = _key_base(cfg, objective, fn, data_sha)
     journal = layout.journal(cfg, key_base)
-    n_workers = n_workers or cfg.concurrency or os.cpu_count() or 1
     with StudyLock(journal.with_suffix(".lock")):
-        context = nullcontext(client) if client is not None else connect(n_workers, address)
+        context = nullcontext(client) if client is not None else connect(
+            n_workers or cfg.concurrency, address, cluster=cfg.cluster,
+            tls_dir=layout.store / "tls", search_paths=paths)
         with context as active:
             return _run(cfg, objective, active, data_arg, data_sha, journal, layout.store, key_base,
                         paths, progress, watch_parent)
@@ -288,6 +290,7 @@ def _run(
     loops = [start_loop(i) for i in range(min(concurrency, slots))]
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
     ancestors = _ancestors(2) if watch_parent else []
+    supervisor = supervisor_for(client)
     max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
     restarts, reason = 0, "closed"
     try:
@@ -305,6 +308,7 @@ def _run(
             if status["done"]:
                 reason = status["stop_reason"]
                 break
+            supervisor.check()
             dead = [pid for pid in ancestors if not _alive(pid)]
             if dead:
                 raise StudyflowError(f"study {cfg.name}: parent process {dead[0]} died; stopping")

@@ -182,6 +182,12 @@ class StudyServer(SchedulerPlugin):
         return {"status": "closed"}
 
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        try:
+            await self._fail_trials_of(worker)
+        except asyncio.CancelledError:  # the scheduler is shutting down: the driver closes studies
+            pass
+
+    async def _fail_trials_of(self, worker: str) -> None:
         for served in list(self._studies.values()):
             async with served.lock:
                 lost = [n for n, lease in served.leases.items() if lease.worker == worker]

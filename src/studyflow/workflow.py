@@ -29,6 +29,7 @@ class WorkflowConfig:
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     set: list[str] = field(default_factory=list)  # dot-list overrides for every study
     overrides: dict[str, list[str]] = field(default_factory=dict)  # {study: dot-list}
+    cluster: dict[str, Any] = field(default_factory=dict)  # run-wide default for every study
     source: str = DEFAULT_CONFIG
 
     @classmethod
@@ -48,6 +49,7 @@ class WorkflowConfig:
             datasets=datasets,
             set=_as_list(raw.get("set")),
             overrides=overrides,
+            cluster=dict(raw.get("cluster") or {}),
             source=source,
         )
 
@@ -68,9 +70,12 @@ class WorkflowConfig:
         path = self.study_file(study)
         if not path.is_file():
             raise ConfigError(self.source, "studies", f"study {study!r} has no file {path}")
-        cfg = load_study(path, self.study_overrides(study))
+        cfg = load_study(path, self.study_overrides(study), defaults=self.study_defaults())
         self.check_dataset(cfg)
         return cfg
+
+    def study_defaults(self) -> dict[str, Any]:
+        return {"cluster": self.cluster} if self.cluster else {}
 
     def check_dataset(self, cfg: StudyConfig) -> None:
         if cfg.data is not None and cfg.data not in self.datasets:
@@ -87,3 +92,11 @@ def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [str(v) for v in value]
+
+
+def job_runtime_minutes(cfg: StudyConfig, default: int = 60) -> int:
+    """A SLURM runtime for a study's optimize job: its time budget plus a margin for start-up
+    and writing outputs, else `default` minutes."""
+    if cfg.budget.timeout_s is None:
+        return default
+    return int(cfg.budget.timeout_s / 60 * 1.2) + 10

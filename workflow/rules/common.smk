@@ -5,6 +5,7 @@ import shlex
 from snakemake.utils import validate
 
 from studyflow.workflow import WorkflowConfig
+from studyflow.workflow import job_runtime_minutes
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -44,6 +45,15 @@ def optimize_inputs(wildcards):
 
 def study_file(wildcards):
     return str(WORKFLOW.study_file(wildcards.study))
+
+
+def optimize_threads(wildcards, cores=None):
+    """The study's concurrency if it sets one, else every core Snakemake was given."""
+    return STUDIES[wildcards.study].concurrency or cores or workflow.cores
+
+
+def optimize_runtime_minutes(wildcards):
+    return job_runtime_minutes(STUDIES[wildcards.study])
 
 
 def study_config_hash(wildcards):

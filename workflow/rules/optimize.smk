@@ -11,9 +11,11 @@ rule optimize:
         set_args=study_set_args,
     log:
         "logs/optimize/{study}.log",
-    threads: workflow.cores
+    threads: optimize_threads
     resources:
         mem_mb=2000,
+        cpus_per_task=optimize_threads,
+        runtime=optimize_runtime_minutes,
     shell:
         "studyflow optimize {input.study} {params.set_args} --config config/config.yaml"
         " --results results --workers {threads} 2> {log}"

@@ -1,0 +1,111 @@
+"""On a real SLURM (started by .ci/slurm-local.sh): the workflow through the slurm profile, a
+study whose Dask workers are SLURM jobs, a worker job cancelled mid-study, and TLS."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from studyflow import optimize
+from studyflow.cluster import connect
+from studyflow.config import ClusterConfig
+
+
+def _slurm_up() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "no SLURM here: sinfo not found (.ci/run starts one with .ci/slurm-local.sh)"
+    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    if proc.returncode != 0 or "idle" not in proc.stdout and "mix" not in proc.stdout:
+        return f"no SLURM node up: sinfo said {proc.stdout.strip() or proc.stderr.strip()!r}"
+    return None
+
+
+REASON = _slurm_up()
+if REASON:
+    print(f"\nskipping the slurm tests: {REASON}", file=sys.stderr)
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+SLURM = {"mode": "slurm", "jobs": 2, "memory": "1GB", "walltime": "00:15:00"}
+
+
+def sacct(*fields: str) -> list[list[str]]:
+    out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-S", "now-1hour", "-o", ",".join(fields)],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split("|") for line in out.splitlines()]
+
+
+def test_the_workflow_through_the_slurm_profile_runs_optimize_as_a_slurm_job(tmp_path):
+    shutil.copy(REPO / "Snakefile", tmp_path)
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    (tmp_path / "config/studies").mkdir(parents=True)
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump({"studies": ["on_slurm"]}))
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 8}, "concurrency": 1}
+    (tmp_path / "config/studies/on_slurm.yaml").write_text(yaml.safe_dump(study))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
+         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    trials = pd.read_parquet(tmp_path / "results/studies/on_slurm/trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == 8
+    assert (tmp_path / "results/reports/on_slurm.html").is_file()
+    jobs = sacct("Comment", "State")
+    assert ["rule_optimize_wildcards_on_slurm", "COMPLETED"] in jobs, jobs
+
+
+def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 20}, "cluster": SLURM}
+    result = optimize(None, study, results_dir=tmp_path / "results", progress=False)
+    trials = result.trials
+    assert (trials["state"] == "COMPLETE").sum() == 20
+    assert trials["worker"].str.startswith("tls://").all()
+
+
+def test_a_worker_job_cancelled_mid_study_is_replaced_and_the_study_completes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "count.txt"))  # sbatch exports the env
+    monkeypatch.setenv("SF_SLEEP", "0.2")
+    study = {"objective": "sf_objectives:counted", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 40}, "cluster": SLURM}
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        result=optimize(None, study, results_dir=tmp_path / "results", progress=False)))
+    runner.start()
+    deadline = time.monotonic() + 300
+    count = tmp_path / "count.txt"
+    while not (count.exists() and len(count.read_text().splitlines()) >= 8):
+        assert time.monotonic() < deadline and runner.is_alive(), "the study made no progress"
+        time.sleep(0.2)
+    running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "dask-worker", "-o", "%i"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert running
+    subprocess.run(["scancel", running[0]], check=True)
+    runner.join(timeout=600)
+    assert not runner.is_alive()
+    trials = outcome["result"].trials
+    assert (trials["state"] == "COMPLETE").sum() == 40
+    assert "RUNNING" not in set(trials["state"])
+    states = dict(sacct("JobID", "State"))
+    assert states[running[0]].startswith("CANCELLED")
+
+
+def test_a_plain_tcp_client_cannot_talk_to_the_tls_scheduler(tmp_path):
+    from distributed import Client
+
+    cfg = ClusterConfig(**{**SLURM, "jobs": 1})
+    with connect(cluster=cfg, tls_dir=tmp_path / "tls") as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://")
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout=5)
