@@ -76,6 +76,9 @@ fi
 # slurmctld exits at once if slurmdbd does not answer yet: wait for its port
 for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/6819) 2>/dev/null && break; sleep 0.25; done
 
+if scontrol ping 2>/dev/null | grep -q "is UP"; then
+  sinfo; echo "slurm already up"; exit 0
+fi
 # No cgroups in this sandbox: linuxproc tracking, no task plugin, and no cgroup.conf at all
 rm -f /etc/slurm/cgroup.conf
 cat > /etc/slurm/slurm.conf <<CONF
