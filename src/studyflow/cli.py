@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     # Snakemake and SLURM stop jobs with SIGTERM: clean up as for Ctrl-C (running trials are
     # marked and re-enqueued in the journal, no output is written).
     signal.signal(signal.SIGTERM, _interrupt)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then
+    # keeps ignoring it: make Ctrl-C (SIGINT) always stop the run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command in ("run", "optimize"):
             return cmd_optimize(args, stage_missing=args.command == "run")

@@ -107,6 +107,7 @@ class StudyConfig:
     scheduling: str = "async"
     report: dict[str, Any] = field(default_factory=dict)  # report settings: never re-run optimize
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where, not what: not hashed
+    worker_resources: dict[str, float] = field(default_factory=dict)  # e.g. {GPU: 1}: not hashed
     name: Optional[str] = None
     source: Optional[str] = None  # the file it came from; filled in by load_study
 
@@ -130,7 +131,7 @@ class StudyConfig:
     def config_hash(self) -> str:
         """Hash of everything in the resolved study (a Snakemake param: a change re-runs)."""
         data = self.to_dict()
-        for key in ("source", "report", "cluster"):
+        for key in ("source", "report", "cluster", "worker_resources"):
             data.pop(key)
         return _hash(data)
 

@@ -152,6 +152,8 @@ def optimize(
         overrides: OmegaConf dot-list (`["budget.n_trials=50"]`).
         watch_parent: stop when the parent process dies (set by the CLI under Snakemake).
     """
+    if objective is not None and isinstance(study, dict) and "objective" not in study:
+        study = {**study, "objective": f"{objective.__module__}:{objective.__qualname__}"}
     cfg = load_study(study, overrides)
     label = cfg.source or cfg.name or "<study>"
     paths = search_paths(cfg.source)
@@ -182,6 +184,18 @@ def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, fn: ObjectiveFn, 
         "objective_args": cfg.objective_args,
         "n_objectives": len(cfg.study_directions),
     })
+
+
+def _slots(client: Client, resources: dict[str, float]) -> int:
+    """Worker threads that may run this study's trials: those whose workers carry every
+    resource the study asks for (`worker_resources: {GPU: 1}` routes trials to GPU workers)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    eligible = [w for w in workers if all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())]
+    if not eligible:
+        raise StudyflowError(f"no worker carries the resources {resources} this study asks for (worker_resources)")
+    if not resources:
+        return sum(w["nthreads"] for w in eligible)
+    return sum(min(w["nthreads"], *(int(w["resources"][k] // v) for k, v in resources.items() if v)) for w in eligible)
 
 
 def _ancestors(n: int) -> list[int]:
@@ -262,7 +276,7 @@ def _run(
     watch_parent: bool,
 ) -> StudyResult:
     started = time.monotonic()
-    slots = sum(client.nthreads().values())
+    slots = _slots(client, cfg.worker_resources)
     concurrency = cfg.window or cfg.concurrency or slots
     study_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     client.register_plugin(StudyServer(), name=StudyServer.name)
@@ -285,7 +299,8 @@ def _run(
 
     def start_loop(i: int) -> Any:
         key = f"studyflow-loop-{study_id}-{i}-{uuid.uuid4().hex[:6]}"
-        return client.submit(run_trial_loop, *loop_args, key=key, pure=False)
+        return client.submit(run_trial_loop, *loop_args, key=key, pure=False,
+                             resources=cfg.worker_resources or None)
 
     loops = [start_loop(i) for i in range(min(concurrency, slots))]
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
