@@ -80,7 +80,7 @@ def test_hung_trial_times_out_its_worker_is_restarted_and_the_study_goes_on(tmp_
     cfg = study("hangs_when_large", n_trials=12, budget={"trial_timeout_s": 2})
     with connect(2) as client:
         result = optimize(None, cfg, client=client, results_dir=tmp_path, progress=False)
-        assert len(client.nthreads()) == 2  # restarted workers came back
+        client.wait_for_workers(2, timeout=30)  # the restarted workers come back
     trials = result.trials
     assert_finished_cleanly(trials, 12)
     timed_out = trials[trials["state"] == "FAIL"]

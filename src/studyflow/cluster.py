@@ -159,7 +159,8 @@ def connect(
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
-        dashboard_address="127.0.0.1:0",
+        dashboard_address="127.0.0.1:0",  # None would still bind the http server to :8787
+        scheduler_kwargs={"dashboard": False},  # no bokeh dashboard: it costs the server CPU
         silence_logs=logging.CRITICAL,  # shutdown races log scary heartbeat errors
         env=ONE_THREAD_ENV,
     ) as local, Client(local) as client:

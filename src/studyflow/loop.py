@@ -1,7 +1,7 @@
 """The trial loop: one long-lived Dask task per worker slot doing ask -> objective -> tell.
 
-A trial costs two RPCs to the study server, not a task submission. The loop returns when the
-server says the budget is spent.
+A trial costs one RPC to the study server (the tell brings back the next trial), not a task
+submission. The loop returns when the server says the budget is spent.
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ def run_trial_loop(
     data = load_data(data)
     conn = ServerConnection(study_id)
     ran = 0
+    reply = conn.call("ask", worker=conn.address)
     while True:
-        reply = conn.call("ask", worker=conn.address)
         if reply["status"] == "stop":
             return ran
         if reply["status"] != "run":
+            reply = conn.call("ask", worker=conn.address)
             continue
         trial = RemoteTrial(conn, reply["number"], reply["params"], data, objective_args,
                             reply["key"], reply["seed"], reply["artifact_dir"])
@@ -69,7 +70,7 @@ def run_trial_loop(
             state = "PRUNED"
         except Exception as exc:
             state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
-        conn.call(
+        reply = conn.call(
             "tell",
             number=trial.number,
             state=state,
@@ -79,5 +80,6 @@ def run_trial_loop(
             traceback=tb,
             worker=conn.address,
             duration_s=time.perf_counter() - started,
-        )
+            ask_next=True,
+        )["next"]
         ran += 1

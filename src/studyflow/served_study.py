@@ -10,8 +10,8 @@ study when the scheduling mode allows:
 - `reproducible` with window c: in trial order, and the outcome of trial j only just before
   trial j + c is asked. Trial i is then sampled seeing exactly trials 0..i-c complete and
   i-c+1..i-1 running, whatever the worker count and timing, so a seed gives the same trials on
-  1 or 8 workers. Until applied, an outcome is safe in the trial store (COMPLETE ones) and
-  its user attributes are already in the journal.
+  1 or 8 workers. Until applied, an outcome's user attributes are already in the journal and
+  a COMPLETE result is on its way to the trial store; a crash in between re-runs that trial.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import field
 from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from studyflow.config import StudyConfig
+from studyflow.journal import ServerJournalStorage
 from studyflow.journal import SingleWriterJournal
 from studyflow.space import distributions
 from studyflow.space import grid_size
@@ -90,6 +90,7 @@ class ServedStudy:
     n_trials: int
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    fsync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
     followers: dict[str, list[optuna.Trial]] = field(default_factory=dict)  # {key: trials}
     ready: list[optuna.Trial] = field(default_factory=list)  # followers whose leader failed
@@ -174,6 +175,12 @@ class ServedStudy:
 
     def ask(self, worker: str) -> dict[str, Any]:
         """Lease the next trial to `worker`; trials the store already answers are told at once."""
+        try:
+            return self._ask(worker)
+        finally:
+            self.backend.flush()
+
+    def _ask(self, worker: str) -> dict[str, Any]:
         while True:
             decision = self.decide()
             if decision != "run":
@@ -220,7 +227,13 @@ class ServedStudy:
 
     # --- telling ---
 
-    def tell(
+    def tell(self, number: int, *args: Any) -> dict[str, Any]:
+        try:
+            return self._tell_trial(number, *args)
+        finally:
+            self.backend.flush()
+
+    def _tell_trial(
         self,
         number: int,
         state: str,
@@ -252,16 +265,14 @@ class ServedStudy:
             key = trial_key(self.spec.key_base, params)  # define-by-run params join the key
             if key != lease.key:
                 storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
-            self.store.put(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
-                                        self.config.name, number))
-            self.store.commit_artifacts(lease.key, number)
+            self.store.put_later(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
+                                              self.config.name, number), number, lease.key)
         else:
             self.store.discard_staging(lease.key, number)
         self._receive(_Outcome(trial, state, values), error)
         self._release_followers(lease.key, state, values, user_attrs)
         self._apply_received()
-        self.backend.flush_to_disk()
-        return {"status": "ok"}
+        return {"status": "ok"}  # the plugin fsyncs (group commit) before the worker hears back
 
     def _release_followers(self, key: str, state: str, values: list[float] | None, attrs: dict[str, Any]) -> None:
         """Trials that asked for a key while it ran share its result (or run it if it failed)."""
@@ -417,6 +428,7 @@ class ServedStudy:
         self.followers.clear()
         self.ready.clear()
         self.apply_all()
+        self.store.close()
         self.backend.close()
 
     def status(self) -> dict[str, Any]:
@@ -441,7 +453,7 @@ def open_study(spec: StudySpec) -> ServedStudy:
     cfg = spec.config
     backend = SingleWriterJournal(spec.journal_path)
     study = optuna.create_study(
-        storage=JournalStorage(backend),
+        storage=ServerJournalStorage(backend),
         study_name=cfg.name,
         directions=cfg.study_directions,
         sampler=make_sampler(cfg),
@@ -454,6 +466,8 @@ def open_study(spec: StudySpec) -> ServedStudy:
     n_trials = cfg.budget.n_trials
     if cfg.sampler.name == "grid":
         n_trials = min(n_trials, grid_size(cfg))  # the grid sampler revisits once exhausted
-    served = ServedStudy(spec=spec, study=study, backend=backend, store=TrialStore(spec.store_root), n_trials=n_trials)
+    store = TrialStore(spec.store_root)
+    store.load_index()
+    served = ServedStudy(spec=spec, study=study, backend=backend, store=store, n_trials=n_trials)
     served.resume()
     return served

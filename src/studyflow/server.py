@@ -133,14 +133,28 @@ class StudyServer(SchedulerPlugin):
         traceback: str | None = None,
         worker: str = "",
         duration_s: float | None = None,
+        ask_next: bool = False,
     ) -> dict[str, Any]:
+        """Record a finished trial; with `ask_next`, answer with the worker's next trial too
+        (one round trip per trial instead of two)."""
         served = self._get(study_id)
         async with served.lock:
             reply = await offload(served.tell, number, state, values, user_attrs or {}, error, worker, duration_s)
+        await self._durable(served)
         if traceback:
             _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, number, worker, traceback)
         served.notify()
+        if ask_next:
+            return {"told": reply["status"], "next": await self.ask(study_id, worker)}
         return reply
+
+    async def _durable(self, served: ServedStudy) -> None:
+        """Return once the journal is fsynced up to now. Tells that arrive while an fsync runs
+        share the next one (group commit), so durability does not cap throughput at 1/fsync."""
+        needed = served.backend.appended
+        async with served.fsync_lock:
+            if served.backend.synced < needed:
+                await asyncio.get_running_loop().run_in_executor(None, served.backend.flush_to_disk)
 
     async def suggest(
         self, study_id: str, number: int, method: str, name: str, kwargs: dict[str, Any]

@@ -15,8 +15,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
+import queue
 import shutil
 import sys
+import threading
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from studyflow._io import write_json
+
+_logger = logging.getLogger(__name__)
 
 
 def canonical_json(data: Any) -> str:
@@ -71,16 +76,73 @@ class StoredResult:
 
 
 class TrialStore:
-    """Filesystem store under `root` (default `results/.store`)."""
+    """Filesystem store under `root` (default `results/.store`).
+
+    The server writes behind (`put_later`): a thread writes result files and moves artifacts
+    while the server answers the next ask, since a mkdir and two file writes cost ~2 ms here,
+    more than everything else a trial costs. The journal already holds the told result, so a
+    crash before the write loses a cache entry, not a trial. `get` sees pending writes.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.trials = self.root / "trials"
+        self._index: set[str] | None = None  # keys on disk, once `load_index` ran
+        self._pending: dict[str, StoredResult] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[StoredResult, int | None, str] | None] | None = None
+        self._writer: threading.Thread | None = None
 
     def entry(self, key: str) -> Path:
         return self.trials / key[:2] / key
 
+    def load_index(self) -> None:
+        """List the stored keys once, so a miss costs no file system call."""
+        self._index = set(self.keys())
+
+    def put_later(self, result: StoredResult, number: int | None = None, staging_key: str | None = None) -> None:
+        """Queue `put(result)` and, for trial `number`, moving its staged artifacts."""
+        if self._queue is None:
+            self._queue = queue.Queue()
+            self._writer = threading.Thread(target=self._write_behind, name="studyflow-store", daemon=True)
+            self._writer.start()
+        with self._lock:
+            self._pending[result.key] = result
+        self._queue.put((result, number, staging_key or result.key))
+
+    def _write_behind(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            result, number, staging_key = item
+            try:
+                self.put(result)
+                if number is not None:
+                    self.commit_artifacts(staging_key, number, result.key)
+            except OSError:
+                _logger.exception("trial store: could not write %s", result.key)
+            finally:
+                with self._lock:
+                    self._pending.pop(result.key, None)
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until every queued write is on disk (at the end of a study)."""
+        if self._queue is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.join()
+            self._queue.put(None)
+            self._queue = None
+
     def get(self, key: str) -> StoredResult | None:
+        with self._lock:
+            pending = self._pending.get(key)
+        if pending is not None:
+            return pending
+        if self._index is not None and key not in self._index:
+            return None
         path = self.entry(key) / "result.json"
         try:
             return StoredResult(**json.loads(path.read_text()))
@@ -89,6 +151,8 @@ class TrialStore:
 
     def put(self, result: StoredResult) -> None:
         write_json(self.entry(result.key) / "result.json", asdict(result))
+        if self._index is not None:
+            self._index.add(result.key)
 
     def staging_dir(self, key: str, number: int) -> Path:
         return self.entry(key) / f".staging-{number}"
@@ -96,11 +160,13 @@ class TrialStore:
     def artifacts_dir(self, key: str) -> Path:
         return self.entry(key) / "artifacts"
 
-    def commit_artifacts(self, key: str, number: int) -> None:
+    def commit_artifacts(self, key: str, number: int, final_key: str | None = None) -> None:
+        """Move trial `number`'s staged files (under `key`) to `final_key`'s artifacts."""
         staging = self.staging_dir(key, number)
         if not staging.exists():
             return
-        target = self.artifacts_dir(key)
+        target = self.artifacts_dir(final_key or key)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -1,0 +1,270 @@
+"""studyflow against what users would pick instead, in one script on one machine.
+
+Sections (each prints a markdown table; medians of --repeats):
+  overhead  instant objective, RandomSampler, 2 and 4 workers: studyflow; Optuna with a
+            JournalFileBackend or SQLite shared by worker processes; optuna_integration's
+            DaskStorage on the same LocalCluster; a driver submitting one Dask task per trial.
+  history   TPE with 1,000 / 5,000 finished trials: ms per trial beyond the sampler's own time.
+  scaling   100 ms sleep objective on 1, 2, 4, 8 workers: efficiency = ideal / measured wall.
+  memory    peak RSS of the process holding the study (the scheduler) for a 10,000-trial study.
+
+    python benchmarks/compare.py [--sections overhead,history,scaling,memory] [--trials 2000]
+        [--scaling-trials 2000] [--repeats 3]      # DaskStorage needs: pip install optuna-integration
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from studyflow import optimize
+from studyflow.cluster import connect
+
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
+
+
+def instant(trial):
+    return trial.suggest_float("x", 0, 1) ** 2
+
+
+def sleep_100ms(trial):
+    time.sleep(0.1)
+    return trial.suggest_float("x", 0, 1)
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+# --- overhead --------------------------------------------------------------------------------
+
+def run_studyflow(client, n_trials: int) -> None:
+    study = {"search_space": SPACE, "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": n_trials}}
+    with tempfile.TemporaryDirectory() as tmp:
+        optimize(instant, study, client=client, results_dir=tmp, progress=False)
+
+
+def _optuna_worker(storage_url: str, n_trials: int) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if storage_url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
+    else:
+        storage = storage_url
+    study = optuna.load_study(study_name="bench", storage=storage, sampler=optuna.samplers.RandomSampler())
+    study.optimize(instant, n_trials=n_trials)
+
+
+def run_shared_storage(kind: str, workers: int, n_trials: int) -> None:
+    """Worker processes sharing one Optuna storage, the usual multi-process recipe."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "journal":
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            url = f"journal:{tmp}/journal.log"
+            optuna.create_study(study_name="bench", storage=JournalStorage(JournalFileBackend(f"{tmp}/journal.log")))
+        else:
+            url = f"sqlite:///{tmp}/bench.db"
+            optuna.create_study(study_name="bench", storage=url)
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_optuna_worker, args=(url, n_trials // workers)) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+
+
+def _dask_storage_task(storage, n_trials: int) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name="bench", storage=storage, sampler=optuna.samplers.RandomSampler())
+    study.optimize(instant, n_trials=n_trials)
+
+
+def run_dask_storage(client, workers: int, n_trials: int) -> None:
+    from optuna_integration import DaskStorage
+
+    storage = DaskStorage(client=client)
+    optuna.create_study(study_name="bench", storage=storage)
+    futures = [client.submit(_dask_storage_task, storage, n_trials // workers, pure=False) for _ in range(workers)]
+    client.gather(futures)
+
+
+def _evaluate(x: float) -> float:
+    return x * x
+
+
+def run_task_per_trial(client, workers: int, n_trials: int) -> None:
+    from distributed import as_completed
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    running, finished = {}, as_completed()
+
+    def submit() -> None:
+        trial = study.ask(space)
+        future = client.submit(_evaluate, trial.params["x"], pure=False)
+        running[future.key] = trial
+        finished.add(future)
+
+    for _ in range(min(workers, n_trials)):
+        submit()
+    asked = len(running)
+    for future in finished:
+        study.tell(running.pop(future.key), future.result())
+        if asked < n_trials:
+            submit()
+            asked += 1
+
+
+def section_overhead(args) -> None:
+    print(f"\n## Coordination overhead: {args.trials} instant trials, RandomSampler\n")
+    print("| workers | runner | trials/s | ms/trial | studyflow speed-up |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for workers in (2, 4):
+        times: dict[str, list[float]] = {}
+        with connect(workers) as client:
+            for _ in range(args.repeats):
+                times.setdefault("studyflow", []).append(_timed(run_studyflow, client, args.trials))
+                times.setdefault("one Dask task per trial", []).append(
+                    _timed(run_task_per_trial, client, workers, args.trials))
+                try:
+                    times.setdefault("optuna_integration DaskStorage", []).append(
+                        _timed(run_dask_storage, client, workers, args.trials))
+                except ImportError:
+                    times.pop("optuna_integration DaskStorage", None)
+        for _ in range(args.repeats):
+            times.setdefault("Optuna + JournalFileBackend, shared", []).append(
+                _timed(run_shared_storage, "journal", workers, args.trials))
+            times.setdefault("Optuna + SQLite, shared", []).append(
+                _timed(run_shared_storage, "sqlite", workers, args.trials))
+        ours = statistics.median(times["studyflow"])
+        for name, values in times.items():
+            wall = statistics.median(values)
+            print(f"| {workers} | {name} | {args.trials / wall:.0f} | {1000 * wall / args.trials:.2f} | "
+                  f"{wall / ours:.1f}x |")
+
+
+# --- history ---------------------------------------------------------------------------------
+
+def section_history(args) -> None:
+    from studyflow.config import load_study
+    from studyflow.driver import ResultsLayout
+    from studyflow.driver import _key_base
+
+    print("\n## Overhead at scale of history: TPE, 1 worker, 30 new trials\n")
+    print("| finished trials | studyflow ms/trial | TPE ask+tell alone ms/trial | overhead ms/trial |")
+    print("| ---: | ---: | ---: | ---: |")
+    new = 30
+    for history in (1000, 5000):
+        rng = optuna.samplers.RandomSampler(seed=1)
+        seed_study = optuna.create_study(sampler=rng)
+        dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+        frozen = []
+        for i in range(history):
+            x = (i * 0.6180339887) % 1.0
+            frozen.append(optuna.trial.create_trial(params={"x": x}, distributions=dist, value=x * x))
+        # The sampler alone, in memory, on the same history.
+        alone = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+        alone.add_trials(frozen)
+        start = time.perf_counter()
+        for _ in range(new):
+            trial = alone.ask(dist)
+            alone.tell(trial, trial.params["x"] ** 2)
+        sampler_ms = 1000 * (time.perf_counter() - start) / new
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_study({"objective": "compare:instant", "search_space": SPACE, "name": "history",
+                              "sampler": {"name": "tpe", "seed": 0}, "budget": {"n_trials": history + new}})
+            layout = ResultsLayout(Path(tmp))
+            journal = layout.journal(cfg, _key_base(cfg, instant, instant, None))
+            journal.parent.mkdir(parents=True)
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            pre = optuna.create_study(study_name="history", storage=JournalStorage(JournalFileBackend(str(journal))))
+            pre.add_trials(frozen)
+            with connect(1) as client:
+                result = optimize(instant, cfg, client=client, results_dir=tmp, progress=False)
+            fresh = result.trials[result.trials["number"] >= history]
+            span = (fresh["datetime_complete"].max() - fresh["datetime_start"].min()).total_seconds()
+            ours_ms = 1000 * span / len(fresh)
+        print(f"| {history} | {ours_ms:.2f} | {sampler_ms:.2f} | {ours_ms - sampler_ms:.2f} |")
+
+
+# --- scaling ---------------------------------------------------------------------------------
+
+def section_scaling(args) -> None:
+    n = args.scaling_trials
+    print(f"\n## Scaling: {n} trials of a 100 ms sleep, RandomSampler\n")
+    print("| workers | wall s | ideal s | efficiency |")
+    print("| ---: | ---: | ---: | ---: |")
+    for workers in (1, 2, 4, 8):
+        study = {"search_space": SPACE, "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": n}}
+        with connect(workers) as client, tempfile.TemporaryDirectory() as tmp:
+            wall = _timed(lambda: optimize(sleep_100ms, study, client=client, results_dir=tmp, progress=False))
+        ideal = n * 0.1 / workers
+        print(f"| {workers} | {wall:.1f} | {ideal:.1f} | {ideal / wall:.1%} |")
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+_MEMORY_CHILD = """
+import resource, sys, tempfile
+sys.path.insert(0, {here!r})
+import optuna
+from compare import instant, SPACE
+n = {n}
+if {mode!r} == "studyflow":
+    from studyflow import optimize
+    with tempfile.TemporaryDirectory() as tmp:
+        optimize(instant, {{"search_space": SPACE, "sampler": {{"name": "random", "seed": 0}},
+                 "budget": {{"n_trials": n}}}}, n_workers=2, results_dir=tmp, progress=False)
+else:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).optimize(instant, n_trials=n)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def section_memory(args) -> None:
+    n = 10_000
+    print(f"\n## Memory: peak RSS of the process holding a {n}-trial study\n")
+    print("| runner | peak RSS MB |")
+    print("| --- | ---: |")
+    here = str(Path(__file__).parent)
+    for mode, label in (("studyflow", "studyflow driver + scheduler + study server"),
+                        ("optuna", "plain Optuna, in-memory, one process (baseline)")):
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD.format(here=here, n=n, mode=mode)],
+                             capture_output=True, text=True, check=True, cwd=here)
+        print(f"| {label} | {out.stdout.strip().splitlines()[-1]} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="overhead,history,scaling,memory")
+    parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--scaling-trials", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    print(f"python {sys.version.split()[0]}, optuna {optuna.__version__}, {os.cpu_count()} cores")
+    for name in args.sections.split(","):
+        globals()[f"section_{name}"](args)
+
+
+if __name__ == "__main__":
+    main()
