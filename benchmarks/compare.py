@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -172,7 +171,7 @@ def section_history(args) -> None:
     new = 30
     for history in (1000, 5000):
         rng = optuna.samplers.RandomSampler(seed=1)
-        seed_study = optuna.create_study(sampler=rng)
+        optuna.create_study(sampler=rng)
         dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
         frozen = []
         for i in range(history):

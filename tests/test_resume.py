@@ -66,7 +66,7 @@ def wait_until_unlocked(workdir: Path, limit_s: float = 30) -> None:
     """The orphaned optimize job stops by itself once snakemake is gone; wait for it."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        out = subprocess.run(["pgrep", "-f", f"studyflow optimize.*--results results"], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-f", "studyflow optimize.*--results results"], capture_output=True, text=True)
         pids = [p for p in out.stdout.split() if Path(f"/proc/{p}/cwd").exists() and os.readlink(f"/proc/{p}/cwd") == str(workdir)]
         if not pids:
             return
