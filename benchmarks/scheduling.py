@@ -1,11 +1,13 @@
-"""What reproducible scheduling costs, and what parallelism costs TPE.
+"""What reproducible scheduling costs, what parallelism costs TPE, and whether TPE keeps workers busy.
 
 1. Throughput: trials with exponential durations (mean --mean-ms), 4 workers, `async` against
    `reproducible` (window c = 4 and 8); worker utilization = busy time / (workers x wall).
-2. Sample efficiency: Branin, 100 trials, mean best value over --seeds seeds, for sequential
-   TPE (concurrency 1), async and reproducible TPE with concurrency 8, and random search.
+2. Sample efficiency: Branin, Hartmann-6 and a 5-D Rosenbrock, 100 trials, mean best value over
+   --seeds seeds, for sequential TPE (concurrency 1), async and reproducible TPE with
+   concurrency 8, and random search.
+3. Busy share: 8 workers, 50 ms trials, TPE, --busy-trials trials: objective time / (8 x wall).
 
-    python benchmarks/scheduling.py [--trials 200] [--seeds 10]
+    python benchmarks/scheduling.py [--trials 200] [--seeds 10] [--sections throughput,efficiency,busy]
 """
 
 from __future__ import annotations
@@ -36,6 +38,36 @@ def branin(trial):
     return a * (y - b * x**2 + c * x - r) ** 2 + s * (1 - t) * math.cos(x) + s
 
 
+HARTMANN_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
+                       [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
+HARTMANN_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                              [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+HARTMANN_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+
+
+def hartmann6(trial):
+    x = np.array([trial.params[f"x{i}"] for i in range(6)])
+    return float(-(HARTMANN_ALPHA * np.exp(-(HARTMANN_A * (x - HARTMANN_P) ** 2).sum(axis=1))).sum())
+
+
+def rosenbrock5(trial):
+    x = np.array([trial.params[f"x{i}"] for i in range(5)])
+    return float((100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum())
+
+
+FUNCTIONS = {
+    "branin": (branin, {"x": {"type": "float", "low": -5, "high": 10}, "y": {"type": "float", "low": 0, "high": 15}},
+               BRANIN_MIN),
+    "hartmann6": (hartmann6, {f"x{i}": {"type": "float", "low": 0, "high": 1} for i in range(6)}, -3.32237),
+    "rosenbrock5": (rosenbrock5, {f"x{i}": {"type": "float", "low": -2, "high": 2} for i in range(5)}, 0.0),
+}
+
+
+def sleep_50ms(trial):
+    time.sleep(0.05)
+    return trial.params["x"] ** 2
+
+
 def throughput(client, n_trials: int, mean_s: float, scheduling: str, window: int) -> tuple[float, float]:
     study = {"objective": "bench:sleeper", "objective_args": {"mean_s": mean_s},
              "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
@@ -49,13 +81,12 @@ def throughput(client, n_trials: int, mean_s: float, scheduling: str, window: in
     return n_trials / wall, busy / (len(client.nthreads()) * wall)
 
 
-def best_value(client, seed: int, sampler: str, scheduling: str, concurrency: int) -> float:
-    study = {"objective": "bench:branin", "sampler": {"name": sampler, "seed": seed},
-             "search_space": {"x": {"type": "float", "low": -5, "high": 10},
-                              "y": {"type": "float", "low": 0, "high": 15}},
+def best_value(client, function: str, seed: int, sampler: str, scheduling: str, concurrency: int) -> float:
+    fn, space, _ = FUNCTIONS[function]
+    study = {"sampler": {"name": sampler, "seed": seed}, "search_space": space,
              "budget": {"n_trials": 100}, "scheduling": scheduling, "concurrency": concurrency}
     with tempfile.TemporaryDirectory() as tmp:
-        result = optimize(branin, study, client=client, results_dir=tmp, progress=False)
+        result = optimize(fn, study, client=client, results_dir=tmp, progress=False)
     return float(result.trials["value"].min())
 
 
@@ -64,33 +95,64 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--mean-ms", type=float, default=100)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--busy-trials", type=int, default=2000)
+    parser.add_argument("--sections", default="throughput,efficiency,busy")
     args = parser.parse_args()
-    with connect(4) as client:
-        print(f"\n## Throughput: {args.trials} trials, exponential durations (mean {args.mean_ms:g} ms), 4 workers\n")
-        print("| scheduling | trials/s | worker utilization | throughput vs async |")
-        print("| --- | ---: | ---: | ---: |")
-        base = None
-        for scheduling, window in (("async", 4), ("reproducible", 4), ("reproducible", 8)):
-            rate, util = throughput(client, args.trials, args.mean_ms / 1000, scheduling, window)
-            base = base or rate
-            label = scheduling if scheduling == "async" else f"reproducible (c = {window})"
-            print(f"| {label} | {rate:.1f} | {util:.0%} | {rate / base:.2f} |")
+    sections = args.sections.split(",")
+    if "throughput" in sections or "efficiency" in sections:
+        with connect(4) as client:
+            if "throughput" in sections:
+                section_throughput(client, args)
+            if "efficiency" in sections:
+                section_efficiency(client, args)
+    if "busy" in sections:
+        section_busy(args)
 
-        print(f"\n## Sample efficiency: Branin (min {BRANIN_MIN}), 100 trials, {args.seeds} seeds, 4 workers\n")
+
+def section_throughput(client, args) -> None:
+    print(f"\n## Throughput: {args.trials} trials, exponential durations (mean {args.mean_ms:g} ms), 4 workers\n")
+    print("| scheduling | trials/s | worker utilization | throughput vs async |")
+    print("| --- | ---: | ---: | ---: |")
+    base = None
+    for scheduling, window in (("async", 4), ("reproducible", 4), ("reproducible", 8)):
+        rate, util = throughput(client, args.trials, args.mean_ms / 1000, scheduling, window)
+        base = base or rate
+        label = scheduling if scheduling == "async" else f"reproducible (c = {window})"
+        print(f"| {label} | {rate:.1f} | {util:.0%} | {rate / base:.2f} |")
+
+
+def section_efficiency(client, args) -> None:
+    runs = {
+        "random search": ("random", "async", 4),
+        "sequential TPE (concurrency 1)": ("tpe", "async", 1),
+        "TPE async, concurrency 8": ("tpe", "async", 8),
+        "TPE reproducible, c = 8": ("tpe", "reproducible", 8),
+    }
+    for function, (_, _, optimum) in FUNCTIONS.items():
+        print(f"\n## Sample efficiency: {function} (min {optimum}), 100 trials, {args.seeds} seeds, 4 workers\n")
         print("| runner | mean best | mean gap to optimum | share of sequential TPE's gain over random |")
         print("| --- | ---: | ---: | ---: |")
-        runs = {
-            "random search": ("random", "async", 4),
-            "sequential TPE (concurrency 1)": ("tpe", "async", 1),
-            "TPE async, concurrency 8": ("tpe", "async", 8),
-            "TPE reproducible, c = 8": ("tpe", "reproducible", 8),
-        }
-        means = {name: statistics.mean(best_value(client, s, *spec) for s in range(args.seeds))
+        means = {name: statistics.mean(best_value(client, function, s, *spec) for s in range(args.seeds))
                  for name, spec in runs.items()}
         gain = means["random search"] - means["sequential TPE (concurrency 1)"]
         for name, mean in means.items():
             share = (means["random search"] - mean) / gain if gain else float("nan")
-            print(f"| {name} | {mean:.4f} | {mean - BRANIN_MIN:.4f} | {share:.0%} |")
+            print(f"| {name} | {mean:.4f} | {mean - optimum:.4f} | {share:.0%} |")
+
+
+def section_busy(args) -> None:
+    n = args.busy_trials
+    study = {"search_space": {"x": {"type": "float", "low": 0, "high": 1}}, "sampler": {"name": "tpe", "seed": 0},
+             "budget": {"n_trials": n}}
+    with connect(8) as client, tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = optimize(sleep_50ms, study, client=client, results_dir=tmp, progress=False)
+        wall = time.perf_counter() - start
+    busy = result.trials["duration_s"].sum() / (8 * wall)
+    print(f"\n## Busy share: 8 workers, 50 ms trials, TPE, {n} trials\n")
+    print("| wall s | ideal s | workers busy |")
+    print("| ---: | ---: | ---: |")
+    print(f"| {wall:.1f} | {n * 0.05 / 8:.1f} | {busy:.0%} |")
 
 
 if __name__ == "__main__":

@@ -424,7 +424,8 @@ class ServedStudy:
         for number in list(self.leases):
             self.fail_lease(number, "Interrupted: the run was stopped", True)
         for trial in [t for ts in self.followers.values() for t in ts] + self.ready:
-            self.study.tell(trial, state=TrialState.FAIL)  # never started: nothing to retry
+            self.study._storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, "Interrupted: never started")
+            self._apply(_Outcome(trial, "FAIL", None))  # a rerun samples afresh: nothing to retry
         self.followers.clear()
         self.ready.clear()
         self.apply_all()
