@@ -26,6 +26,7 @@ from pathlib import Path
 
 import optuna
 
+from overhead import run_task_per_trial  # the same baseline as benchmarks/overhead.py
 from studyflow import optimize
 from studyflow.cluster import connect
 
@@ -103,33 +104,6 @@ def run_dask_storage(client, workers: int, n_trials: int) -> None:
     client.gather(futures)
 
 
-def _evaluate(x: float) -> float:
-    return x * x
-
-
-def run_task_per_trial(client, workers: int, n_trials: int) -> None:
-    from distributed import as_completed
-
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    running, finished = {}, as_completed()
-
-    def submit() -> None:
-        trial = study.ask(space)
-        future = client.submit(_evaluate, trial.params["x"], pure=False)
-        running[future.key] = trial
-        finished.add(future)
-
-    for _ in range(min(workers, n_trials)):
-        submit()
-    asked = len(running)
-    for future in finished:
-        study.tell(running.pop(future.key), future.result())
-        if asked < n_trials:
-            submit()
-            asked += 1
-
-
 def section_overhead(args) -> None:
     print(f"\n## Coordination overhead: {args.trials} instant trials, RandomSampler\n")
     print("| workers | runner | trials/s | ms/trial | studyflow speed-up |")
@@ -140,7 +114,7 @@ def section_overhead(args) -> None:
             for _ in range(args.repeats):
                 times.setdefault("studyflow", []).append(_timed(run_studyflow, client, args.trials))
                 times.setdefault("one Dask task per trial", []).append(
-                    _timed(run_task_per_trial, client, workers, args.trials))
+                    _timed(run_task_per_trial, client, args.trials, workers))
                 try:
                     times.setdefault("optuna_integration DaskStorage", []).append(
                         _timed(run_dask_storage, client, workers, args.trials))
