@@ -140,6 +140,11 @@ def test_artifacts_are_kept_under_the_trials_key(client4, tmp_path):
         assert folder.name == "artifacts" and folder.parent.name == row.key
         assert (folder / "model.txt").read_text().startswith(str(row.params_x))
     assert not list(tmp_path.glob(".store/trials/*/*/.staging-*"))
+    from studyflow.tables import summarize
+
+    result.write(tmp_path / "studies/study")
+    _, _, artifacts = summarize([tmp_path / "studies/study"])
+    assert sorted(artifacts["key"]) == sorted(result.trials["key"])  # the summary lists them by key
 
 
 def test_store_ls_and_gc(client4, tmp_path):

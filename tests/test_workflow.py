@@ -65,7 +65,8 @@ def test_snakemake_runs_every_rule_then_has_nothing_to_do(workdir):
         "results/data/tiny.parquet", "results/data/tiny.manifest.json",
         "results/studies/tiny/trials.parquet", "results/studies/tiny/best.json",
         "results/studies/tiny/resolved.yaml", "results/summary/studies.parquet",
-        "results/summary/best_params.csv", "results/reports/tiny.html", "results/reports/index.html",
+        "results/summary/best_params.csv", "results/summary/artifacts.csv",
+        "results/reports/tiny.html", "results/reports/index.html",
         "logs/optimize/tiny.log", "logs/stage/tiny.log",
     ):
         assert (workdir / out).is_file(), out

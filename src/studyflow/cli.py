@@ -96,10 +96,11 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
     _setup_logging()
     dirs = [Path(d) for d in args.study_dirs]
-    studies, params = summarize(dirs)
+    studies, params, artifacts = summarize(dirs)
     out = Path(args.out)
     write_parquet(studies, out / "studies.parquet")
     atomic_write(out / "best_params.csv", lambda tmp: params.to_csv(tmp, index=False))
+    atomic_write(out / "artifacts.csv", lambda tmp: artifacts.to_csv(tmp, index=False))
     if args.index:
         write_index(dirs, args.index)
     return 0

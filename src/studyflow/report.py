@@ -157,7 +157,7 @@ def _hero(best: dict[str, Any], n: int) -> str:
 
 
 
-TABLE_COLUMNS = ("number", "state", "value", "duration_s", "worker", "cached", "error")
+TABLE_COLUMNS = ("number", "state", "value", "duration_s", "worker", "cached", "error", "artifacts")
 
 
 def _table(trials: pd.DataFrame, front: set[int] | None) -> str:

@@ -76,9 +76,10 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def summarize(study_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per study, and the best parameters in long form (study, param, value)."""
-    studies, params = [], []
+def summarize(study_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One row per study; the best parameters in long form (study, param, value); and every
+    trial's artifacts folder in the store, by key (study, number, state, value, key, artifacts)."""
+    studies, params, artifacts = [], [], []
     for study_dir in study_dirs:
         best = json.loads((Path(study_dir) / "best.json").read_text())
         trials = pd.read_parquet(Path(study_dir) / "trials.parquet")
@@ -100,6 +101,13 @@ def summarize(study_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
         for name, value in (best.get("best_params") or {}).items():
             params.append({"study": best["study"], "param": name, "value": str(value)})
+        if "artifacts" in trials.columns:
+            kept = trials[trials["artifacts"].notna()]
+            value_col = "value" if "value" in kept.columns else "values_0"
+            for row in kept.to_dict("records"):
+                artifacts.append({"study": best["study"], "number": row["number"], "state": row["state"],
+                                  "value": row.get(value_col), "key": row["key"], "artifacts": row["artifacts"]})
     studies_df = pd.DataFrame(studies)
     params_df = pd.DataFrame(params, columns=["study", "param", "value"])
-    return studies_df, params_df
+    artifacts_df = pd.DataFrame(artifacts, columns=["study", "number", "state", "value", "key", "artifacts"])
+    return studies_df, params_df, artifacts_df

@@ -13,6 +13,7 @@ rule summarize:
             caption="../report/best_params.rst",
             category="Summary",
         ),
+        artifacts="results/summary/artifacts.csv",
         index="results/reports/index.html",
     params:
         study_dirs=expand("results/studies/{study}", study=STUDIES),
