@@ -224,6 +224,7 @@ class ServedStudy:
         self.study._storage.set_trial_system_attr(trial._trial_id, CACHED_ATTR, True)
         self.n_cached += 1
         self._receive(_Outcome(trial, "COMPLETE", stored.values, cached=True), None)
+        self._apply_received()  # async: the next ask sees it (reproducible: a no-op, see there)
 
     # --- telling ---
 
