@@ -6,8 +6,6 @@ any cluster starts.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from dataclasses import asdict
@@ -20,6 +18,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from studyflow._hashing import canonical_json
+from studyflow._hashing import sha256_text
 from studyflow.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2")
@@ -151,8 +151,7 @@ class StudyConfig:
 
 
 def _hash(data: dict[str, Any]) -> str:
-    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_text(canonical_json(data))[:16]
 
 
 def load_study(

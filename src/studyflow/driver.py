@@ -27,6 +27,8 @@ from distributed import wait
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from studyflow._hashing import canonical_json
+from studyflow._hashing import sha256_text
 from studyflow._io import write_json
 from studyflow._io import write_text
 from studyflow.cluster import connect
@@ -50,9 +52,7 @@ from studyflow.served_study import StudySpec
 from studyflow.space import check_sampler_options
 from studyflow.stage import read_manifest
 from studyflow.stage import sha256_file
-from studyflow.store import canonical_json
 from studyflow.store import code_version
-from studyflow.store import sha256_text
 from studyflow.store import TrialStore
 from studyflow.tables import trials_frame
 from studyflow.tables import write_parquet

@@ -12,7 +12,6 @@ completes, so a crashed trial never leaves half its artifacts under the key.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -26,17 +25,11 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from studyflow._hashing import canonical_json
+from studyflow._hashing import sha256_text
 from studyflow._io import write_json
 
 _logger = logging.getLogger(__name__)
-
-
-def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=repr)
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def code_version(fn: Any, explicit: str | None = None) -> str:
