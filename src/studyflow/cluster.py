@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,11 +47,17 @@ class Supervisor:
 
 
 class SlurmSupervisor(Supervisor):
+    EVERY_S = 10.0  # squeue at most this often: the driver polls 5 times a second
+
     def __init__(self, cluster: Any, jobs: int) -> None:
         self.cluster = cluster
         self.jobs = jobs
+        self._last = 0.0
 
     def check(self) -> None:
+        if time.monotonic() - self._last < self.EVERY_S:
+            return
+        self._last = time.monotonic()
         alive = _live_slurm_jobs()
         if alive is None:
             return
