@@ -43,13 +43,13 @@ def always_raises(trial):
 
 
 def kills_worker_once(trial):
-    """SIGKILLs its own worker process on the first trial whose marker file is absent."""
+    """SIGKILLs its own worker process mid-trial, on trial 3 while its marker file is absent."""
     x = trial.suggest_float("x", 0, 1)
+    time.sleep(0.05)
     marker = os.environ.get("SF_KILL_MARKER")
     if marker and trial.number == 3 and not os.path.exists(marker):
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.05)
     return x
 
 

@@ -20,6 +20,8 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from studyflow.served_study import NOT_RUN_ATTR
+
 from conftest import REPO
 from conftest import TESTS
 
@@ -86,11 +88,17 @@ def assert_resumed_exactly(workdir: Path) -> pd.DataFrame:
     by_number = trials.set_index("number")
     for _, row in retried.iterrows():
         assert row["params_x"] == by_number.loc[row["retry_of"], "params_x"]
-    # ...and nothing that finished before the kill was evaluated again.
-    assert evaluations(workdir) == N_TRIALS + len(interrupted)
+    # ...and nothing that finished before the kill was evaluated again: every trial number was
+    # evaluated once. A loop starts the trial it holds while its last outcome travels, so each
+    # of the two loops may have run one trial the stop then dropped (not in the table).
+    evaluated = [int(n) for n in (workdir / "evaluations.txt").read_text().split()]
+    assert len(evaluated) == len(set(evaluated))
+    assert set(trials["number"]) <= set(evaluated)
+    assert len(set(evaluated) - set(trials["number"])) <= 2
     journal = next((workdir / "results/.store/journals").glob("counted-*.log"))
     loaded = optuna.load_study(study_name="counted", storage=JournalStorage(JournalFileBackend(str(journal))))
-    assert len(loaded.get_trials()) == len(trials)
+    run = [t for t in loaded.get_trials() if not t.system_attrs.get(NOT_RUN_ATTR)]
+    assert len(run) == len(trials)  # the journal holds every trial of the table
     return trials
 
 

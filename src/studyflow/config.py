@@ -104,6 +104,7 @@ class StudyConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     concurrency: Optional[int] = None
+    prefetch: Optional[int] = None  # trials a loop holds beyond the one it runs; None: auto
     scheduling: str = "async"
     report: dict[str, Any] = field(default_factory=dict)  # report settings: never re-run optimize
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where, not what: not hashed
@@ -264,6 +265,8 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
     if cfg.concurrency is not None and cfg.concurrency < 1:
         fail("concurrency", f"must be at least 1, got {cfg.concurrency}")
+    if cfg.prefetch is not None and cfg.prefetch < 0:
+        fail("prefetch", f"must be 0 or more (or left out for auto), got {cfg.prefetch}")
     for pname, spec in cfg.search_space.items():
         _validate_param(pname, spec, fail)
     if cfg.sampler.name == "grid":

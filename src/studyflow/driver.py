@@ -280,7 +280,8 @@ def _run(
     concurrency = cfg.window or cfg.concurrency or slots
     study_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     client.register_plugin(StudyServer(), name=StudyServer.name)
-    spec = StudySpec(study_id, cfg, str(journal.resolve()), str(store.resolve()), key_base, concurrency)
+    n_loops = min(concurrency, slots)
+    spec = StudySpec(study_id, cfg, str(journal.resolve()), str(store.resolve()), key_base, concurrency, n_loops)
     opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
@@ -302,7 +303,7 @@ def _run(
         return client.submit(run_trial_loop, *loop_args, key=key, pure=False,
                              resources=cfg.worker_resources or None)
 
-    loops = [start_loop(i) for i in range(min(concurrency, slots))]
+    loops = [start_loop(i) for i in range(n_loops)]
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
     ancestors = _ancestors(2) if watch_parent else []
     supervisor = supervisor_for(client)
@@ -310,7 +311,8 @@ def _run(
     restarts, reason = 0, "closed"
     try:
         while True:
-            status = client.sync(client.scheduler.studyflow_status, study_id=study_id)
+            # Answers within POLL_S, or as soon as the study is done.
+            status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S)
             progress.update(status)
             for i, fut in enumerate(loops):
                 if fut.status == "error" and not status["done"]:
@@ -319,6 +321,8 @@ def _run(
                     if restarts > max_restarts:
                         raise StudyflowError(f"study {cfg.name}: trial loops keep dying; last error: {exc!r}")
                     _logger.warning("study %s: trial loop died (%r); starting another", cfg.name, exc)
+                    client.sync(client.scheduler.studyflow_release_loop, study_id=study_id,
+                                loop_id=fut.key, error=repr(exc)[:200])
                     loops[i] = start_loop(i)
             if status["done"]:
                 reason = status["stop_reason"]
@@ -327,7 +331,6 @@ def _run(
             dead = [pid for pid in ancestors if not _alive(pid)]
             if dead:
                 raise StudyflowError(f"study {cfg.name}: parent process {dead[0]} died; stopping")
-            time.sleep(POLL_S)
         wait(loops, timeout=30)
     finally:
         progress.close()

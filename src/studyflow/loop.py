@@ -1,14 +1,23 @@
-"""The trial loop: one long-lived Dask task per worker slot doing ask -> objective -> tell.
+"""The trial loop: one long-lived Dask task per worker slot running trials the server leases.
 
-A trial costs one RPC to the study server (the tell brings back the next trial), not a task
-submission. The loop returns when the server says the budget is spent.
+A loop keeps at most one exchange with the study server in flight: it carries every outcome
+finished since the last one and asks for the next trials. While it is in flight the loop runs
+the trials it holds, so the round trip hides behind a running trial, and trials shorter than a
+round trip travel in batches. How many trials a loop holds beyond the one it runs follows the
+server's prefetch policy (`served_study.prefetch_policy`). The loop returns when the server
+says stop.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 import traceback
+import uuid
+from collections import deque
+from concurrent.futures import Future
 from functools import lru_cache
 from typing import Any
 
@@ -35,6 +44,130 @@ def load_data(data: Any) -> Any:
     return data
 
 
+class Pace:
+    """Running estimates of a trial's and a round trip's duration, and the prefetch they call for."""
+
+    WEIGHT = 0.2  # of the newest measurement in the moving averages
+
+    def __init__(self) -> None:
+        self.trial_s: float | None = None
+        self.round_trip_s: float | None = None
+
+    def add_trial(self, seconds: float) -> None:
+        self.trial_s = seconds if self.trial_s is None else self.trial_s + self.WEIGHT * (seconds - self.trial_s)
+
+    def add_round_trip(self, seconds: float) -> None:
+        rt = self.round_trip_s
+        self.round_trip_s = seconds if rt is None else rt + self.WEIGHT * (seconds - rt)
+
+    def hold(self, policy: dict[str, Any]) -> int:
+        """Trials to hold beyond the running one."""
+        cap = int(policy.get("cap", 0))
+        mode = policy.get("mode", "fixed")
+        if mode == "fixed" or cap == 0:
+            return cap
+        trial, rt = self.trial_s, self.round_trip_s
+        if mode == "fill":  # history-free sampler: cover a round trip, at least one ahead
+            if not trial or not rt:
+                return 1
+            return max(1, min(cap, math.ceil(2 * rt / trial)))
+        # adaptive: one ahead where the round trip is 5%..20x of a trial (see prefetch_policy)
+        if trial is None or rt is None:
+            return 0
+        return cap if 0.05 * trial <= rt <= 20 * trial else 0
+
+
+class Courier:
+    """Carries a loop's outcomes to the study server and its next trials back.
+
+    At most one exchange is in flight. The next one leaves from the worker's event loop the
+    moment the previous one returns, carrying every outcome finished meanwhile, so an outcome
+    never waits behind a trial that hangs (its timeout would otherwise hit the wrong trial).
+    """
+
+    def __init__(self, conn: ServerConnection, loop_id: str, pace: Pace) -> None:
+        self._conn, self._loop_id, self._pace = conn, loop_id, pace
+        self._cond = threading.Condition()  # re-entrant: a reply may land while sending
+        self._queue: deque[dict[str, Any]] = deque()  # leased trials, in the order to run them
+        self._outbox: list[dict[str, Any]] = []  # outcomes not yet sent
+        self._in_flight = False
+        self._sent_at = 0.0
+        self._current: int | None = None  # the trial the loop runs now
+        self._policy: dict[str, Any] = {}
+        self._ends_at: float | None = None  # budget.timeout_s on this clock: start nothing after
+        self._stopped = False
+        self._error: BaseException | None = None
+
+    def next_trial(self) -> dict[str, Any] | None:
+        """The next trial to run; None once the server says stop."""
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._stopped:
+                    return None
+                if self._runnable():
+                    lease = self._queue.popleft()
+                    self._current = lease["number"]
+                    return lease
+                self._maybe_send()
+                self._cond.wait(timeout=1.0)
+
+    def put(self, outcome: dict[str, Any]) -> None:
+        with self._cond:
+            self._current = None
+            self._outbox.append(outcome)
+            self._maybe_send()
+
+    def finish(self) -> None:
+        """After stop: send what is left, and give back the trials held but not run."""
+        with self._cond:
+            outbox, self._outbox = self._outbox, []
+            dropped = [t["number"] for t in self._queue]
+            self._queue.clear()
+        if outbox or dropped:
+            self._conn.call("exchange", loop_id=self._loop_id, worker=self._conn.address,
+                            outcomes=outbox, dropped=dropped, want=0)
+
+    def _runnable(self) -> bool:
+        return bool(self._queue) and (self._ends_at is None or time.monotonic() < self._ends_at)
+
+    def _maybe_send(self) -> None:
+        if self._in_flight or self._stopped or self._error is not None:
+            return
+        want = max(0, self._pace.hold(self._policy) + 1 - len(self._queue))
+        if not (self._outbox or want or not self._runnable()):
+            return
+        outcomes, self._outbox = self._outbox, []
+        self._in_flight, self._sent_at = True, time.perf_counter()
+        # What runs now; right after an outcome, the trial about to start (so its timeout
+        # clock starts on the server).
+        running = self._current if self._current is not None else (
+            self._queue[0]["number"] if self._runnable() else None)
+        future = self._conn.submit("exchange", loop_id=self._loop_id, worker=self._conn.address,
+                                   worker_id=self._conn.worker.id, outcomes=outcomes, want=want,
+                                   running=running, wait_s=0.0 if self._queue else 1.0)
+        future.add_done_callback(self._on_reply)
+
+    def _on_reply(self, future: Future) -> None:
+        with self._cond:
+            self._in_flight = False
+            try:
+                reply = future.result()
+            except BaseException as exc:  # the scheduler or the study is gone: the loop ends
+                self._error = exc
+                self._cond.notify_all()
+                return
+            self._pace.add_round_trip(time.perf_counter() - self._sent_at)
+            self._policy = reply.get("policy", self._policy)
+            if reply.get("ends_in") is not None:
+                self._ends_at = time.monotonic() + reply["ends_in"]
+            self._queue.extend(reply["trials"])
+            self._stopped = reply["status"] == "stop"
+            self._maybe_send()
+            self._cond.notify_all()
+
+
 def run_trial_loop(
     study_id: str,
     objective: Any,
@@ -50,36 +183,43 @@ def run_trial_loop(
     call = bind(fn, objective_args)
     data = load_data(data)
     conn = ServerConnection(study_id)
+    # The task key (the driver names a dead loop by it) and this run of it: Dask may run the
+    # task again elsewhere while the old run still hangs in a worker that is shutting down.
+    loop_id = f"{conn.worker.get_current_task()}/{uuid.uuid4().hex[:8]}"
+    pace = Pace()
+    courier = Courier(conn, loop_id, pace)
     ran = 0
-    reply = conn.call("ask", worker=conn.address)
-    while True:
-        if reply["status"] == "stop":
-            return ran
-        if reply["status"] != "run":
-            reply = conn.call("ask", worker=conn.address)
-            continue
-        trial = RemoteTrial(conn, reply["number"], reply["params"], data, objective_args,
-                            reply["key"], reply["seed"], reply["artifact_dir"])
-        state, values, error, tb = "COMPLETE", None, None, None
+    while (lease := courier.next_trial()) is not None:
         started = time.perf_counter()
-        try:
-            values, error = check_result(call(trial, data), n_objectives)
-            if error:
-                state = "FAIL"
-        except optuna.TrialPruned:
-            state = "PRUNED"
-        except Exception as exc:
-            state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
-        reply = conn.call(
-            "tell",
-            number=trial.number,
-            state=state,
-            values=values,
-            user_attrs=trial.user_attrs,
-            error=error,
-            traceback=tb,
-            worker=conn.address,
-            duration_s=time.perf_counter() - started,
-            ask_next=True,
-        )["next"]
+        outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)
+        pace.add_trial(time.perf_counter() - started)
+        courier.put(outcome)
         ran += 1
+    courier.finish()
+    return ran
+
+
+def _run_trial(conn: ServerConnection, call: Any, lease: dict[str, Any], data: Any,
+               objective_args: dict[str, Any], n_objectives: int) -> dict[str, Any]:
+    """Run one leased trial; its outcome, whatever the objective did."""
+    trial = RemoteTrial(conn, lease["number"], lease["params"], data, objective_args,
+                        lease["key"], lease["seed"], lease["artifact_dir"])
+    state, values, error, tb = "COMPLETE", None, None, None
+    started = time.perf_counter()
+    try:
+        values, error = check_result(call(trial, data), n_objectives)
+        if error:
+            state = "FAIL"
+    except optuna.TrialPruned:
+        state = "PRUNED"
+    except Exception as exc:
+        state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    return {
+        "number": trial.number,
+        "state": state,
+        "values": values,
+        "user_attrs": trial.user_attrs,
+        "error": error,
+        "traceback": tb,
+        "duration_s": time.perf_counter() - started,
+    }

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -29,6 +31,7 @@ from optuna.trial import TrialState
 from studyflow.config import StudyConfig
 from studyflow.journal import ServerJournalStorage
 from studyflow.journal import SingleWriterJournal
+from studyflow.space import HISTORY_FREE_SAMPLERS
 from studyflow.space import distributions
 from studyflow.space import grid_size
 from studyflow.space import make_pruner
@@ -47,9 +50,16 @@ RETRY_OF_ATTR = "studyflow:retry_of"
 KEY_ATTR = "studyflow:key"
 CACHED_ATTR = "studyflow:cached"
 DURATION_ATTR = "studyflow:duration_s"  # the objective's own run time, measured on the worker
+# Sampled but never run (held by a loop when the study stopped): FAIL in the journal, as Optuna
+# cannot take back an ask, and left out of tables and counts.
+NOT_RUN_ATTR = "studyflow:not_run"
+STARTED_ATTR = "studyflow:started"  # the loop holding it has begun it (else it only holds it)
 # Failures caused by the infrastructure, not the objective: retried, and not counted against
 # `budget.max_failures`.
 INFRA_ERRORS = ("WorkerLost", "Interrupted")
+# `prefetch: auto` lets a loop hold this many trials beyond the one it runs when the sampler
+# ignores history (random, grid, qmc): short trials then cost one round trip per batch.
+MAX_FILL_PREFETCH = 64
 
 
 @dataclass
@@ -62,6 +72,7 @@ class StudySpec:
     store_root: str
     key_base: str  # objective identity + code version + data sha256 + objective_args
     concurrency: int
+    loops: int = 0  # trial loops the driver runs (0: as many as `concurrency`)
 
 
 @dataclass
@@ -70,7 +81,24 @@ class _Lease:
     key: str
     worker: str
     attempt: int
-    started: float
+    loop: str = ""
+    started: float | None = None  # when its loop began it, as far as the server knows
+
+
+def prefetch_policy(cfg: StudyConfig) -> dict[str, Any]:
+    """How many trials a loop may hold beyond the one it runs, and how it picks within that.
+
+    - `fill` (auto, samplers that ignore history): enough to cover a round trip, up to 64;
+    - `adaptive` (auto, samplers that learn from history): one, and only while the round trip
+      and the trial are within 20x of each other, so sampling hides behind a running trial
+      without feeding the sampler stale trials where that buys nothing;
+    - `fixed`: exactly `prefetch` (the study file's value; 0 turns prefetching off).
+    """
+    if cfg.prefetch is not None:
+        return {"mode": "fixed", "cap": cfg.prefetch}
+    if cfg.sampler.name in HISTORY_FREE_SAMPLERS:
+        return {"mode": "fill", "cap": MAX_FILL_PREFETCH}
+    return {"mode": "adaptive", "cap": 1}
 
 
 @dataclass
@@ -90,8 +118,12 @@ class ServedStudy:
     n_trials: int
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # the service task has work
+    requests: list[Any] = field(default_factory=list)  # exchanges not yet served (server.py)
+    service: Any = None  # the plugin's service task
     fsync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
+    loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
     followers: dict[str, list[optuna.Trial]] = field(default_factory=dict)  # {key: trials}
     ready: list[optuna.Trial] = field(default_factory=list)  # followers whose leader failed
     received: dict[int, _Outcome] = field(default_factory=dict)  # {number: not yet applied}
@@ -116,6 +148,8 @@ class ServedStudy:
         # tell, and trials are stored but not answered from the store at the ask.
         self.define_by_run = not self.space
         self.window = self.spec.concurrency if self.config.scheduling == "reproducible" else 0
+        self.policy = prefetch_policy(self.config)
+        self.loops = self.spec.loops or self.spec.concurrency
 
     @property
     def config(self) -> StudyConfig:
@@ -126,6 +160,10 @@ class ServedStudy:
         return self.n_complete + self.n_pruned
 
     @property
+    def running(self) -> int:
+        return sum(lease.started is not None for lease in self.leases.values())
+
+    @property
     def in_flight(self) -> int:
         return len(self.leases) + sum(map(len, self.followers.values())) + len(self.ready)
 
@@ -133,6 +171,7 @@ class ServedStudy:
         """Wake every loop waiting for a change (a finished trial may free budget)."""
         self.changed.set()
         self.changed = asyncio.Event()
+        self.wakeup.set()
 
     # --- deciding ---
 
@@ -146,12 +185,14 @@ class ServedStudy:
                 self.stop_reason = "timeout_s"
         if self.stop_reason is not None:
             return "stop"
-        if self.finished + self.in_flight >= self.n_trials:
-            return "wait"
-        if len(self.leases) >= self.spec.concurrency:
+        if self.finished + self.in_flight >= self.n_trials and not self.ready:
+            return "wait"  # (a ready trial is already counted in flight: it may be leased)
+        if len(self.leases) >= self.spec.concurrency * (1 + self.policy["cap"]):
             return "wait"
         if self.window and self._blocked_by_window():
             return "wait"
+        if budget.patience is not None and self.in_flight >= max(self.loops, budget.patience - self.since_improvement):
+            return "wait"  # more could not finish before patience ends the study
         return "run"
 
     def _in_flight_numbers(self) -> list[int]:
@@ -173,14 +214,98 @@ class ServedStudy:
 
     # --- asking ---
 
-    def ask(self, worker: str) -> dict[str, Any]:
-        """Lease the next trial to `worker`; trials the store already answers are told at once."""
+    def serve(self, requests: list[tuple[str, str, list[dict[str, Any]], int, list[int], int | None]]
+              ) -> list[dict[str, Any] | None]:
+        """Serve a batch of loop requests `(loop, worker, outcomes, want, dropped, running)`:
+        every outcome is told first, then each loop gets up to `want` trials. All asks of a
+        batch see the same history, so a sampler that caches its model fits it once per batch.
+        None: the loop wants a trial and none can be leased yet (the caller waits for a change).
+        """
         try:
-            return self._ask(worker)
+            for loop, worker, outcomes, _, dropped, running in requests:
+                for o in outcomes:
+                    self._tell_trial(o["number"], o["state"], o["values"], o.get("user_attrs") or {},
+                                     o.get("error"), worker, o.get("duration_s"))
+                for number in dropped:
+                    self._release_unstarted(number)
+                lease = self.leases.get(running) if running is not None else None
+                if lease is not None and lease.loop == loop and lease.started is None:
+                    self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
+            return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests]
         finally:
             self.backend.flush()
 
-    def _ask(self, worker: str) -> dict[str, Any]:
+    def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
+        trials: list[dict[str, Any]] = []
+        while len(trials) < want and self._loop_has_room(loop):
+            reply = self._ask(worker, loop)
+            if reply["status"] != "run":
+                break
+            trials.append(reply)
+        decision = self.decide()
+        if trials:
+            return {"status": "run", "trials": trials, "policy": self.policy, "ends_in": self._ends_in()}
+        if decision == "stop":
+            return {"status": "stop", "reason": self.stop_reason, "trials": []}
+        if want > 0:
+            return None
+        return {"status": "ok", "trials": [], "policy": self.policy, "ends_in": self._ends_in()}
+
+    def _ends_in(self) -> float | None:
+        """Seconds until `budget.timeout_s`: a loop starts none of its trials after that."""
+        timeout = self.config.budget.timeout_s
+        return None if timeout is None else timeout - (time.monotonic() - self.opened)
+
+    def _loop_has_room(self, loop: str) -> bool:
+        """A loop holds at most 1 + prefetch cap trials, and no more than its share of what is
+        left of the budget (so the last trials spread over all loops)."""
+        held = len(self.loop_queues.get(loop, ()))
+        share = max(1, math.ceil((self.n_trials - self.finished) / max(1, self.loops)))
+        return held < min(1 + self.policy["cap"], share)
+
+    def _add_lease(self, lease: _Lease) -> None:
+        queue = self.loop_queues.setdefault(lease.loop, deque())
+        queue.append(lease.trial.number)
+        self.leases[lease.trial.number] = lease
+        if len(queue) == 1:
+            self._mark_started(lease)
+
+    def _mark_started(self, lease: _Lease) -> None:
+        """Journaled, so a resume after a hard kill retries a begun trial and drops a held one."""
+        lease.started = time.monotonic()
+        self.study._storage.set_trial_system_attr(lease.trial._trial_id, STARTED_ATTR, True)
+
+    def _drop_lease(self, number: int) -> _Lease | None:
+        lease = self.leases.pop(number, None)
+        if lease is None:
+            return None
+        queue = self.loop_queues.get(lease.loop)
+        if queue is not None:
+            if queue and queue[0] == number:
+                queue.popleft()
+            elif number in queue:
+                queue.remove(number)
+            if not queue:
+                del self.loop_queues[lease.loop]
+        return lease
+
+    def _release_unstarted(self, number: int) -> None:
+        """A loop told to stop drops the trials it held but never started."""
+        lease = self._drop_lease(number)
+        if lease is None:
+            return
+        self.store.discard_staging(lease.key, number)
+        self._discard(lease.trial, "Interrupted: not run before the study stopped")
+        for trial in self.followers.pop(lease.key, []):
+            self.ready.append(trial)
+
+    def _discard(self, trial: optuna.Trial, why: str) -> None:
+        storage = self.study._storage
+        storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, why)
+        storage.set_trial_system_attr(trial._trial_id, NOT_RUN_ATTR, True)
+        self._apply(_Outcome(trial, "FAIL", None))
+
+    def _ask(self, worker: str, loop: str) -> dict[str, Any]:
         while True:
             decision = self.decide()
             if decision != "run":
@@ -202,7 +327,7 @@ class ServedStudy:
                     self.followers.setdefault(key, []).append(trial)
                     continue
             attempt = int(self.study._storage.get_trial_system_attrs(trial._trial_id).get(ATTEMPT_ATTR, 0))
-            self.leases[trial.number] = _Lease(trial, key, worker, attempt, time.monotonic())
+            self._add_lease(_Lease(trial, key, worker, attempt, loop))
             return {
                 "status": "run",
                 "number": trial.number,
@@ -228,12 +353,6 @@ class ServedStudy:
 
     # --- telling ---
 
-    def tell(self, number: int, *args: Any) -> dict[str, Any]:
-        try:
-            return self._tell_trial(number, *args)
-        finally:
-            self.backend.flush()
-
     def _tell_trial(
         self,
         number: int,
@@ -244,7 +363,7 @@ class ServedStudy:
         worker: str,
         duration_s: float | None = None,
     ) -> dict[str, Any]:
-        lease = self.leases.pop(number, None)
+        lease = self._drop_lease(number)
         if lease is None:  # already failed as lost or timed out; the late answer is dropped
             return {"status": "stale"}
         trial = lease.trial
@@ -285,7 +404,8 @@ class ServedStudy:
 
     def fail_lease(self, number: int, error: str, retry: bool) -> None:
         """Mark a running trial FAIL and, for infrastructure errors, enqueue its retry."""
-        lease = self.leases.pop(number)
+        lease = self._drop_lease(number)
+        assert lease is not None
         storage = self.study._storage
         trial_id = lease.trial._trial_id
         storage.set_trial_system_attr(trial_id, WORKER_ATTR, lease.worker)
@@ -298,6 +418,18 @@ class ServedStudy:
             self.ready.append(trial)
         self._apply_received()
         self.backend.flush_to_disk()
+
+    def lose_leases(self, numbers: list[int], error: str) -> None:
+        """Leases whose loop is gone (its worker died or was restarted): a trial the loop had
+        started fails and is retried; one it only held waits, as it is, for another loop."""
+        unstarted = [n for n in numbers if self.leases[n].started is None]
+        for number in numbers:
+            if number in unstarted:
+                lease = self._drop_lease(number)
+                assert lease is not None
+                self.ready.append(lease.trial)
+            else:
+                self.fail_lease(number, error, True)
 
     def _enqueue_retry(self, params: dict[str, Any], number: int, attempt: int) -> None:
         self.study.add_trial(
@@ -399,8 +531,15 @@ class ServedStudy:
         (a journal has no heartbeat to tell us)."""
         storage = self.study._storage
         for trial in self.study.get_trials(deepcopy=False):
+            if trial.system_attrs.get(NOT_RUN_ATTR):
+                continue
             self.n_resumed += trial.state != TrialState.WAITING
             self.define_by_run |= not set(trial.params) <= set(self.space)
+            if trial.state == TrialState.RUNNING and not trial.system_attrs.get(STARTED_ATTR):
+                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, "Interrupted: not run before the study stopped")
+                storage.set_trial_system_attr(trial._trial_id, NOT_RUN_ATTR, True)  # only held: sample afresh
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                continue
             if trial.state == TrialState.RUNNING:
                 stored = self.store.get(trial.system_attrs.get(KEY_ATTR, ""))
                 if stored is not None and stored.state == "COMPLETE":
@@ -422,11 +561,15 @@ class ServedStudy:
         """Stop handing out trials; fail (and re-enqueue) running ones; write everything."""
         if self.stop_reason is None:
             self.stop_reason = reason
+        unstarted = [n for n, lease in self.leases.items() if lease.started is None]
+        for number in unstarted:
+            self.ready.append(self._drop_lease(number).trial)  # type: ignore[union-attr]
         for number in list(self.leases):
             self.fail_lease(number, "Interrupted: the run was stopped", True)
         for trial in [t for ts in self.followers.values() for t in ts] + self.ready:
-            self.study._storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, "Interrupted: never started")
-            self._apply(_Outcome(trial, "FAIL", None))  # a rerun samples afresh: nothing to retry
+            # Held by a loop, or waiting for one: a rerun samples afresh. (A loop may have begun
+            # the trial it held while its last outcome travelled; that result is dropped.)
+            self._discard(trial, "Interrupted: not run before the study stopped")
         self.followers.clear()
         self.ready.clear()
         self.apply_all()
@@ -441,7 +584,7 @@ class ServedStudy:
             "pruned": self.n_pruned,
             "failed": self.n_fail,
             "cached": self.n_cached,
-            "running": len(self.leases),
+            "running": self.running,
             "resumed": self.n_resumed,
             "best_value": self.best_value,
             "best_number": self.best_number,

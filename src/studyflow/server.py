@@ -1,9 +1,13 @@
 """The study server: a Dask scheduler plugin that holds each `optuna.Study`.
 
-Trial loops on the workers call its handlers (`studyflow_ask`, `studyflow_tell`, ...) over the
-scheduler's RPC. Every access to a study runs under that study's `asyncio.Lock`, and the Optuna
-work itself (sampling, journal appends) runs off the event loop through `distributed`'s
-`offload`, so heartbeats keep flowing while TPE thinks.
+Trial loops on the workers call its handlers (`studyflow_exchange`, `studyflow_suggest`, ...)
+over the scheduler's RPC. An exchange carries a loop's finished trials and asks for its next
+ones; one service task per study takes every exchange that has arrived, tells all their
+outcomes, then leases trials to each (`ServedStudy.serve`), so under load many trials cost one
+pass through the event loop and one fit of the sampler's model. Every access to a study runs
+under that study's `asyncio.Lock`, and the Optuna work itself (sampling, journal appends) runs
+off the event loop through `distributed`'s `offload`, so heartbeats keep flowing while TPE
+thinks.
 
 The server owns the budget: it hands out a new trial only while `finished + running <
 n_trials`, so exactly `n_trials` trials finish (COMPLETE or PRUNED) whatever the concurrency.
@@ -18,6 +22,8 @@ import asyncio
 import logging
 import pickle
 import time
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import optuna
@@ -31,6 +37,22 @@ from studyflow.served_study import open_study
 _logger = logging.getLogger(__name__)
 
 SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
+
+
+@dataclass
+class _Exchange:
+    """One loop's request: outcomes to tell, trials it gave up, how many trials it wants."""
+
+    loop: str
+    worker: str
+    outcomes: list[dict[str, Any]]
+    dropped: list[int]
+    want: int
+    deadline: float
+    running: int | None = None  # the trial the loop runs as it sends this
+    worker_id: str | None = None  # the worker process's id
+    removed: bool = False  # its worker has left: take its outcomes, lease it nothing, stop it
+    reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class StudyServer(SchedulerPlugin):
@@ -49,12 +71,12 @@ class StudyServer(SchedulerPlugin):
         scheduler.handlers.update(
             {
                 "studyflow_open": self.open,
-                "studyflow_ask": self.ask,
-                "studyflow_tell": self.tell,
+                "studyflow_exchange": self.exchange,
                 "studyflow_suggest": self.suggest,
                 "studyflow_report": self.report,
                 "studyflow_should_prune": self.should_prune,
                 "studyflow_status": self.status,
+                "studyflow_release_loop": self.release_loop,
                 "studyflow_close": self.close_study,
             }
         )
@@ -72,6 +94,7 @@ class StudyServer(SchedulerPlugin):
             old.backend.close()
         served = await offload(open_study, study_spec)
         self._studies[study_spec.study_id] = served
+        served.service = asyncio.ensure_future(self._serve(study_spec.study_id, served))
         if served.config.budget.trial_timeout_s is not None:
             asyncio.ensure_future(self._watch_timeouts(study_spec.study_id, served))
         return served.status()
@@ -85,7 +108,8 @@ class StudyServer(SchedulerPlugin):
             await asyncio.sleep(min(1.0, limit / 4))
             now = time.monotonic()
             async with served.lock:
-                expired = [(n, lease.worker) for n, lease in served.leases.items() if now - lease.started > limit]
+                expired = [(n, lease.worker) for n, lease in served.leases.items()
+                           if lease.started is not None and now - lease.started > limit]
                 for number, _ in expired:
                     error = f"Timeout: trial ran longer than budget.trial_timeout_s={limit:g} s"
                     await offload(served.fail_lease, number, error, False)
@@ -100,53 +124,90 @@ class StudyServer(SchedulerPlugin):
                 stimulus_id=f"studyflow-timeout-{time.time()}",
             )
 
-    async def ask(self, study_id: str, worker: str, wait_s: float = 1.0) -> dict[str, Any]:
-        """Lease a trial, or say 'wait' (after up to `wait_s` of waiting for a change) or 'stop'."""
-        served = self._get(study_id)
-        deadline = time.monotonic() + wait_s
-        while True:
-            changed = served.changed
-            async with served.lock:
-                decision = served.decide()
-                if decision == "run":
-                    reply = await offload(served.ask, worker)
-                    if reply["status"] != "wait":
-                        return reply
-                elif decision == "stop":
-                    return {"status": "stop", "reason": served.stop_reason}
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return {"status": "wait"}
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                return {"status": "wait"}
-
-    async def tell(
+    async def exchange(
         self,
         study_id: str,
-        number: int,
-        state: str,
-        values: list[float] | None = None,
-        user_attrs: dict[str, Any] | None = None,
-        error: str | None = None,
-        traceback: str | None = None,
-        worker: str = "",
-        duration_s: float | None = None,
-        ask_next: bool = False,
+        loop_id: str,
+        worker: str,
+        outcomes: list[dict[str, Any]] | None = None,
+        dropped: list[int] | None = None,
+        want: int = 1,
+        wait_s: float = 1.0,
+        worker_id: str | None = None,
+        running: int | None = None,
     ) -> dict[str, Any]:
-        """Record a finished trial; with `ask_next`, answer with the worker's next trial too
-        (one round trip per trial instead of two)."""
+        """Tell a loop's finished trials and lease it up to `want` more. A loop that has
+        nothing to run waits up to `wait_s` for a trial ('wait' after that); 'stop' ends it.
+        Outcomes are fsynced before the reply."""
         served = self._get(study_id)
-        async with served.lock:
-            reply = await offload(served.tell, number, state, values, user_attrs or {}, error, worker, duration_s)
-        await self._durable(served)
-        if traceback:
-            _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, number, worker, traceback)
-        served.notify()
-        if ask_next:
-            return {"told": reply["status"], "next": await self.ask(study_id, worker)}
-        return reply
+        request = _Exchange(loop_id, worker, outcomes or [], dropped or [], want,
+                            time.monotonic() + wait_s, running, worker_id)
+        served.requests.append(request)
+        served.wakeup.set()
+        return await request.reply
+
+    def _removed(self, request: _Exchange) -> bool:
+        """A worker being restarted or removed still runs its event loop for a while; it may
+        come back at the same address, so the process's id is compared too."""
+        ws = self.scheduler.workers.get(request.worker)
+        return ws is None or (request.worker_id is not None and ws.server_id != request.worker_id)
+
+    async def _serve(self, study_id: str, served: ServedStudy) -> None:
+        """The study's service task: serve every waiting exchange as one batch, again and again."""
+        parked: list[_Exchange] = []  # want trials, none to lease yet: retried on every change
+        try:
+            while self._studies.get(study_id) is served:
+                if not served.requests:
+                    wait = min((r.deadline for r in parked), default=time.monotonic() + 5) - time.monotonic()
+                    try:
+                        await asyncio.wait_for(served.wakeup.wait(), max(wait, 0))
+                    except asyncio.TimeoutError:
+                        pass
+                served.wakeup.clear()
+                batch, served.requests, parked = served.requests + parked, [], []
+                if batch:
+                    parked = await self._serve_batch(served, batch)
+        finally:
+            for request in served.requests + parked:
+                if not request.reply.done():
+                    request.reply.set_result({"status": "stop", "reason": served.stop_reason, "trials": []})
+
+    async def _serve_batch(self, served: ServedStudy, batch: list[_Exchange]) -> list[_Exchange]:
+        for r in batch:  # checked when served: its trials may have gone back while it waited
+            if self._removed(r):
+                r.removed, r.want, r.running = True, 0, None
+        told = any(r.outcomes or r.dropped for r in batch)
+        try:
+            async with served.lock:
+                replies = await offload(served.serve, [(r.loop, r.worker, r.outcomes, r.want, r.dropped, r.running)
+                                                     for r in batch])
+            if told:
+                await self._durable(served)
+        except Exception as exc:  # a bug, or the journal's disk: the loops see it and die
+            _logger.exception("study %s: serving %d exchanges failed", served.config.name, len(batch))
+            for r in batch:
+                if not r.reply.done():
+                    r.reply.set_exception(exc)
+            return []
+        for r in batch:
+            for o in r.outcomes:
+                if o.get("traceback"):
+                    _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, o["number"],
+                                    r.worker, o["traceback"])
+            r.outcomes, r.dropped, r.running = [], [], None
+        if told:
+            served.notify()
+        parked, now = [], time.monotonic()
+        for r, reply in zip(batch, replies):
+            if r.reply.done():  # the loop's RPC was cancelled
+                continue
+            if r.removed:
+                r.reply.set_result({"status": "stop", "reason": "worker removed", "trials": []})
+            elif reply is None and now < r.deadline:
+                parked.append(r)
+            else:
+                r.reply.set_result(reply or {"status": "wait", "trials": []})
+        return parked
 
     async def _durable(self, served: ServedStudy) -> None:
         """Return once the journal is fsynced up to now. Tells that arrive while an fsync runs
@@ -180,10 +241,32 @@ class StudyServer(SchedulerPlugin):
             prune = await offload(served.leases[number].trial.should_prune)
         return {"prune": bool(prune)}
 
-    async def status(self, study_id: str) -> dict[str, Any]:
+    async def release_loop(self, study_id: str, loop_id: str, error: str) -> dict[str, Any]:
+        """A trial loop died (its task, key `loop_id`, errored): its trials go to other loops."""
         served = self._get(study_id)
         async with served.lock:
-            return served.status()
+            numbers = [n for loop, queue in served.loop_queues.items()
+                       if loop.startswith(f"{loop_id}/") for n in queue]
+            await offload(served.lose_leases, numbers, f"WorkerLost: trial loop died: {error}")
+        if numbers:
+            served.notify()
+        return {"released": numbers}
+
+    async def status(self, study_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """The study's counts; with `wait_s`, answer early only once the study is done."""
+        served = self._get(study_id)
+        deadline = time.monotonic() + wait_s
+        while True:
+            changed = served.changed
+            async with served.lock:
+                status = served.status()
+            remaining = deadline - time.monotonic()
+            if status["done"] or remaining <= 0:
+                return status
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
 
     async def close_study(self, study_id: str, reason: str | None = None) -> dict[str, Any]:
         """Stop handing out trials; fail (and re-enqueue) running ones; close the journal."""
@@ -205,10 +288,7 @@ class StudyServer(SchedulerPlugin):
         for served in list(self._studies.values()):
             async with served.lock:
                 lost = [n for n, lease in served.leases.items() if lease.worker == worker]
-                for number in lost:
-                    await offload(
-                        served.fail_lease, number, f"WorkerLost: worker {worker} left mid-trial", True
-                    )
+                await offload(served.lose_leases, lost, f"WorkerLost: worker {worker} left mid-trial")
             if lost:
                 _logger.warning("study %s: worker %s lost with trials %s", served.config.name, worker, lost)
                 served.notify()

@@ -14,6 +14,10 @@ from optuna.distributions import IntDistribution
 from studyflow.config import ParamSpec
 from studyflow.config import StudyConfig
 from studyflow.errors import ConfigError
+from studyflow.tpe import CachedFitTPESampler
+
+# Samplers whose proposals do not depend on finished trials: prefetching many costs nothing.
+HISTORY_FREE_SAMPLERS = ("random", "grid", "qmc")
 
 
 def distribution(spec: ParamSpec) -> BaseDistribution:
@@ -55,7 +59,7 @@ def make_sampler(cfg: StudyConfig, resumed_trials: int = 0) -> optuna.samplers.B
     label = cfg.source or cfg.name or "<study>"
     try:
         if s.name == "tpe":
-            return optuna.samplers.TPESampler(seed=s.seed, **opts)
+            return CachedFitTPESampler(seed=s.seed, **opts)
         if s.name == "random":
             return optuna.samplers.RandomSampler(seed=s.seed, **opts)
         if s.name == "grid":

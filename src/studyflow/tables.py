@@ -15,6 +15,7 @@ from studyflow.served_study import ATTEMPT_ATTR
 from studyflow.served_study import CACHED_ATTR
 from studyflow.served_study import DURATION_ATTR
 from studyflow.served_study import KEY_ATTR
+from studyflow.served_study import NOT_RUN_ATTR
 from studyflow.served_study import ERROR_ATTR
 from studyflow.served_study import RETRY_OF_ATTR
 from studyflow.served_study import WORKER_ATTR
@@ -22,9 +23,12 @@ from studyflow.served_study import WORKER_ATTR
 
 def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore | None = None) -> pd.DataFrame:
     """One row per trial: number, state, value(s), params_<name>, times, worker, error, key,
-    cached, artifacts (the trial's folder in the store, if it wrote one), user attrs."""
+    cached, artifacts (the trial's folder in the store, if it wrote one), user attrs. Trials
+    sampled but never run (held by a loop when the study stopped) are left out."""
     rows = []
     for t in trials:
+        if t.system_attrs.get(NOT_RUN_ATTR):
+            continue
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         values = t.values if t.values is not None else [None] * n_objectives
         if n_objectives == 1:

@@ -7,9 +7,11 @@ study server each. User attributes travel with the tell.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import numbers
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,13 @@ class ServerConnection:
     def call(self, op: str, **kwargs: Any) -> dict[str, Any]:
         handler = getattr(self.worker.scheduler, f"studyflow_{op}")
         return sync(self.worker.loop, handler, study_id=self.study_id, **kwargs)
+
+    def submit(self, op: str, **kwargs: Any) -> Future:
+        """Start a call and return at once: the trial loop runs its next trial meanwhile."""
+        handler = getattr(self.worker.scheduler, f"studyflow_{op}")
+        return asyncio.run_coroutine_threadsafe(
+            handler(study_id=self.study_id, **kwargs), self.worker.loop.asyncio_loop
+        )
 
 
 class RemoteTrial:

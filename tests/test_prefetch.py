@@ -1,0 +1,81 @@
+"""Workers hold their next trials while they run one: what users see of it.
+
+A worker asks for its next trial(s) while it runs the current one (see `served_study.
+prefetch_policy`): the round trip to the study server hides behind a running trial and short
+trials travel in batches. These tests pin down the promises that come with it.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from studyflow import optimize
+from studyflow.served_study import NOT_RUN_ATTR
+from studyflow.tpe import CachedFitTPESampler
+
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
+
+
+def _overlaps(trials: pd.DataFrame) -> int:
+    """How many trials were asked (started in Optuna's sense) before the one before finished."""
+    t = trials.sort_values("number")
+    return int((t["datetime_start"].iloc[1:].to_numpy() < t["datetime_complete"].iloc[:-1].to_numpy()).sum())
+
+
+def test_a_worker_holds_its_next_random_trial_while_it_runs_one(client4, tmp_path):
+    study = {"objective": "sf_objectives:instant", "search_space": SPACE, "concurrency": 1,
+             "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": 200}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert trials["number"].tolist() == list(range(200)) and (trials["state"] == "COMPLETE").all()
+    assert _overlaps(trials) > 0  # one loop, yet trials were leased ahead of the running one
+
+
+def test_prefetch_0_with_concurrency_1_is_strictly_sequential(client4, tmp_path):
+    study = {"objective": "sf_objectives:instant", "search_space": SPACE, "concurrency": 1,
+             "prefetch": 0, "sampler": {"name": "tpe", "seed": 1}, "budget": {"n_trials": 40}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert len(trials) == 40 and (trials["state"] == "COMPLETE").all()
+    assert _overlaps(trials) == 0  # each trial was sampled after the one before finished
+
+
+def test_trials_held_when_a_study_stops_are_left_out_of_the_table_and_marked_in_the_journal(client4, tmp_path):
+    # timeout_s stops the study while the loops hold random trials ahead of the running ones
+    study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "name": "held",
+             "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": 10_000, "timeout_s": 1.0}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    assert result.stop_reason == "timeout_s"
+    assert (result.trials["state"] == "COMPLETE").all()
+    loaded = optuna.load_study(study_name="held", storage=JournalStorage(JournalFileBackend(str(result.journal))))
+    journal = loaded.get_trials(deepcopy=False)
+    not_run = [t for t in journal if t.system_attrs.get(NOT_RUN_ATTR)]
+    assert len(journal) == len(result.trials) + len(not_run)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in not_run)
+    assert set(result.trials["number"]).isdisjoint(t.number for t in not_run)
+
+
+def test_cached_fit_tpe_proposes_exactly_what_optunas_tpe_proposes():
+    """Asks that see the same finished trials share one model fit, and change nothing."""
+
+    def objective(t: optuna.Trial) -> float:
+        return (t.suggest_float("x", -5, 5) ** 2 + t.suggest_int("n", 1, 9)
+                + (t.suggest_categorical("c", ["a", "b"]) == "a"))
+
+    proposals = []
+    for sampler in (optuna.samplers.TPESampler(seed=3, multivariate=True),
+                    CachedFitTPESampler(seed=3, multivariate=True)):
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = optuna.create_study(sampler=sampler)
+        params = []
+        for i in range(80):
+            batch = [study.ask() for _ in range(1 + i % 3)]  # 1-3 asks per history, like a batch
+            for trial in batch:
+                study.tell(trial, objective(trial))
+                params.append(trial.params)
+        proposals.append(params)
+    assert proposals[0] == proposals[1]
+    assert len({p["x"] for p in proposals[0]}) == len(proposals[0])
