@@ -70,11 +70,14 @@ class Pace:
         if mode == "fill":  # history-free sampler: cover a round trip, at least one ahead
             if not trial or not rt:
                 return 1
+            if trial < rt:  # shorter than a round trip: full batches, fewer exchanges
+                return cap
             return max(1, min(cap, math.ceil(2 * rt / trial)))
-        # adaptive: one ahead where the round trip is 5%..20x of a trial (see prefetch_policy)
+        # adaptive: one ahead where round trip and trial are within 4x of each other, so holding
+        # it saves at least a fifth of the loop's time (see prefetch_policy)
         if trial is None or rt is None:
             return 0
-        return cap if 0.05 * trial <= rt <= 20 * trial else 0
+        return cap if 0.25 * trial <= rt <= 4 * trial else 0
 
 
 class Courier:
@@ -93,6 +96,7 @@ class Courier:
         self._in_flight = False
         self._sent_at = 0.0
         self._current: int | None = None  # the trial the loop runs now
+        self._starved = False  # the last reply brought no trial: ask again after this trial
         self._policy: dict[str, Any] = {}
         self._ends_at: float | None = None  # budget.timeout_s on this clock: start nothing after
         self._stopped = False
@@ -115,7 +119,7 @@ class Courier:
 
     def put(self, outcome: dict[str, Any]) -> None:
         with self._cond:
-            self._current = None
+            self._current, self._starved = None, False
             self._outbox.append(outcome)
             self._maybe_send()
 
@@ -138,6 +142,9 @@ class Courier:
         want = max(0, self._pace.hold(self._policy) + 1 - len(self._queue))
         if not (self._outbox or want or not self._runnable()):
             return
+        busy = self._current is not None
+        if busy and self._starved and not self._outbox:
+            return  # nothing to lease just now: ask again when this trial ends
         outcomes, self._outbox = self._outbox, []
         self._in_flight, self._sent_at = True, time.perf_counter()
         # What runs now; right after an outcome, the trial about to start (so its timeout
@@ -146,7 +153,10 @@ class Courier:
             self._queue[0]["number"] if self._runnable() else None)
         future = self._conn.submit("exchange", loop_id=self._loop_id, worker=self._conn.address,
                                    worker_id=self._conn.worker.id, outcomes=outcomes, want=want,
-                                   running=running, wait_s=0.0 if self._queue else 1.0)
+                                   running=running,
+                                   # only an idle loop waits at the server: a busy one must be
+                                   # free to send its outcome the moment its trial ends
+                                   wait_s=0.0 if self._queue or busy else 1.0)
         future.add_done_callback(self._on_reply)
 
     def _on_reply(self, future: Future) -> None:
@@ -158,11 +168,12 @@ class Courier:
                 self._error = exc
                 self._cond.notify_all()
                 return
-            self._pace.add_round_trip(time.perf_counter() - self._sent_at)
+            self._pace.add_round_trip(time.perf_counter() - self._sent_at - reply.get("parked_s", 0.0))
             self._policy = reply.get("policy", self._policy)
             if reply.get("ends_in") is not None:
                 self._ends_at = time.monotonic() + reply["ends_in"]
             self._queue.extend(reply["trials"])
+            self._starved = not reply["trials"]
             self._stopped = reply["status"] == "stop"
             self._maybe_send()
             self._cond.notify_all()

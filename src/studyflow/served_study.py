@@ -90,12 +90,18 @@ def prefetch_policy(cfg: StudyConfig) -> dict[str, Any]:
 
     - `fill` (auto, samplers that ignore history): enough to cover a round trip, up to 64;
     - `adaptive` (auto, samplers that learn from history): one, and only while the round trip
-      and the trial are within 20x of each other, so sampling hides behind a running trial
-      without feeding the sampler stale trials where that buys nothing;
-    - `fixed`: exactly `prefetch` (the study file's value; 0 turns prefetching off).
+      and the trial are within 4x of each other (holding one then saves at least a fifth of
+      the loop's time), so sampling hides behind a running trial without feeding the sampler
+      trials sampled blind where that buys little;
+    - `fixed`: exactly `prefetch` (the study file's value; 0 turns prefetching off), and 0
+      under `scheduling: reproducible` unless the study file sets it.
     """
     if cfg.prefetch is not None:
         return {"mode": "fixed", "cap": cfg.prefetch}
+    if cfg.scheduling == "reproducible":
+        # The window lets at most c trials be in flight: a held one would only take the slot
+        # of an idle loop and make the window wait behind a running trial.
+        return {"mode": "fixed", "cap": 0}
     if cfg.sampler.name in HISTORY_FREE_SAMPLERS:
         return {"mode": "fill", "cap": MAX_FILL_PREFETCH}
     return {"mode": "adaptive", "cap": 1}
@@ -257,9 +263,14 @@ class ServedStudy:
         return None if timeout is None else timeout - (time.monotonic() - self.opened)
 
     def _loop_has_room(self, loop: str) -> bool:
-        """A loop holds at most 1 + prefetch cap trials, and no more than its share of what is
-        left of the budget (so the last trials spread over all loops)."""
+        """A loop holds at most 1 + prefetch cap trials and no more than its share of what is
+        left of the budget; once fewer trials are left to lease than there are loops, it holds
+        none ahead (the last trials go to idle loops, not behind a long-running one)."""
         held = len(self.loop_queues.get(loop, ()))
+        if held == 0:
+            return True
+        if self.n_trials - self.finished - self.in_flight < self.loops:
+            return False
         share = max(1, math.ceil((self.n_trials - self.finished) / max(1, self.loops)))
         return held < min(1 + self.policy["cap"], share)
 

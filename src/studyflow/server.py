@@ -52,6 +52,7 @@ class _Exchange:
     running: int | None = None  # the trial the loop runs as it sends this
     worker_id: str | None = None  # the worker process's id
     removed: bool = False  # its worker has left: take its outcomes, lease it nothing, stop it
+    parked_at: float | None = None  # since when it waits for a trial to become leasable
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -204,9 +205,14 @@ class StudyServer(SchedulerPlugin):
             if r.removed:
                 r.reply.set_result({"status": "stop", "reason": "worker removed", "trials": []})
             elif reply is None and now < r.deadline:
+                r.parked_at = r.parked_at or now
                 parked.append(r)
             else:
-                r.reply.set_result(reply or {"status": "wait", "trials": []})
+                reply = reply or {"status": "wait", "trials": []}
+                # time spent waiting for budget or concurrency, not serving: loops leave it out
+                # of the round trip they pace prefetching by
+                reply["parked_s"] = now - r.parked_at if r.parked_at is not None else 0.0
+                r.reply.set_result(reply)
         return parked
 
     async def _durable(self, served: ServedStudy) -> None:
