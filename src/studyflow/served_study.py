@@ -53,6 +53,7 @@ DURATION_ATTR = "studyflow:duration_s"  # the objective's own run time, measured
 # Sampled but never run (held by a loop when the study stopped): FAIL in the journal, as Optuna
 # cannot take back an ask, and left out of tables and counts.
 NOT_RUN_ATTR = "studyflow:not_run"
+NOT_RUN_ERROR = "Interrupted: not run before the study stopped"
 STARTED_ATTR = "studyflow:started"  # the loop holding it has begun it (else it only holds it)
 # Failures caused by the infrastructure, not the objective: retried, and not counted against
 # `budget.max_failures`.
@@ -248,10 +249,9 @@ class ServedStudy:
             if reply["status"] != "run":
                 break
             trials.append(reply)
-        decision = self.decide()
         if trials:
             return {"status": "run", "trials": trials, "policy": self.policy, "ends_in": self._ends_in()}
-        if decision == "stop":
+        if self.decide() == "stop":
             return {"status": "stop", "reason": self.stop_reason, "trials": []}
         if want > 0:
             return None
@@ -306,15 +306,18 @@ class ServedStudy:
         if lease is None:
             return
         self.store.discard_staging(lease.key, number)
-        self._discard(lease.trial, "Interrupted: not run before the study stopped")
+        self._discard(lease.trial)
         for trial in self.followers.pop(lease.key, []):
             self.ready.append(trial)
 
-    def _discard(self, trial: optuna.Trial, why: str) -> None:
-        storage = self.study._storage
-        storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, why)
-        storage.set_trial_system_attr(trial._trial_id, NOT_RUN_ATTR, True)
+    def _discard(self, trial: optuna.Trial) -> None:
+        self._mark_not_run(trial._trial_id)
         self._apply(_Outcome(trial, "FAIL", None))
+
+    def _mark_not_run(self, trial_id: int) -> None:
+        storage = self.study._storage
+        storage.set_trial_system_attr(trial_id, ERROR_ATTR, NOT_RUN_ERROR)
+        storage.set_trial_system_attr(trial_id, NOT_RUN_ATTR, True)
 
     def _ask(self, worker: str, loop: str) -> dict[str, Any]:
         while True:
@@ -544,13 +547,12 @@ class ServedStudy:
         for trial in self.study.get_trials(deepcopy=False):
             if trial.system_attrs.get(NOT_RUN_ATTR):
                 continue
-            self.n_resumed += trial.state != TrialState.WAITING
-            self.define_by_run |= not set(trial.params) <= set(self.space)
             if trial.state == TrialState.RUNNING and not trial.system_attrs.get(STARTED_ATTR):
-                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, "Interrupted: not run before the study stopped")
-                storage.set_trial_system_attr(trial._trial_id, NOT_RUN_ATTR, True)  # only held: sample afresh
+                self._mark_not_run(trial._trial_id)  # only held by a loop: a rerun samples afresh
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 continue
+            self.n_resumed += trial.state != TrialState.WAITING
+            self.define_by_run |= not set(trial.params) <= set(self.space)
             if trial.state == TrialState.RUNNING:
                 stored = self.store.get(trial.system_attrs.get(KEY_ATTR, ""))
                 if stored is not None and stored.state == "COMPLETE":
@@ -580,7 +582,7 @@ class ServedStudy:
         for trial in [t for ts in self.followers.values() for t in ts] + self.ready:
             # Held by a loop, or waiting for one: a rerun samples afresh. (A loop may have begun
             # the trial it held while its last outcome travelled; that result is dropped.)
-            self._discard(trial, "Interrupted: not run before the study stopped")
+            self._discard(trial)
         self.followers.clear()
         self.ready.clear()
         self.apply_all()
