@@ -7,8 +7,11 @@ trials travel in batches. These tests pin down the promises that come with it.
 
 from __future__ import annotations
 
+import random
+
 import optuna
 import pandas as pd
+import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -58,24 +61,51 @@ def test_trials_held_when_a_study_stops_are_left_out_of_the_table_and_marked_in_
     assert set(result.trials["number"]).isdisjoint(t.number for t in not_run)
 
 
-def test_cached_fit_tpe_proposes_exactly_what_optunas_tpe_proposes():
-    """Asks that see the same finished trials share one model fit, and change nothing."""
+@pytest.mark.parametrize(
+    "directions, options, prune",
+    [
+        (["minimize"], {}, False),  # Optuna 5's default: multivariate, constant liar
+        (["minimize"], {}, True),
+        (["minimize"], {"constant_liar": False}, True),
+        (["maximize"], {"multivariate": False}, False),
+        (["minimize", "maximize"], {}, False),
+    ],
+)
+def test_cached_fit_tpe_proposes_exactly_what_optunas_tpe_proposes(directions, options, prune):
+    """Asks that see the same finished trials share one split and fit, and change nothing.
 
-    def objective(t: optuna.Trial) -> float:
-        return (t.suggest_float("x", -5, 5) ** 2 + t.suggest_int("n", 1, 9)
-                + (t.suggest_categorical("c", ["a", "b"]) == "a"))
+    Values tie (rounded), trials finish out of order, some are pruned, several run at once and every 5th runs while
+    40 others are asked, so under the constant liar running trials fall between finished ones
+    in the "above" group, among the older trials that TPE weighs less.
+    """
+
+    def objective(t: optuna.Trial) -> list[float]:
+        x, n = t.suggest_float("x", -5, 5), t.suggest_int("n", 1, 9, log=True)
+        c = t.suggest_categorical("c", ["a", "b", "c"])
+        return [round(x**2 + n + (c == "a"), 1), (x - 1) ** 2 - n][: len(directions)]
 
     proposals = []
-    for sampler in (optuna.samplers.TPESampler(seed=3, multivariate=True),
-                    CachedFitTPESampler(seed=3, multivariate=True)):
+    for sampler in (optuna.samplers.TPESampler(seed=3, **options),
+                    CachedFitTPESampler(seed=3, **options)):
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study = optuna.create_study(sampler=sampler)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), directions=directions)
+        running = {trial: objective(trial) for trial in [study.ask() for _ in range(3)]}
+        study.sampler = sampler  # it finds 3 trials running (as after a resume)
+        order = random.Random(7)
         params = []
-        for i in range(80):
-            batch = [study.ask() for _ in range(1 + i % 3)]  # 1-3 asks per history, like a batch
-            for trial in batch:
-                study.tell(trial, objective(trial))
-                params.append(trial.params)
+        while len(params) < 120:
+            for _ in range(order.randint(1, 3)):  # the asks of one batch, sampled at once
+                trial = study.ask()
+                running[trial] = objective(trial)
+            done = [t for t in running if t.number % 5 or t.number + 40 < trial.number]
+            for trial in order.sample(done, order.randint(0, len(done))):  # tells, any order
+                values = running.pop(trial)
+                if prune and order.random() < 0.1:
+                    trial.report(values[0], step=1)
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, values)
+                params.append((trial.number, trial.params))
         proposals.append(params)
     assert proposals[0] == proposals[1]
-    assert len({p["x"] for p in proposals[0]}) == len(proposals[0])
+    assert len({p["x"] for _, p in proposals[0]}) == len(proposals[0])
