@@ -48,6 +48,7 @@ class Pace:
     """Running estimates of a trial's and a round trip's duration, and the prefetch they call for."""
 
     WEIGHT = 0.2  # of the newest measurement in the moving averages
+    ADAPTIVE_MIN_RT_SHARE = 0.05  # a learning sampler's loop holds a trial from this round trip/trial
 
     def __init__(self) -> None:
         self.trial_s: float | None = None
@@ -73,11 +74,12 @@ class Pace:
             if trial < rt:  # shorter than a round trip: full batches, fewer exchanges
                 return cap
             return max(1, min(cap, math.ceil(2 * rt / trial)))
-        # adaptive: one ahead where round trip and trial are within 4x of each other, so holding
-        # it saves at least a fifth of the loop's time (see prefetch_policy)
+        # adaptive: one ahead while the round trip is 5% to 400% of a trial: waiting for it would
+        # cost the loop at least ~5% of its time, and trials are not so short that sampling
+        # blind buys little beyond what batching already gives (see prefetch_policy)
         if trial is None or rt is None:
             return 0
-        return cap if 0.25 * trial <= rt <= 4 * trial else 0
+        return cap if self.ADAPTIVE_MIN_RT_SHARE * trial <= rt <= 4 * trial else 0
 
 
 class Courier:

@@ -91,9 +91,9 @@ def prefetch_policy(cfg: StudyConfig) -> dict[str, Any]:
 
     - `fill` (auto, samplers that ignore history): enough to cover a round trip, up to 64;
     - `adaptive` (auto, samplers that learn from history): one, and only while the round trip
-      and the trial are within 4x of each other (holding one then saves at least a fifth of
-      the loop's time), so sampling hides behind a running trial without feeding the sampler
-      trials sampled blind where that buys little;
+      is 5% to 4x a trial (waiting would cost at least ~5% of the loop's time), so sampling
+      hides behind a running trial without feeding the sampler trials sampled blind where
+      that buys little;
     - `fixed`: exactly `prefetch` (the study file's value; 0 turns prefetching off), and 0
       under `scheduling: reproducible` unless the study file sets it.
     """

@@ -48,25 +48,25 @@ def _grown(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
 class _Finished:
     """The finished trials seen so far, by trial number, and what the fast split needs."""
 
-    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    numbers: set[int] = field(default_factory=set)
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # by number
     value: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    n_seen: int = 0
     n_not_plain: int = 0  # pruned or infeasible: the split needs Optuna's own rules
 
     def add(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
         """Record the trials not seen before; return them."""
-        new = [t for t in trials if t.number >= len(self.seen) or not self.seen[t.number]]
+        new = [t for t in trials if t.number not in self.numbers]
         if not new:
             return new
         size = max(t.number for t in new) + 1
         self.seen, self.value = _grown(self.seen, size, False), _grown(self.value, size, np.nan)
         for t in new:
+            self.numbers.add(t.number)
             self.seen[t.number] = True
             plain = t.state == TrialState.COMPLETE and _get_infeasible_trial_score(t) <= 0
             self.n_not_plain += not plain
             if plain and t.values is not None and len(t.values) == 1:
                 self.value[t.number] = t.values[0]
-        self.n_seen += len(new)
         return new
 
 
@@ -146,7 +146,7 @@ class CachedFitTPESampler(TPESampler):
         space = frozenset(search_space.items())
         # Finished trials are only ever added, never changed: their count names the history.
         if len(finished) != self._n_history:
-            new = self._finished.add(finished) if len(finished) != self._finished.n_seen else []
+            new = self._finished.add(finished) if len(finished) != len(self._finished.numbers) else []
             for key, encoded in self._encoded.items():
                 encoded.add(new, dict(key))
             self._n_history, self._split, self._histories = len(finished), None, {}
