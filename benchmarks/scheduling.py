@@ -5,8 +5,8 @@
 2. Sample efficiency (8 workers): Branin, Hartmann-6, a 5-D Rosenbrock and one real tuning
    task from the shipped examples (config/studies/trading_tpe.yaml: walk-forward Sharpe of a
    trading strategy on GOOG), 100 trials, mean best value over --seeds seeds, for sequential
-   TPE (concurrency 1, no prefetch), async and reproducible TPE with concurrency 8 (default
-   prefetch), and random search.
+   TPE (concurrency 1, no prefetch), async TPE with concurrency 8 (default prefetch, and
+   prefetch 0), reproducible TPE with c = 8, and random search; mean rank per seed (1 = best).
 3. Busy share: 8 workers, 50 ms trials, TPE (and random search, whose sampler costs nothing),
    --busy-trials trials, median of --repeats runs: objective time / (8 x wall).
 
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from studyflow import optimize
 from studyflow.cluster import connect
@@ -160,6 +161,7 @@ def section_efficiency(client, args) -> None:
         "random search": ("random", "async", 4, None),
         "sequential TPE (concurrency 1)": ("tpe", "async", 1, 0),
         "TPE async, concurrency 8": ("tpe", "async", 8, None),
+        "TPE async, concurrency 8, prefetch 0": ("tpe", "async", 8, 0),
         "TPE reproducible, c = 8": ("tpe", "reproducible", 8, None),
     }
     tasks = {name: optimum for name, (_, _, optimum) in FUNCTIONS.items()}
@@ -168,16 +170,19 @@ def section_efficiency(client, args) -> None:
         optimum = tasks[function]
         what = f"min {optimum}" if optimum is not None else "maximize in-sample Sharpe"
         print(f"\n## Sample efficiency: {function} ({what}), 100 trials, {args.seeds} seeds, 8 workers\n")
-        print("| runner | mean best | mean gap to optimum | share of sequential TPE's gain over random |")
-        print("| --- | ---: | ---: | ---: |")
-        losses = {name: statistics.mean(best_value(client, function, s, *spec) for s in range(args.seeds))
-                  for name, spec in runs.items()}
-        gain = losses["random search"] - losses["sequential TPE (concurrency 1)"]
-        for name, loss in losses.items():
-            share = (losses["random search"] - loss) / gain if gain else float("nan")
+        print("| runner | mean best | mean gap to optimum | mean rank | share of sequential TPE's gain over random |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        # losses[runner][seed]; rank 1 = the best runner on that seed (ties share the mean rank)
+        losses = pd.DataFrame({name: [best_value(client, function, s, *spec) for s in range(args.seeds)]
+                               for name, spec in runs.items()})
+        ranks = losses.rank(axis=1).mean()
+        means = losses.mean()
+        gain = means["random search"] - means["sequential TPE (concurrency 1)"]
+        for name, loss in means.items():
+            share = (means["random search"] - loss) / gain if gain else float("nan")
             best = loss if optimum is not None else -loss
             gap = f"{loss - optimum:.4f}" if optimum is not None else "n/a"
-            print(f"| {name} | {best:.4f} | {gap} | {share:.0%} |")
+            print(f"| {name} | {best:.4f} | {gap} | {ranks[name]:.2f} | {share:.0%} |")
 
 
 def section_busy(args) -> None:

@@ -12,7 +12,7 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_sample_efficiency_on_the_shipped_trading_study_prints_four_runners():
+def test_sample_efficiency_on_the_shipped_trading_study_prints_five_runners_with_ranks():
     proc = subprocess.run(
         [sys.executable, "scheduling.py", "--sections", "efficiency", "--functions", "trading_tpe", "--seeds", "1"],
         cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=600,
@@ -21,5 +21,7 @@ def test_sample_efficiency_on_the_shipped_trading_study_prints_four_runners():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     runners = [row.split("|")[1].strip() for row in rows[1:]]
     assert runners == ["random search", "sequential TPE (concurrency 1)", "TPE async, concurrency 8",
-                       "TPE reproducible, c = 8"]
+                       "TPE async, concurrency 8, prefetch 0", "TPE reproducible, c = 8"]
     assert all(float(row.split("|")[2]) > 0 for row in rows[1:])  # a positive mean best Sharpe
+    ranks = sorted(float(row.split("|")[4]) for row in rows[1:])  # one seed: ranks 1..5, ties averaged
+    assert sum(ranks) == 15 and ranks[0] >= 1 and ranks[-1] <= 5
