@@ -128,7 +128,6 @@ class ServedStudy:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # the service task has work
     requests: list[Any] = field(default_factory=list)  # exchanges not yet served (server.py)
     service: Any = None  # the plugin's service task
-    fsync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
     loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
     followers: dict[str, list[optuna.Trial]] = field(default_factory=dict)  # {key: trials}
@@ -221,12 +220,14 @@ class ServedStudy:
 
     # --- asking ---
 
-    def serve(self, requests: list[tuple[str, str, list[dict[str, Any]], int, list[int], int | None]]
-              ) -> list[dict[str, Any] | None]:
+    def serve(self, requests: list[tuple[str, str, list[dict[str, Any]], int, list[int], int | None]],
+              durable: bool = False) -> list[dict[str, Any] | None]:
         """Serve a batch of loop requests `(loop, worker, outcomes, want, dropped, running)`:
         every outcome is told first, then each loop gets up to `want` trials. All asks of a
         batch see the same history, so a sampler that caches its model fits it once per batch.
         None: the loop wants a trial and none can be leased yet (the caller waits for a change).
+        `durable`: fsync the journal before returning (one fsync covers the whole batch's tells,
+        in the same thread hand-off as the serving).
         """
         try:
             for loop, worker, outcomes, _, dropped, running in requests:
@@ -241,6 +242,8 @@ class ServedStudy:
             return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests]
         finally:
             self.backend.flush()
+            if durable:
+                self.backend.flush_to_disk()
 
     def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
         trials: list[dict[str, Any]] = []

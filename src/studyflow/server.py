@@ -179,11 +179,9 @@ class StudyServer(SchedulerPlugin):
                 r.removed, r.want, r.running = True, 0, None
         told = any(r.outcomes or r.dropped for r in batch)
         try:
-            async with served.lock:
+            async with served.lock:  # outcomes are fsynced before any reply leaves
                 replies = await offload(served.serve, [(r.loop, r.worker, r.outcomes, r.want, r.dropped, r.running)
-                                                     for r in batch])
-            if told:
-                await self._durable(served)
+                                                     for r in batch], told)
         except Exception as exc:  # a bug, or the journal's disk: the loops see it and die
             _logger.exception("study %s: serving %d exchanges failed", served.config.name, len(batch))
             for r in batch:
@@ -214,14 +212,6 @@ class StudyServer(SchedulerPlugin):
                 reply["parked_s"] = now - r.parked_at if r.parked_at is not None else 0.0
                 r.reply.set_result(reply)
         return parked
-
-    async def _durable(self, served: ServedStudy) -> None:
-        """Return once the journal is fsynced up to now. Tells that arrive while an fsync runs
-        share the next one (group commit), so durability does not cap throughput at 1/fsync."""
-        needed = served.backend.appended
-        async with served.fsync_lock:
-            if served.backend.synced < needed:
-                await asyncio.get_running_loop().run_in_executor(None, served.backend.flush_to_disk)
 
     async def suggest(
         self, study_id: str, number: int, method: str, name: str, kwargs: dict[str, Any]
