@@ -63,6 +63,24 @@ def test_rerun_against_the_store_evaluates_nothing_and_rewrites_the_same_table(c
     pd.testing.assert_frame_equal(first.trials.drop(columns=TIMING), second.trials.drop(columns=TIMING))
 
 
+def test_a_store_written_in_the_old_layout_still_answers_a_rerun(counting_client, tmp_path):
+    """Stores from before <key>.json kept each result in <key>/result.json."""
+    study = {"objective": "sf_objectives:counted", "search_space": {"x": SPACE["x"]},
+             "scheduling": "reproducible", "concurrency": 4, "sampler": {"name": "tpe", "seed": 3},
+             "budget": {"n_trials": 8}}
+    first = optimize(None, study, client=counting_client, results_dir=tmp_path / "results", progress=False)
+    results = sorted((tmp_path / "results/.store/trials").glob("*/*.json"))
+    assert len(results) == 8 and not [p for p in results[0].parent.iterdir() if p.is_dir()]
+    for path in results:  # rewrite the store as the old layout had it
+        (path.parent / path.stem).mkdir()
+        path.rename(path.parent / path.stem / "result.json")
+    shutil.rmtree(tmp_path / "results/.store/journals")
+    second = optimize(None, study, client=counting_client, results_dir=tmp_path / "results", progress=False)
+    assert len((tmp_path / "count.txt").read_text().splitlines()) == 8  # zero new evaluations
+    assert second.trials["cached"].all()
+    pd.testing.assert_frame_equal(first.trials.drop(columns=TIMING), second.trials.drop(columns=TIMING))
+
+
 def test_raising_n_trials_evaluates_only_the_new_trials(counting_client, tmp_path):
     client4 = counting_client
     study = {"objective": "sf_objectives:counted", "search_space": {"x": SPACE["x"]},

@@ -1,13 +1,16 @@
-"""The content-addressed trial store: `<root>/trials/<key>/result.json` and `artifacts/`.
+"""The content-addressed trial store: `<root>/trials/<k2>/<key>.json` and `<key>/artifacts/`.
 
 A trial's key hashes what decides its result: the objective's identity and code version, the
 data's sha256, the settings that reach the objective, and the trial's parameters. A key with a
 COMPLETE result is answered from the store instead of running the objective again.
 
-The study server is the only writer of results: each `result.json` is written to a temporary
-name and renamed. The objective writes its files into a staging folder
-(`<key>/.staging-<trial number>`), which the server renames to `artifacts/` when the trial
-completes, so a crashed trial never leaves half its artifacts under the key.
+The study server is the only writer of results: each `<key>.json` is written to a temporary
+name and renamed (`<k2>` is the key's first two characters, so no folder holds too many). A
+trial's folder `<key>/` exists only when it has artifacts: a folder per trial doubled the file
+system work of an instant trial. Stores written before (`<key>/result.json`) are still read.
+The objective writes its files into a staging folder (`<key>/.staging-<trial number>`, made
+when it first asks for `trial.artifact_dir`), which the server renames to `artifacts/` when
+the trial completes, so a crashed trial never leaves half its artifacts under the key.
 """
 
 from __future__ import annotations
@@ -91,7 +94,11 @@ class TrialStore:
         self._queues: list[queue.Queue[tuple[StoredResult, int | None, str] | None]] | None = None
 
     def entry(self, key: str) -> Path:
+        """The trial's folder: its artifacts and the objective's staging folders."""
         return self.trials / key[:2] / key
+
+    def result_path(self, key: str) -> Path:
+        return self.trials / key[:2] / f"{key}.json"
 
     def load_index(self) -> None:
         """List the stored keys once, so a miss costs no file system call."""
@@ -141,14 +148,17 @@ class TrialStore:
             return pending
         if self._index is not None and key not in self._index:
             return None
-        path = self.entry(key) / "result.json"
-        try:
-            return StoredResult(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
+        for path in (self.result_path(key), self.entry(key) / "result.json"):  # then the old layout
+            try:
+                return StoredResult(**json.loads(path.read_text()))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, TypeError):
+                return None
+        return None
 
     def put(self, result: StoredResult) -> None:
-        write_json(self.entry(result.key) / "result.json", asdict(result))
+        write_json(self.result_path(result.key), asdict(result))
         if self._index is not None:
             self._index.add(result.key)
 
@@ -173,14 +183,23 @@ class TrialStore:
         shutil.rmtree(self.staging_dir(key, number), ignore_errors=True)
 
     def keys(self) -> list[str]:
+        """Every key with a result or a folder (artifacts, or a trial that never finished)."""
         if not self.trials.is_dir():
             return []
-        return sorted(p.name for p in self.trials.glob("*/*") if p.is_dir())
+        keys = set()
+        for p in self.trials.glob("*/*"):
+            if p.suffix == ".json" and p.is_file():
+                keys.add(p.stem)
+            elif p.is_dir():
+                keys.add(p.name)
+        return sorted(keys)
 
     def size_bytes(self, key: str) -> int:
-        return sum(f.stat().st_size for f in self.entry(key).rglob("*") if f.is_file())
+        files = [f for f in self.entry(key).rglob("*") if f.is_file()]
+        return sum(f.stat().st_size for f in files + [self.result_path(key)] if f.exists())
 
     def remove(self, key: str) -> None:
+        self.result_path(key).unlink(missing_ok=True)
         shutil.rmtree(self.entry(key), ignore_errors=True)
 
 
