@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -64,16 +65,19 @@ def test_rerun_against_the_store_evaluates_nothing_and_rewrites_the_same_table(c
 
 
 def test_a_store_written_in_the_old_layout_still_answers_a_rerun(counting_client, tmp_path):
-    """Stores from before <key>.json kept each result in <key>/result.json."""
+    """Stores from before the results logs kept each result in trials/<k2>/<key>/result.json."""
     study = {"objective": "sf_objectives:counted", "search_space": {"x": SPACE["x"]},
              "scheduling": "reproducible", "concurrency": 4, "sampler": {"name": "tpe", "seed": 3},
              "budget": {"n_trials": 8}}
     first = optimize(None, study, client=counting_client, results_dir=tmp_path / "results", progress=False)
-    results = sorted((tmp_path / "results/.store/trials").glob("*/*.json"))
-    assert len(results) == 8 and not [p for p in results[0].parent.iterdir() if p.is_dir()]
-    for path in results:  # rewrite the store as the old layout had it
-        (path.parent / path.stem).mkdir()
-        path.rename(path.parent / path.stem / "result.json")
+    store = tmp_path / "results/.store"
+    lines = [line for log in (store / "results").glob("*.jsonl") for line in log.read_text().splitlines()]
+    assert len(lines) == 8 and not (store / "trials").exists()  # no folder for a trial without files
+    for line in lines:  # rewrite the store as the old layout had it
+        key = json.loads(line)["key"]
+        (store / "trials" / key[:2] / key).mkdir(parents=True)
+        (store / "trials" / key[:2] / key / "result.json").write_text(line)
+    shutil.rmtree(store / "results")
     shutil.rmtree(tmp_path / "results/.store/journals")
     second = optimize(None, study, client=counting_client, results_dir=tmp_path / "results", progress=False)
     assert len((tmp_path / "count.txt").read_text().splitlines()) == 8  # zero new evaluations
@@ -178,3 +182,23 @@ def test_store_ls_and_gc(client4, tmp_path):
     gc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "gc"], cwd=tmp_path,
                         capture_output=True, text=True, check=True).stdout
     assert gc.startswith("removed 7 entries")
+
+
+def test_a_torn_last_result_line_is_skipped_and_gc_keeps_what_journals_refer_to(tmp_path, caplog):
+    """A server killed mid-append leaves half a line: the results before it still answer."""
+    from studyflow.store import StoredResult
+    from studyflow.store import TrialStore
+
+    store = TrialStore(tmp_path)
+    for key in ("aa11", "bb22"):
+        store.put(StoredResult(key, "COMPLETE", [1.0], params={"x": 0.5}))
+    store.close()
+    log = next((tmp_path / "results").glob("*.jsonl"))
+    with open(log, "a") as f:
+        f.write('{"key": "cc33", "state": "COMP')  # the kill
+    reread = TrialStore(tmp_path)
+    assert reread.get("aa11").values == [1.0] and reread.get("bb22") is not None
+    assert reread.get("cc33") is None and "torn" in caplog.text
+    bb_line = next(line for line in log.read_text().splitlines(keepends=True) if '"bb22"' in line)
+    assert reread.prune({"aa11"}) == (1, len(bb_line))  # gc: keys no journal refers to
+    assert TrialStore(tmp_path).keys() == ["aa11"] and len(log.read_text().splitlines()) == 1

@@ -1,16 +1,20 @@
-"""The content-addressed trial store: `<root>/trials/<k2>/<key>.json` and `<key>/artifacts/`.
+"""The content-addressed trial store: results in `<root>/results/*.jsonl`, artifacts in
+`<root>/trials/<k2>/<key>/artifacts/` (`<k2>`: the key's first two characters).
 
 A trial's key hashes what decides its result: the objective's identity and code version, the
 data's sha256, the settings that reach the objective, and the trial's parameters. A key with a
 COMPLETE result is answered from the store instead of running the objective again.
 
-The study server is the only writer of results: each `<key>.json` is written to a temporary
-name and renamed (`<k2>` is the key's first two characters, so no folder holds too many). A
-trial's folder `<key>/` exists only when it has artifacts: a folder per trial doubled the file
-system work of an instant trial. Stores written before (`<key>/result.json`) are still read.
-The objective writes its files into a staging folder (`<key>/.staging-<trial number>`, made
-when it first asks for `trial.artifact_dir`), which the server renames to `artifacts/` when
-the trial completes, so a crashed trial never leaves half its artifacts under the key.
+The study server is the only writer of its results. It appends them as JSON lines to a log of
+its own (`results/<pid>-<id>.jsonl`), so studies running at once never interleave lines, and a
+torn last line (a crash mid-write) is skipped on reading: the journal still has the trial, so
+only a cache entry is lost. A file per result cost 0.2-1.5 ms to create on this machine's disk
+(a folder and a file per trial, as stores before this layout kept them in
+`trials/<k2>/<key>/result.json`, which are still read), more than everything else an instant
+trial costs; an append costs microseconds. The objective writes its files into a staging
+folder (`<key>/.staging-<trial number>`, made when it first asks for `trial.artifact_dir`),
+which the server renames to `artifacts/` when the trial completes, so a crashed trial never
+leaves half its artifacts under the key.
 """
 
 from __future__ import annotations
@@ -18,19 +22,23 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import queue
 import shutil
 import sys
 import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from typing import TextIO
 
 from studyflow._hashing import canonical_json
 from studyflow._hashing import sha256_text
-from studyflow._io import write_json
+from studyflow._io import write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -74,35 +82,53 @@ class StoredResult:
 class TrialStore:
     """Filesystem store under `root` (default `results/.store`).
 
-    The server writes behind (`put_later`): threads write result files and move artifacts
-    while the server answers the next ask, since a mkdir and a file write cost ~1.5 ms on this
-    machine's disk, more than everything else a trial costs. One thread fell behind instant
-    trials (2,400/s) and `close` waited seconds for it; the file system takes creates in
-    parallel, so `WRITERS` threads share the work, each key always on the same thread (a
-    retried trial's later result lands last). The journal already holds the told result, so a
-    crash before the write loses a cache entry, not a trial. `get` sees pending writes.
+    Results are read once (`load_index`, or at the first lookup): a store sees what other
+    processes wrote before that, not after, so two studies that run the same key at the same
+    moment may both evaluate it. The server writes behind (`put_later`): threads append results
+    and move artifacts (a folder rename: the slow part) while the server answers the next ask,
+    each key always on the same thread, so a key's later result lands last. `get` sees pending
+    writes.
     """
 
-    WRITERS = 4  # 1.46 -> 0.18 ms per entry here (4 threads; 8 gain nothing more)
+    WRITERS = 4  # moving artifacts: a folder create + rename each, in parallel on the disk
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.trials = self.root / "trials"
-        self._index: set[str] | None = None  # keys on disk, once `load_index` ran
+        self.logs = self.root / "results"
+        self._results: dict[str, StoredResult] | None = None  # every stored result, once read
+        self._sizes: dict[str, int] = {}  # bytes of each key's stored result
         self._pending: dict[str, StoredResult] = {}
         self._lock = threading.Lock()
+        self._log: TextIO | None = None  # this store's own results log, opened at the first put
         self._queues: list[queue.Queue[tuple[StoredResult, int | None, str] | None]] | None = None
 
     def entry(self, key: str) -> Path:
         """The trial's folder: its artifacts and the objective's staging folders."""
         return self.trials / key[:2] / key
 
-    def result_path(self, key: str) -> Path:
-        return self.trials / key[:2] / f"{key}.json"
-
     def load_index(self) -> None:
-        """List the stored keys once, so a miss costs no file system call."""
-        self._index = set(self.keys())
+        """Read every stored result once, so a lookup costs no file system call."""
+        results: dict[str, StoredResult] = {}
+        sizes: dict[str, int] = {}
+        for path, text in self._stored_texts():
+            try:
+                result = StoredResult(**json.loads(text))
+            except (ValueError, TypeError):
+                _logger.warning("trial store: skipping a torn or unreadable result in %s", path)
+                continue
+            results[result.key], sizes[result.key] = result, len(text)
+        with self._lock:
+            self._results, self._sizes = results, sizes
+
+    def _stored_texts(self) -> Iterator[tuple[Path, str]]:
+        for log in sorted(self.logs.glob("*.jsonl")):
+            with open(log, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        yield log, line
+        for old in sorted(self.trials.glob("*/*/result.json")):  # the layout before results logs
+            yield old, old.read_text(encoding="utf-8")
 
     def put_later(self, result: StoredResult, number: int | None = None, staging_key: str | None = None) -> None:
         """Queue `put(result)` and, for trial `number`, moving its staged artifacts."""
@@ -140,27 +166,31 @@ class TrialStore:
             for q in self._queues:
                 q.put(None)
             self._queues = None
+        with self._lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
 
     def get(self, key: str) -> StoredResult | None:
         with self._lock:
             pending = self._pending.get(key)
         if pending is not None:
             return pending
-        if self._index is not None and key not in self._index:
-            return None
-        for path in (self.result_path(key), self.entry(key) / "result.json"):  # then the old layout
-            try:
-                return StoredResult(**json.loads(path.read_text()))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, TypeError):
-                return None
-        return None
+        if self._results is None:
+            self.load_index()
+        assert self._results is not None
+        return self._results.get(key)
 
     def put(self, result: StoredResult) -> None:
-        write_json(self.result_path(result.key), asdict(result))
-        if self._index is not None:
-            self._index.add(result.key)
+        text = json.dumps(asdict(result), sort_keys=True, default=str) + "\n"
+        with self._lock:
+            if self._log is None:
+                self.logs.mkdir(parents=True, exist_ok=True)
+                self._log = open(self.logs / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
+            self._log.write(text)
+            self._log.flush()  # in the OS: it survives this process being killed
+            if self._results is not None:
+                self._results[result.key], self._sizes[result.key] = result, len(text)
 
     def staging_dir(self, key: str, number: int) -> Path:
         return self.entry(key) / f".staging-{number}"
@@ -184,23 +214,41 @@ class TrialStore:
 
     def keys(self) -> list[str]:
         """Every key with a result or a folder (artifacts, or a trial that never finished)."""
-        if not self.trials.is_dir():
-            return []
-        keys = set()
-        for p in self.trials.glob("*/*"):
-            if p.suffix == ".json" and p.is_file():
-                keys.add(p.stem)
-            elif p.is_dir():
-                keys.add(p.name)
-        return sorted(keys)
+        if self._results is None:
+            self.load_index()
+        assert self._results is not None
+        folders = {p.name for p in self.trials.glob("*/*") if p.is_dir()}
+        return sorted(set(self._results) | folders)
 
     def size_bytes(self, key: str) -> int:
-        files = [f for f in self.entry(key).rglob("*") if f.is_file()]
-        return sum(f.stat().st_size for f in files + [self.result_path(key)] if f.exists())
+        files = [f for f in self.entry(key).rglob("*") if f.is_file() and f.name != "result.json"]
+        return self._sizes.get(key, 0) + sum(f.stat().st_size for f in files)
 
-    def remove(self, key: str) -> None:
-        self.result_path(key).unlink(missing_ok=True)
-        shutil.rmtree(self.entry(key), ignore_errors=True)
+    def prune(self, keep: set[str]) -> tuple[int, int]:
+        """Remove every key not in `keep`; return (keys removed, bytes freed). Not while a study
+        writes to this store: its log is rewritten without the removed keys' lines."""
+        self.load_index()
+        drop = [key for key in self.keys() if key not in keep]
+        freed = sum(self.size_bytes(key) for key in drop)
+        for log in sorted(self.logs.glob("*.jsonl")):
+            with open(log, encoding="utf-8") as f:
+                lines = f.readlines()
+            kept = [line for line in lines if _line_key(line) in keep]
+            if not kept:
+                log.unlink()
+            elif len(kept) < len(lines):
+                write_text(log, "".join(kept))
+        for key in drop:
+            shutil.rmtree(self.entry(key), ignore_errors=True)
+        self.load_index()
+        return len(drop), freed
+
+
+def _line_key(line: str) -> str | None:
+    try:
+        return json.loads(line).get("key")
+    except ValueError:
+        return None
 
 
 def referenced_keys(journal_dir: str | Path) -> set[str]:
@@ -222,12 +270,4 @@ def referenced_keys(journal_dir: str | Path) -> set[str]:
 
 def gc(root: str | Path) -> tuple[int, int]:
     """Remove store entries no study journal refers to; return (entries removed, bytes freed)."""
-    store = TrialStore(root)
-    keep = referenced_keys(Path(root) / "journals")
-    removed = freed = 0
-    for key in store.keys():
-        if key not in keep:
-            freed += store.size_bytes(key)
-            store.remove(key)
-            removed += 1
-    return removed, freed
+    return TrialStore(root).prune(referenced_keys(Path(root) / "journals"))
