@@ -30,7 +30,6 @@ class SingleWriterJournal(BaseJournalBackend):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
-        self.synced = 0  # how many records a finished fsync covers
         self._logs: list[dict[str, Any]] = []
         if self.path.exists():
             self._logs = self._read_existing()
@@ -72,20 +71,14 @@ class SingleWriterJournal(BaseJournalBackend):
         if not self._file.closed:
             self._file.flush()
 
-    @property
-    def appended(self) -> int:
-        return len(self._logs)
-
     def flush_to_disk(self) -> None:
-        """fsync everything appended so far (a group commit: one fsync covers many tells)."""
-        covered = len(self._logs)
+        """fsync everything appended so far (a group commit: one fsync covers a batch's tells)."""
         if self._fsync:
             try:
                 self._file.flush()
                 os.fsync(self._file.fileno())
             except ValueError:  # closed: close() synced it
                 pass
-        self.synced = max(self.synced, covered)
 
     def close(self) -> None:
         if not self._file.closed:
