@@ -99,7 +99,8 @@ class TrialStore:
         self._results: dict[str, StoredResult] | None = None  # every stored result, once read
         self._sizes: dict[str, int] = {}  # bytes of each key's stored result
         self._pending: dict[str, StoredResult] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the dicts; never held across file system calls
+        self._log_lock = threading.Lock()  # this store's log: writer threads take turns
         self._log: TextIO | None = None  # this store's own results log, opened at the first put
         self._queues: list[queue.Queue[tuple[StoredResult, int | None, str] | None]] | None = None
 
@@ -166,7 +167,7 @@ class TrialStore:
             for q in self._queues:
                 q.put(None)
             self._queues = None
-        with self._lock:
+        with self._log_lock:
             if self._log is not None:
                 self._log.close()
                 self._log = None
@@ -183,12 +184,13 @@ class TrialStore:
 
     def put(self, result: StoredResult) -> None:
         text = json.dumps(asdict(result), sort_keys=True, default=str) + "\n"
-        with self._lock:
+        with self._log_lock:
             if self._log is None:
                 self.logs.mkdir(parents=True, exist_ok=True)
                 self._log = open(self.logs / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
             self._log.write(text)
             self._log.flush()  # in the OS: it survives this process being killed
+        with self._lock:
             if self._results is not None:
                 self._results[result.key], self._sizes[result.key] = result, len(text)
 
