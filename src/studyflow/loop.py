@@ -235,4 +235,5 @@ def _run_trial(conn: ServerConnection, call: Any, lease: dict[str, Any], data: A
         "error": error,
         "traceback": tb,
         "duration_s": time.perf_counter() - started,
+        "artifacts": trial.used_artifact_dir,
     }

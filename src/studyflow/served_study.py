@@ -234,7 +234,7 @@ class ServedStudy:
             for loop, worker, outcomes, _, dropped, running in requests:
                 for o in outcomes:
                     self._tell_trial(o["number"], o["state"], o["values"], o.get("user_attrs") or {},
-                                     o.get("error"), worker, o.get("duration_s"))
+                                     o.get("error"), worker, o.get("duration_s"), o.get("artifacts", True))
                 for number in dropped:
                     self._release_unstarted(number)
                 lease = self.leases.get(running) if running is not None else None
@@ -380,7 +380,10 @@ class ServedStudy:
         error: str | None,
         worker: str,
         duration_s: float | None = None,
+        artifacts: bool = True,
     ) -> dict[str, Any]:
+        """`artifacts`: the objective asked for its artifact folder (else there is nothing to
+        move or discard: two file system calls per trial saved)."""
         lease = self._drop_lease(number)
         if lease is None:  # already failed as lost or timed out; the late answer is dropped
             return {"status": "stale"}
@@ -404,8 +407,9 @@ class ServedStudy:
             if key != lease.key:
                 storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
             self.store.put_later(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
-                                              self.config.name, number), number, lease.key)
-        else:
+                                              self.config.name, number), number if artifacts else None,
+                                 lease.key)
+        elif artifacts:
             self.store.discard_staging(lease.key, number)
         self._receive(_Outcome(trial, state, values), error)
         self._release_followers(lease.key, state, values, user_attrs)

@@ -59,6 +59,7 @@ class RemoteTrial:
         self.key = key  # the trial's content address in the trial store
         self.seed = seed  # derived from the key: seed your model with it for reproducible trials
         self._artifact_dir = artifact_dir
+        self.used_artifact_dir = False  # told to the server: it moves the staged files only then
         self._user_attrs: dict[str, Any] = {}
         self.data = data
         self.settings = dict(settings or {})
@@ -74,6 +75,7 @@ class RemoteTrial:
             raise RuntimeError("this trial has no artifact folder")
         path = Path(self._artifact_dir)
         path.mkdir(parents=True, exist_ok=True)
+        self.used_artifact_dir = True
         return path
 
     @property
