@@ -202,3 +202,7 @@ def test_a_torn_last_result_line_is_skipped_and_gc_keeps_what_journals_refer_to(
     bb_line = next(line for line in log.read_text().splitlines(keepends=True) if '"bb22"' in line)
     assert reread.prune({"aa11"}) == (1, len(bb_line))  # gc: keys no journal refers to
     assert TrialStore(tmp_path).keys() == ["aa11"] and len(log.read_text().splitlines()) == 1
+    artifact = TrialStore(tmp_path).artifacts_dir("aa11") / "result.json"  # a user file, same name
+    artifact.parent.mkdir(parents=True)
+    artifact.write_text("0123456789")
+    assert TrialStore(tmp_path).size_bytes("aa11") == len(log.read_text()) + 10

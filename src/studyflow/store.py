@@ -177,10 +177,13 @@ class TrialStore:
             pending = self._pending.get(key)
         if pending is not None:
             return pending
+        return self._loaded().get(key)
+
+    def _loaded(self) -> dict[str, StoredResult]:
         if self._results is None:
             self.load_index()
         assert self._results is not None
-        return self._results.get(key)
+        return self._results
 
     def put(self, result: StoredResult) -> None:
         text = json.dumps(asdict(result), sort_keys=True, default=str) + "\n"
@@ -216,14 +219,13 @@ class TrialStore:
 
     def keys(self) -> list[str]:
         """Every key with a result or a folder (artifacts, or a trial that never finished)."""
-        if self._results is None:
-            self.load_index()
-        assert self._results is not None
         folders = {p.name for p in self.trials.glob("*/*") if p.is_dir()}
-        return sorted(set(self._results) | folders)
+        return sorted(set(self._loaded()) | folders)
 
     def size_bytes(self, key: str) -> int:
-        files = [f for f in self.entry(key).rglob("*") if f.is_file() and f.name != "result.json"]
+        self._loaded()
+        old_result = self.entry(key) / "result.json"  # counted in _sizes already
+        files = [f for f in self.entry(key).rglob("*") if f.is_file() and f != old_result]
         return self._sizes.get(key, 0) + sum(f.stat().st_size for f in files)
 
     def prune(self, keep: set[str]) -> tuple[int, int]:
