@@ -55,11 +55,14 @@ class Pace:
         self.round_trip_s: float | None = None
 
     def add_trial(self, seconds: float) -> None:
-        self.trial_s = seconds if self.trial_s is None else self.trial_s + self.WEIGHT * (seconds - self.trial_s)
+        self.trial_s = self._averaged(self.trial_s, seconds)
 
     def add_round_trip(self, seconds: float) -> None:
-        rt = self.round_trip_s
-        self.round_trip_s = seconds if rt is None else rt + self.WEIGHT * (seconds - rt)
+        self.round_trip_s = self._averaged(self.round_trip_s, seconds)
+
+    @classmethod
+    def _averaged(cls, average: float | None, seconds: float) -> float:
+        return seconds if average is None else average + cls.WEIGHT * (seconds - average)
 
     def hold(self, policy: dict[str, Any]) -> int:
         """Trials to hold beyond the running one."""
@@ -203,9 +206,8 @@ def run_trial_loop(
     courier = Courier(conn, loop_id, pace)
     ran = 0
     while (lease := courier.next_trial()) is not None:
-        started = time.perf_counter()
         outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)
-        pace.add_trial(time.perf_counter() - started)
+        pace.add_trial(outcome["duration_s"])
         courier.put(outcome)
         ran += 1
     courier.finish()
