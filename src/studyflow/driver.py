@@ -15,6 +15,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
+from dataclasses import field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ from studyflow.objective import import_objective
 from studyflow.objective import search_paths
 from studyflow.progress import Progress
 from studyflow.server import StudyServer
+from studyflow.served_study import ClosedStudy
 from studyflow.served_study import StudySpec
+from studyflow.served_study import best_of
 from studyflow.space import check_sampler_options
 from studyflow.stage import read_manifest
 from studyflow.stage import sha256_file
@@ -85,16 +88,25 @@ class ResultsLayout:
 
 @dataclass
 class StudyResult:
-    """A finished study: the Optuna study (read from its journal) and its trials table."""
+    """A finished study: its trials table, its best trial(s), and the Optuna study on demand."""
 
     config: StudyConfig
-    study: optuna.Study
     trials: pd.DataFrame
     journal: Path
     wall_time_s: float
     workers: int
     stop_reason: str | None
     data_sha256: str | None = None
+    best_trials: dict[str, Any] = field(default_factory=dict)  # as `best_of` gives them
+    _study: optuna.Study | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study, read from its journal on first use: the table and `best()` come
+        from the server, so a run that only writes its outputs never replays the journal."""
+        if self._study is None:
+            self._study = _load_journal(self.config, self.journal)
+        return self._study
 
     def best(self) -> dict[str, Any]:
         """What `best.json` holds."""
@@ -110,14 +122,7 @@ class StudyResult:
             "config_hash": self.config.config_hash(),
             "versions": {p: version(p) for p in ("studyflow", "optuna", "distributed")},
         }
-        complete = [t for t in self.study.get_trials(deepcopy=False) if t.values is not None]
-        if not complete:
-            return out | {"best_number": None, "best_values": None, "best_params": None}
-        if len(self.config.study_directions) == 1:
-            best = self.study.best_trial
-            return out | {"best_number": best.number, "best_values": best.values, "best_params": best.params}
-        front = [{"number": t.number, "values": t.values, "params": t.params} for t in self.study.best_trials]
-        return out | {"best_number": None, "best_values": None, "best_params": None, "pareto_front": front}
+        return out | (self.best_trials or best_of(self.study))
 
     def write(self, out_dir: str | Path) -> None:
         """Write trials.parquet, best.json and resolved.yaml, each atomically."""
@@ -334,15 +339,22 @@ def _run(
         wait(loops, timeout=30)
     finally:
         progress.close()
-        client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason)
+        reply = client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason)
+        closed = pickle.loads(reply["result"]) if "result" in reply else None
         client.cancel(loops, force=True)
     for err in status["errors"]:
         _logger.info("failed %s", err)
     if reason and reason.startswith("too many failures"):
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
-    loaded = optuna.load_study(study_name=cfg.name, storage=JournalStorage(JournalFileBackend(str(journal))))
-    trials = trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions), TrialStore(store))
+    if closed is None:  # the scheduler lost the study (restarted?): the journal has it all
+        loaded = _load_journal(cfg, journal)
+        closed = ClosedStudy(loaded.get_trials(deepcopy=False), best_of(loaded))
+    trials = trials_frame(closed.trials, len(cfg.study_directions), TrialStore(store))
     wall = time.monotonic() - started
     _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(
         {k: status[k] for k in ("complete", "pruned", "failed", "best_value", "best_number")}))
-    return StudyResult(cfg, loaded, trials, journal, wall, slots, reason, data_sha)
+    return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed.best)
+
+
+def _load_journal(cfg: StudyConfig, journal: Path) -> optuna.Study:
+    return optuna.load_study(study_name=cfg.name, storage=JournalStorage(JournalFileBackend(str(journal))))

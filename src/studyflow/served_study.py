@@ -27,6 +27,7 @@ from typing import Any
 
 import optuna
 from optuna.study._tell import _tell_with_warning
+from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from studyflow.config import StudyConfig
@@ -579,8 +580,11 @@ class ServedStudy:
         self.stop_reason = None  # a resumed run decides afresh (the budget may have grown)
         self.backend.flush_to_disk()
 
-    def close(self, reason: str) -> None:
-        """Stop handing out trials; fail (and re-enqueue) running ones; write everything."""
+    def close(self, reason: str) -> ClosedStudy:
+        """Stop handing out trials; fail (and re-enqueue) running ones; write everything.
+
+        Returns the final trials and best, so the driver need not replay the journal it has
+        just been served from (0.16 s at 2,000 trials, more than a tenth of such a study)."""
         if self.stop_reason is None:
             self.stop_reason = reason
         unstarted = [n for n, lease in self.leases.items() if lease.started is None]
@@ -597,6 +601,7 @@ class ServedStudy:
         self.apply_all()
         self.store.close()
         self.backend.close()
+        return ClosedStudy(self.study.get_trials(deepcopy=False), best_of(self.study))
 
     def status(self) -> dict[str, Any]:
         done = self.decide() == "stop" and not self.leases
@@ -614,6 +619,26 @@ class ServedStudy:
             "done": done,
             "errors": list(self.recent_errors),
         }
+
+
+@dataclass
+class ClosedStudy:
+    """What a closed study hands back to its driver."""
+
+    trials: list[FrozenTrial]
+    best: dict[str, Any]
+
+
+def best_of(study: optuna.Study) -> dict[str, Any]:
+    """The best trial (one objective) or the Pareto front (several), as `best.json` holds them."""
+    none = {"best_number": None, "best_values": None, "best_params": None}
+    if not any(t.values is not None for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+        return none
+    if len(study.directions) == 1:
+        best = study.best_trial
+        return {"best_number": best.number, "best_values": best.values, "best_params": best.params}
+    front = [{"number": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
+    return none | {"pareto_front": front}
 
 
 def open_study(spec: StudySpec) -> ServedStudy:

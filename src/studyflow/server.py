@@ -270,9 +270,9 @@ class StudyServer(SchedulerPlugin):
         if served is None:
             return {"status": "unknown"}
         async with served.lock:
-            await offload(served.close, reason or "closed")
+            closed = await offload(served.close, reason or "closed")
         served.notify()
-        return {"status": "closed"}
+        return {"status": "closed", "result": await offload(pickle.dumps, closed, protocol=5)}
 
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         try:

@@ -217,6 +217,10 @@ class TrialStore:
     def discard_staging(self, key: str, number: int) -> None:
         shutil.rmtree(self.staging_dir(key, number), ignore_errors=True)
 
+    def keys_with_artifacts(self) -> set[str]:
+        """Keys whose artifacts folder exists: one directory walk, not a stat per trial."""
+        return {p.parent.name for p in self.trials.glob("*/*/artifacts") if p.is_dir()}
+
     def keys(self) -> list[str]:
         """Every key with a result or a folder (artifacts, or a trial that never finished)."""
         folders = {p.name for p in self.trials.glob("*/*") if p.is_dir()}

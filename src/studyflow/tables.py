@@ -26,6 +26,7 @@ def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore
     cached, artifacts (the trial's folder in the store, if it wrote one), user attrs. Trials
     sampled but never run (held by a loop when the study stopped) are left out."""
     rows = []
+    with_artifacts = store.keys_with_artifacts() if store is not None else set()
     for t in trials:
         if t.system_attrs.get(NOT_RUN_ATTR):
             continue
@@ -49,8 +50,7 @@ def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore
         row["retry_of"] = t.system_attrs.get(RETRY_OF_ATTR)
         row["key"] = t.system_attrs.get(KEY_ATTR)
         row["cached"] = bool(t.system_attrs.get(CACHED_ATTR, False))
-        artifacts = store.artifacts_dir(row["key"]) if store and row["key"] else None
-        row["artifacts"] = str(artifacts) if artifacts is not None and artifacts.is_dir() else None
+        row["artifacts"] = str(store.artifacts_dir(row["key"])) if row["key"] in with_artifacts else None
         row.update({f"user_attrs_{k}": v for k, v in t.user_attrs.items()})
         rows.append(row)
     df = pd.DataFrame(rows)
