@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 _logger = logging.getLogger(__name__)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call otherwise
 
 
 class SingleWriterJournal(BaseJournalBackend):
@@ -62,7 +63,7 @@ class SingleWriterJournal(BaseJournalBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         # Buffered: the server calls `flush` once at the end of each ask or tell (one write
         # syscall instead of six), before any worker hears about it.
-        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        text = "".join(_ENCODER.encode(log) + "\n" for log in logs)
         self._file.write(text.encode("utf-8"))
         self._logs.extend(logs)
 

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
@@ -131,6 +132,7 @@ class ServedStudy:
     requests: list[Any] = field(default_factory=list)  # exchanges not yet served (server.py)
     service: Any = None  # the plugin's service task
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
+    leased_keys: Counter[str] = field(default_factory=Counter)  # leases per key, kept with `leases`
     loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
     followers: dict[str, list[optuna.Trial]] = field(default_factory=dict)  # {key: trials}
     ready: list[optuna.Trial] = field(default_factory=list)  # followers whose leader failed
@@ -283,6 +285,7 @@ class ServedStudy:
         queue = self.loop_queues.setdefault(lease.loop, deque())
         queue.append(lease.trial.number)
         self.leases[lease.trial.number] = lease
+        self.leased_keys[lease.key] += 1
         if len(queue) == 1:
             self._mark_started(lease)
 
@@ -295,6 +298,7 @@ class ServedStudy:
         lease = self.leases.pop(number, None)
         if lease is None:
             return None
+        self.leased_keys[lease.key] -= 1
         queue = self.loop_queues.get(lease.loop)
         if queue is not None:
             if queue and queue[0] == number:
@@ -342,7 +346,7 @@ class ServedStudy:
                 if stored is not None and stored.state == "COMPLETE":
                     self._answer_from_store(trial, stored)
                     continue
-                if not self.define_by_run and key in self._leased_keys():
+                if not self.define_by_run and self.leased_keys[key]:
                     self.followers.setdefault(key, []).append(trial)
                     continue
             attempt = int(self.study._storage.get_trial_system_attrs(trial._trial_id).get(ATTEMPT_ATTR, 0))
@@ -353,11 +357,8 @@ class ServedStudy:
                 "params": trial.params,
                 "key": key,
                 "seed": trial_seed(key),
-                "artifact_dir": str(self.store.staging_dir(key, trial.number)),
+                "artifact_dir": self.store.staging_path(key, trial.number),
             }
-
-    def _leased_keys(self) -> set[str]:
-        return {lease.key for lease in self.leases.values()}
 
     def _key(self, trial: optuna.Trial) -> str:
         return self.study._storage.get_trial_system_attrs(trial._trial_id)[KEY_ATTR]

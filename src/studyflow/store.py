@@ -95,6 +95,7 @@ class TrialStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.trials = self.root / "trials"
+        self._trials_str = str(self.trials)
         self.logs = self.root / "results"
         self._results: dict[str, StoredResult] | None = None  # every stored result, once read
         self._sizes: dict[str, int] = {}  # bytes of each key's stored result
@@ -198,7 +199,11 @@ class TrialStore:
                 self._results[result.key], self._sizes[result.key] = result, len(text)
 
     def staging_dir(self, key: str, number: int) -> Path:
-        return self.entry(key) / f".staging-{number}"
+        return Path(self.staging_path(key, number))
+
+    def staging_path(self, key: str, number: int) -> str:
+        """`staging_dir` as a string, built without pathlib: the server names one per ask."""
+        return os.path.join(self._trials_str, key[:2], key, f".staging-{number}")
 
     def artifacts_dir(self, key: str) -> Path:
         return self.entry(key) / "artifacts"
