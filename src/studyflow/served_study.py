@@ -245,6 +245,7 @@ class ServedStudy:
                     self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
             return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests]
         finally:
+            self.store.write_pending()  # results first: a resume completes a told trial from them
             self.backend.flush()
             if durable:
                 self.backend.flush_to_disk()

@@ -62,6 +62,10 @@ def trial_key(key_base: str, params: dict[str, Any]) -> str:
     return sha256_text(key_base + "|" + canonical_json(params))[:32]
 
 
+def _encode(result: StoredResult) -> str:
+    return json.dumps(asdict(result), sort_keys=True, default=str) + "\n"
+
+
 def trial_seed(key: str) -> int:
     """A per-trial seed derived from the key: the same trial gets the same seed everywhere."""
     return int(key[:8], 16)
@@ -84,10 +88,11 @@ class TrialStore:
 
     Results are read once (`load_index`, or at the first lookup): a store sees what other
     processes wrote before that, not after, so two studies that run the same key at the same
-    moment may both evaluate it. The server writes behind (`put_later`): threads append results
-    and move artifacts (a folder rename: the slow part) while the server answers the next ask,
-    each key always on the same thread, so a key's later result lands last. `get` sees pending
-    writes.
+    moment may both evaluate it. The server records results as it tells them (`put_later`:
+    lookups see them at once) and appends a batch's results in one write at the end of the
+    batch (`write_pending`), before the journal is synced; threads move artifacts (a folder
+    rename: the slow part) while the server answers the next ask, each key always on the same
+    thread, so a key's later artifacts land last.
     """
 
     WRITERS = 4  # moving artifacts: a folder create + rename each, in parallel on the disk
@@ -99,11 +104,11 @@ class TrialStore:
         self.logs = self.root / "results"
         self._results: dict[str, StoredResult] | None = None  # every stored result, once read
         self._sizes: dict[str, int] = {}  # bytes of each key's stored result
-        self._pending: dict[str, StoredResult] = {}
+        self._unwritten: list[str] = []  # recorded results, as log lines, not yet written
         self._lock = threading.Lock()  # the dicts; never held across file system calls
-        self._log_lock = threading.Lock()  # this store's log: writer threads take turns
+        self._log_lock = threading.Lock()  # this store's log file
         self._log: TextIO | None = None  # this store's own results log, opened at the first put
-        self._queues: list[queue.Queue[tuple[StoredResult, int | None, str] | None]] | None = None
+        self._queues: list[queue.Queue[tuple[str, int, str] | None]] | None = None  # artifact moves
 
     def entry(self, key: str) -> Path:
         """The trial's folder: its artifacts and the objective's staging folders."""
@@ -133,38 +138,51 @@ class TrialStore:
             yield old, old.read_text(encoding="utf-8")
 
     def put_later(self, result: StoredResult, number: int | None = None, staging_key: str | None = None) -> None:
-        """Queue `put(result)` and, for trial `number`, moving its staged artifacts."""
+        """Record `result` now (lookups see it at once) and write it with the next
+        `write_pending`; for trial `number`, a writer thread moves its staged artifacts."""
+        text = _encode(result)
+        loaded = self._loaded()
+        with self._lock:
+            loaded[result.key], self._sizes[result.key] = result, len(text)
+            self._unwritten.append(text)
+        if number is None:
+            return
         if self._queues is None:
             self._queues = [queue.Queue() for _ in range(self.WRITERS)]
             for i, q in enumerate(self._queues):
-                threading.Thread(target=self._write_behind, args=(q,), name=f"studyflow-store-{i}",
+                threading.Thread(target=self._move_behind, args=(q,), name=f"studyflow-store-{i}",
                                  daemon=True).start()
-        with self._lock:
-            self._pending[result.key] = result
-        self._queues[hash(result.key) % len(self._queues)].put((result, number, staging_key or result.key))
+        self._queues[hash(result.key) % len(self._queues)].put((staging_key or result.key, number, result.key))
 
-    def _write_behind(self, q: queue.Queue[tuple[StoredResult, int | None, str] | None]) -> None:
-        while (item := q.get()) is not None:
-            result, number, staging_key = item
+    def write_pending(self) -> None:
+        """Append every result recorded since the last call: one write for a server's batch."""
+        with self._lock:
+            texts, self._unwritten = self._unwritten, []
+        if texts:
             try:
-                self.put(result)
-                if number is not None:
-                    self.commit_artifacts(staging_key, number, result.key)
+                self._append("".join(texts))
             except OSError:
-                _logger.exception("trial store: could not write %s", result.key)
+                _logger.exception("trial store: could not write %d results to %s", len(texts), self.logs)
+
+    def _move_behind(self, q: queue.Queue[tuple[str, int, str] | None]) -> None:
+        while (item := q.get()) is not None:
+            staging_key, number, key = item
+            try:
+                self.commit_artifacts(staging_key, number, key)
+            except OSError:
+                _logger.exception("trial store: could not move the artifacts of %s", key)
             finally:
-                with self._lock:
-                    self._pending.pop(result.key, None)
                 q.task_done()
 
     def drain(self) -> None:
-        """Wait until every queued write is on disk (at the end of a study)."""
+        """Write what is recorded and wait until every artifact move is done (end of a study)."""
+        self.write_pending()
         for q in self._queues or []:
             q.join()
 
     def close(self) -> None:
+        self.drain()
         if self._queues is not None:
-            self.drain()
             for q in self._queues:
                 q.put(None)
             self._queues = None
@@ -174,10 +192,6 @@ class TrialStore:
                 self._log = None
 
     def get(self, key: str) -> StoredResult | None:
-        with self._lock:
-            pending = self._pending.get(key)
-        if pending is not None:
-            return pending
         return self._loaded().get(key)
 
     def _loaded(self) -> dict[str, StoredResult]:
@@ -187,16 +201,19 @@ class TrialStore:
         return self._results
 
     def put(self, result: StoredResult) -> None:
-        text = json.dumps(asdict(result), sort_keys=True, default=str) + "\n"
+        text = _encode(result)
+        self._append(text)
+        with self._lock:
+            if self._results is not None:
+                self._results[result.key], self._sizes[result.key] = result, len(text)
+
+    def _append(self, text: str) -> None:
         with self._log_lock:
             if self._log is None:
                 self.logs.mkdir(parents=True, exist_ok=True)
                 self._log = open(self.logs / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
             self._log.write(text)
             self._log.flush()  # in the OS: it survives this process being killed
-        with self._lock:
-            if self._results is not None:
-                self._results[result.key], self._sizes[result.key] = result, len(text)
 
     def staging_dir(self, key: str, number: int) -> Path:
         return Path(self.staging_path(key, number))
