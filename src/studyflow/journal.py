@@ -3,8 +3,9 @@
 Optuna's `JournalFileBackend` re-reads the file and takes a file lock on every operation,
 because many processes may share it. Here the server is the only writer, so the logs are kept
 in memory for `read_logs`; the server hands each ask's or tell's records to the OS (`flush`:
-they survive the process being killed) and fsyncs (`flush_to_disk`) before it answers a tell,
-so a told trial is on disk before the worker hears back. The file stays in Optuna's format, so
+they survive the process being killed) and fsyncs them before it answers a tell, so a told
+trial is on disk before the worker hears back (`sync_soon`: on another thread, while the server
+samples the next trials). The file stays in Optuna's format, so
 `JournalStorage(JournalFileBackend(path))` and optuna-dashboard open it.
 """
 
@@ -14,6 +15,8 @@ import json
 import logging
 import os
 from collections.abc import Container
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ class SingleWriterJournal(BaseJournalBackend):
         if self.path.exists():
             self._logs = self._read_existing()
         self._file = open(self.path, "ab")
+        self._syncer: ThreadPoolExecutor | None = None  # fsyncs off the serving thread
 
     def _read_existing(self) -> list[dict[str, Any]]:
         """Read the journal; a torn last line (a crash mid-write) is cut off, not fatal."""
@@ -72,6 +76,16 @@ class SingleWriterJournal(BaseJournalBackend):
         if not self._file.closed:
             self._file.flush()
 
+    def sync_soon(self) -> Future[None] | None:
+        """Hand what was appended to the OS and fsync it on another thread; the caller works on
+        and waits for the returned future before it answers. None when fsync is off or closed."""
+        if not self._fsync or self._file.closed:
+            return None
+        self._file.flush()
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="studyflow-fsync")
+        return self._syncer.submit(os.fsync, self._file.fileno())
+
     def flush_to_disk(self) -> None:
         """fsync everything appended so far (a group commit: one fsync covers a batch's tells)."""
         if self._fsync:
@@ -82,6 +96,9 @@ class SingleWriterJournal(BaseJournalBackend):
                 pass
 
     def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
         if not self._file.closed:
             self.flush_to_disk()
             self._file.close()

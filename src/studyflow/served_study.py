@@ -22,6 +22,7 @@ import math
 import time
 from collections import Counter
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -230,9 +231,11 @@ class ServedStudy:
         every outcome is told first, then each loop gets up to `want` trials. All asks of a
         batch see the same history, so a sampler that caches its model fits it once per batch.
         None: the loop wants a trial and none can be leased yet (the caller waits for a change).
-        `durable`: fsync the journal before returning (one fsync covers the whole batch's tells,
-        in the same thread hand-off as the serving).
+        `durable`: the batch's tells are fsynced before returning: one fsync covers them all,
+        and it runs on another thread while the asks sample, so the disk's wait hides behind
+        the sampler's work instead of adding to it.
         """
+        synced: Future[None] | None = None
         try:
             for loop, worker, outcomes, _, dropped, running in requests:
                 for o in outcomes:
@@ -243,11 +246,16 @@ class ServedStudy:
                 lease = self.leases.get(running) if running is not None else None
                 if lease is not None and lease.loop == loop and lease.started is None:
                     self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
+            self.store.write_pending()  # results first: a resume completes a told trial from them
+            if durable:
+                synced = self.backend.sync_soon()
             return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests]
         finally:
-            self.store.write_pending()  # results first: a resume completes a told trial from them
+            self.store.write_pending()
             self.backend.flush()
-            if durable:
+            if synced is not None:
+                synced.result()
+            elif durable:
                 self.backend.flush_to_disk()
 
     def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
