@@ -1,7 +1,7 @@
 """One study as the server holds it: budget, leases, the trial store, and when tells apply.
 
 Everything here is synchronous Optuna work; the plugin (`server.py`) calls it under the
-study's lock, off the event loop.
+study's lock, off the event loop unless the work is short (see `server.INLINE_S`).
 
 Outcomes are *received* when a worker tells (or the store answers) and *applied* to the Optuna
 study when the scheduling mode allows:
@@ -132,6 +132,7 @@ class ServedStudy:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # the service task has work
     requests: list[Any] = field(default_factory=list)  # exchanges not yet served (server.py)
     service: Any = None  # the plugin's service task
+    seconds_per_item: float = 0.0  # serving time per outcome or wanted trial: rises at once, decays slowly
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
     leased_keys: Counter[str] = field(default_factory=Counter)  # leases per key, kept with `leases`
     loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
@@ -223,17 +224,23 @@ class ServedStudy:
         horizon = self._next_number() - self.window
         return any(n <= horizon for n in self._in_flight_numbers())
 
+    def note_served(self, seconds: float, items: int) -> None:
+        """Learn what a batch costs per item, so the plugin knows which batches to offload: a
+        slow one (a sampler whose asks grow with the history) is believed at once."""
+        per_item = seconds / items
+        self.seconds_per_item = max(per_item, self.seconds_per_item + 0.1 * (per_item - self.seconds_per_item))
+
     # --- asking ---
 
     def serve(self, requests: list[tuple[str, str, list[dict[str, Any]], int, list[int], int | None]],
-              durable: bool = False) -> list[dict[str, Any] | None]:
+              durable: bool = False) -> tuple[list[dict[str, Any] | None], Future[None] | None]:
         """Serve a batch of loop requests `(loop, worker, outcomes, want, dropped, running)`:
         every outcome is told first, then each loop gets up to `want` trials. All asks of a
         batch see the same history, so a sampler that caches its model fits it once per batch.
-        None: the loop wants a trial and none can be leased yet (the caller waits for a change).
-        `durable`: the batch's tells are fsynced before returning: one fsync covers them all,
-        and it runs on another thread while the asks sample, so the disk's wait hides behind
-        the sampler's work instead of adding to it.
+        Returns one reply per request (None: the loop wants a trial and none can be leased
+        yet; the caller waits for a change) and, when `durable`, the fsync of the batch's tells:
+        it runs on another thread from before the asks, so the disk's wait hides behind the
+        sampler's work; the caller waits for it before any reply leaves.
         """
         synced: Future[None] | None = None
         try:
@@ -249,13 +256,15 @@ class ServedStudy:
             self.store.write_pending()  # results first: a resume completes a told trial from them
             if durable:
                 synced = self.backend.sync_soon()
-            return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests]
+            return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests], synced
+        except BaseException:
+            if synced is not None:
+                synced.result()
+            raise
         finally:
             self.store.write_pending()
             self.backend.flush()
-            if synced is not None:
-                synced.result()
-            elif durable:
+            if durable and synced is None:
                 self.backend.flush_to_disk()
 
     def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
