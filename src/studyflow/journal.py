@@ -11,10 +11,13 @@ samples the next trials). The file stays in Optuna's format, so
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import os
 from collections.abc import Container
+from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,27 +113,59 @@ class SingleWriterJournal(BaseJournalBackend):
 class ServerJournalStorage(JournalStorage):
     """`JournalStorage` for the server, the journal's only writer.
 
-    Optuna's `ask` looks for a WAITING trial (an enqueued retry) on every call by scanning all
-    trials: 1 ms at 2,000 trials, growing with the study. The only writer knows whether any
-    trial can be waiting, and answers at once when none can.
+    Optuna filters every trial by state on each `get_all_trials(states=...)`: samplers ask for
+    the finished trials on every ask (TPE twice), and `ask` for WAITING ones (an enqueued
+    retry): 0.22 ms at 5,000 trials. Every state change passes through this object, so it
+    keeps the trial ids of each state instead (built by one scan at first use) and answers
+    from them, in the same order: 0.09 ms at 5,000.
     """
 
     def __init__(self, backend: SingleWriterJournal) -> None:
         super().__init__(backend)
-        self._maybe_waiting = True  # a resumed journal may hold enqueued trials
+        self._ids: dict[int, dict[TrialState, list[int]]] = {}  # {study id: {state: ids, ascending}}
+        self._state_of: dict[int, TrialState] = {}  # each indexed trial's state in `_ids`
+        self._study_of: dict[int, int] = {}  # trial id -> study id, for trials indexed or created
+        self._changed: set[int] = set()  # trials whose state may differ from `_state_of`
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        if template_trial is not None and template_trial.state == TrialState.WAITING:
-            self._maybe_waiting = True
-        return super().create_new_trial(study_id, template_trial)
+        trial_id = super().create_new_trial(study_id, template_trial)
+        self._study_of[trial_id] = study_id
+        self._changed.add(trial_id)
+        return trial_id
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        try:
+            return super().set_trial_state_values(trial_id, state, values)
+        finally:
+            self._changed.add(trial_id)
 
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
-        only_waiting = states is not None and list(states) == [TrialState.WAITING]
-        if only_waiting and not self._maybe_waiting:
-            return []
-        trials = super().get_all_trials(study_id, deepcopy, states)
-        if only_waiting and not trials:
-            self._maybe_waiting = False
-        return trials
+        if states is None or deepcopy:
+            return super().get_all_trials(study_id, deepcopy, states)
+        with self._thread_lock:
+            self._sync_with_backend()
+            by_state = self._indexed(study_id)
+            lists = [by_state[s] for s in set(states) if by_state.get(s)]
+            ids = lists[0] if len(lists) == 1 else sorted(itertools.chain(*lists))
+            trials = self._replay_result._trials
+            return [trials[i] for i in ids]
+
+    def _indexed(self, study_id: int) -> dict[TrialState, list[int]]:
+        by_state = self._ids.get(study_id)
+        if by_state is None:  # first use: one scan
+            by_state = self._ids[study_id] = {}
+            for t in self._replay_result.get_all_trials(study_id, None):
+                by_state.setdefault(t.state, []).append(t._trial_id)
+                self._state_of[t._trial_id] = t.state
+                self._study_of[t._trial_id] = study_id
+        for trial_id in [i for i in self._changed if self._study_of.get(i) == study_id]:
+            self._changed.discard(trial_id)
+            state, old = self._replay_result._trials[trial_id].state, self._state_of.get(trial_id)
+            if state != old:
+                if old is not None:
+                    by_state[old].remove(trial_id)
+                bisect.insort(by_state.setdefault(state, []), trial_id)
+                self._state_of[trial_id] = state
+        return by_state
