@@ -142,7 +142,7 @@ class CachedFitTPESampler(TPESampler):
 
     def _history(self, study: Study, search_space: dict[str, BaseDistribution]) -> _History:
         self._for_study(study)
-        finished = study._get_trials(deepcopy=False, states=_FINISHED, use_cache=True)
+        finished = study._get_trials(deepcopy=False, states=_FINISHED)  # indexed in the server
         space = frozenset(search_space.items())
         # Finished trials are only ever added, never changed: their count names the history.
         if len(finished) != self._n_history:
