@@ -21,6 +21,7 @@ are marked FAIL ("worker lost") and re-enqueued with the same parameters up to
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import pickle
 import time
@@ -67,6 +68,21 @@ class StudyServer(SchedulerPlugin):
 
     def __init__(self) -> None:
         self._studies: dict[str, ServedStudy] = {}  # {study_id: study}
+        self._froze = False
+
+    def _freeze_baseline(self, studies_open: bool) -> None:
+        """A full garbage collection walks every object in the process: ~116,000 in a driver
+        with a local cluster (modules, Dask), 80-100 ms each, twice per 4,000 instant trials.
+        While studies are open, what existed before the first one is frozen (`gc.freeze`), so a
+        collection walks only what the studies made; it is unfrozen when the last one closes."""
+        if studies_open and not self._froze:
+            gc.freeze()
+        elif not studies_open and self._froze:
+            gc.unfreeze()
+        self._froze = studies_open
+
+    async def close(self) -> None:
+        self._freeze_baseline(False)
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -98,6 +114,7 @@ class StudyServer(SchedulerPlugin):
             old.backend.close()
         served = await offload(open_study, study_spec)
         self._studies[study_spec.study_id] = served
+        self._freeze_baseline(True)
         served.service = asyncio.ensure_future(self._serve(study_spec.study_id, served))
         if served.config.budget.trial_timeout_s is not None:
             asyncio.ensure_future(self._watch_timeouts(study_spec.study_id, served))
@@ -278,6 +295,7 @@ class StudyServer(SchedulerPlugin):
     async def close_study(self, study_id: str, reason: str | None = None) -> dict[str, Any]:
         """Stop handing out trials; fail (and re-enqueue) running ones; close the journal."""
         served = self._studies.pop(study_id, None)
+        self._freeze_baseline(bool(self._studies))
         if served is None:
             return {"status": "unknown"}
         async with served.lock:
