@@ -228,7 +228,7 @@ class ServedStudy:
         """Learn what a batch costs per item, so the plugin knows which batches to offload: a
         slow one (a sampler whose asks grow with the history) is believed at once."""
         per_item = seconds / items
-        self.seconds_per_item = max(per_item, self.seconds_per_item + 0.1 * (per_item - self.seconds_per_item))
+        self.seconds_per_item = max(per_item, self.seconds_per_item + 0.5 * (per_item - self.seconds_per_item))
 
     # --- asking ---
 

@@ -40,7 +40,7 @@ from studyflow.served_study import open_study
 _logger = logging.getLogger(__name__)
 
 SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
-INLINE_S = 0.005  # serve a batch on the event loop when it should take less than this
+INLINE_S = 0.02  # serve a batch on the event loop when it should take less than this
 
 
 @dataclass
