@@ -26,7 +26,8 @@ from pathlib import Path
 
 import optuna
 
-from overhead import run_task_per_trial  # the same baseline as benchmarks/overhead.py
+from overhead import run_studyflow  # the same runs as benchmarks/overhead.py: optimize() alone is timed
+from overhead import run_task_per_trial
 from studyflow import optimize
 from studyflow.cluster import connect
 from studyflow.tpe import CachedFitTPESampler
@@ -50,14 +51,6 @@ def _timed(fn, *args, **kwargs) -> float:
 
 
 # --- overhead --------------------------------------------------------------------------------
-
-def run_studyflow(client, n_trials: int) -> float:
-    """Wall time of `optimize()` alone: deleting its results directory afterwards (2,000 trial
-    store entries) is the benchmark's cleanup, not part of a user's run."""
-    study = {"search_space": SPACE, "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": n_trials}}
-    with tempfile.TemporaryDirectory() as tmp:
-        return _timed(optimize, instant, study, client=client, results_dir=tmp, progress=False)
-
 
 def _optuna_worker(storage_url: str, n_trials: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
