@@ -98,6 +98,23 @@ def test_workers_run_one_blas_openmp_thread_even_when_snakemake_exports_more(mon
     assert worker_env["MKL_NUM_THREADS"] == "1"
 
 
+def _profiled(dask_worker) -> bool:
+    return "profile" in dask_worker.periodic_callbacks
+
+
+def test_local_workers_skip_dask_stack_profiling_unless_the_environment_asks_for_it(monkeypatch):
+    from studyflow.cluster import PROFILE_ENV_VAR
+    from studyflow.cluster import connect
+
+    monkeypatch.delenv(PROFILE_ENV_VAR, raising=False)
+    with connect(1) as client:
+        assert list(client.run(_profiled).values()) == [False]
+    for asked in (True, False):
+        monkeypatch.setenv(PROFILE_ENV_VAR, str(asked))
+        with connect(1) as client:
+            assert list(client.run(_profiled).values()) == [asked]
+
+
 def test_grid_sampler_visits_every_combination_once_and_stops(client4, tmp_path):
     study = {"objective": "sf_objectives:quadratic", "sampler": {"name": "grid", "seed": 0},
              "search_space": {"x": {"type": "float", "low": 0, "high": 1, "step": 0.5},
