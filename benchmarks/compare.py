@@ -106,17 +106,24 @@ def section_overhead(args) -> None:
     print("| ---: | --- | ---: | ---: | ---: |")
     for workers in (2, 4):
         times: dict[str, list[float]] = {}
-        with connect(workers) as client:
-            for _ in range(args.repeats):
-                times.setdefault("studyflow", []).append(run_studyflow(client, args.trials))
-                times.setdefault("one Dask task per trial", []).append(
-                    _timed(run_task_per_trial, client, args.trials, workers))
-                try:
-                    times.setdefault("optuna_integration DaskStorage", []).append(
-                        _timed(run_dask_storage, client, workers, args.trials))
-                except ImportError:
-                    times.pop("optuna_integration DaskStorage", None)
+        # Every runner once per repeat: this machine's speed drifts by tens of percent over
+        # minutes, and a ratio should compare runs taken close together. The shared-storage
+        # runners run with no cluster up (an idle one takes 11-16% of a core here).
         for _ in range(args.repeats):
+            with connect(workers) as client:
+                for n_trials, record in ((50, False), (args.trials, True)):  # 50: warm the workers
+                    cluster_runs = {
+                        "studyflow": lambda: run_studyflow(client, n_trials),
+                        "one Dask task per trial": lambda: _timed(run_task_per_trial, client, n_trials, workers),
+                        "optuna_integration DaskStorage": lambda: _timed(run_dask_storage, client, workers, n_trials),
+                    }
+                    for name, run in cluster_runs.items():
+                        try:
+                            wall = run()
+                        except ImportError:  # optuna-integration not installed
+                            continue
+                        if record:
+                            times.setdefault(name, []).append(wall)
             times.setdefault("Optuna + JournalFileBackend, shared", []).append(
                 _timed(run_shared_storage, "journal", workers, args.trials))
             times.setdefault("Optuna + SQLite, shared", []).append(
