@@ -132,7 +132,7 @@ class ServedStudy:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # the service task has work
     requests: list[Any] = field(default_factory=list)  # exchanges not yet served (server.py)
     service: Any = None  # the plugin's service task
-    seconds_per_item: float = 0.0  # serving time per outcome or wanted trial: rises at once, decays slowly
+    seconds_per_item: float = 0.0  # serving time per outcome or wanted trial (see `note_served`)
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
     leased_keys: Counter[str] = field(default_factory=Counter)  # leases per key, kept with `leases`
     loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
@@ -226,7 +226,8 @@ class ServedStudy:
 
     def note_served(self, seconds: float, items: int) -> None:
         """Learn what a batch costs per item, so the plugin knows which batches to offload: a
-        slow one (a sampler whose asks grow with the history) is believed at once."""
+        slower one (a sampler whose asks grow with the history) is believed at once, a faster
+        one halves the gap (the sampler's first, cold ask is forgotten within a few batches)."""
         per_item = seconds / items
         self.seconds_per_item = max(per_item, self.seconds_per_item + 0.5 * (per_item - self.seconds_per_item))
 

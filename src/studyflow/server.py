@@ -8,8 +8,8 @@ pass through the event loop and one fit of the sampler's model. Every access to 
 under that study's `asyncio.Lock`. A batch expected to take more than `INLINE_S` (sampling
 with a long history, big batches) runs off the event loop through `distributed`'s `offload`,
 so heartbeats keep flowing while TPE thinks; a shorter one runs on the event loop, because the
-hand-off to the offload thread and back costs more than such a batch (about 1 ms a batch on 2
-cores: the two threads take turns at the GIL, and the sampler ran 30% slower beside it).
+hand-off to the offload thread and back costs more than such a batch (on 2 cores, one worker,
+TPE after 1,000 trials: 2.68 vs 3.57 ms from one exchange to the next).
 
 The server owns the budget: it hands out a new trial only while `finished + running <
 n_trials`, so exactly `n_trials` trials finish (COMPLETE or PRUNED) whatever the concurrency.
