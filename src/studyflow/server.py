@@ -222,8 +222,6 @@ class StudyServer(SchedulerPlugin):
                     _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, o["number"],
                                     r.worker, o["traceback"])
             r.outcomes, r.dropped, r.running = [], [], None
-        if told:
-            served.notify()
         parked, now = [], time.monotonic()
         for r, reply in zip(batch, replies):
             if r.reply.done():  # the loop's RPC was cancelled
@@ -239,6 +237,8 @@ class StudyServer(SchedulerPlugin):
                 # of the round trip they pace prefetching by
                 reply["parked_s"] = now - r.parked_at if r.parked_at is not None else 0.0
                 r.reply.set_result(reply)
+        if told:  # after the replies: what waits for a change (the driver's status) runs after them
+            served.notify()
         return parked
 
     async def suggest(
