@@ -2,11 +2,11 @@
 
 Optuna's `JournalFileBackend` re-reads the file and takes a file lock on every operation,
 because many processes may share it. Here the server is the only writer, so its new records
-are kept in memory until its storage has read them back (`read_logs`); the server hands each ask's or tell's records to the OS (`flush`:
-they survive the process being killed) and fsyncs them before it answers a tell, so a told
-trial is on disk before the worker hears back (`sync_soon`: on another thread, while the server
-samples the next trials). The file stays in Optuna's format, so
-`JournalStorage(JournalFileBackend(path))` and optuna-dashboard open it.
+are kept in memory until its storage has read them back (`read_logs`). The server hands each
+ask's or tell's records to the OS (`flush`: they survive the process being killed) and fsyncs
+them before it answers a tell, so a told trial is on disk before the worker hears back
+(`sync_soon`: on another thread, while the server samples the next trials). The file stays in
+Optuna's format, so `JournalStorage(JournalFileBackend(path))` and optuna-dashboard open it.
 """
 
 from __future__ import annotations
