@@ -112,7 +112,10 @@ class TrialStore:
 
     def entry(self, key: str) -> Path:
         """The trial's folder: its artifacts and the objective's staging folders."""
-        return self.trials / key[:2] / key
+        return Path(self._entry_path(key))
+
+    def _entry_path(self, key: str) -> str:
+        return os.path.join(self._trials_str, key[:2], key)
 
     def load_index(self) -> None:
         """Read every stored result once, so a lookup costs no file system call."""
@@ -141,9 +144,8 @@ class TrialStore:
         """Record `result` now (lookups see it at once) and write it with the next
         `write_pending`; for trial `number`, a writer thread moves its staged artifacts."""
         text = _encode(result)
-        loaded = self._loaded()
+        self._index(result, text)
         with self._lock:
-            loaded[result.key], self._sizes[result.key] = result, len(text)
             self._unwritten.append(text)
         if number is None:
             return
@@ -203,9 +205,13 @@ class TrialStore:
     def put(self, result: StoredResult) -> None:
         text = _encode(result)
         self._append(text)
+        self._index(result, text)
+
+    def _index(self, result: StoredResult, text: str) -> None:
+        """Enter `result` (stored as `text`) in the in-memory index: lookups see it at once."""
+        loaded = self._loaded()
         with self._lock:
-            if self._results is not None:
-                self._results[result.key], self._sizes[result.key] = result, len(text)
+            loaded[result.key], self._sizes[result.key] = result, len(text)
 
     def _append(self, text: str) -> None:
         with self._log_lock:
@@ -220,7 +226,7 @@ class TrialStore:
 
     def staging_path(self, key: str, number: int) -> str:
         """`staging_dir` as a string, built without pathlib: the server names one per ask."""
-        return os.path.join(self._trials_str, key[:2], key, f".staging-{number}")
+        return os.path.join(self._entry_path(key), f".staging-{number}")
 
     def artifacts_dir(self, key: str) -> Path:
         return self.entry(key) / "artifacts"
