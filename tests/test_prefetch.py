@@ -46,10 +46,28 @@ def test_prefetch_0_with_concurrency_1_is_strictly_sequential(client4, tmp_path)
     assert _overlaps(trials) == 0  # each trial was sampled after the one before finished
 
 
-def test_trials_held_when_a_study_stops_are_left_out_of_the_table_and_marked_in_the_journal(client4, tmp_path):
-    # timeout_s stops the study while the loops hold random trials ahead of the running ones
-    study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "name": "held",
-             "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": 10_000, "timeout_s": 1.0}}
+def test_one_loop_of_instant_tpe_trials_gets_each_next_trial_sampled_while_its_reply_travels(client4, tmp_path):
+    # Trials far shorter than a round trip: holding one would not help the loop, so the server
+    # asks the next trial right after replying and hands it over with the next reply.
+    study = {"objective": "sf_objectives:instant", "search_space": SPACE, "concurrency": 1, "name": "ahead",
+             "sampler": {"name": "tpe", "seed": 1}, "budget": {"n_trials": 60}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert trials["number"].tolist() == list(range(60)) and (trials["state"] == "COMPLETE").all()
+    assert _overlaps(trials) >= 30  # asked before the trial before it was told
+    loaded = optuna.load_study(study_name="ahead", storage=JournalStorage(JournalFileBackend(str(result.journal))))
+    assert len(loaded.trials) == 60  # every trial asked ahead was run: none left over at the end
+
+
+@pytest.mark.parametrize("objective, sampler", [
+    ("sleepy", "random"),  # the loops hold random trials ahead of the running ones
+    ("instant", "tpe"),  # the server may hold a loop's next trial, asked while its reply travels
+])
+def test_trials_held_when_a_study_stops_are_left_out_of_the_table_and_marked_in_the_journal(
+        client4, tmp_path, objective, sampler):
+    # timeout_s stops the study while trials are held
+    study = {"objective": f"sf_objectives:{objective}", "search_space": SPACE, "name": "held",
+             "sampler": {"name": sampler, "seed": 1}, "budget": {"n_trials": 10_000, "timeout_s": 2.0}}
     result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
     assert result.stop_reason == "timeout_s"
     assert (result.trials["state"] == "COMPLETE").all()

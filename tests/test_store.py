@@ -206,3 +206,14 @@ def test_a_torn_last_result_line_is_skipped_and_gc_keeps_what_journals_refer_to(
     artifact.parent.mkdir(parents=True)
     artifact.write_text("0123456789")
     assert TrialStore(tmp_path).size_bytes("aa11") == len(log.read_text()) + 10
+
+
+def test_a_study_stopped_before_any_trial_ran_still_writes_a_trials_table_with_its_columns(tmp_path):
+    from studyflow.tables import trials_frame
+    from studyflow.tables import write_parquet
+
+    path = write_parquet(trials_frame([], 2), tmp_path / "trials.parquet")
+    table = pd.read_parquet(path)
+    assert len(table) == 0
+    assert {"number", "state", "values_0", "values_1", "error", "key"} <= set(table.columns)
+    assert (table["state"] == "COMPLETE").sum() == 0  # filters users write work on it

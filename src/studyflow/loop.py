@@ -84,6 +84,16 @@ class Pace:
             return 0
         return cap if self.ADAPTIVE_MIN_RT_SHARE * trial <= rt <= 4 * trial else 0
 
+    def ask_ahead(self, policy: dict[str, Any]) -> bool:
+        """Whether the server should sample this loop's next trial while the reply travels:
+        a learning sampler's trials shorter than a quarter of a round trip. Holding one would
+        not help (the loop would finish it long before the reply), but the sampler working
+        during the round trip instead of after it takes the sampling off the loop's path."""
+        if policy.get("mode") != "adaptive" or not policy.get("cap"):
+            return False
+        trial, rt = self.trial_s, self.round_trip_s
+        return trial is not None and rt is not None and rt > 4 * trial
+
 
 class Courier:
     """Carries a loop's outcomes to the study server and its next trials back.
@@ -158,7 +168,7 @@ class Courier:
             self._queue[0]["number"] if self._runnable() else None)
         future = self._conn.submit("exchange", loop_id=self._loop_id, worker=self._conn.address,
                                    worker_id=self._conn.worker.id, outcomes=outcomes, want=want,
-                                   running=running,
+                                   running=running, ahead=self._pace.ask_ahead(self._policy),
                                    # only an idle loop waits at the server: a busy one must be
                                    # free to send its outcome the moment its trial ends
                                    wait_s=0.0 if self._queue or busy else 1.0)

@@ -97,7 +97,8 @@ def prefetch_policy(cfg: StudyConfig) -> dict[str, Any]:
     - `adaptive` (auto, samplers that learn from history): one, and only while the round trip
       is 5% to 4x a trial (waiting would cost at least ~5% of the loop's time), so sampling
       hides behind a running trial without feeding the sampler trials sampled blind where
-      that buys little;
+      that buys little; where trials are shorter than a quarter of a round trip, the server
+      samples the loop's next trial while its reply travels instead (`ask_ahead`);
     - `fixed`: exactly `prefetch` (the study file's value; 0 turns prefetching off), and 0
       under `scheduling: reproducible` unless the study file sets it.
     """
@@ -136,6 +137,7 @@ class ServedStudy:
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
     leased_keys: Counter[str] = field(default_factory=Counter)  # leases per key, kept with `leases`
     loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
+    ahead: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # {loop: leased, not yet sent}
     followers: dict[str, list[optuna.Trial]] = field(default_factory=dict)  # {key: trials}
     ready: list[optuna.Trial] = field(default_factory=list)  # followers whose leader failed
     received: dict[int, _Outcome] = field(default_factory=dict)  # {number: not yet applied}
@@ -268,8 +270,38 @@ class ServedStudy:
             if durable and synced is None:
                 self.backend.flush_to_disk()
 
+    def ask_ahead(self, loops: list[tuple[str, str]]) -> int:
+        """Lease each `(loop, worker)` its next trial now, to hand over with its next reply.
+
+        For loops whose trials are shorter than a round trip: sampled while the reply travels,
+        the trial no longer waits for the sampler. Such a trial is sampled without the outcome
+        of the one its loop runs now, so at most one is asked ahead beyond one trial per loop
+        (the sampler sees at most `loops + 1` trials running, as if one more loop ran).
+        Returns how many trials were asked."""
+        asked = 0
+        for loop, worker in loops:
+            if self.ahead.get(loop) or len(self.leases) > self.loops or not self._loop_has_room(loop):
+                continue
+            reply = self._ask(worker, loop)
+            if reply["status"] != "run":
+                break
+            self.ahead[loop] = [reply]
+            asked += 1
+        self.backend.flush()
+        return asked
+
+    def _take_ahead(self, loop: str) -> list[dict[str, Any]]:
+        """The trials asked ahead for `loop` that are still its leases (a lost loop's go to
+        others); the one it will run first counts as started, as in `_add_lease`."""
+        trials = [r for r in self.ahead.pop(loop, []) if r["number"] in self.leases
+                  and self.leases[r["number"]].loop == loop]
+        queue = self.loop_queues.get(loop)
+        if trials and queue and self.leases[queue[0]].started is None:
+            self._mark_started(self.leases[queue[0]])
+        return trials
+
     def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
-        trials: list[dict[str, Any]] = []
+        trials = self._take_ahead(loop)
         while len(trials) < want and self._loop_has_room(loop):
             reply = self._ask(worker, loop)
             if reply["status"] != "run":

@@ -57,6 +57,7 @@ class _Exchange:
     worker_id: str | None = None  # the worker process's id
     removed: bool = False  # its worker has left: take its outcomes, lease it nothing, stop it
     parked_at: float | None = None  # since when it waits for a trial to become leasable
+    ahead: bool = False  # its trials are shorter than a round trip: sample its next one early
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -156,13 +157,15 @@ class StudyServer(SchedulerPlugin):
         wait_s: float = 1.0,
         worker_id: str | None = None,
         running: int | None = None,
+        ahead: bool = False,
     ) -> dict[str, Any]:
         """Tell a loop's finished trials and lease it up to `want` more. A loop that has
         nothing to run waits up to `wait_s` for a trial ('wait' after that); 'stop' ends it.
-        Outcomes are fsynced before the reply."""
+        Outcomes are fsynced before the reply. With `ahead`, the server samples the loop's next
+        trial once the reply has left, and hands it over with the next reply."""
         served = self._get(study_id)
         request = _Exchange(loop_id, worker, outcomes or [], dropped or [], want,
-                            time.monotonic() + wait_s, running, worker_id)
+                            time.monotonic() + wait_s, running, worker_id, ahead=ahead)
         served.requests.append(request)
         served.wakeup.set()
         return await request.reply
@@ -222,7 +225,7 @@ class StudyServer(SchedulerPlugin):
                     _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, o["number"],
                                     r.worker, o["traceback"])
             r.outcomes, r.dropped, r.running = [], [], None
-        parked, now = [], time.monotonic()
+        parked, ahead, now = [], [], time.monotonic()
         for r, reply in zip(batch, replies):
             if r.reply.done():  # the loop's RPC was cancelled
                 continue
@@ -237,9 +240,29 @@ class StudyServer(SchedulerPlugin):
                 # of the round trip they pace prefetching by
                 reply["parked_s"] = now - r.parked_at if r.parked_at is not None else 0.0
                 r.reply.set_result(reply)
+                if r.ahead and reply["status"] == "run":
+                    ahead.append((r.loop, r.worker))
         if told:  # after the replies: what waits for a change (the driver's status) runs after them
             served.notify()
+        if ahead:
+            await self._ask_ahead(served, ahead)
         return parked
+
+    async def _ask_ahead(self, served: ServedStudy, loops: list[tuple[str, str]]) -> None:
+        """Sample the next trial of loops whose trials are shorter than a round trip while
+        their replies travel: otherwise every such trial waits for the message to the server,
+        the sampler, and the reply, one after the other (`ServedStudy.ask_ahead` bounds it)."""
+        await asyncio.sleep(0)  # the replies' handlers write them to their sockets first
+        if served.requests or self._studies.get(served.spec.study_id) is not served:
+            return  # loops wait for the server already: serve them, sample nothing blind
+        async with served.lock:
+            started = time.perf_counter()
+            if served.seconds_per_item * len(loops) < INLINE_S:
+                asked = served.ask_ahead(loops)
+            else:
+                asked = await offload(served.ask_ahead, loops)
+            if asked:
+                served.note_served(time.perf_counter() - started, asked)
 
     async def suggest(
         self, study_id: str, number: int, method: str, name: str, kwargs: dict[str, Any]

@@ -53,11 +53,15 @@ def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore
         row["artifacts"] = str(store.artifacts_dir(row["key"])) if row["key"] in with_artifacts else None
         row.update({f"user_attrs_{k}": v for k, v in t.user_attrs.items()})
         rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    df["retry_of"] = df["retry_of"].astype("Int64")
     value_cols = ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
+    # A study stopped before any trial ran still gets its columns (filters on them work).
+    df = pd.DataFrame(rows, columns=None if rows else [
+        "number", "state", *value_cols, "datetime_start", "datetime_complete", "duration_s", "worker",
+        "error", "attempt", "retry_of", "key", "cached", "artifacts"])
+    if not rows:
+        df = df.astype({"number": "int64", "attempt": "int64", "cached": "bool", "duration_s": "float64",
+                        "datetime_start": "datetime64[ns]", "datetime_complete": "datetime64[ns]"})
+    df["retry_of"] = df["retry_of"].astype("Int64")
     for col in value_cols:
         df[col] = df[col].astype("float64")
     for col in ("worker", "error", "state", "key", "artifacts"):
