@@ -149,8 +149,9 @@ def _sampler_alone_ms(sampler: optuna.samplers.BaseSampler, frozen: list, new: i
     return 1000 * (time.perf_counter() - start) / new
 
 
-def _studyflow_after_history_ms(frozen: list, new: int) -> float:
-    """studyflow's ms per trial for `new` trials of a study whose journal holds `frozen`."""
+def _studyflow_after_history_ms(frozen: list, new: int, prefetch: int | None = None) -> float:
+    """studyflow's ms per trial for `new` trials of a study whose journal holds `frozen`
+    (`prefetch: 0`: each trial is sampled after the one before is told)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -161,7 +162,8 @@ def _studyflow_after_history_ms(frozen: list, new: int) -> float:
     history = len(frozen)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_study({"objective": "compare:instant", "search_space": SPACE, "name": "history",
-                          "sampler": {"name": "tpe", "seed": 0}, "budget": {"n_trials": history + new}})
+                          "sampler": {"name": "tpe", "seed": 0}, "budget": {"n_trials": history + new},
+                          "prefetch": prefetch})
         journal = ResultsLayout(Path(tmp)).journal(cfg, _key_base(cfg, instant, instant, None))
         journal.parent.mkdir(parents=True)
         pre = optuna.create_study(study_name="history", storage=JournalStorage(JournalFileBackend(str(journal))))
@@ -177,13 +179,15 @@ def section_history(args) -> None:
     """Overhead beyond the sampler = studyflow's ms per trial - its own TPE's ask + tell alone.
 
     studyflow runs `studyflow.tpe.CachedFitTPESampler` (TPESampler's proposals, less Python
-    work per ask); Optuna's `TPESampler` alone is shown for reference.
+    work per ask); Optuna's `TPESampler` alone is shown for reference. With one worker and
+    instant trials the server samples each next trial while the reply travels (so it is sampled
+    with one trial running); `prefetch: 0` samples each after the one before is told.
     """
     new = args.history_new
     print(f"\n## Overhead at scale of history: TPE, 1 worker, {new} new trials, median of {args.repeats}\n")
     print("| finished trials | studyflow ms/trial | its TPE alone ms/trial | overhead ms/trial "
-          "| Optuna TPESampler alone ms/trial |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+          "| studyflow, prefetch 0 | overhead, prefetch 0 | Optuna TPESampler alone ms/trial |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for history in (1000, 5000):
         dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
         frozen = [
@@ -191,14 +195,15 @@ def section_history(args) -> None:
                                       value=((i * 0.6180339887) % 1.0) ** 2)
             for i in range(history)
         ]
-        ours, cached, stock = [], [], []
+        ours, sequential, cached, stock = [], [], [], []
         for _ in range(args.repeats):
             cached.append(_sampler_alone_ms(CachedFitTPESampler(seed=0), frozen, new))
             stock.append(_sampler_alone_ms(optuna.samplers.TPESampler(seed=0), frozen, new))
             ours.append(_studyflow_after_history_ms(frozen, new))
-        m_ours, m_cached = statistics.median(ours), statistics.median(cached)
-        print(f"| {history} | {m_ours:.2f} | {m_cached:.2f} | {m_ours - m_cached:.2f} | "
-              f"{statistics.median(stock):.2f} |")
+            sequential.append(_studyflow_after_history_ms(frozen, new, prefetch=0))
+        m_ours, m_seq, m_cached = statistics.median(ours), statistics.median(sequential), statistics.median(cached)
+        print(f"| {history} | {m_ours:.2f} | {m_cached:.2f} | {m_ours - m_cached:.2f} | {m_seq:.2f} | "
+              f"{m_seq - m_cached:.2f} | {statistics.median(stock):.2f} |")
 
 
 # --- scaling ---------------------------------------------------------------------------------

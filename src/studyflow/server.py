@@ -202,7 +202,8 @@ class StudyServer(SchedulerPlugin):
                 r.removed, r.want, r.running = True, 0, None
         told = any(r.outcomes or r.dropped for r in batch)
         requests = [(r.loop, r.worker, r.outcomes, r.want, r.dropped, r.running) for r in batch]
-        items = sum(len(r.outcomes) + r.want for r in batch) or 1
+        # asks to come (a trial asked ahead is only handed over) and tells: what the batch costs
+        items = sum(len(r.outcomes) + max(0, r.want - len(served.ahead.get(r.loop, ()))) for r in batch) or 1
         try:
             async with served.lock:  # outcomes are fsynced before any reply leaves
                 started = time.perf_counter()

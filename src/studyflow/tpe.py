@@ -54,8 +54,11 @@ class _Finished:
     n_not_plain: int = 0  # pruned or infeasible: the split needs Optuna's own rules
 
     def add(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-        """Record the trials not seen before; return them."""
-        new = [t for t in trials if t.number not in self.numbers]
+        """Record the trials not seen before; return them. `trials` (every finished trial, by
+        number) is searched from its first unseen trial on, not scanned whole per ask."""
+        new = [t for t in trials[self._first_unseen(trials):] if t.number not in self.numbers]
+        if len(new) != len(trials) - len(self.numbers):  # not in number order after all
+            new = [t for t in trials if t.number not in self.numbers]
         if not new:
             return new
         size = max(t.number for t in new) + 1
@@ -68,6 +71,21 @@ class _Finished:
             if plain and t.values is not None and len(t.values) == 1:
                 self.value[t.number] = t.values[0]
         return new
+
+    def _first_unseen(self, trials: list[FrozenTrial]) -> int:
+        """The index of the first trial not seen before, by bisection: in a list by number
+        that holds every seen trial, `trials[:i + 1]` are all seen exactly when as many seen
+        numbers are at most `trials[i].number` as there are trials up to it."""
+        seen_upto = np.cumsum(self.seen)
+        lo, hi = 0, len(trials)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            number = trials[mid].number
+            if number < len(seen_upto) and seen_upto[number] == mid + 1 and self.seen[number]:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
 
 @dataclass
