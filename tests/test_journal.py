@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import optuna
+import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -61,3 +63,20 @@ def test_server_journal_answers_state_queries_as_optuna_reads_the_same_file(tmp_
     reopened._storage._backend.flush()
     assert _numbers_by_state_query(reopened._storage, 0) == _numbers_by_state_query(
         JournalStorage(JournalFileBackend(str(path))), 0)
+
+
+def test_a_journal_whose_disk_refuses_fsync_says_so_at_the_next_batch_instead_of_going_on():
+    # /dev/null takes every write and refuses fsync (EINVAL): the fsync fails on its thread,
+    # after the batch's records were handed to the OS and the batch's replies could leave
+    journal = SingleWriterJournal("/dev/null")
+    record = {"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}
+    journal.append_logs([record])
+    journal.sync_soon()
+    deadline = time.monotonic() + 10
+    with pytest.raises(OSError, match="fsync failed"):
+        while time.monotonic() < deadline:
+            journal.append_logs([record])
+            journal.sync_soon()  # a later batch: raises once the failure is known
+            time.sleep(0.01)
+    with pytest.raises(OSError):
+        journal.close()  # closing fsyncs once more, and fails the same way

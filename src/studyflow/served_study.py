@@ -22,7 +22,6 @@ import math
 import time
 from collections import Counter
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -236,16 +235,14 @@ class ServedStudy:
     # --- asking ---
 
     def serve(self, requests: list[tuple[str, str, list[dict[str, Any]], int, list[int], int | None]],
-              durable: bool = False) -> tuple[list[dict[str, Any] | None], Future[None] | None]:
+              durable: bool = False) -> list[dict[str, Any] | None]:
         """Serve a batch of loop requests `(loop, worker, outcomes, want, dropped, running)`:
         every outcome is told first, then each loop gets up to `want` trials. All asks of a
         batch see the same history, so a sampler that caches its model fits it once per batch.
         Returns one reply per request (None: the loop wants a trial and none can be leased
-        yet; the caller waits for a change) and, when `durable`, the fsync of the batch's tells:
-        it runs on another thread from before the asks, so the disk's wait hides behind the
-        sampler's work; the caller waits for it before any reply leaves.
+        yet; the caller waits for a change). Every record is with the OS before it returns;
+        when `durable`, the batch's tells are fsynced on another thread meanwhile (`sync_soon`).
         """
-        synced: Future[None] | None = None
         try:
             for loop, worker, outcomes, _, dropped, running in requests:
                 for o in outcomes:
@@ -258,17 +255,11 @@ class ServedStudy:
                     self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
             self.store.write_pending()  # results first: a resume completes a told trial from them
             if durable:
-                synced = self.backend.sync_soon()
-            return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests], synced
-        except BaseException:
-            if synced is not None:
-                synced.result()
-            raise
+                self.backend.sync_soon()
+            return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests]
         finally:
             self.store.write_pending()
             self.backend.flush()
-            if durable and synced is None:
-                self.backend.flush_to_disk()
 
     def ask_ahead(self, loops: list[tuple[str, str]]) -> int:
         """Lease each `(loop, worker)` its next trial now, to hand over with its next reply.
@@ -467,7 +458,7 @@ class ServedStudy:
         self._receive(_Outcome(trial, state, values), error)
         self._release_followers(lease.key, state, values, user_attrs)
         self._apply_received()
-        return {"status": "ok"}  # the plugin fsyncs (group commit) before the worker hears back
+        return {"status": "ok"}  # with the OS before the worker hears back; fsynced soon after
 
     def _release_followers(self, key: str, state: str, values: list[float] | None, attrs: dict[str, Any]) -> None:
         """Trials that asked for a key while it ran share its result (or run it if it failed)."""

@@ -161,8 +161,9 @@ class StudyServer(SchedulerPlugin):
     ) -> dict[str, Any]:
         """Tell a loop's finished trials and lease it up to `want` more. A loop that has
         nothing to run waits up to `wait_s` for a trial ('wait' after that); 'stop' ends it.
-        Outcomes are fsynced before the reply. With `ahead`, the server samples the loop's next
-        trial once the reply has left, and hands it over with the next reply."""
+        Outcomes reach the OS before the reply (and are fsynced just after). With `ahead`, the
+        server samples the loop's next trial once the reply has left, and hands it over with
+        the next reply."""
         served = self._get(study_id)
         request = _Exchange(loop_id, worker, outcomes or [], dropped or [], want,
                             time.monotonic() + wait_s, running, worker_id, ahead=ahead)
@@ -205,15 +206,13 @@ class StudyServer(SchedulerPlugin):
         # asks to come (a trial asked ahead is only handed over) and tells: what the batch costs
         items = sum(len(r.outcomes) + max(0, r.want - len(served.ahead.get(r.loop, ()))) for r in batch) or 1
         try:
-            async with served.lock:  # outcomes are fsynced before any reply leaves
+            async with served.lock:  # outcomes are with the OS before any reply leaves
                 started = time.perf_counter()
                 if served.seconds_per_item * items < INLINE_S:
-                    replies, synced = served.serve(requests, told)
+                    replies = served.serve(requests, told)
                 else:
-                    replies, synced = await offload(served.serve, requests, told)
+                    replies = await offload(served.serve, requests, told)
                 served.note_served(time.perf_counter() - started, items)
-                if synced is not None:
-                    await asyncio.wrap_future(synced)
         except Exception as exc:  # a bug, or the journal's disk: the loops see it and die
             _logger.exception("study %s: serving %d exchanges failed", served.config.name, len(batch))
             for r in batch:
