@@ -447,7 +447,8 @@ class ServedStudy:
             storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
         if state == "COMPLETE":
             params = storage.get_trial_params(trial._trial_id)
-            key = trial_key(self.spec.key_base, params)  # define-by-run params join the key
+            # define-by-run params join the key; else they are the asked ones, keyed at the ask
+            key = trial_key(self.spec.key_base, params) if self.define_by_run else lease.key
             if key != lease.key:
                 storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
             self.store.put_later(StoredResult(key, state, values, dict(user_attrs), duration_s, params,

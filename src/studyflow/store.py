@@ -29,7 +29,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -63,7 +62,8 @@ def trial_key(key_base: str, params: dict[str, Any]) -> str:
 
 
 def _encode(result: StoredResult) -> str:
-    return json.dumps(asdict(result), sort_keys=True, default=str) + "\n"
+    # its fields as they are: `asdict` would deep-copy params and user attrs only to read them
+    return json.dumps(vars(result), sort_keys=True, default=str) + "\n"
 
 
 def trial_seed(key: str) -> int:
