@@ -4,9 +4,9 @@ Optuna's `JournalFileBackend` re-reads the file and takes a file lock on every o
 because many processes may share it. Here the server is the only writer, so its new records
 are kept in memory until its storage has read them back (`read_logs`). The server hands each
 ask's or tell's records to the OS (`flush`) before any worker hears about them, so they survive
-any process being killed; a batch of tells is then fsynced on another thread while the server
-goes on (`sync_soon`), so a machine crash can lose only the outcomes told in the last few
-milliseconds, which a resume runs again. The file stays in Optuna's format, so
+any process being killed; another thread fsyncs them within `SYNC_INTERVAL_S` (50 ms) while
+the server goes on (`sync_soon`), so a machine crash can lose only the outcomes told in that
+last interval, which a resume runs again. The file stays in Optuna's format, so
 `JournalStorage(JournalFileBackend(path))` and optuna-dashboard open it.
 """
 

@@ -241,7 +241,7 @@ class ServedStudy:
         batch see the same history, so a sampler that caches its model fits it once per batch.
         Returns one reply per request (None: the loop wants a trial and none can be leased
         yet; the caller waits for a change). Every record is with the OS before it returns;
-        when `durable`, the batch's tells are fsynced on another thread meanwhile (`sync_soon`).
+        when `durable`, another thread fsyncs the batch's tells within 50 ms (`sync_soon`).
         """
         try:
             for loop, worker, outcomes, _, dropped, running in requests:
