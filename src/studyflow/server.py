@@ -161,7 +161,7 @@ class StudyServer(SchedulerPlugin):
     ) -> dict[str, Any]:
         """Tell a loop's finished trials and lease it up to `want` more. A loop that has
         nothing to run waits up to `wait_s` for a trial ('wait' after that); 'stop' ends it.
-        Outcomes reach the OS before the reply (and are fsynced just after). With `ahead`, the
+        Outcomes reach the OS before the reply (and the disk within 50 ms). With `ahead`, the
         server samples the loop's next trial once the reply has left, and hands it over with
         the next reply."""
         served = self._get(study_id)
