@@ -257,10 +257,14 @@ class StudyServer(SchedulerPlugin):
             return  # loops wait for the server already: serve them, sample nothing blind
         async with served.lock:
             started = time.perf_counter()
-            if served.seconds_per_item * len(loops) < INLINE_S:
-                asked = served.ask_ahead(loops)
-            else:
-                asked = await offload(served.ask_ahead, loops)
+            try:
+                if served.seconds_per_item * len(loops) < INLINE_S:
+                    asked = served.ask_ahead(loops)
+                else:
+                    asked = await offload(served.ask_ahead, loops)
+            except Exception:  # the sampler's: the loops' next exchange asks (and fails) in turn
+                _logger.exception("study %s: asking ahead failed", served.config.name)
+                return
             if asked:
                 served.note_served(time.perf_counter() - started, asked)
 
