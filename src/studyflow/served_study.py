@@ -181,10 +181,13 @@ class ServedStudy:
         return len(self.leases) + sum(map(len, self.followers.values())) + len(self.ready)
 
     def notify(self) -> None:
-        """Wake every loop waiting for a change (a finished trial may free budget)."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+        """Wake the service task (a finished trial may free budget for a waiting loop) and,
+        once the study may be done, the driver's status poll: it answers early only then, and
+        waking it on every batch put a pass of it on the path of every trial."""
         self.wakeup.set()
+        if self.stop_reason is not None or self.finished >= self.n_trials:
+            self.changed.set()
+            self.changed = asyncio.Event()
 
     # --- deciding ---
 
