@@ -136,7 +136,7 @@ class ServedStudy:
     leases: dict[int, _Lease] = field(default_factory=dict)  # {trial number: lease}
     leased_keys: Counter[str] = field(default_factory=Counter)  # leases per key, kept with `leases`
     loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
-    ahead: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # {loop: leased, not yet sent}
+    ahead: dict[str, dict[str, Any]] = field(default_factory=dict)  # {loop: its trial leased, not yet sent}
     followers: dict[str, list[optuna.Trial]] = field(default_factory=dict)  # {key: trials}
     ready: list[optuna.Trial] = field(default_factory=list)  # followers whose leader failed
     received: dict[int, _Outcome] = field(default_factory=dict)  # {number: not yet applied}
@@ -274,25 +274,27 @@ class ServedStudy:
         Returns how many trials were asked."""
         asked = 0
         for loop, worker in loops:
-            if self.ahead.get(loop) or len(self.leases) > self.loops or not self._loop_has_room(loop):
+            if loop in self.ahead or len(self.leases) > self.loops or not self._loop_has_room(loop):
                 continue
             reply = self._ask(worker, loop)
             if reply["status"] != "run":
                 break
-            self.ahead[loop] = [reply]
+            self.ahead[loop] = reply
             asked += 1
         self.backend.flush()
         return asked
 
     def _take_ahead(self, loop: str) -> list[dict[str, Any]]:
-        """The trials asked ahead for `loop` that are still its leases (a lost loop's go to
-        others); the one it will run first counts as started, as in `_add_lease`."""
-        trials = [r for r in self.ahead.pop(loop, []) if r["number"] in self.leases
-                  and self.leases[r["number"]].loop == loop]
-        queue = self.loop_queues.get(loop)
-        if trials and queue and self.leases[queue[0]].started is None:
-            self._mark_started(self.leases[queue[0]])
-        return trials
+        """The trial asked ahead for `loop`, if it is still its lease (a lost loop's goes to
+        others); the one the loop will run first counts as started, as in `_add_lease`."""
+        reply = self.ahead.pop(loop, None)
+        lease = self.leases.get(reply["number"]) if reply is not None else None
+        if lease is None or lease.loop != loop:
+            return []
+        head = self.leases[self.loop_queues[loop][0]]
+        if head.started is None:
+            self._mark_started(head)
+        return [reply]
 
     def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
         trials = self._take_ahead(loop)

@@ -204,7 +204,7 @@ class StudyServer(SchedulerPlugin):
         told = any(r.outcomes or r.dropped for r in batch)
         requests = [(r.loop, r.worker, r.outcomes, r.want, r.dropped, r.running) for r in batch]
         # asks to come (a trial asked ahead is only handed over) and tells: what the batch costs
-        items = sum(len(r.outcomes) + max(0, r.want - len(served.ahead.get(r.loop, ()))) for r in batch) or 1
+        items = sum(len(r.outcomes) + max(0, r.want - (r.loop in served.ahead)) for r in batch) or 1
         try:
             async with served.lock:  # outcomes are with the OS before any reply leaves
                 started = time.perf_counter()
