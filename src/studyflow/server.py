@@ -43,6 +43,14 @@ SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
 INLINE_S = 0.02  # serve a batch on the event loop when it should take less than this
 
 
+async def _inline_or_offloaded(served: ServedStudy, items: int, fn: Any, *args: Any) -> Any:
+    """`fn(*args)` on the event loop when `items` at the study's learned cost per item fit in
+    `INLINE_S`, else through `offload` (see the module docstring)."""
+    if served.seconds_per_item * items < INLINE_S:
+        return fn(*args)
+    return await offload(fn, *args)
+
+
 @dataclass
 class _Exchange:
     """One loop's request: outcomes to tell, trials it gave up, how many trials it wants."""
@@ -208,10 +216,7 @@ class StudyServer(SchedulerPlugin):
         try:
             async with served.lock:  # outcomes are with the OS before any reply leaves
                 started = time.perf_counter()
-                if served.seconds_per_item * items < INLINE_S:
-                    replies = served.serve(requests, told)
-                else:
-                    replies = await offload(served.serve, requests, told)
+                replies = await _inline_or_offloaded(served, items, served.serve, requests, told)
                 served.note_served(time.perf_counter() - started, items)
         except Exception as exc:  # a bug, or the journal's disk: the loops see it and die
             _logger.exception("study %s: serving %d exchanges failed", served.config.name, len(batch))
@@ -258,10 +263,7 @@ class StudyServer(SchedulerPlugin):
         async with served.lock:
             started = time.perf_counter()
             try:
-                if served.seconds_per_item * len(loops) < INLINE_S:
-                    asked = served.ask_ahead(loops)
-                else:
-                    asked = await offload(served.ask_ahead, loops)
+                asked = await _inline_or_offloaded(served, len(loops), served.ask_ahead, loops)
             except Exception:  # the sampler's: the loops' next exchange asks (and fails) in turn
                 _logger.exception("study %s: asking ahead failed", served.config.name)
                 return
