@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from studyflow.journal import ServerJournalStorage
 from studyflow.journal import SingleWriterJournal
+from studyflow.random_ask import RandomInOneRecord
 
 STATES = [TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
 
@@ -80,3 +81,37 @@ def test_a_journal_whose_disk_refuses_fsync_says_so_at_the_next_batch_instead_of
             time.sleep(0.01)
     with pytest.raises(OSError):
         journal.close()  # closing fsyncs once more, and fails the same way
+
+
+def test_random_search_trials_made_in_one_record_are_the_trials_study_ask_would_make(tmp_path):
+    # Every kind of parameter the study file offers: log, step, int, log int, categorical
+    space = {
+        "x": optuna.distributions.FloatDistribution(-1, 1),
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True),
+        "s": optuna.distributions.FloatDistribution(0, 1, step=0.1),
+        "n": optuna.distributions.IntDistribution(1, 9),
+        "m": optuna.distributions.IntDistribution(2, 64, log=True),
+        "kind": optuna.distributions.CategoricalDistribution(["a", "b", None]),
+    }
+    plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    expected = [plain.ask(space).params for _ in range(200)]
+
+    path = tmp_path / "journal.log"
+    served = optuna.create_study(storage=ServerJournalStorage(SingleWriterJournal(path)), study_name="s",
+                                 sampler=optuna.samplers.RandomSampler(seed=7))
+    assert RandomInOneRecord.applies(served, space)
+    maker = RandomInOneRecord(served, space)
+    served._storage._backend.flush()
+    records = len(path.read_bytes().splitlines())
+    trials = [maker.create(maker.sample(), {"key": i}) for i in range(200)]
+    served._storage._backend.flush()
+    assert len(path.read_bytes().splitlines()) - records == 200  # one record each
+    assert [t.params for t in trials] == expected
+
+    theirs = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path)))).trials
+    assert [t.params for t in theirs] == expected
+    assert [t.system_attrs for t in theirs] == [{"key": i} for i in range(200)]
+    assert {t.state for t in theirs} == {TrialState.RUNNING}
+    # Not for samplers that look at trials, nor where Optuna draws nothing (one-valued ranges)
+    assert not RandomInOneRecord.applies(optuna.create_study(sampler=optuna.samplers.TPESampler()), space)
+    assert not RandomInOneRecord.applies(served, space | {"c": optuna.distributions.IntDistribution(3, 3)})

@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from studyflow.config import StudyConfig
 from studyflow.journal import ServerJournalStorage
 from studyflow.journal import SingleWriterJournal
+from studyflow.random_ask import RandomInOneRecord
 from studyflow.space import HISTORY_FREE_SAMPLERS
 from studyflow.space import distributions
 from studyflow.space import grid_size
@@ -160,6 +161,9 @@ class ServedStudy:
         # trial's key; once the objective suggests a name of its own, the key is known at the
         # tell, and trials are stored but not answered from the store at the ask.
         self.define_by_run = not self.space
+        # random search: trials drawn and journaled in one step each (random_ask.py)
+        self.one_record = RandomInOneRecord(self.study, self.space) if RandomInOneRecord.applies(
+            self.study, self.space) else None
         self.window = self.spec.concurrency if self.config.scheduling == "reproducible" else 0
         self.policy = prefetch_policy(self.config)
         self.loops = self.spec.loops or self.spec.concurrency
@@ -217,11 +221,10 @@ class ServedStudy:
         return numbers + [t.number for t in self.ready]
 
     def _next_number(self) -> int:
-        storage = self.study._storage
-        waiting = storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        waiting = self._waiting()
         if waiting:
             return min(t.number for t in waiting)
-        return storage.get_n_trials(self.study._study_id)
+        return self.study._storage.get_n_trials(self.study._study_id)
 
     def _blocked_by_window(self) -> bool:
         """Reproducible mode: trial i waits until every trial up to i - c has finished."""
@@ -386,9 +389,7 @@ class ServedStudy:
             else:
                 if self.window:
                     self._apply_received(upto=self._next_number() - self.window)
-                trial = self.study.ask(self.space)
-                key = trial_key(self.spec.key_base, trial.params)
-                self.study._storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
+                trial, key = self._new_trial()
                 stored = None if self.define_by_run else self.store.get(key)
                 if stored is not None and stored.state == "COMPLETE":
                     self._answer_from_store(trial, stored)
@@ -406,6 +407,21 @@ class ServedStudy:
                 "seed": trial_seed(key),
                 "artifact_dir": self.store.staging_path(key, trial.number),
             }
+
+    def _new_trial(self) -> tuple[optuna.Trial, str]:
+        """A newly sampled trial and its key (journaled with it)."""
+        if self.one_record is not None and not self._waiting():
+            params = self.one_record.sample()
+            key = trial_key(self.spec.key_base, params)
+            return self.one_record.create(params, {KEY_ATTR: key}), key
+        trial = self.study.ask(self.space)
+        key = trial_key(self.spec.key_base, trial.params)
+        self.study._storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
+        return trial, key
+
+    def _waiting(self) -> list[FrozenTrial]:
+        """Enqueued retries, which `Study.ask` hands out before sampling anew."""
+        return self.study._storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
 
     def _key(self, trial: optuna.Trial) -> str:
         return self.study._storage.get_trial_system_attrs(trial._trial_id)[KEY_ATTR]
