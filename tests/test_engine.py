@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import optuna
 import pandas as pd
 from optuna.storages import JournalStorage
@@ -149,3 +152,22 @@ def test_pruning_sees_intermediate_values_from_other_workers(client4, tmp_path):
     assert len(pruned) > 0
     assert pruned["params_x"].min() > trials.loc[trials["state"] == "COMPLETE", "params_x"].min()
     assert pruned["worker"].nunique() >= 1 and trials["worker"].nunique() == 4
+
+
+def test_a_study_started_before_any_worker_joined_waits_for_one(tmp_path):
+    # A cluster still starting (or one whose workers restart after a hung trial) has no worker
+    # for a moment: the study waits for one instead of failing for want of worker resources.
+    from distributed import Client
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        joins = threading.Timer(1.0, cluster.scale, args=(1,))
+        joins.start()
+        study = {"objective": "sf_objectives:instant", "search_space": SPACE, "budget": {"n_trials": 20}}
+        started = time.monotonic()
+        result = optimize(None, study, client=client, results_dir=tmp_path, progress=False)
+        joins.join()
+        assert time.monotonic() - started >= 1.0  # it did wait for the worker
+        assert (result.trials["state"] == "COMPLETE").sum() == 20
+        assert result.trials["worker"].nunique() == 1

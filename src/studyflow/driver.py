@@ -62,6 +62,7 @@ from studyflow.tables import write_parquet
 
 _logger = logging.getLogger(__name__)
 POLL_S = 0.2
+WORKER_WAIT_S = 60.0  # how long a study waits for a cluster with no worker up (see `_workers`)
 
 
 @dataclass
@@ -194,13 +195,28 @@ def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, fn: ObjectiveFn, 
 def _slots(client: Client, resources: dict[str, float]) -> int:
     """Worker threads that may run this study's trials: those whose workers carry every
     resource the study asks for (`worker_resources: {GPU: 1}` routes trials to GPU workers)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    workers = _workers(client)
     eligible = [w for w in workers if all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())]
     if not eligible:
         raise StudyflowError(f"no worker carries the resources {resources} this study asks for (worker_resources)")
     if not resources:
         return sum(w["nthreads"] for w in eligible)
     return sum(min(w["nthreads"], *(int(w["resources"][k] // v) for k, v in resources.items() if v)) for w in eligible)
+
+
+def _workers(client: Client) -> list[dict[str, Any]]:
+    """The cluster's workers. With none up (a cluster still starting, or whose workers are
+    being restarted after a hung trial), wait up to `WORKER_WAIT_S` for one, as Dask work would."""
+    workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+    if workers:
+        return workers
+    _logger.info("no worker is up yet at %s: waiting up to %g s for one", client.scheduler.address, WORKER_WAIT_S)
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise StudyflowError(f"no worker joined the cluster at {client.scheduler.address} "
+                             f"within {WORKER_WAIT_S:g} s") from None
+    return list(client.scheduler_info(n_workers=-1)["workers"].values())
 
 
 def _ancestors(n: int) -> list[int]:
