@@ -18,13 +18,11 @@ from studyflow.random_ask import RandomInOneRecord
 STATES = [TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
 
 
-def _numbers_by_state_query(storage, study_id: int) -> dict[tuple[TrialState, ...], list[int]]:
-    """The trial numbers `get_all_trials` gives for every combination of states."""
-    return {
-        combo: [t.number for t in storage.get_all_trials(study_id, deepcopy=False, states=combo)]
-        for k in range(1, len(STATES) + 1)
-        for combo in itertools.combinations(STATES, k)
-    }
+def _numbers_by_state_query(storage, study_id: int) -> dict[tuple[TrialState, ...] | None, list[int]]:
+    """The trial numbers `get_all_trials` gives for every combination of states, and for all."""
+    combos = [combo for k in range(1, len(STATES) + 1) for combo in itertools.combinations(STATES, k)]
+    return {combo: [t.number for t in storage.get_all_trials(study_id, deepcopy=False, states=combo)]
+            for combo in [None, *combos]}
 
 
 def _play(study: optuna.Study, rounds: int) -> None:

@@ -188,15 +188,25 @@ class ServerJournalStorage(JournalStorage):
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
-        if states is None or deepcopy:
+        if deepcopy:
             return super().get_all_trials(study_id, deepcopy, states)
         with self._thread_lock:
             self._sync_with_backend()
+            replayed = self._replay_result
+            replayed.get_study(study_id)  # KeyError for an unknown study, as Optuna's
+            trials = replayed._trials  # {trial id: trial}, in id order
+            # The server's journal holds one study: then "every trial" is a C-level copy (at
+            # 1,000 trials 3 us, against 80 us for Optuna's loop; TPE asks for all of them
+            # for its search space, and for all but the rare WAITING/FAIL ones to fit).
+            alone = len(replayed._study_id_to_trial_ids[study_id]) == len(trials)
+            if states is None:
+                return list(trials.values()) if alone else super().get_all_trials(study_id, False, None)
             by_state = self._indexed(study_id)
             lists = [by_state[s] for s in set(states) if by_state.get(s)]
+            if alone and sum(map(len, lists)) == len(trials):
+                return list(trials.values())
             ids = lists[0] if len(lists) == 1 else sorted(itertools.chain(*lists))
-            trials = self._replay_result._trials
-            return [trials[i] for i in ids]
+            return list(map(trials.__getitem__, ids))
 
     def _indexed(self, study_id: int) -> dict[TrialState, list[int]]:
         by_state = self._ids.get(study_id)
