@@ -33,6 +33,7 @@ import optuna
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import offload
 
+from studyflow._malloc import keep_freed_memory
 from studyflow.served_study import ServedStudy
 from studyflow.served_study import StudySpec
 from studyflow.served_study import open_study
@@ -95,6 +96,7 @@ class StudyServer(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        keep_freed_memory()  # the sampler's arrays stay in the process between asks (_malloc.py)
         self._studies = {}
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         scheduler.handlers.update(
