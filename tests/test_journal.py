@@ -63,6 +63,16 @@ def test_server_journal_answers_state_queries_as_optuna_reads_the_same_file(tmp_
     assert _numbers_by_state_query(reopened._storage, 0) == _numbers_by_state_query(
         JournalStorage(JournalFileBackend(str(path))), 0)
 
+    # A second study in the same journal: each study's answers hold its own trials only
+    other = optuna.create_study(storage=reopened._storage, study_name="other",
+                                sampler=optuna.samplers.RandomSampler(seed=3))
+    _play(other, 1)
+    _play(reopened, 1)
+    reopened._storage._backend.flush()
+    optunas = JournalStorage(JournalFileBackend(str(path)))
+    for study_id in (0, other._study_id):
+        assert _numbers_by_state_query(reopened._storage, study_id) == _numbers_by_state_query(optunas, study_id)
+
 
 def test_a_journal_whose_disk_refuses_fsync_says_so_at_the_next_batch_instead_of_going_on():
     # /dev/null takes every write and refuses fsync (EINVAL): the fsync fails on its thread,

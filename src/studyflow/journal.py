@@ -196,11 +196,12 @@ class ServerJournalStorage(JournalStorage):
             replayed.get_study(study_id)  # KeyError for an unknown study, as Optuna's
             trials = replayed._trials  # {trial id: trial}, in id order
             # The server's journal holds one study: then "every trial" is a C-level copy (at
-            # 1,000 trials 3 us, against 80 us for Optuna's loop; TPE asks for all of them
-            # for its search space, and for all but the rare WAITING/FAIL ones to fit).
-            alone = len(replayed._study_id_to_trial_ids[study_id]) == len(trials)
+            # 1,000 trials 4 us, against 22 us for Optuna's loop; TPE asks for all of them
+            # once per ask, and for all but the rare WAITING/FAIL ones to fit).
+            ids_of_study = replayed._study_id_to_trial_ids[study_id]
+            alone = len(ids_of_study) == len(trials)
             if states is None:
-                return list(trials.values()) if alone else super().get_all_trials(study_id, False, None)
+                return list(trials.values()) if alone else [trials[i] for i in ids_of_study]
             by_state = self._indexed(study_id)
             lists = [by_state[s] for s in set(states) if by_state.get(s)]
             if alone and sum(map(len, lists)) == len(trials):
