@@ -49,7 +49,6 @@ from studyflow.objective import import_objective
 from studyflow.objective import search_paths
 from studyflow.progress import Progress
 from studyflow.server import StudyServer
-from studyflow.served_study import ClosedStudy
 from studyflow.served_study import StudySpec
 from studyflow.served_study import best_of
 from studyflow.space import check_sampler_options
@@ -364,12 +363,13 @@ def _run(
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
     if closed is None:  # the scheduler lost the study (restarted?): the journal has it all
         loaded = _load_journal(cfg, journal)
-        closed = ClosedStudy(loaded.get_trials(deepcopy=False), best_of(loaded))
-    trials = trials_frame(closed.trials, len(cfg.study_directions), TrialStore(store))
+        closed = {"trials": trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions),
+                                         TrialStore(store)), "best": best_of(loaded)}
+    trials = closed["trials"]  # built by the server from the trials it held (server._final_tables)
     wall = time.monotonic() - started
     _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(
         {k: status[k] for k in ("complete", "pruned", "failed", "best_value", "best_number")}))
-    return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed.best)
+    return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed["best"])
 
 
 def _load_journal(cfg: StudyConfig, journal: Path) -> optuna.Study:

@@ -688,7 +688,8 @@ class ServedStudy:
 
 @dataclass
 class ClosedStudy:
-    """What a closed study hands back to its driver."""
+    """What a closed study hands back to the plugin, which sends its driver the trials table
+    built from it (`server._final_tables`)."""
 
     trials: list[FrozenTrial]
     best: dict[str, Any]

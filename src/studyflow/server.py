@@ -34,9 +34,11 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import offload
 
 from studyflow._malloc import keep_freed_memory
+from studyflow.served_study import ClosedStudy
 from studyflow.served_study import ServedStudy
 from studyflow.served_study import StudySpec
 from studyflow.served_study import open_study
+from studyflow.tables import trials_frame
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +52,14 @@ async def _inline_or_offloaded(served: ServedStudy, items: int, fn: Any, *args: 
     if served.seconds_per_item * items < INLINE_S:
         return fn(*args)
     return await offload(fn, *args)
+
+
+def _final_tables(served: ServedStudy, closed: ClosedStudy) -> bytes:
+    """The closed study's trials table and best, pickled for its driver. A table pickles as a
+    few arrays; the trials themselves were thousands of objects to pickle here and unpickle in
+    the driver (12 ms at 2,000 trials, and a full garbage collection at 20,000)."""
+    table = trials_frame(closed.trials, len(served.config.study_directions), served.store)
+    return pickle.dumps({"trials": table, "best": closed.best}, protocol=5)
 
 
 @dataclass
@@ -332,7 +342,7 @@ class StudyServer(SchedulerPlugin):
         async with served.lock:
             closed = await offload(served.close, reason or "closed")
         served.notify()
-        return {"status": "closed", "result": await offload(pickle.dumps, closed, protocol=5)}
+        return {"status": "closed", "result": await offload(_final_tables, served, closed)}
 
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         try:
