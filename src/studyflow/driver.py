@@ -56,6 +56,7 @@ from studyflow.stage import read_manifest
 from studyflow.stage import sha256_file
 from studyflow.store import code_version
 from studyflow.store import TrialStore
+from studyflow.tables import FinalTables
 from studyflow.tables import trials_frame
 from studyflow.tables import write_parquet
 
@@ -363,13 +364,13 @@ def _run(
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
     if closed is None:  # the scheduler lost the study (restarted?): the journal has it all
         loaded = _load_journal(cfg, journal)
-        closed = {"trials": trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions),
-                                         TrialStore(store)), "best": best_of(loaded)}
-    trials = closed["trials"]  # built by the server from the trials it held (server._final_tables)
+        closed = FinalTables(trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions),
+                                          TrialStore(store)), best_of(loaded))
+    trials = closed.trials
     wall = time.monotonic() - started
     _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(
         {k: status[k] for k in ("complete", "pruned", "failed", "best_value", "best_number")}))
-    return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed["best"])
+    return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed.best)
 
 
 def _load_journal(cfg: StudyConfig, journal: Path) -> optuna.Study:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from studyflow.served_study import NOT_RUN_ATTR
 from studyflow.served_study import ERROR_ATTR
 from studyflow.served_study import RETRY_OF_ATTR
 from studyflow.served_study import WORKER_ATTR
+
+
+@dataclass
+class FinalTables:
+    """A finished study's trials table and best trial(s), as its driver gets them: built by the
+    server from the trials it holds, or from the journal if the scheduler lost the study."""
+
+    trials: pd.DataFrame
+    best: dict[str, Any]
 
 
 def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore | None = None) -> pd.DataFrame:
