@@ -25,3 +25,22 @@ def test_sample_efficiency_on_the_shipped_trading_study_prints_five_runners_with
     assert all(float(row.split("|")[2]) > 0 for row in rows[1:])  # a positive mean best Sharpe
     ranks = sorted(float(row.split("|")[4]) for row in rows[1:])  # one seed: ranks 1..5, ties averaged
     assert sum(ranks) == 15 and ranks[0] >= 1 and ranks[-1] <= 5
+
+
+def test_parallel_tpe_prints_every_treatment_with_shares_against_sequential_tpe():
+    proc = subprocess.run(
+        [sys.executable, "parallel_tpe.py", "--functions", "branin", "--seeds", "2", "--processes", "1"],
+        cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    runs = [(row[1].strip(), int(row[2])) for row in rows[1:]]
+    assert runs == [("random search", 1), ("constant liar (Optuna)", 1), ("constant liar (Optuna)", 2),
+                    ("constant liar (Optuna)", 4), ("constant liar (Optuna)", 8), ("no liar", 8),
+                    ("startup counts running", 8), ("believer: nearest finished", 8),
+                    ("believer: median", 8), ("local penalty", 8)]
+    shares = {run: row[5].strip() for run, row in zip(runs, rows[1:])}
+    assert shares[("random search", 1)] == "0%" and shares[("constant liar (Optuna)", 1)] == "100%"
+    best = [float(row[3]) for row in rows[1:]]
+    assert all(b >= 0.397887 for b in best)  # no run beats Branin's global minimum
+    assert "Sequential TPE reaches the mean best" in proc.stdout
