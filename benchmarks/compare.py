@@ -106,6 +106,7 @@ def section_overhead(args) -> None:
     print("| ---: | --- | ---: | ---: | ---: |")
     for workers in (2, 4):
         times: dict[str, list[float]] = {}
+        skipped: set[str] = set()
         # Every runner once per repeat: this machine's speed drifts by tens of percent over
         # minutes, and a ratio should compare runs taken close together. The shared-storage
         # runners run with no cluster up (an idle one takes 11-16% of a core here).
@@ -121,6 +122,7 @@ def section_overhead(args) -> None:
                         try:
                             wall = run()
                         except ImportError:  # optuna-integration not installed
+                            skipped.add(name)
                             continue
                         if record:
                             times.setdefault(name, []).append(wall)
@@ -133,6 +135,8 @@ def section_overhead(args) -> None:
             wall = statistics.median(values)
             print(f"| {workers} | {name} | {args.trials / wall:.0f} | {1000 * wall / args.trials:.2f} | "
                   f"{wall / ours:.1f}x |")
+        for name in sorted(skipped):  # a baseline left out says so, in the table
+            print(f"| {workers} | {name} | not run: pip install -e '.[bench]' | | |")
 
 
 # --- history ---------------------------------------------------------------------------------
