@@ -42,29 +42,30 @@ N_TRIALS = 100
 PENALTY_WIDTH = 0.05  # of each parameter's range
 
 
+class StartupByAsksTPE(TPESampler):
+    """Optuna's TPE (constant liar), whose random startup ends after `n_startup_trials` trials
+    were asked (finished or running) rather than finished."""
+
+    def _sample_relative(self, study, trial, search_space):
+        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        seen = sum(t.number != trial.number for t in study._get_trials(deepcopy=False, states=states))
+        if not search_space or seen < self._n_startup_trials:
+            return {}
+        return self._sample(study, trial, search_space)
+
+
 class RunningAwareTPE(TPESampler):
-    """TPE with another treatment of running trials (`how`); finished trials as Optuna's.
+    """TPE without the liar, treating running trials another way (`how`): a believer gives each
+    one a guessed value and splits it with the finished ones; the local penalty lowers the
+    acquisition of candidates near them.
 
     Only meant for this comparison: single objective, float parameters, nothing pruned."""
 
     def __init__(self, how: str, **kwargs: Any) -> None:
-        super().__init__(constant_liar=how == "startup counts running", **kwargs)
+        super().__init__(constant_liar=False, **kwargs)
         self._how = how
 
-    def _seen(self, study: Study, trial: FrozenTrial) -> int:
-        states = (TrialState.COMPLETE, TrialState.RUNNING)
-        return sum(t.number != trial.number for t in study._get_trials(deepcopy=False, states=states))
-
-    def _sample_relative(self, study, trial, search_space):
-        if self._how != "startup counts running":
-            return super()._sample_relative(study, trial, search_space)
-        if not search_space or self._seen(study, trial) < self._n_startup_trials:
-            return {}
-        return self._sample(study, trial, search_space)
-
     def _sample(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict:
-        if self._how == "startup counts running":
-            return super()._sample(study, trial, search_space)
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number
@@ -76,14 +77,15 @@ class RunningAwareTPE(TPESampler):
             return np.array([[t.params[n] for n in names] for t in ts]).reshape(len(ts), len(names)) / span
 
         split = list(done)
-        if self._how.startswith("believer"):
+        if self._how.startswith("believer") and running:
             values = np.array([t.value for t in done])
-            for t in running:
-                if self._how == "believer: nearest finished":
-                    guess = values[np.argmin(((unit(done) - unit([t])) ** 2).sum(axis=1))]
-                else:
-                    guess = np.median(values)
-                split.append(create_trial(params=t.params, distributions=t.distributions, value=float(guess)))
+            if self._how == "believer: nearest finished":
+                d2 = ((unit(running)[:, None, :] - unit(done)[None]) ** 2).sum(axis=-1)
+                guesses = values[np.argmin(d2, axis=1)]
+            else:
+                guesses = np.full(len(running), np.median(values))
+            split += [create_trial(params=t.params, distributions=t.distributions, value=float(guess))
+                      for t, guess in zip(running, guesses)]
         below, above = _split_trials(study, split, default_gamma(len(split)))
         mpe_below = self._build_parzen_estimator(study, search_space, below, handle_below=True)
         mpe_above = self._build_parzen_estimator(study, search_space, above, handle_below=False)
@@ -108,6 +110,8 @@ def make_sampler(how: str, seed: int) -> optuna.samplers.BaseSampler:
         return TPESampler(seed=seed)
     if how == "no liar":
         return TPESampler(seed=seed, constant_liar=False)
+    if how == "startup counts running":
+        return StartupByAsksTPE(seed=seed)
     return RunningAwareTPE(how, seed=seed)
 
 
