@@ -12,13 +12,16 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_sample_efficiency_on_the_shipped_trading_study_prints_five_runners_with_ranks():
-    proc = subprocess.run(
-        [sys.executable, "scheduling.py", "--sections", "efficiency", "--functions", "trading_tpe", "--seeds", "1"],
-        cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=600,
-    )
+def run_script(*args: str) -> tuple[str, list[str]]:
+    """A benchmark script's output and its markdown table rows (header first, rule left out)."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO / "benchmarks", capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return proc.stdout, [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+def test_sample_efficiency_on_the_shipped_trading_study_prints_five_runners_with_ranks():
+    _, rows = run_script("scheduling.py", "--sections", "efficiency", "--functions", "trading_tpe", "--seeds", "1")
     runners = [row.split("|")[1].strip() for row in rows[1:]]
     assert runners == ["random search", "sequential TPE (concurrency 1)", "TPE async, concurrency 8",
                        "TPE async, concurrency 8, prefetch 0", "TPE reproducible, c = 8"]
@@ -28,12 +31,8 @@ def test_sample_efficiency_on_the_shipped_trading_study_prints_five_runners_with
 
 
 def test_parallel_tpe_prints_every_treatment_with_shares_against_sequential_tpe():
-    proc = subprocess.run(
-        [sys.executable, "parallel_tpe.py", "--functions", "branin", "--seeds", "2", "--processes", "1"],
-        cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    out, lines = run_script("parallel_tpe.py", "--functions", "branin", "--seeds", "2", "--processes", "1")
+    rows = [line.split("|") for line in lines]
     runs = [(row[1].strip(), int(row[2])) for row in rows[1:]]
     assert runs == [("random search", 1), ("constant liar (Optuna)", 1), ("constant liar (Optuna)", 2),
                     ("constant liar (Optuna)", 4), ("constant liar (Optuna)", 8), ("no liar", 8),
@@ -43,4 +42,4 @@ def test_parallel_tpe_prints_every_treatment_with_shares_against_sequential_tpe(
     assert shares[("random search", 1)] == "0%" and shares[("constant liar (Optuna)", 1)] == "100%"
     best = [float(row[3]) for row in rows[1:]]
     assert all(b >= 0.397887 for b in best)  # no run beats Branin's global minimum
-    assert "Sequential TPE reaches the mean best" in proc.stdout
+    assert "Sequential TPE reaches the mean best" in out
