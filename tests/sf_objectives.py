@@ -122,3 +122,21 @@ def logged_key(trial):
     with open(os.environ["SF_COUNT_FILE"], "a") as f:
         f.write(f"{trial.key} {start} {time.time()}\n")
     return value
+
+
+def bowl(trial):
+    """The sampler tests' task: both parameters define-by-run, as a plain Optuna script has them."""
+    x = trial.suggest_float("x", -10, 10)
+    y = trial.suggest_float("y", -10, 10)
+    return x * x + y * y
+
+
+def conditional(trial):
+    """A conditional space: which parameters exist depends on the first one."""
+    kind = trial.suggest_categorical("kind", ["tree", "linear"])
+    if kind == "tree":
+        depth = trial.suggest_int("depth", 1, 8)
+        rate = trial.suggest_float("rate", 1e-3, 1.0, log=True)
+        return (depth - 5) ** 2 / 10 + abs(math.log10(rate) + 1)
+    alpha = trial.suggest_float("alpha", -5, 5)
+    return alpha * alpha + 0.5

@@ -269,10 +269,31 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("prefetch", f"must be 0 or more (or left out for auto), got {cfg.prefetch}")
     for pname, spec in cfg.search_space.items():
         _validate_param(pname, spec, fail)
+    if cfg.scheduling == "reproducible":
+        _check_reproducible(cfg, fail)
     if cfg.sampler.name == "grid":
         for pname, spec in cfg.search_space.items():
             if spec.type == "float" and spec.step is None:
                 fail(f"search_space.{pname}.step", "the grid sampler needs a step for floats")
+
+
+REPRODUCIBLE_ONLY = "scheduling: reproducible replays trials from the study file alone"
+
+
+def _check_reproducible(cfg: StudyConfig, fail: Any) -> None:
+    """What `scheduling: reproducible` cannot replay on another number of workers: a trial
+    sampled define-by-run (its suggests interleave with other trials' asks), a pruner (it reads
+    the intermediate values of whichever trials run beside it) and patience (which trials
+    start before it stops the study depends on their timing)."""
+    if not cfg.search_space:
+        fail("search_space", f"empty, so every parameter is suggested define-by-run; {REPRODUCIBLE_ONLY}: "
+             "declare the parameters here, or use scheduling: async")
+    if cfg.pruner.name != "none":
+        fail("pruner.name", f"{cfg.pruner.name!r} decides on timing-dependent intermediate values; "
+             f"{REPRODUCIBLE_ONLY}: use pruner: {{name: none}} or scheduling: async")
+    if cfg.budget.patience is not None:
+        fail("budget.patience", f"which trials start before patience ends the study depends on timing; "
+             f"{REPRODUCIBLE_ONLY}: leave it out or use scheduling: async")
 
 
 def _validate_param(pname: str, spec: ParamSpec, fail: Any) -> None:

@@ -49,6 +49,7 @@ from studyflow.objective import import_objective
 from studyflow.objective import search_paths
 from studyflow.progress import Progress
 from studyflow.server import StudyServer
+from studyflow.served_study import INVALID_STUDY
 from studyflow.served_study import StudySpec
 from studyflow.served_study import best_of
 from studyflow.space import check_sampler_options
@@ -360,6 +361,8 @@ def _run(
         client.cancel(loops, force=True)
     for err in status["errors"]:
         _logger.info("failed %s", err)
+    if reason and reason.startswith(INVALID_STUDY):
+        raise ConfigError(cfg.source or "<study>", *reason[len(INVALID_STUDY):].split(": ", 1))
     if reason and reason.startswith("too many failures"):
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
     if closed is None:  # the scheduler lost the study (restarted?): the journal has it all

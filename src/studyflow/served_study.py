@@ -31,6 +31,8 @@ from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from studyflow._compat import fresh_trials_view
+from studyflow.config import REPRODUCIBLE_ONLY
 from studyflow.config import StudyConfig
 from studyflow.journal import ServerJournalStorage
 from studyflow.journal import SingleWriterJournal
@@ -58,6 +60,8 @@ DURATION_ATTR = "studyflow:duration_s"  # the objective's own run time, measured
 # cannot take back an ask, and left out of tables and counts.
 NOT_RUN_ATTR = "studyflow:not_run"
 NOT_RUN_ERROR = "Interrupted: not run before the study stopped"
+# A stop reason that is the study file's fault: the driver raises it as a ConfigError.
+INVALID_STUDY = "invalid study: "
 STARTED_ATTR = "studyflow:started"  # the loop holding it has begun it (else it only holds it)
 # Failures caused by the infrastructure, not the objective: retried, and not counted against
 # `budget.max_failures`.
@@ -313,6 +317,25 @@ class ServedStudy:
         if want > 0:
             return None
         return {"status": "ok", "trials": [], "policy": self.policy, "ends_in": self._ends_in()}
+
+    def suggest(self, number: int, method: str, name: str, kwargs: dict[str, Any]) -> Any:
+        """A define-by-run parameter of a leased trial, sampled from the study as it is now.
+
+        Reproducible scheduling cannot replay one (see `config.REPRODUCIBLE_ONLY`): the study
+        stops, and the driver raises the reason as a `ConfigError` naming the parameter."""
+        if self.window and name not in self.space and name not in self.leases[number].trial.params:
+            self.stop_reason = (f"{INVALID_STUDY}search_space.{name}: suggested define-by-run by the "
+                                f"objective; {REPRODUCIBLE_ONLY}: declare it in search_space")
+            self.notify()
+            raise ValueError(self.stop_reason)
+        self.define_by_run = True
+        fresh_trials_view(self.study)
+        return getattr(self.leases[number].trial, method)(name, **kwargs)
+
+    def should_prune(self, number: int) -> bool:
+        """The pruner's verdict on a leased trial, from the study as it is now."""
+        fresh_trials_view(self.study)
+        return self.leases[number].trial.should_prune()
 
     def _ends_in(self) -> float | None:
         """Seconds until `budget.timeout_s`: a loop starts none of its trials after that."""

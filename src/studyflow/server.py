@@ -290,9 +290,7 @@ class StudyServer(SchedulerPlugin):
             raise ValueError(f"studyflow: {method!r} is not a suggest method")
         served = self._get(study_id)
         async with served.lock:
-            served.define_by_run = True
-            trial = served.leases[number].trial
-            value = await offload(getattr(trial, method), name, **kwargs)
+            value = await offload(served.suggest, number, method, name, kwargs)
         return {"value": value}
 
     async def report(self, study_id: str, number: int, value: float, step: int) -> dict[str, Any]:
@@ -304,7 +302,7 @@ class StudyServer(SchedulerPlugin):
     async def should_prune(self, study_id: str, number: int) -> dict[str, Any]:
         served = self._get(study_id)
         async with served.lock:
-            prune = await offload(served.leases[number].trial.should_prune)
+            prune = await offload(served.should_prune, number)
         return {"prune": bool(prune)}
 
     async def release_loop(self, study_id: str, loop_id: str, error: str) -> dict[str, Any]:

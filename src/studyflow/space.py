@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,8 @@ def make_sampler(cfg: StudyConfig, resumed_trials: int = 0) -> optuna.samplers.B
         if s.name == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=s.seed, **opts)
         if s.name == "gp":
+            if importlib.util.find_spec("torch") is None:  # else it fails at the first fitted ask
+                raise ConfigError(label, "sampler.name", "gp needs PyTorch: pip install 'studyflow[gp]'")
             return optuna.samplers.GPSampler(seed=s.seed, **opts)
         if s.name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=s.seed, **opts)

@@ -1,0 +1,115 @@
+"""An unchanged Optuna objective gets the sampler it asked for: plain Optuna's own trials.
+
+With one trial at a time and nothing held ahead, a seeded study served by studyflow proposes
+exactly the trials `optuna.create_study(sampler=...).optimize(objective, n)` proposes in one
+process, whether the parameters come from the study file, are suggested define-by-run, or
+depend on each other. Under concurrency the sampler must still learn.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import optuna
+import pytest
+
+import sf_objectives
+from studyflow import ConfigError
+from studyflow import load_study
+from studyflow import optimize
+
+BOWL_SPACE = {"x": {"type": "float", "low": -10, "high": 10},
+              "y": {"type": "float", "low": -10, "high": 10}}
+SAMPLERS = {  # study file's sampler section -> the same sampler built by hand, as a user would
+    "tpe-multivariate": ({"name": "tpe", "options": {"multivariate": True}},
+                         lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True)),
+    "tpe-independent": ({"name": "tpe", "options": {"multivariate": False}},
+                        lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=False)),
+    "random": ({"name": "random"}, lambda seed: optuna.samplers.RandomSampler(seed=seed)),
+    "qmc": ({"name": "qmc"}, lambda seed: optuna.samplers.QMCSampler(seed=seed)),
+    "cmaes": ({"name": "cmaes"}, lambda seed: optuna.samplers.CmaEsSampler(seed=seed)),
+    "gp": ({"name": "gp"}, lambda seed: optuna.samplers.GPSampler(seed=seed)),
+}
+SPACES = {  # (objective, search_space in the study file)
+    "declared": ("bowl", BOWL_SPACE),
+    "define-by-run": ("bowl", {}),
+    "conditional": ("conditional", {}),
+}
+N_TRIALS = {"gp": 14}  # GP's asks take a few tenths of a second: past its 10 start-up trials
+
+
+def _params_in_order(study: optuna.Study, numbers: list[int]) -> list[dict]:
+    by_number = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    return [by_number[n] for n in numbers]
+
+
+@pytest.mark.parametrize("space", list(SPACES))
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_one_trial_at_a_time_gives_plain_optunas_trials(client4, tmp_path, sampler, space):
+    objective, search_space = SPACES[space]
+    section, build = SAMPLERS[sampler]
+    n_trials = N_TRIALS.get(section["name"], 24)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    plain = optuna.create_study(sampler=build(5))
+    plain.optimize(getattr(sf_objectives, objective), n_trials=n_trials)
+
+    study = {"objective": f"sf_objectives:{objective}", "search_space": search_space,
+             "sampler": {**section, "seed": 5}, "budget": {"n_trials": n_trials},
+             "concurrency": 1, "prefetch": 0}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    numbers = result.trials["number"].tolist()
+    assert numbers == list(range(n_trials))
+    assert _params_in_order(result.study, numbers) == [t.params for t in plain.trials]
+    assert result.trials["value"].tolist() == [t.value for t in plain.trials]
+
+
+def test_a_declared_branch_with_define_by_run_leaves_gives_plain_optunas_trials(client4, tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=2))
+    plain.optimize(sf_objectives.conditional, n_trials=24)
+    study = {"objective": "sf_objectives:conditional", "sampler": {"name": "tpe", "seed": 2},
+             "search_space": {"kind": {"type": "categorical", "choices": ["tree", "linear"]}},
+             "budget": {"n_trials": 24}, "concurrency": 1, "prefetch": 0}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    assert _params_in_order(result.study, list(range(24))) == [t.params for t in plain.trials]
+
+
+def _late_median(client, tmp_path, name: str, **fields) -> float:
+    """Median value of trials 100-199 of a 200-trial TPE study on the bowl, 4 at a time."""
+    study = {"objective": "sf_objectives:bowl", "sampler": {"name": "tpe", "seed": 1},
+             "budget": {"n_trials": 200}, "concurrency": 4, **fields}
+    result = optimize(None, study, client=client, results_dir=tmp_path / name, progress=False)
+    late = result.trials.sort_values("number")["value"].iloc[100:200]
+    assert len(late) == 100
+    return statistics.median(late)
+
+
+def test_define_by_run_tpe_learns_as_well_as_a_declared_space_with_4_in_flight(client4, tmp_path):
+    declared = _late_median(client4, tmp_path, "declared", search_space=BOWL_SPACE)
+    define_by_run = _late_median(client4, tmp_path, "define-by-run")
+    random_search = _late_median(client4, tmp_path, "random", sampler={"name": "random", "seed": 1})
+    assert define_by_run <= 2 * declared, (define_by_run, declared)
+    assert define_by_run < random_search / 5, (define_by_run, random_search)
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({"pruner": {"name": "median"}}, "pruner.name"),
+    ({"budget": {"patience": 5}}, "budget.patience"),
+    ({"search_space": {}}, "search_space"),
+])
+def test_reproducible_scheduling_refuses_what_it_cannot_replay_before_any_cluster(fields, key):
+    study = {"objective": "sf_objectives:bowl", "scheduling": "reproducible", "search_space": BOWL_SPACE,
+             "budget": {"n_trials": 5}, **fields}
+    with pytest.raises(ConfigError) as caught:
+        load_study(study)
+    assert caught.value.key == key
+    assert "reproducible" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_reproducible_study_whose_objective_suggests_an_undeclared_name_stops_naming_it(client4, tmp_path):
+    study = {"objective": "sf_objectives:bowl", "scheduling": "reproducible", "concurrency": 2,
+             "search_space": {"x": BOWL_SPACE["x"]}, "budget": {"n_trials": 20}}
+    with pytest.raises(ConfigError) as caught:
+        optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    assert caught.value.key == "search_space.y"
+    assert "define-by-run" in str(caught.value) and "\n" not in str(caught.value)
