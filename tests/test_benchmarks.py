@@ -43,3 +43,10 @@ def test_parallel_tpe_prints_every_treatment_with_shares_against_sequential_tpe(
     best = [float(row[3]) for row in rows[1:]]
     assert all(b >= 0.397887 for b in best)  # no run beats Branin's global minimum
     assert "Sequential TPE reaches the mean best" in out
+
+
+def test_define_by_run_table_prints_declared_define_by_run_and_random_rows():
+    _, rows = run_script("define_by_run.py", "--sections", "table", "--seeds", "1", "--trials", "30")
+    runs = [(row.split("|")[1].strip(), row.split("|")[2].strip()) for row in rows if not row.startswith("| parameters declared")]
+    assert runs == [("parameters in search_space", "tpe"), ("define-by-run", "tpe"), ("define-by-run", "random")] * 2
+    assert all(float(row.split("|")[3]) >= 0 for row in rows if not row.startswith("| parameters declared"))

@@ -1,20 +1,49 @@
 """Every private Optuna and distributed name studyflow uses, in one place.
 
-Optuna and distributed do not promise these names between releases, so they are reached only
-through this module, which checks at import that the installed versions are ones the code was
-written and tested against, and fails with one line naming the supported range otherwise.
-`tests/test_compat.py` pins the set of names.
+Optuna and distributed do not promise these names between releases, so the rest of studyflow
+reaches them only through this module, which checks at import that the installed versions are
+ones the code was written and tested against, and fails with one line naming the supported
+range otherwise. Two classes extend Optuna's own and so use their parents' private members:
+`tpe.CachedFitTPESampler` (`TPE_SAMPLER_MEMBERS`) and `journal.ServerJournalStorage`
+(`JOURNAL_STORAGE_MEMBERS`); those are listed here and checked at import too.
+`tests/test_compat.py` pins all of it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib.metadata import version
+from typing import Any
 
+import numpy as np
 import optuna
+from distributed.utils import offload  # noqa: F401  (run blocking work off the event loop)
+from distributed.utils import sync  # noqa: F401  (call a coroutine on a loop from a thread)
+from optuna._transform import _SearchSpaceTransform as SearchSpaceTransform  # noqa: F401
+from optuna.samplers import TPESampler
+from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator as ParzenEstimator  # noqa: F401
+from optuna.samplers._tpe.sampler import _get_infeasible_trial_score as infeasible_trial_score  # noqa: F401
+from optuna.samplers._tpe.sampler import _split_trials as split_trials  # noqa: F401
+from optuna.samplers._tpe.sampler import default_gamma  # noqa: F401
+from optuna.samplers._tpe.sampler import default_gamma_multiobjective  # noqa: F401
+from optuna.storages import BaseStorage
+from optuna.storages import JournalStorage
+from optuna.storages.journal import BaseJournalBackend
+from optuna.study._tell import _tell_with_warning
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
 
 # {distribution: (lowest, first unsupported)}: pyproject.toml states the same ranges
 SUPPORTED = {"optuna": ((5, 0), (6, 0)), "distributed": ((2024, 8), None)}
+# What CachedFitTPESampler uses of TPESampler beyond its public API (it overrides `_sample`).
+TPE_SAMPLER_MEMBERS = (
+    "_sample", "_build_parzen_estimator", "_compare", "_compute_acquisition_func", "_get_params",
+    "_get_internal_repr", "_gamma", "_constant_liar", "_rng", "_n_ei_candidates",
+    "_parzen_estimator_cls", "_parzen_estimator_parameters",
+)
+# What ServerJournalStorage uses of JournalStorage beyond its public API.
+JOURNAL_STORAGE_MEMBERS = ("_thread_lock", "_sync_with_backend", "_replay_result")
 
 
 def _release(text: str) -> tuple[int, int]:
@@ -23,16 +52,68 @@ def _release(text: str) -> tuple[int, int]:
 
 
 def check_versions() -> None:
-    """Fail in one line when an installed Optuna or distributed is outside the tested range."""
+    """Fail in one line when an installed Optuna or distributed is outside the tested range,
+    or lacks a private member the subclasses rely on."""
     for name, (low, high) in SUPPORTED.items():
         found = version(name)
         if _release(found) < low or (high is not None and _release(found) >= high):
             wanted = f">={low[0]}.{low[1]}" + (f",<{high[0]}.{high[1]}" if high else "")
             raise ImportError(f"studyflow needs {name}{wanted} (it reaches into private names that "
                               f"change between releases); {name} {found} is installed")
+    tpe = TPESampler(seed=0)
+    journal = JournalStorage(_EmptyJournal())
+    for owner, members in ((tpe, TPE_SAMPLER_MEMBERS), (journal, JOURNAL_STORAGE_MEMBERS)):
+        missing = [m for m in members if not hasattr(owner, m)]
+        if missing:
+            raise ImportError(f"studyflow: optuna {version('optuna')}'s {type(owner).__name__} lacks "
+                              f"{missing}; supported: optuna>=5.0,<6")
 
 
-check_versions()
+class _EmptyJournal(BaseJournalBackend):
+    """A journal with no records: what the member check builds a `JournalStorage` over."""
+
+    def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
+        return []
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        pass
+
+
+# --- private attributes of public Optuna objects ---
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    return study._storage
+
+
+def study_id_of(study: optuna.Study) -> int:
+    return study._study_id
+
+
+def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def sampler_rng(sampler: optuna.samplers.BaseSampler) -> np.random.RandomState:
+    """The random state a seeded sampler draws from (random search's one-call draw)."""
+    return sampler._rng.rng  # type: ignore[attr-defined]
+
+
+def replayed_trials(storage: JournalStorage) -> tuple[dict[int, FrozenTrial], dict[int, list[int]]]:
+    """A journal storage's replayed trials `{trial id: trial}` and `{study id: trial ids}`."""
+    replayed = storage._replay_result
+    return replayed._trials, replayed._study_id_to_trial_ids
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, values: Sequence[float] | None = None,
+         state: TrialState | None = None) -> Any:
+    """`Study.tell` without its deep copy of the told trial, from any thread.
+
+    GridSampler.after_trial calls `study.stop()` once the grid is used up, which Optuna allows
+    only inside `optimize()`; the server owns the budget, so the thread is marked as inside."""
+    study._thread_local.in_optimize_loop = True
+    if state is None:
+        return _tell_with_warning(study, trial, value_or_values=values)
+    return _tell_with_warning(study, trial, state=state)
 
 
 def fresh_trials_view(study: optuna.Study) -> None:
@@ -45,3 +126,6 @@ def fresh_trials_view(study: optuna.Study) -> None:
     study as it was at that thread's last ask: TPE, GP and CMA-ES stuck in their start-up.
     """
     study._thread_local.cached_all_trials = None
+
+
+check_versions()

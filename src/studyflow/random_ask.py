@@ -17,10 +17,14 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna._transform import _SearchSpaceTransform
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+
+from studyflow._compat import SearchSpaceTransform
+from studyflow._compat import sampler_rng
+from studyflow._compat import storage_of
+from studyflow._compat import study_id_of
 
 
 class RandomInOneRecord:
@@ -29,7 +33,7 @@ class RandomInOneRecord:
     def __init__(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> None:
         self.study = study
         self.space = space
-        self._transform = _SearchSpaceTransform(space)  # what RandomSampler builds per parameter
+        self._transform = SearchSpaceTransform(space)  # what RandomSampler builds per parameter
         self._low, self._high = self._transform.bounds[:, 0], self._transform.bounds[:, 1]
 
     @staticmethod
@@ -42,8 +46,7 @@ class RandomInOneRecord:
     def sample(self) -> dict[str, Any]:
         """The parameters `Study.ask(space)` would draw next, if no WAITING trial (an enqueued
         retry, which `Study.ask` pops instead) is left."""
-        rng = self.study.sampler._rng.rng  # type: ignore[attr-defined]
-        return self._transform.untransform(rng.uniform(self._low, self._high))
+        return self._transform.untransform(sampler_rng(self.study.sampler).uniform(self._low, self._high))
 
     def create(self, params: dict[str, Any], system_attrs: dict[str, Any]) -> optuna.Trial:
         """A new RUNNING trial with these parameters and system attributes, in one record."""
@@ -51,4 +54,4 @@ class RandomInOneRecord:
                                datetime_complete=None, params=params, distributions=dict(self.space),
                                user_attrs={}, system_attrs=system_attrs, intermediate_values={}, trial_id=-1)
         study = self.study
-        return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
+        return optuna.Trial(study, storage_of(study).create_new_trial(study_id_of(study), template_trial=template))

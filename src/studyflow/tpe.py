@@ -21,15 +21,19 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import TPESampler
-from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
-from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
-from optuna.samplers._tpe.sampler import _split_trials
-from optuna.samplers._tpe.sampler import default_gamma
-from optuna.samplers._tpe.sampler import default_gamma_multiobjective
 from optuna.study import Study
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+
+from studyflow._compat import ParzenEstimator
+from studyflow._compat import default_gamma
+from studyflow._compat import infeasible_trial_score
+from studyflow._compat import default_gamma_multiobjective
+from studyflow._compat import split_trials
+from studyflow._compat import storage_of
+from studyflow._compat import study_id_of
+from studyflow._compat import trial_id_of
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _Space = frozenset[tuple[str, BaseDistribution]]
@@ -66,7 +70,7 @@ class _Finished:
         for t in new:
             self.numbers.add(t.number)
             self.seen[t.number] = True
-            plain = t.state == TrialState.COMPLETE and _get_infeasible_trial_score(t) <= 0
+            plain = t.state == TrialState.COMPLETE and infeasible_trial_score(t) <= 0
             self.n_not_plain += not plain
             if plain and t.values is not None and len(t.values) == 1:
                 self.value[t.number] = t.values[0]
@@ -113,10 +117,10 @@ class _Encoded:
 class _History:
     """What one set of finished trials gives a search space: it never changes until a tell."""
 
-    below: _ParzenEstimator
+    below: ParzenEstimator
     above: dict[str, np.ndarray]  # encoded params of the finished "above" trials, by number
     above_numbers: np.ndarray
-    above_without_running: _ParzenEstimator | None = None
+    above_without_running: ParzenEstimator | None = None
 
 
 class CachedFitTPESampler(TPESampler):
@@ -136,12 +140,13 @@ class CachedFitTPESampler(TPESampler):
         super().before_trial(study, trial)
         self._for_study(study)
         if self._running_ids is not None:
-            self._running_ids.add(trial._trial_id)
+            self._running_ids.add(trial_id_of(trial))
 
     def _for_study(self, study: Study) -> None:
         """Forget what was cached when this sampler starts serving another study."""
-        if self._study_key != (id(study._storage), study._study_id):
-            self._study_key = (id(study._storage), study._study_id)
+        key = (id(storage_of(study)), study_id_of(study))
+        if self._study_key != key:
+            self._study_key = key
             self._finished, self._encoded, self._n_history = _Finished(), {}, -1
             self._running_ids = None
 
@@ -160,7 +165,7 @@ class CachedFitTPESampler(TPESampler):
 
     def _history(self, study: Study, search_space: dict[str, BaseDistribution]) -> _History:
         self._for_study(study)
-        finished = study._get_trials(deepcopy=False, states=_FINISHED)  # indexed in the server
+        finished = study.get_trials(deepcopy=False, states=_FINISHED)  # indexed in the server
         space = frozenset(search_space.items())
         # Finished trials are only ever added, never changed: their count names the history.
         if len(finished) != self._n_history:
@@ -190,11 +195,11 @@ class CachedFitTPESampler(TPESampler):
         self._for_study(study)
         if self._running_ids is None:  # trials may have been running before this sampler came
             self._running_ids = {
-                t._trial_id for t in study._get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                trial_id_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             }
         running = []
         for trial_id in list(self._running_ids):
-            t = study._storage.get_trial(trial_id)
+            t = storage_of(study).get_trial(trial_id)
             if t.state != TrialState.RUNNING:
                 self._running_ids.discard(trial_id)
             elif t.number != trial.number:
@@ -216,7 +221,7 @@ class CachedFitTPESampler(TPESampler):
                 n_below = min(n_below, len(numbers))
                 self._split = (np.sort(numbers[order[:n_below]]), np.sort(numbers[order[n_below:]]))
             else:
-                below, above = _split_trials(study, finished, n_below)
+                below, above = split_trials(study, finished, n_below)
                 self._split = (
                     np.array([t.number for t in below], dtype=np.int64),
                     np.array([t.number for t in above], dtype=np.int64),
@@ -229,7 +234,7 @@ class CachedFitTPESampler(TPESampler):
         search_space: dict[str, BaseDistribution],
         history: _History,
         running: list[FrozenTrial],
-    ) -> _ParzenEstimator:
+    ) -> ParzenEstimator:
         """The "above" estimator: the finished "above" trials plus the running ones, by number."""
         if not running:
             if history.above_without_running is None:
@@ -247,9 +252,9 @@ class CachedFitTPESampler(TPESampler):
         search_space: dict[str, BaseDistribution],
         observations: dict[str, np.ndarray],
         handle_below: bool,
-    ) -> _ParzenEstimator:
+    ) -> ParzenEstimator:
         """`TPESampler._build_parzen_estimator`, from encoded params instead of trials."""
-        if handle_below and study._is_multi_objective():
+        if handle_below and len(study.directions) > 1:
             n_below = len(next(iter(observations.values()))) if observations else 0
             return self._parzen_estimator_cls(
                 observations, search_space, self._parzen_estimator_parameters, np.ones(n_below)
