@@ -7,6 +7,7 @@ from studyflow.driver import optimize
 from studyflow.errors import ConfigError
 from studyflow.errors import DataError
 from studyflow.errors import ObjectiveError
+from studyflow.errors import ReadOnlyStudyError
 from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
 from studyflow.errors import StudyLockedError
@@ -16,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ObjectiveError",
+    "ReadOnlyStudyError",
     "RemoteTrial",
     "StudyAbortedError",
     "StudyConfig",

@@ -66,6 +66,15 @@ class BudgetConfig:
     patience: Optional[int] = None
 
 
+@dataclass
+class ConstraintsConfig:
+    """`constraints: {user_attr: c}`: after the objective returns, its user attr `c` (a number
+    or a list of numbers; <= 0 is feasible) becomes the trial's constraints before the tell, as
+    Optuna's `constraints_func` reading that user attr would make them."""
+
+    user_attr: str = "???"
+
+
 CLUSTER_MODES = ("local", "slurm", "address", "scheduler_file")
 
 
@@ -106,6 +115,9 @@ class StudyConfig:
     concurrency: Optional[int] = None
     prefetch: Optional[int] = None  # trials a loop holds beyond the one it runs; None: auto
     scheduling: str = "async"
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # parameters of the first trials
+    warm_start: Optional[str] = None  # an earlier study's journal or results folder: its history
+    constraints: Optional[ConstraintsConfig] = None  # a user attr read as the trial's constraints
     report: dict[str, Any] = field(default_factory=dict)  # report settings: never re-run optimize
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where, not what: not hashed
     worker_resources: dict[str, float] = field(default_factory=dict)  # e.g. {GPU: 1}: not hashed
@@ -148,6 +160,11 @@ class StudyConfig:
                 "sampler", "pruner", "scheduling")
         ident = {k: data[k] for k in keep}
         ident["directions"] = self.study_directions
+        if data["constraints"] is not None:  # only when set: older journals keep their keys
+            ident["constraints"] = data["constraints"]
+        for key in ("enqueue", "warm_start"):  # only when set: older journals keep their keys
+            if data[key]:
+                ident[key] = data[key]
         return _hash(ident)
 
 
@@ -188,6 +205,8 @@ def load_study(
         merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), defaults or {}, raw)
     except OmegaConfBaseException as exc:
         raise ConfigError(label, _key(exc), _omegaconf_message(exc)) from exc
+    except TypeError as exc:  # OmegaConf's, for a list where a mapping belongs or the reverse
+        raise ConfigError(label, _mismatched_key(raw), f"wrong type ({_one_line(exc)})") from exc
     if overrides:
         try:
             dotlist = OmegaConf.from_dotlist(list(overrides))
@@ -205,6 +224,17 @@ def load_study(
     cfg.source = label
     validate_study(cfg, label)
     return cfg
+
+
+def _mismatched_key(raw: Any) -> str:
+    """The top-level key holding a list where the study file takes a mapping, or the reverse."""
+    defaults = StudyConfig()
+    for key, value in raw.items():
+        default = getattr(defaults, str(key), None)
+        if isinstance(default, (list, dict)) and OmegaConf.is_config(value):
+            if OmegaConf.is_list(value) != isinstance(default, list):
+                return str(key)
+    return ""
 
 
 def _key(exc: OmegaConfBaseException) -> str:
@@ -269,6 +299,11 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("prefetch", f"must be 0 or more (or left out for auto), got {cfg.prefetch}")
     for pname, spec in cfg.search_space.items():
         _validate_param(pname, spec, fail)
+    _validate_enqueue(cfg, fail)
+    if cfg.constraints is not None and not cfg.constraints.user_attr.strip():
+        fail("constraints.user_attr", "must name the user attr holding the objective's constraints")
+    if cfg.warm_start is not None and not cfg.warm_start.strip():
+        fail("warm_start", "must be a journal file or a results folder results/studies/<name>")
     if cfg.scheduling == "reproducible":
         _check_reproducible(cfg, fail)
     if cfg.sampler.name == "grid":
@@ -294,6 +329,29 @@ def _check_reproducible(cfg: StudyConfig, fail: Any) -> None:
     if cfg.budget.patience is not None:
         fail("budget.patience", f"which trials start before patience ends the study depends on timing; "
              f"{REPRODUCIBLE_ONLY}: leave it out or use scheduling: async")
+
+
+def _validate_enqueue(cfg: StudyConfig, fail: Any) -> None:
+    """Each enqueued trial is a mapping of parameter values that Optuna can fix: a value of a
+    declared parameter must be one its distribution can hold (else the ask would fail on the
+    server); names the file does not declare are left to the objective's own suggests."""
+    for i, params in enumerate(cfg.enqueue):
+        if not params:
+            fail(f"enqueue.{i}", "an enqueued trial needs at least one parameter")
+        for pname, value in params.items():
+            key = f"enqueue.{i}.{pname}"
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                fail(key, f"must be a number, a string, a bool or null, got {value!r}")
+            spec = cfg.search_space.get(pname)
+            if spec is None:
+                continue
+            if spec.type == "categorical":
+                if value not in (spec.choices or []):
+                    fail(key, f"{value!r} is not one of the choices {spec.choices}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(key, f"must be a number for a {spec.type} parameter, got {value!r}")
+            elif spec.type == "int" and not float(value).is_integer():
+                fail(key, f"must be an integer for an int parameter, got {value!r}")
 
 
 def _validate_param(pname: str, spec: ParamSpec, fail: Any) -> None:

@@ -27,6 +27,7 @@ from distributed import Client
 from distributed import wait
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial
 
 from studyflow._hashing import canonical_json
 from studyflow._hashing import sha256_text
@@ -40,6 +41,9 @@ from studyflow.errors import ConfigError
 from studyflow.errors import DataError
 from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
+from studyflow.hooks import Callback
+from studyflow.hooks import Hooks
+from studyflow.hooks import ProgressCallback
 from studyflow.lock import StudyLock
 from studyflow.loop import run_trial_loop
 from studyflow.objective import ObjectiveFn
@@ -60,6 +64,7 @@ from studyflow.store import TrialStore
 from studyflow.tables import FinalTables
 from studyflow.tables import trials_frame
 from studyflow.tables import write_parquet
+from studyflow.warm_start import warm_trials
 
 _logger = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -146,6 +151,8 @@ def optimize(
     address: str | None = None,
     progress: bool = True,
     watch_parent: bool = False,
+    callbacks: list[Callback] | None = None,
+    progress_callback: ProgressCallback | None = None,
 ) -> StudyResult:
     """Run a study on Dask and return it when its budget is spent.
 
@@ -158,6 +165,9 @@ def optimize(
             is started (or `address` attached).
         overrides: OmegaConf dot-list (`["budget.n_trials=50"]`).
         watch_parent: stop when the parent process dies (set by the CLI under Snakemake).
+        callbacks: Optuna-style `cb(study, frozen_trial)`, called in this process once per
+            finished trial (COMPLETE, PRUNED or FAIL) in finish order (see `studyflow.hooks`).
+        progress_callback: `cb(done, total)`, called once per COMPLETE or PRUNED trial.
     """
     if objective is not None and isinstance(study, dict) and "objective" not in study:
         study = {**study, "objective": f"{objective.__module__}:{objective.__qualname__}"}
@@ -168,6 +178,8 @@ def optimize(
     fn = objective if objective is not None else import_objective(cfg.objective, label)
     check_signature(fn, cfg.objective_args, label)
     check_sampler_options(cfg)
+    hooks = Hooks(cfg, callbacks, progress_callback)
+    warm = warm_trials(cfg)  # read now: a bad warm_start fails before any cluster starts
     layout = ResultsLayout(Path(results_dir))
     data_arg, data_sha = _resolve_data(cfg, data, layout)
     key_base = _key_base(cfg, objective, fn, data_sha)
@@ -178,7 +190,7 @@ def optimize(
             tls_dir=layout.store / "tls", search_paths=paths)
         with context as active:
             return _run(cfg, objective, active, data_arg, data_sha, journal, layout.store, key_base,
-                        paths, progress, watch_parent)
+                        paths, progress, watch_parent, hooks, warm)
 
 
 def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, fn: ObjectiveFn, data_sha: str | None) -> str:
@@ -296,6 +308,8 @@ def _run(
     paths: list[str],
     show_progress: bool,
     watch_parent: bool,
+    hooks: Hooks,
+    warm: list[FrozenTrial],
 ) -> StudyResult:
     started = time.monotonic()
     slots = _slots(client, cfg.worker_resources)
@@ -304,6 +318,7 @@ def _run(
     client.register_plugin(StudyServer(), name=StudyServer.name)
     n_loops = min(concurrency, slots)
     spec = StudySpec(study_id, cfg, str(journal.resolve()), str(store.resolve()), key_base, concurrency, n_loops)
+    spec.warm_trials, spec.track_finished = warm, hooks.track_finished
     opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
@@ -332,10 +347,12 @@ def _run(
     max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
     restarts, reason = 0, "closed"
     try:
+        hooks.start(client, study_id, opened)
         while True:
             # Answers within POLL_S, or as soon as the study is done.
             status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S)
             progress.update(status)
+            hooks.on_status(client, study_id, status)
             for i, fut in enumerate(loops):
                 if fut.status == "error" and not status["done"]:
                     restarts += 1
@@ -356,9 +373,11 @@ def _run(
         wait(loops, timeout=30)
     finally:
         progress.close()
-        reply = client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason)
+        reply = client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason,
+                            **hooks.close_args())
         closed = pickle.loads(reply["result"]) if "result" in reply else None
         client.cancel(loops, force=True)
+    hooks.on_close(reply)
     for err in status["errors"]:
         _logger.info("failed %s", err)
     if reason and reason.startswith(INVALID_STUDY):

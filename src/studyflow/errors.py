@@ -32,3 +32,8 @@ class StudyLockedError(StudyflowError):
 
 class StudyAbortedError(StudyflowError):
     """The study server stopped the study early, e.g. too many failed trials."""
+
+
+class ReadOnlyStudyError(StudyflowError, RuntimeError):
+    """An objective tried to change the study through `trial.study`, a read-only view on a
+    worker: only the study server changes the study."""

@@ -228,7 +228,8 @@ def _run_trial(conn: ServerConnection, call: Any, lease: dict[str, Any], data: A
                objective_args: dict[str, Any], n_objectives: int) -> dict[str, Any]:
     """Run one leased trial; its outcome, whatever the objective did."""
     trial = RemoteTrial(conn, lease["number"], lease["params"], data, objective_args,
-                        lease["key"], lease["seed"], lease["artifact_dir"])
+                        lease["key"], lease["seed"], lease["artifact_dir"],
+                        lease.get("distributions"), lease.get("datetime_start"))
     state, values, error, tb = "COMPLETE", None, None, None
     started = time.perf_counter()
     try:
@@ -244,6 +245,7 @@ def _run_trial(conn: ServerConnection, call: Any, lease: dict[str, Any], data: A
         "state": state,
         "values": values,
         "user_attrs": trial.user_attrs,
+        "system_attrs": trial.recorded_system_attrs,  # constraints and artifact records
         "error": error,
         "traceback": tb,
         "duration_s": time.perf_counter() - started,

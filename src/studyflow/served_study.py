@@ -17,16 +17,22 @@ study when the scheduling mode allows:
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import logging
 import math
+import numbers
 import time
+from datetime import datetime
 from collections import Counter
 from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.distributions import distribution_to_json
 from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -46,6 +52,8 @@ from studyflow.store import StoredResult
 from studyflow.store import TrialStore
 from studyflow.store import trial_key
 from studyflow.store import trial_seed
+from studyflow.trial import CONSTRAINT_PREFIX
+from studyflow.trial import WORKER_SYSTEM_ATTRS
 
 _logger = logging.getLogger(__name__)
 
@@ -60,6 +68,9 @@ DURATION_ATTR = "studyflow:duration_s"  # the objective's own run time, measured
 # cannot take back an ask, and left out of tables and counts.
 NOT_RUN_ATTR = "studyflow:not_run"
 NOT_RUN_ERROR = "Interrupted: not run before the study stopped"
+# An earlier study's finished trial, copied in by `warm_start` (its source journal and number):
+# history for the sampler, left out of this study's budget, counts, best and tables.
+WARM_START_ATTR = "studyflow:warm_start"
 # A stop reason that is the study file's fault: the driver raises it as a ConfigError.
 INVALID_STUDY = "invalid study: "
 STARTED_ATTR = "studyflow:started"  # the loop holding it has begun it (else it only holds it)
@@ -82,6 +93,8 @@ class StudySpec:
     key_base: str  # objective identity + code version + data sha256 + objective_args
     concurrency: int
     loops: int = 0  # trial loops the driver runs (0: as many as `concurrency`)
+    warm_trials: list[FrozenTrial] = field(default_factory=list)  # `warm_start`, marked
+    track_finished: bool = False  # the driver has callbacks: log the finish order
 
 
 @dataclass
@@ -123,7 +136,7 @@ class _Outcome:
     state: str
     values: list[float] | None
     cached: bool = False
-
+    feasible: bool = True  # every constraint <= 0 (or none): it may be the best
 
 @dataclass
 class ServedStudy:
@@ -158,6 +171,8 @@ class ServedStudy:
     stop_reason: str | None = None
     opened: float = field(default_factory=time.monotonic)
     recent_errors: list[str] = field(default_factory=list)
+    finished_log: list[int] | None = None  # trial ids in finish order, when the driver asks
+    n_history: int = 0  # of which finished before this run (resumed, warm start): no callbacks
 
     def __post_init__(self) -> None:
         self.space = distributions(self.config)
@@ -257,7 +272,8 @@ class ServedStudy:
             for loop, worker, outcomes, _, dropped, running in requests:
                 for o in outcomes:
                     self._tell_trial(o["number"], o["state"], o["values"], o.get("user_attrs") or {},
-                                     o.get("error"), worker, o.get("duration_s"), o.get("artifacts", True))
+                                     o.get("error"), worker, o.get("duration_s"),
+                                     o.get("artifacts", True), o.get("system_attrs") or {})
                 for number in dropped:
                     self._release_unstarted(number)
                 lease = self.leases.get(running) if running is not None else None
@@ -422,14 +438,31 @@ class ServedStudy:
                     continue
             attempt = int(self.study._storage.get_trial_system_attrs(trial._trial_id).get(ATTEMPT_ATTR, 0))
             self._add_lease(_Lease(trial, key, worker, attempt, loop))
+            params = trial.params
+            started = trial.datetime_start
             return {
                 "status": "run",
                 "number": trial.number,
-                "params": trial.params,
+                "params": params,
                 "key": key,
                 "seed": trial_seed(key),
                 "artifact_dir": self.store.staging_path(key, trial.number),
+                # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers there
+                "distributions": self._distributions_json(trial, params),
+                "datetime_start": None if started is None else started.isoformat(),
             }
+
+    @functools.cached_property
+    def _space_json(self) -> dict[str, str]:
+        """The study file's distributions as Optuna's JSON, encoded once for every lease."""
+        return {name: distribution_to_json(d) for name, d in self.space.items()}
+
+    def _distributions_json(self, trial: optuna.Trial, params: dict[str, Any]) -> dict[str, str]:
+        """The distribution of each parameter an asked trial has: the study file's (a retry of
+        a define-by-run trial gets its own names only when the objective suggests them)."""
+        space = self._space_json
+        return {name: space[name] if name in space
+                else distribution_to_json(trial.distributions[name]) for name in params}
 
     def _new_trial(self) -> tuple[optuna.Trial, str]:
         """A newly sampled trial and its key (journaled with it)."""
@@ -452,9 +485,19 @@ class ServedStudy:
     def _answer_from_store(self, trial: optuna.Trial, stored: StoredResult) -> None:
         for key, value in stored.user_attrs.items():
             trial.set_user_attr(key, value)
-        self.study._storage.set_trial_system_attr(trial._trial_id, CACHED_ATTR, True)
+        storage = self.study._storage
+        try:
+            attrs = self._system_attrs_to_set(stored.system_attrs, stored.user_attrs, "COMPLETE")
+        except ValueError as exc:  # stored before the study file asked for constraints
+            _logger.warning("study %s: trial %d answered from the store without constraints: %s",
+                            self.config.name, trial.number, exc)
+            attrs = {}
+        for key, value in attrs.items():
+            storage.set_trial_system_attr(trial._trial_id, key, value)
+        storage.set_trial_system_attr(trial._trial_id, CACHED_ATTR, True)
         self.n_cached += 1
-        self._receive(_Outcome(trial, "COMPLETE", stored.values, cached=True), None)
+        self._receive(_Outcome(trial, "COMPLETE", stored.values, cached=True,
+                               feasible=_feasible(attrs)), None)
         self._apply_received()  # async: the next ask sees it (reproducible: a no-op, see there)
 
     # --- telling ---
@@ -469,17 +512,24 @@ class ServedStudy:
         worker: str,
         duration_s: float | None = None,
         artifacts: bool = True,
+        system_attrs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """`artifacts`: the objective asked for its artifact folder (else there is nothing to
-        move or discard: two file system calls per trial saved)."""
+        move or discard: two file system calls per trial saved). `system_attrs`: the
+        constraints and artifact records the objective set, set here before the tell (with the
+        study file's `constraints.user_attr`), so the sampler sees them."""
         lease = self._drop_lease(number)
         if lease is None:  # already failed as lost or timed out; the late answer is dropped
             return {"status": "stale"}
         trial = lease.trial
         storage = self.study._storage
+        attrs: dict[str, Any] = {}
         try:
             for key, value in user_attrs.items():
                 trial.set_user_attr(key, value)
+            attrs = self._system_attrs_to_set(system_attrs or {}, user_attrs, state)
+            for key, value in attrs.items():
+                storage.set_trial_system_attr(trial._trial_id, key, value)
             storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
             if duration_s is not None:
                 storage.set_trial_system_attr(trial._trial_id, DURATION_ATTR, duration_s)
@@ -496,22 +546,35 @@ class ServedStudy:
             if key != lease.key:
                 storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
             self.store.put_later(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
-                                              self.config.name, number), number if artifacts else None,
-                                 lease.key)
+                                              self.config.name, number, attrs),
+                                 number if artifacts else None, lease.key)
         elif artifacts:
             self.store.discard_staging(lease.key, number)
-        self._receive(_Outcome(trial, state, values), error)
-        self._release_followers(lease.key, state, values, user_attrs)
+        self._receive(_Outcome(trial, state, values, feasible=_feasible(attrs)), error)
+        self._release_followers(lease.key, state, values, user_attrs, attrs)
         self._apply_received()
         return {"status": "ok"}  # with the OS before the worker hears back; fsynced soon after
 
-    def _release_followers(self, key: str, state: str, values: list[float] | None, attrs: dict[str, Any]) -> None:
+    def _release_followers(self, key: str, state: str, values: list[float] | None,
+                           attrs: dict[str, Any], system_attrs: dict[str, Any]) -> None:
         """Trials that asked for a key while it ran share its result (or run it if it failed)."""
         for trial in self.followers.pop(key, []):
             if state == "COMPLETE":
-                self._answer_from_store(trial, StoredResult(key, state, values, dict(attrs)))
+                self._answer_from_store(trial, StoredResult(key, state, values, dict(attrs),
+                                                            system_attrs=dict(system_attrs)))
             else:
                 self.ready.append(trial)
+
+    def _system_attrs_to_set(self, from_worker: dict[str, Any], user_attrs: dict[str, Any],
+                             state: str) -> dict[str, Any]:
+        """What the server sets on a told trial: the constraints and artifact records the
+        objective set (nothing else), and the study file's `constraints.user_attr` of a
+        COMPLETE or PRUNED trial (the states Optuna's `constraints_func` is called for)."""
+        attrs = {k: v for k, v in from_worker.items() if k.startswith(WORKER_SYSTEM_ATTRS)}
+        spec = self.config.constraints
+        if spec is not None and state in ("COMPLETE", "PRUNED"):
+            attrs = _user_attr_constraints(spec.user_attr, user_attrs, state == "COMPLETE") | attrs
+        return attrs
 
     def fail_lease(self, number: int, error: str, retry: bool) -> None:
         """Mark a running trial FAIL and, for infrastructure errors, enqueue its retry."""
@@ -559,7 +622,9 @@ class ServedStudy:
 
     def _receive(self, outcome: _Outcome, error: str | None) -> None:
         self.received[outcome.trial.number] = outcome
-        self._count(outcome.trial.number, outcome.state, outcome.values, error)
+        if self.finished_log is not None:
+            self.finished_log.append(outcome.trial._trial_id)
+        self._count(outcome.trial.number, outcome.state, outcome.values, error, outcome.feasible)
 
     def _apply_received(self, upto: int | None = None) -> None:
         """Tell Optuna the received outcomes the scheduling mode lets the sampler see now."""
@@ -591,10 +656,11 @@ class ServedStudy:
         else:
             _tell_with_warning(self.study, outcome.trial, state=TrialState[outcome.state])
 
-    def _count(self, number: int, state: str, values: list[float] | None, error: str | None) -> None:
+    def _count(self, number: int, state: str, values: list[float] | None, error: str | None,
+               feasible: bool = True) -> None:
         if state == "COMPLETE":
             self.n_complete += 1
-            self._track_best(number, values)
+            self._track_best(number, values, feasible)
         elif state == "PRUNED":
             self.n_pruned += 1
         else:
@@ -610,12 +676,14 @@ class ServedStudy:
         if patience is not None and self.since_improvement >= patience and self.stop_reason is None:
             self.stop_reason = "patience"
 
-    def _track_best(self, number: int, values: list[float] | None) -> None:
+    def _track_best(self, number: int, values: list[float] | None, feasible: bool = True) -> None:
+        """The best feasible value so far (as `Study.best_trial` picks it), and patience."""
         if values is None or len(self.config.study_directions) != 1:
             return
         value = values[0]
         maximize = self.config.study_directions[0] == "maximize"
-        better = self.best_value is None or (value > self.best_value if maximize else value < self.best_value)
+        better = feasible and (self.best_value is None or (
+            value > self.best_value if maximize else value < self.best_value))
         if better:
             self.best_value, self.best_number = value, number
             self.since_improvement = 0
@@ -643,7 +711,7 @@ class ServedStudy:
         (a journal has no heartbeat to tell us)."""
         storage = self.study._storage
         for trial in self.study.get_trials(deepcopy=False):
-            if trial.system_attrs.get(NOT_RUN_ATTR):
+            if trial.system_attrs.get(NOT_RUN_ATTR) or WARM_START_ATTR in trial.system_attrs:
                 continue
             if trial.state == TrialState.RUNNING and not trial.system_attrs.get(STARTED_ATTR):
                 self._mark_not_run(trial._trial_id)  # only held by a loop: a rerun samples afresh
@@ -691,6 +759,32 @@ class ServedStudy:
         self.backend.close()
         return ClosedStudy(self.study.get_trials(deepcopy=False), best_of(self.study))
 
+    def track_finished(self) -> None:
+        """Log the finish order from now on, after the trials already finished (history)."""
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        finished = self.study.get_trials(deepcopy=False, states=states)
+        self.finished_log = [t._trial_id for t in finished]
+        self.n_history = len(self.finished_log)
+
+    def finished_since(self, since: int) -> dict[str, Any]:
+        """The trials finished from position `since` of the finish order on, for the driver's
+        callbacks: `trials`, the next position `cursor`, and `history`, how many of them finished
+        before this run. An outcome the scheduling mode has not applied yet is shown as it will
+        be applied, so each trial is sent once, finished."""
+        assert self.finished_log is not None, "the driver did not ask for finished trials"
+        trials = [self._finished_trial(i) for i in self.finished_log[since:]]
+        history = max(0, self.n_history - since)
+        return {"trials": trials, "cursor": since + len(trials), "history": history}
+
+    def _finished_trial(self, trial_id: int) -> FrozenTrial:
+        trial = copy.copy(self.study._storage.get_trial(trial_id))
+        outcome = self.received.get(trial.number)
+        if outcome is not None and not trial.state.is_finished():
+            trial.state = TrialState[outcome.state]
+            trial.values = outcome.values if outcome.state == "COMPLETE" else None
+            trial.datetime_complete = datetime.now()
+        return trial
+
     def status(self) -> dict[str, Any]:
         done = self.decide() == "stop" and not self.leases
         return {
@@ -709,6 +803,28 @@ class ServedStudy:
         }
 
 
+def _user_attr_constraints(name: str, user_attrs: dict[str, Any],
+                           required: bool) -> dict[str, float]:
+    """`constraints: {user_attr: name}`: that user attr (a number or a list of numbers) as the
+    trial's constraints "0", "1", ..., as Optuna's `constraints_func` returning it gives them."""
+    if name not in user_attrs:
+        if not required:
+            return {}
+        raise ValueError(f"the study file's constraints.user_attr is {name!r}, but the objective "
+                         "set no such user attr")
+    raw = user_attrs[name]
+    items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) for v in items):
+        raise ValueError(f"constraints.user_attr {name!r} must be a number or a list of numbers "
+                         f"(not NaN), got {raw!r}")
+    return {f"{CONSTRAINT_PREFIX}{i}": float(v) for i, v in enumerate(items)}
+
+
+def _feasible(system_attrs: dict[str, Any]) -> bool:
+    """Every constraint in these system attributes is <= 0 (Optuna's feasibility)."""
+    return all(v <= 0 for k, v in system_attrs.items() if k.startswith(CONSTRAINT_PREFIX))
+
+
 @dataclass
 class ClosedStudy:
     """What a closed study hands back to the plugin, which sends its driver the trials table
@@ -721,13 +837,43 @@ class ClosedStudy:
 def best_of(study: optuna.Study) -> dict[str, Any]:
     """The best trial (one objective) or the Pareto front (several), as `best.json` holds them."""
     none = {"best_number": None, "best_values": None, "best_params": None}
-    if not any(t.values is not None for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+    # in a constrained study only feasible trials can be best, as `Study.best_trial` has it
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.values is not None and _feasible(t.system_attrs)]
+    own = [t for t in complete if WARM_START_ATTR not in t.system_attrs]
+    if not own:
         return none
+    if len(own) < len(complete):  # warm-start trials are an earlier study's, not this one's best
+        return _best_of_own(own, study.directions, none)
     if len(study.directions) == 1:
         best = study.best_trial
         return {"best_number": best.number, "best_values": best.values, "best_params": best.params}
     front = [{"number": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
     return none | {"pareto_front": front}
+
+
+def _best_of_own(
+    trials: list[FrozenTrial], directions: list[Any], none: dict[str, Any]
+) -> dict[str, Any]:
+    """`best_of` over these trials only: the first best one, or the non-dominated ones."""
+    minimize = optuna.study.StudyDirection.MINIMIZE
+    signs = np.array([1.0 if d == minimize else -1.0 for d in directions])
+    values = np.array([t.values for t in trials], dtype=float) * signs
+    if len(directions) == 1:
+        best = trials[int(np.argmin(values[:, 0]))]
+        return {"best_number": best.number, "best_values": best.values, "best_params": best.params}
+    front = [{"number": t.number, "values": t.values, "params": t.params}
+             for t, v in zip(trials, values)
+             if not ((values <= v).all(axis=1) & (values < v).any(axis=1)).any()]
+    return none | {"pareto_front": front}
+
+
+def _seed_new_study(study: optuna.Study, spec: StudySpec) -> None:
+    """A new journal starts with the `warm_start` history and then the `enqueue` trials, which
+    run first; a resumed journal has both already."""
+    study.add_trials(spec.warm_trials)
+    for params in spec.config.enqueue:
+        study.enqueue_trial(params)
 
 
 def open_study(spec: StudySpec) -> ServedStudy:
@@ -744,6 +890,8 @@ def open_study(spec: StudySpec) -> ServedStudy:
     existing = study._storage.get_n_trials(study._study_id)
     if existing:
         study.sampler = make_sampler(cfg, resumed_trials=existing)
+    else:
+        _seed_new_study(study, spec)
     n_trials = cfg.budget.n_trials
     if cfg.sampler.name == "grid":
         n_trials = min(n_trials, grid_size(cfg))  # the grid sampler revisits once exhausted
@@ -751,4 +899,6 @@ def open_study(spec: StudySpec) -> ServedStudy:
     store.load_index()
     served = ServedStudy(spec=spec, study=study, backend=backend, store=store, n_trials=n_trials)
     served.resume()
+    if spec.track_finished:
+        served.track_finished()
     return served

@@ -31,6 +31,8 @@ from typing import Any
 
 import optuna
 from distributed.diagnostics.plugin import SchedulerPlugin
+from optuna.distributions import distribution_to_json
+from optuna.trial import TrialState
 from distributed.utils import offload
 
 from studyflow._malloc import keep_freed_memory
@@ -44,7 +46,11 @@ from studyflow.tables import trials_frame
 _logger = logging.getLogger(__name__)
 
 SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
+# What `trial.study` on a worker may read (`trial.StudyView`); "summary": what never changes
+STUDY_VIEW_ATTRS = ("summary", "best_trial", "best_trials", "best_value", "best_params",
+                    "user_attrs", "trials")
 INLINE_S = 0.02  # serve a batch on the event loop when it should take less than this
+FINISHED_INLINE = 64  # finished trials pickled on the event loop for the driver's callbacks
 
 
 async def _inline_or_offloaded(served: ServedStudy, items: int, fn: Any, *args: Any) -> Any:
@@ -61,6 +67,34 @@ def _final_tables(served: ServedStudy, closed: ClosedStudy) -> bytes:
     the driver (12 ms at 2,000 trials, and a full garbage collection at 20,000)."""
     table = trials_frame(closed.trials, len(served.config.study_directions), served.store)
     return pickle.dumps(FinalTables(table, closed.best), protocol=5)
+
+
+def _pickled_finished(served: ServedStudy, since: int) -> dict[str, Any]:
+    reply = served.finished_since(since)
+    return reply | {"trials": pickle.dumps(reply["trials"], protocol=5)}
+
+
+def _suggested(served: ServedStudy, number: int, method: str, name: str,
+               kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A define-by-run parameter's value, with the distribution the server's trial keeps for
+    it (Optuna's JSON), for `trial.distributions` on the worker."""
+    value = served.suggest(number, method, name, kwargs)
+    distribution = served.leases[number].trial.distributions[name]
+    return {"value": value, "distribution": distribution_to_json(distribution)}
+
+
+def _study_view(study: optuna.Study, attr: str, states: list[str] | None) -> bytes:
+    """What `trial.study.<attr>` reads, pickled (trials are FrozenTrials). Optuna's own
+    errors (no trial complete yet, a multi-objective study's best_trial) go to the worker."""
+    if attr == "summary":
+        value: Any = {"study_name": study.study_name, "metric_names": study.metric_names,
+                      "directions": [d.name for d in study.directions]}
+    elif attr == "trials":
+        wanted = None if states is None else tuple(TrialState[s] for s in states)
+        value = study.get_trials(deepcopy=False, states=wanted)
+    else:
+        value = getattr(study, attr)
+    return pickle.dumps(value, protocol=5)
 
 
 @dataclass
@@ -117,9 +151,11 @@ class StudyServer(SchedulerPlugin):
                 "studyflow_suggest": self.suggest,
                 "studyflow_report": self.report,
                 "studyflow_should_prune": self.should_prune,
+                "studyflow_study_view": self.study_view,
                 "studyflow_status": self.status,
                 "studyflow_release_loop": self.release_loop,
                 "studyflow_close": self.close_study,
+                "studyflow_finished": self.finished,
             }
         )
 
@@ -290,8 +326,7 @@ class StudyServer(SchedulerPlugin):
             raise ValueError(f"studyflow: {method!r} is not a suggest method")
         served = self._get(study_id)
         async with served.lock:
-            value = await offload(served.suggest, number, method, name, kwargs)
-        return {"value": value}
+            return await offload(_suggested, served, number, method, name, kwargs)
 
     async def report(self, study_id: str, number: int, value: float, step: int) -> dict[str, Any]:
         served = self._get(study_id)
@@ -304,6 +339,19 @@ class StudyServer(SchedulerPlugin):
         async with served.lock:
             prune = await offload(served.should_prune, number)
         return {"prune": bool(prune)}
+
+    async def study_view(
+        self, study_id: str, attr: str, states: list[str] | None = None
+    ) -> dict[str, Any]:
+        """What `trial.study.<attr>` reads on a worker, pickled; the name and directions on
+        the event loop, the rest (a pass over the trials) off it."""
+        if attr not in STUDY_VIEW_ATTRS:
+            raise ValueError(f"studyflow: trial.study has no {attr!r} to read")
+        served = self._get(study_id)
+        async with served.lock:
+            if attr == "summary":
+                return {"value": _study_view(served.study, attr, states)}
+            return {"value": await offload(_study_view, served.study, attr, states)}
 
     async def release_loop(self, study_id: str, loop_id: str, error: str) -> dict[str, Any]:
         """A trial loop died (its task, key `loop_id`, errored): its trials go to other loops."""
@@ -332,8 +380,22 @@ class StudyServer(SchedulerPlugin):
             except asyncio.TimeoutError:
                 pass
 
-    async def close_study(self, study_id: str, reason: str | None = None) -> dict[str, Any]:
-        """Stop handing out trials; fail (and re-enqueue) running ones; close the journal."""
+    async def finished(self, study_id: str, since: int = 0) -> dict[str, Any]:
+        """The trials finished since position `since` of the study's finish order, for the
+        driver's callbacks (`ServedStudy.finished_since`; the study was opened with
+        `track_finished`). Many (the history, at the first call) are pickled off the event loop."""
+        served = self._get(study_id)
+        async with served.lock:
+            if len(served.finished_log or ()) - since > FINISHED_INLINE:
+                return await offload(_pickled_finished, served, since)
+            return _pickled_finished(served, since)
+
+    async def close_study(
+        self, study_id: str, reason: str | None = None, finished_since: int | None = None
+    ) -> dict[str, Any]:
+        """Stop handing out trials; fail (and re-enqueue) running ones; close the journal. With
+        `finished_since`, the reply also holds the trials finished since then (see `finished`):
+        those between the driver's last poll and the close."""
         served = self._studies.pop(study_id, None)
         self._freeze_baseline(bool(self._studies))
         if served is None:
@@ -341,7 +403,10 @@ class StudyServer(SchedulerPlugin):
         async with served.lock:
             closed = await offload(served.close, reason or "closed")
         served.notify()
-        return {"status": "closed", "result": await offload(_final_tables, served, closed)}
+        reply = {"status": "closed", "result": await offload(_final_tables, served, closed)}
+        if finished_since is not None:
+            reply["finished"] = await offload(_pickled_finished, served, finished_since)
+        return reply
 
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         try:

@@ -81,6 +81,8 @@ class StoredResult:
     params: dict[str, Any] = field(default_factory=dict)
     study: str | None = None
     number: int | None = None
+    # constraints and artifact records set on the trial: a trial answered from here gets them
+    system_attrs: dict[str, Any] = field(default_factory=dict)
 
 
 class TrialStore:
@@ -298,7 +300,7 @@ def referenced_keys(journal_dir: str | Path) -> set[str]:
     for journal in sorted(Path(journal_dir).glob("*.log")):
         storage = JournalStorage(JournalFileBackend(str(journal)))
         for study in storage.get_all_studies():
-            for trial in storage.get_all_trials(study._study_id, deepcopy=False):
+            for trial in storage.get_all_trials(storage.get_study_id_from_name(study.study_name), deepcopy=False):
                 if KEY_ATTR in trial.system_attrs:
                     keys.add(trial.system_attrs[KEY_ATTR])
     return keys

@@ -19,7 +19,9 @@ from studyflow.served_study import KEY_ATTR
 from studyflow.served_study import NOT_RUN_ATTR
 from studyflow.served_study import ERROR_ATTR
 from studyflow.served_study import RETRY_OF_ATTR
+from studyflow.served_study import WARM_START_ATTR
 from studyflow.served_study import WORKER_ATTR
+from studyflow.trial import CONSTRAINT_PREFIX
 
 
 @dataclass
@@ -33,12 +35,13 @@ class FinalTables:
 
 def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore | None = None) -> pd.DataFrame:
     """One row per trial: number, state, value(s), params_<name>, times, worker, error, key,
-    cached, artifacts (the trial's folder in the store, if it wrote one), user attrs. Trials
-    sampled but never run (held by a loop when the study stopped) are left out."""
+    cached, artifacts (the trial's folder in the store, if it wrote one), user attrs, and
+    constraints_<key> in a constrained study. Trials sampled but never run (held by a loop when
+    the study stopped) and an earlier study's trials copied in by `warm_start` are left out."""
     rows = []
     with_artifacts = store.keys_with_artifacts() if store is not None else set()
     for t in trials:
-        if t.system_attrs.get(NOT_RUN_ATTR):
+        if t.system_attrs.get(NOT_RUN_ATTR) or WARM_START_ATTR in t.system_attrs:
             continue
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         values = t.values if t.values is not None else [None] * n_objectives
@@ -62,6 +65,8 @@ def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore
         row["cached"] = bool(t.system_attrs.get(CACHED_ATTR, False))
         row["artifacts"] = str(store.artifacts_dir(row["key"])) if row["key"] in with_artifacts else None
         row.update({f"user_attrs_{k}": v for k, v in t.user_attrs.items()})
+        row.update({f"constraints_{k.removeprefix(CONSTRAINT_PREFIX)}": v
+                    for k, v in t.system_attrs.items() if k.startswith(CONSTRAINT_PREFIX)})
         rows.append(row)
     value_cols = ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
     # A study stopped before any trial ran still gets its columns (filters on them work).

@@ -2,21 +2,43 @@
 
 Parameters from the study file's search space arrive with the ask, so `trial.suggest_*` for
 them answers locally; a name not in the study file is suggested define-by-run, one RPC to the
-study server each. User attributes travel with the tell.
+study server each. User attributes, constraints and artifact records travel with the tell.
+`trial.study` is a read-only view of the study the server holds, fetched when read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import numbers
+import pickle
+import warnings
+from collections.abc import Container
 from collections.abc import Sequence
 from concurrent.futures import Future
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import optuna
 from distributed import get_worker
 from distributed.utils import sync
+from optuna.distributions import BaseDistribution
+from optuna.distributions import json_to_distribution
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from studyflow.errors import ReadOnlyStudyError
+
+CONSTRAINT_PREFIX = "constraints:"  # Optuna's system attr per constraint (`Trial.set_constraint`)
+ARTIFACT_PREFIX = "artifacts:"  # `optuna.artifacts.upload_artifact`'s record of an artifact
+# The system attributes an objective may set on its trial: the server sets them before the tell.
+WORKER_SYSTEM_ATTRS = (CONSTRAINT_PREFIX, ARTIFACT_PREFIX)
+_TRIAL_API = ("suggest_float/int/categorical, report, should_prune, set_user_attr, set_constraint,"
+              " params, distributions, user_attrs, constraints, number, datetime_start, study;"
+              " and studyflow's key, seed, artifact_dir")
 
 
 class ServerConnection:
@@ -26,6 +48,7 @@ class ServerConnection:
         self.worker = get_worker()
         self.address = self.worker.address
         self.study_id = study_id
+        self._view: StudyView | None = None
 
     def call(self, op: str, **kwargs: Any) -> dict[str, Any]:
         handler = getattr(self.worker.scheduler, f"studyflow_{op}")
@@ -38,9 +61,21 @@ class ServerConnection:
             handler(study_id=self.study_id, **kwargs), self.worker.loop.asyncio_loop
         )
 
+    def study_view(self) -> StudyView:
+        """One view per loop: it keeps what never changes (name, directions) between trials."""
+        if self._view is None:
+            self._view = StudyView(self)
+        return self._view
 
-class RemoteTrial:
-    """The worker-side twin of `optuna.Trial` for one running trial."""
+
+class RemoteTrial(optuna.trial.Trial):
+    """The worker-side twin of `optuna.Trial` for one running trial.
+
+    A subclass of `optuna.Trial` (its constructor, which needs the study, is not called), so
+    code that checks `isinstance(trial, optuna.Trial)`, such as
+    `optuna.artifacts.upload_artifact`, takes it for one. Every public member of `optuna.Trial`
+    is answered here or by the study server; anything else raises an error naming studyflow.
+    """
 
     def __init__(
         self,
@@ -52,21 +87,90 @@ class RemoteTrial:
         key: str = "",
         seed: int = 0,
         artifact_dir: str | None = None,
+        distributions: dict[str, str] | None = None,
+        datetime_start: str | None = None,
     ) -> None:
         self._conn = conn
         self._number = number
+        self._trial_id = None  # no storage id here: Optuna's helpers pass it to `storage`, unread
         self._params = dict(params)
+        # Optuna's JSON per parameter, decoded when first read (most objectives never do)
+        self._distribution_json = dict(distributions or {})
+        self._decoded: dict[str, BaseDistribution] = {}
+        self._datetime_start = datetime_start
         self.key = key  # the trial's content address in the trial store
         self.seed = seed  # derived from the key: seed your model with it for reproducible trials
         self._artifact_dir = artifact_dir
         self.used_artifact_dir = False  # told to the server: it moves the staged files only then
         self._user_attrs: dict[str, Any] = {}
+        self._system_attrs: dict[str, Any] = {}  # constraints and artifact records, for the tell
         self.data = data
         self.settings = dict(settings or {})
+
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for what this class lacks: say so, and what there is instead."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        hint = _MISSING_HINTS.get(name, f"it offers {_TRIAL_API}")
+        raise AttributeError(f"studyflow: the trial an objective gets on a worker (RemoteTrial) "
+                             f"has no {name!r}: {hint}")
+
+    # --- what the trial is ---
 
     @property
     def number(self) -> int:
         return self._number
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    @property
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Every parameter's distribution: the study file's arrive with the trial, a
+        define-by-run one with its value."""
+        for name, text in self._distribution_json.items():
+            if name not in self._decoded:
+                self._decoded[name] = json_to_distribution(text)
+        return copy.deepcopy(self._decoded)
+
+    @property
+    def datetime_start(self) -> datetime | None:
+        """When the study server started the trial (as the journal has it)."""
+        started = self._datetime_start
+        return None if started is None else datetime.fromisoformat(started)
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        return dict(self._user_attrs)
+
+    @property
+    def constraints(self) -> dict[str, float]:
+        n = len(CONSTRAINT_PREFIX)
+        return {k[n:]: v for k, v in self._system_attrs.items() if k.startswith(CONSTRAINT_PREFIX)}
+
+    @property
+    def recorded_system_attrs(self) -> dict[str, Any]:
+        """The system attributes set on this trial (constraints, artifact records): the trial
+        loop sends them with the outcome."""
+        return dict(self._system_attrs)
+
+    @property
+    def study(self) -> StudyView:
+        """A read-only view of the study on the server (`StudyView`)."""
+        return self._conn.study_view()
+
+    @property
+    def storage(self) -> WorkerTrialStorage:
+        """Stands in for Optuna's storage where Optuna's helpers write to a trial through it
+        (`optuna.artifacts.upload_artifact`): it records what they set, for the tell."""
+        return WorkerTrialStorage(self)
+
+    @property
+    def relative_params(self) -> dict[str, Any]:
+        raise NotImplementedError(
+            "studyflow: relative_params are the sampler's, on the study server, and are applied "
+            "when the trial is asked; trial.params holds every parameter the trial has")
 
     @property
     def artifact_dir(self) -> Path:
@@ -78,40 +182,225 @@ class RemoteTrial:
         self.used_artifact_dir = True
         return path
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self._params)
+    # --- suggesting ---
 
-    @property
-    def user_attrs(self) -> dict[str, Any]:
-        return dict(self._user_attrs)
-
-    def _suggest(self, method: str, name: str, **kwargs: Any) -> Any:
+    def _remote_suggest(self, method: str, name: str, **kwargs: Any) -> Any:
         if name in self._params:  # from the study file's space, or suggested before
             return self._params[name]
-        reply = self._conn.call("suggest", number=self._number, method=method, name=name, kwargs=kwargs)
+        reply = self._conn.call("suggest", number=self._number, method=method, name=name,
+                                kwargs=kwargs)
         self._params[name] = reply["value"]
+        if reply.get("distribution") is not None:
+            self._distribution_json[name] = reply["distribution"]
         return reply["value"]
 
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float:
-        return self._suggest("suggest_float", name, low=low, high=high, step=step, log=log)
+        return self._remote_suggest("suggest_float", name, low=low, high=high, step=step, log=log)
 
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return self._suggest("suggest_int", name, low=low, high=high, step=step, log=log)
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        return self._remote_suggest("suggest_int", name, low=low, high=high, step=step, log=log)
 
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self._suggest("suggest_categorical", name, choices=list(choices))
+    def suggest_categorical(  # type: ignore[override]
+        self, name: str, choices: Sequence[Any]
+    ) -> Any:
+        return self._remote_suggest("suggest_categorical", name, choices=list(choices))
+
+    # suggest_uniform, suggest_loguniform and suggest_discrete_uniform are optuna.Trial's own:
+    # they warn that they are deprecated and call suggest_float above.
+
+    # --- pruning, attributes, constraints ---
 
     def report(self, value: float, step: int) -> None:
-        self._conn.call("report", number=self._number, value=float(value), step=int(step))
+        """Checked here as Optuna checks it; the server's trial records it for the pruner."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"The `value` argument is of type '{type(value)}' but supposed to be a float."
+            ) from None
+        try:
+            step = int(step)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"The `step` argument is of type '{type(step)}' but supposed to be an int."
+            ) from None
+        if step < 0:
+            raise ValueError(f"`{step=}` must be non-negative.")
+        self._conn.call("report", number=self._number, value=value, step=step)
 
     def should_prune(self) -> bool:
         return bool(self._conn.call("should_prune", number=self._number)["prune"])
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self._user_attrs[key] = value
+
+    def set_constraint(self, key: str, value: float) -> None:
+        """As `optuna.Trial.set_constraint`; the server sets it on its trial before the tell,
+        so the sampler (TPE, NSGA-II, GP) and `best_trial` see it."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"The `value` argument is of type '{type(value)}' but supposed to be a float."
+            ) from None
+        if math.isnan(value):
+            raise ValueError(f"Attempted to set a constraint for {key!r}, but NaN is not allowed.")
+        attr = f"{CONSTRAINT_PREFIX}{key}"
+        if attr in self._system_attrs:
+            warnings.warn(f"The constraint value is ignored because this constraint `{key=}` is "
+                          "already set.", stacklevel=2)
+            return
+        self._system_attrs[attr] = value
+
+    def _set_system_attr(self, key: str, value: Any) -> None:
+        if not key.startswith(WORKER_SYSTEM_ATTRS):
+            raise NotImplementedError(
+                f"studyflow: an objective cannot set system attribute {key!r} on its trial (only "
+                f"constraints and artifact records); use trial.set_user_attr")
+        self._system_attrs[key] = value
+
+
+class WorkerTrialStorage:
+    """`trial.storage` on a worker: records the system attributes Optuna's helpers write to the
+    trial (`optuna.artifacts.upload_artifact` writes the file to its artifact store first, then
+    its record here), which the server sets on its trial before the tell."""
+
+    def __init__(self, trial: RemoteTrial) -> None:
+        self._trial = trial
+
+    def set_trial_system_attr(self, trial_id: int | None, key: str, value: Any) -> None:
+        self._trial._set_system_attr(key, value)
+
+    def get_trial_system_attrs(self, trial_id: int | None) -> dict[str, Any]:
+        return self._trial.recorded_system_attrs
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"studyflow: a trial on a worker has no Optuna storage ({name!r}): the study server "
+            "holds the study; use the trial's own methods, or trial.study to read the study")
+
+
+_MISSING_HINTS = {
+    "system_attrs": "Optuna 5's Trial has none either; use trial.user_attrs "
+                    "(or trial.constraints)",
+    "set_system_attr": "Optuna 5's Trial has none either; use trial.set_user_attr "
+                       "(or trial.set_constraint)",
+    "relative_search_space": "relative sampling runs on the study server when the trial is "
+                             "asked; trial.distributions has every parameter's distribution",
+}
+
+
+_STUDY_HINTS = {
+    "set_user_attr": "record per-trial facts with trial.set_user_attr",
+    "enqueue_trial": "enqueue trials from the driver (optuna.load_study on the journal "
+                     "between runs), not from an objective",
+}
+_MUTATING = ("optimize", "ask", "tell", "enqueue_trial", "add_trial", "add_trials",
+             "set_user_attr", "set_system_attr", "stop", "set_metric_names")
+
+
+class StudyView:
+    """`trial.study` on a worker: a read-only view of the study the server holds.
+
+    Every read asks the server (under the study's lock), so it sees the study as it is then;
+    what never changes (name, directions, metric names) is asked once per trial loop. A call
+    that would change the study raises `ReadOnlyStudyError`: only the server changes it.
+    """
+
+    def __init__(self, conn: ServerConnection) -> None:
+        self._conn = conn
+        self._summary: dict[str, Any] | None = None
+
+    def _fetch(self, attr: str, **kwargs: Any) -> Any:
+        return pickle.loads(self._conn.call("study_view", attr=attr, **kwargs)["value"])
+
+    def _static(self, name: str) -> Any:
+        if self._summary is None:
+            self._summary = self._fetch("summary")
+        return self._summary[name]
+
+    @property
+    def study_name(self) -> str:
+        return self._static("study_name")
+
+    @property
+    def directions(self) -> list[StudyDirection]:
+        return [StudyDirection[d] for d in self._static("directions")]
+
+    @property
+    def direction(self) -> StudyDirection:
+        directions = self.directions
+        if len(directions) > 1:
+            raise RuntimeError(
+                "A single direction cannot be retrieved from a multi-objective study. Consider "
+                "using Study.directions to retrieve a list containing all directions.")
+        return directions[0]
+
+    @property
+    def metric_names(self) -> list[str] | None:
+        return self._static("metric_names")
+
+    def _is_multi_objective(self) -> bool:  # what Optuna's integrations ask a study
+        return len(self._static("directions")) > 1
+
+    @property
+    def best_trial(self) -> FrozenTrial:
+        return self._fetch("best_trial")
+
+    @property
+    def best_trials(self) -> list[FrozenTrial]:
+        return self._fetch("best_trials")
+
+    @property
+    def best_value(self) -> float:
+        return self._fetch("best_value")
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return self._fetch("best_params")
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        return self._fetch("user_attrs")
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        """As `optuna.Study.get_trials` (each call fetches them; `deepcopy` is moot here)."""
+        names = None if states is None else [s.name for s in TrialState if s in states]
+        return self._fetch("trials", states=names)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in _MUTATING:
+            return _refuse(name)
+        raise AttributeError(
+            f"studyflow: trial.study on a worker is a read-only view of the study; it has no "
+            f"{name!r} (it offers study_name, directions, direction, metric_names, best_trial, "
+            "best_trials, best_value, best_params, user_attrs, trials, get_trials)")
+
+
+def _refuse(name: str) -> Any:
+    """A stand-in for a study method that would change the study: calling it says why not."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        hint = _STUDY_HINTS.get(name, "the driver and the study file decide what the study runs")
+        raise ReadOnlyStudyError(
+            f"studyflow: trial.study.{name}() would change the study, but on a worker trial.study "
+            f"is a read-only view (the study server alone changes the study); {hint}")
+
+    return refuse
 
 
 def check_result(result: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:
