@@ -3,9 +3,10 @@
 Optuna and distributed do not promise these names between releases, so the rest of studyflow
 reaches them only through this module, which checks at import that the installed versions are
 ones the code was written and tested against, and fails with one line naming the supported
-range otherwise. Two classes extend Optuna's own and so use their parents' private members:
-`tpe.CachedFitTPESampler` (`TPE_SAMPLER_MEMBERS`) and `journal.ServerJournalStorage`
-(`JOURNAL_STORAGE_MEMBERS`); those are listed here and checked at import too.
+range otherwise. Three classes extend Optuna's own and so use their parents' private members:
+`tpe.CachedFitTPESampler` (`TPE_SAMPLER_MEMBERS`), `journal.ServerJournalStorage`
+(`JOURNAL_STORAGE_MEMBERS`), both checked at import too, and `trial.RemoteTrial`
+(`TRIAL_MEMBERS`).
 `tests/test_compat.py` pins all of it.
 """
 
@@ -44,6 +45,9 @@ TPE_SAMPLER_MEMBERS = (
 )
 # What ServerJournalStorage uses of JournalStorage beyond its public API.
 JOURNAL_STORAGE_MEMBERS = ("_thread_lock", "_sync_with_backend", "_replay_result")
+# What RemoteTrial sets of optuna.Trial without calling its constructor: the id that
+# `optuna.artifacts.upload_artifact` passes to the trial's storage.
+TRIAL_MEMBERS = ("_trial_id",)
 
 
 def _release(text: str) -> tuple[int, int]:

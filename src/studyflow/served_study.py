@@ -33,11 +33,14 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import distribution_to_json
-from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from studyflow._compat import fresh_trials_view
+from studyflow._compat import storage_of
+from studyflow._compat import study_id_of
+from studyflow._compat import tell
+from studyflow._compat import trial_id_of
 from studyflow.config import REPRODUCIBLE_ONLY
 from studyflow.config import StudyConfig
 from studyflow.journal import ServerJournalStorage
@@ -243,7 +246,7 @@ class ServedStudy:
         waiting = self._waiting()
         if waiting:
             return min(t.number for t in waiting)
-        return self.study._storage.get_n_trials(self.study._study_id)
+        return storage_of(self.study).get_n_trials(study_id_of(self.study))
 
     def _blocked_by_window(self) -> bool:
         """Reproducible mode: trial i waits until every trial up to i - c has finished."""
@@ -381,7 +384,7 @@ class ServedStudy:
     def _mark_started(self, lease: _Lease) -> None:
         """Journaled, so a resume after a hard kill retries a begun trial and drops a held one."""
         lease.started = time.monotonic()
-        self.study._storage.set_trial_system_attr(lease.trial._trial_id, STARTED_ATTR, True)
+        storage_of(self.study).set_trial_system_attr(trial_id_of(lease.trial), STARTED_ATTR, True)
 
     def _drop_lease(self, number: int) -> _Lease | None:
         lease = self.leases.pop(number, None)
@@ -409,11 +412,11 @@ class ServedStudy:
             self.ready.append(trial)
 
     def _discard(self, trial: optuna.Trial) -> None:
-        self._mark_not_run(trial._trial_id)
+        self._mark_not_run(trial_id_of(trial))
         self._apply(_Outcome(trial, "FAIL", None))
 
     def _mark_not_run(self, trial_id: int) -> None:
-        storage = self.study._storage
+        storage = storage_of(self.study)
         storage.set_trial_system_attr(trial_id, ERROR_ATTR, NOT_RUN_ERROR)
         storage.set_trial_system_attr(trial_id, NOT_RUN_ATTR, True)
 
@@ -436,7 +439,7 @@ class ServedStudy:
                 if not self.define_by_run and self.leased_keys[key]:
                     self.followers.setdefault(key, []).append(trial)
                     continue
-            attempt = int(self.study._storage.get_trial_system_attrs(trial._trial_id).get(ATTEMPT_ATTR, 0))
+            attempt = int(storage_of(self.study).get_trial_system_attrs(trial_id_of(trial)).get(ATTEMPT_ATTR, 0))
             self._add_lease(_Lease(trial, key, worker, attempt, loop))
             params = trial.params
             started = trial.datetime_start
@@ -472,20 +475,20 @@ class ServedStudy:
             return self.one_record.create(params, {KEY_ATTR: key}), key
         trial = self.study.ask(self.space)
         key = trial_key(self.spec.key_base, trial.params)
-        self.study._storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
+        storage_of(self.study).set_trial_system_attr(trial_id_of(trial), KEY_ATTR, key)
         return trial, key
 
     def _waiting(self) -> list[FrozenTrial]:
         """Enqueued retries, which `Study.ask` hands out before sampling anew."""
-        return self.study._storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        return storage_of(self.study).get_all_trials(study_id_of(self.study), deepcopy=False, states=(TrialState.WAITING,))
 
     def _key(self, trial: optuna.Trial) -> str:
-        return self.study._storage.get_trial_system_attrs(trial._trial_id)[KEY_ATTR]
+        return storage_of(self.study).get_trial_system_attrs(trial_id_of(trial))[KEY_ATTR]
 
     def _answer_from_store(self, trial: optuna.Trial, stored: StoredResult) -> None:
         for key, value in stored.user_attrs.items():
             trial.set_user_attr(key, value)
-        storage = self.study._storage
+        storage = storage_of(self.study)
         try:
             attrs = self._system_attrs_to_set(stored.system_attrs, stored.user_attrs, "COMPLETE")
         except ValueError as exc:  # stored before the study file asked for constraints
@@ -493,8 +496,8 @@ class ServedStudy:
                             self.config.name, trial.number, exc)
             attrs = {}
         for key, value in attrs.items():
-            storage.set_trial_system_attr(trial._trial_id, key, value)
-        storage.set_trial_system_attr(trial._trial_id, CACHED_ATTR, True)
+            storage.set_trial_system_attr(trial_id_of(trial), key, value)
+        storage.set_trial_system_attr(trial_id_of(trial), CACHED_ATTR, True)
         self.n_cached += 1
         self._receive(_Outcome(trial, "COMPLETE", stored.values, cached=True,
                                feasible=_feasible(attrs)), None)
@@ -522,29 +525,29 @@ class ServedStudy:
         if lease is None:  # already failed as lost or timed out; the late answer is dropped
             return {"status": "stale"}
         trial = lease.trial
-        storage = self.study._storage
+        storage = storage_of(self.study)
         attrs: dict[str, Any] = {}
         try:
             for key, value in user_attrs.items():
                 trial.set_user_attr(key, value)
             attrs = self._system_attrs_to_set(system_attrs or {}, user_attrs, state)
             for key, value in attrs.items():
-                storage.set_trial_system_attr(trial._trial_id, key, value)
-            storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+                storage.set_trial_system_attr(trial_id_of(trial), key, value)
+            storage.set_trial_system_attr(trial_id_of(trial), WORKER_ATTR, worker)
             if duration_s is not None:
-                storage.set_trial_system_attr(trial._trial_id, DURATION_ATTR, duration_s)
+                storage.set_trial_system_attr(trial_id_of(trial), DURATION_ATTR, duration_s)
             if error:
-                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
+                storage.set_trial_system_attr(trial_id_of(trial), ERROR_ATTR, error)
         except Exception as exc:  # e.g. a user attr that is not JSON: fail the trial, not the loop
             _logger.exception("study %s: could not record trial %d", self.config.name, number)
             state, values, error = "FAIL", None, f"RecordError: {type(exc).__name__}: {exc}"
-            storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
+            storage.set_trial_system_attr(trial_id_of(trial), ERROR_ATTR, error)
         if state == "COMPLETE":
-            params = storage.get_trial_params(trial._trial_id)
+            params = storage.get_trial_params(trial_id_of(trial))
             # define-by-run params join the key; else they are the asked ones, keyed at the ask
             key = trial_key(self.spec.key_base, params) if self.define_by_run else lease.key
             if key != lease.key:
-                storage.set_trial_system_attr(trial._trial_id, KEY_ATTR, key)
+                storage.set_trial_system_attr(trial_id_of(trial), KEY_ATTR, key)
             self.store.put_later(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
                                               self.config.name, number, attrs),
                                  number if artifacts else None, lease.key)
@@ -580,8 +583,8 @@ class ServedStudy:
         """Mark a running trial FAIL and, for infrastructure errors, enqueue its retry."""
         lease = self._drop_lease(number)
         assert lease is not None
-        storage = self.study._storage
-        trial_id = lease.trial._trial_id
+        storage = storage_of(self.study)
+        trial_id = trial_id_of(lease.trial)
         storage.set_trial_system_attr(trial_id, WORKER_ATTR, lease.worker)
         storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
         self.store.discard_staging(lease.key, number)
@@ -623,7 +626,7 @@ class ServedStudy:
     def _receive(self, outcome: _Outcome, error: str | None) -> None:
         self.received[outcome.trial.number] = outcome
         if self.finished_log is not None:
-            self.finished_log.append(outcome.trial._trial_id)
+            self.finished_log.append(trial_id_of(outcome.trial))
         self._count(outcome.trial.number, outcome.state, outcome.values, error, outcome.feasible)
 
     def _apply_received(self, upto: int | None = None) -> None:
@@ -647,14 +650,11 @@ class ServedStudy:
         self.backend.flush_to_disk()
 
     def _apply(self, outcome: _Outcome) -> None:
-        # GridSampler.after_trial calls study.stop() once the grid is used up, which Optuna only
-        # allows inside optimize(); the server owns the budget, so mark this thread as inside.
         # `Study.tell` is this plus a deep copy of the told trial (0.1 ms), which nobody reads here.
-        self.study._thread_local.in_optimize_loop = True
         if outcome.state == "COMPLETE":
-            _tell_with_warning(self.study, outcome.trial, value_or_values=outcome.values)
+            tell(self.study, outcome.trial, values=outcome.values)
         else:
-            _tell_with_warning(self.study, outcome.trial, state=TrialState[outcome.state])
+            tell(self.study, outcome.trial, state=TrialState[outcome.state])
 
     def _count(self, number: int, state: str, values: list[float] | None, error: str | None,
                feasible: bool = True) -> None:
@@ -709,30 +709,31 @@ class ServedStudy:
         """Count what the journal holds. A trial left RUNNING by a killed run is completed from
         the store when its result got there, else failed and re-enqueued with its parameters
         (a journal has no heartbeat to tell us)."""
-        storage = self.study._storage
+        storage = storage_of(self.study)
         for trial in self.study.get_trials(deepcopy=False):
             if trial.system_attrs.get(NOT_RUN_ATTR) or WARM_START_ATTR in trial.system_attrs:
                 continue
             if trial.state == TrialState.RUNNING and not trial.system_attrs.get(STARTED_ATTR):
-                self._mark_not_run(trial._trial_id)  # only held by a loop: a rerun samples afresh
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                self._mark_not_run(trial_id_of(trial))  # only held by a loop: a rerun samples afresh
+                storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
                 continue
             self.n_resumed += trial.state != TrialState.WAITING
             self.define_by_run |= not set(trial.params) <= set(self.space)
             if trial.state == TrialState.RUNNING:
                 stored = self.store.get(trial.system_attrs.get(KEY_ATTR, ""))
                 if stored is not None and stored.state == "COMPLETE":
-                    storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, stored.values)
+                    storage.set_trial_state_values(trial_id_of(trial), TrialState.COMPLETE, stored.values)
                     self._count(trial.number, "COMPLETE", stored.values, None)
                     continue
                 error = "Interrupted: the run was stopped mid-trial"
-                storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, error)
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                storage.set_trial_system_attr(trial_id_of(trial), ERROR_ATTR, error)
+                storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
                 attempt = int(trial.system_attrs.get(ATTEMPT_ATTR, 0))
                 self._enqueue_retry(trial.params, trial.number, attempt + 1)
                 self.n_fail += 1
             elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-                self._count(trial.number, trial.state.name, trial.values, trial.system_attrs.get(ERROR_ATTR))
+                self._count(trial.number, trial.state.name, trial.values, trial.system_attrs.get(ERROR_ATTR),
+                            _feasible(trial.system_attrs))
         self.stop_reason = None  # a resumed run decides afresh (the budget may have grown)
         self.backend.flush_to_disk()
 
@@ -763,7 +764,7 @@ class ServedStudy:
         """Log the finish order from now on, after the trials already finished (history)."""
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         finished = self.study.get_trials(deepcopy=False, states=states)
-        self.finished_log = [t._trial_id for t in finished]
+        self.finished_log = [trial_id_of(t) for t in finished]
         self.n_history = len(self.finished_log)
 
     def finished_since(self, since: int) -> dict[str, Any]:
@@ -777,7 +778,7 @@ class ServedStudy:
         return {"trials": trials, "cursor": since + len(trials), "history": history}
 
     def _finished_trial(self, trial_id: int) -> FrozenTrial:
-        trial = copy.copy(self.study._storage.get_trial(trial_id))
+        trial = copy.copy(storage_of(self.study).get_trial(trial_id))
         outcome = self.received.get(trial.number)
         if outcome is not None and not trial.state.is_finished():
             trial.state = TrialState[outcome.state]
@@ -887,7 +888,7 @@ def open_study(spec: StudySpec) -> ServedStudy:
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
-    existing = study._storage.get_n_trials(study._study_id)
+    existing = storage_of(study).get_n_trials(study_id_of(study))
     if existing:
         study.sampler = make_sampler(cfg, resumed_trials=existing)
     else:

@@ -33,8 +33,8 @@ import optuna
 from distributed.diagnostics.plugin import SchedulerPlugin
 from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
-from distributed.utils import offload
 
+from studyflow._compat import offload
 from studyflow._malloc import keep_freed_memory
 from studyflow.served_study import ClosedStudy
 from studyflow.served_study import ServedStudy

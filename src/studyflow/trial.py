@@ -23,13 +23,13 @@ from typing import Any
 
 import optuna
 from distributed import get_worker
-from distributed.utils import sync
 from optuna.distributions import BaseDistribution
 from optuna.distributions import json_to_distribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from studyflow._compat import sync
 from studyflow.errors import ReadOnlyStudyError
 
 CONSTRAINT_PREFIX = "constraints:"  # Optuna's system attr per constraint (`Trial.set_constraint`)
