@@ -216,12 +216,7 @@ class RemoteTrial(optuna.trial.Trial):
 
     def report(self, value: float, step: int) -> None:
         """Checked here as Optuna checks it; the server's trial records it for the pruner."""
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"The `value` argument is of type '{type(value)}' but supposed to be a float."
-            ) from None
+        value = _as_float(value)
         try:
             step = int(step)
         except (TypeError, ValueError):
@@ -241,12 +236,7 @@ class RemoteTrial(optuna.trial.Trial):
     def set_constraint(self, key: str, value: float) -> None:
         """As `optuna.Trial.set_constraint`; the server sets it on its trial before the tell,
         so the sampler (TPE, NSGA-II, GP) and `best_trial` see it."""
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"The `value` argument is of type '{type(value)}' but supposed to be a float."
-            ) from None
+        value = _as_float(value)
         if math.isnan(value):
             raise ValueError(f"Attempted to set a constraint for {key!r}, but NaN is not allowed.")
         attr = f"{CONSTRAINT_PREFIX}{key}"
@@ -401,6 +391,14 @@ def _refuse(name: str) -> Any:
             f"is a read-only view (the study server alone changes the study); {hint}")
 
     return refuse
+
+
+def _as_float(value: Any) -> float:
+    """A `value` argument as Optuna's `report` and `set_constraint` take it, with its error."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"The `value` argument is of type '{type(value)}' but supposed to be a float.") from None
 
 
 def check_result(result: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:
