@@ -29,8 +29,8 @@ import optuna
 from overhead import run_studyflow  # the same runs as benchmarks/overhead.py: optimize() alone is timed
 from overhead import run_task_per_trial
 from studyflow import optimize
-from studyflow.cluster import connect
-from studyflow.tpe import CachedFitTPESampler
+from studyflow.driver import connect
+from studyflow.optuna_ext import CachedFitTPESampler
 
 SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
 
@@ -161,7 +161,7 @@ def _studyflow_after_history_ms(frozen: list, new: int, prefetch: int | None = N
 
     from studyflow.config import load_study
     from studyflow.driver import ResultsLayout
-    from studyflow.driver import _key_base
+    from studyflow.driver._run import _key_base
 
     history = len(frozen)
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,7 @@ import cloudpickle
 
 import scheduling
 from studyflow import optimize
-from studyflow.cluster import connect
+from studyflow.driver import connect
 
 cloudpickle.register_pickle_by_value(scheduling)  # workers need not find the module
 BOWL = {"x": {"type": "float", "low": -10, "high": 10}, "y": {"type": "float", "low": -10, "high": 10}}

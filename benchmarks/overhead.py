@@ -18,7 +18,7 @@ from distributed import Client
 from distributed import as_completed
 
 from studyflow import optimize
-from studyflow.cluster import connect
+from studyflow.driver import connect
 
 
 def instant(trial):

@@ -19,8 +19,8 @@ import optuna
 from plotly.offline import get_plotlyjs
 
 from studyflow import optimize
-from studyflow.cluster import connect
-from studyflow.report import write_report
+from studyflow.driver import connect
+from studyflow.outputs import write_report
 
 SPACE = {f"p{i}": {"type": "float", "low": 0, "high": 1} for i in range(4)}
 SPACE["kind"] = {"type": "categorical", "choices": ["a", "b", "c"]}

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from studyflow import optimize
-from studyflow.cluster import connect
+from studyflow.driver import connect
 
 BRANIN_MIN = 0.397887
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(TESTS))
 @pytest.fixture(scope="session")
 def client4():
     """A real 4-worker LocalCluster (one process each), shared by the engine tests."""
-    from studyflow.cluster import connect
+    from studyflow.driver import connect
 
     with connect(4) as client:
         yield client

@@ -76,7 +76,7 @@ def test_the_private_names_compat_takes_are_the_pinned_set():
 def test_no_other_module_takes_a_private_optuna_or_distributed_name():
     own = _own_private_names()
     # a subclass reaches its parent's members, declared in _compat
-    parents = {"tpe.py": TPE_MEMBERS, "journal.py": JOURNAL_MEMBERS}
+    parents = {"_tpe.py": TPE_MEMBERS, "_journal.py": JOURNAL_MEMBERS}
     for path in sorted(SRC.rglob("*.py")):
         if path.name == "_compat.py":
             continue
@@ -87,14 +87,14 @@ def test_no_other_module_takes_a_private_optuna_or_distributed_name():
 def test_the_remote_trial_sets_only_the_trial_member_compat_declares():
     """`optuna.artifacts.upload_artifact` reads `trial._trial_id`: the one member of
     `optuna.Trial` that RemoteTrial sets without calling its constructor."""
-    trial_members = set(re.findall(r"self\.(_\w+) = ", (SRC / "trial.py").read_text()))
+    trial_members = set(re.findall(r"self\.(_\w+) = ", (SRC / "worker/_trial.py").read_text()))
     assert trial_members & set(_compat.TRIAL_MEMBERS) == {"_trial_id"} == set(_compat.TRIAL_MEMBERS)
 
 
 def test_the_subclasses_use_only_the_parent_members_compat_declares():
-    tpe_used = set(re.findall(r"(?:self|TPESampler)\.(_\w+)", (SRC / "tpe.py").read_text()))
+    tpe_used = set(re.findall(r"(?:self|TPESampler)\.(_\w+)", (SRC / "optuna_ext/_tpe.py").read_text()))
     assert tpe_used & set(dir(TPESampler(seed=0))) <= TPE_MEMBERS | {"_sample"}
-    journal_used = set(re.findall(r"self\.(_\w+)", (SRC / "journal.py").read_text()))
+    journal_used = set(re.findall(r"self\.(_\w+)", (SRC / "optuna_ext/_journal.py").read_text()))
     parent = _compat.JournalStorage(_compat._EmptyJournal())
     assert journal_used & set(vars(parent)) | (journal_used & set(dir(type(parent)))) <= JOURNAL_MEMBERS
 

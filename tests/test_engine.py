@@ -89,7 +89,7 @@ def test_a_python_callable_objective(client4, tmp_path):
 def test_workers_run_one_blas_openmp_thread_even_when_snakemake_exports_more(monkeypatch):
     import os
 
-    from studyflow.cluster import connect
+    from studyflow.driver import connect
 
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(name, "8")  # what `snakemake -c8` exports to the optimize job
@@ -107,8 +107,8 @@ def _profiled(dask_worker) -> bool:
 
 
 def test_local_workers_skip_dask_stack_profiling_unless_the_environment_asks_for_it(monkeypatch):
-    from studyflow.cluster import PROFILE_ENV_VAR
-    from studyflow.cluster import connect
+    from studyflow.driver import PROFILE_ENV_VAR
+    from studyflow.driver import connect
 
     monkeypatch.delenv(PROFILE_ENV_VAR, raising=False)
     with connect(1) as client:

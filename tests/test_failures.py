@@ -10,7 +10,7 @@ import pytest
 
 from studyflow import StudyAbortedError
 from studyflow import optimize
-from studyflow.cluster import connect
+from studyflow.driver import connect
 
 SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
 

@@ -10,12 +10,12 @@ import pytest
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-import studyflow.driver
+import studyflow.driver._run
 from studyflow import ConfigError
 from studyflow import load_study
 from studyflow import optimize
-from studyflow.served_study import WARM_START_ATTR
-from studyflow.warm_start import warm_trials
+from studyflow._attrs import WARM_START_ATTR
+from studyflow.optuna_ext import warm_trials
 
 SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -161,7 +161,7 @@ def test_a_bad_warm_start_fails_naming_the_key_before_any_cluster_starts(
     def no_cluster(*args, **kwargs):
         raise AssertionError("a cluster was started")
 
-    monkeypatch.setattr(studyflow.driver, "connect", no_cluster)
+    monkeypatch.setattr(studyflow.driver._run, "connect", no_cluster)
     path = tmp_path / "earlier"
     if kind == "not a journal":
         path.write_text("these are not Optuna's records\n")

@@ -11,9 +11,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from studyflow.journal import ServerJournalStorage
-from studyflow.journal import SingleWriterJournal
-from studyflow.random_ask import RandomInOneRecord
+from studyflow.optuna_ext import RandomInOneRecord
+from studyflow.optuna_ext import ServerJournalStorage
+from studyflow.optuna_ext import SingleWriterJournal
 
 STATES = [TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
 

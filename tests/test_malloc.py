@@ -12,8 +12,8 @@ import pytest
 # and each ask faulted ~500 pages in again (1.2 ms of system time per ask here).
 SCRIPT = """
 import resource, sys, threading, optuna
-from studyflow._malloc import keep_freed_memory
-from studyflow.tpe import CachedFitTPESampler
+from studyflow.optuna_ext import CachedFitTPESampler
+from studyflow.server import keep_freed_memory
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 if sys.argv[1] == "keep":
     assert keep_freed_memory()

@@ -16,8 +16,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from studyflow import optimize
-from studyflow.served_study import NOT_RUN_ATTR
-from studyflow.tpe import CachedFitTPESampler
+from studyflow._attrs import NOT_RUN_ATTR
+from studyflow.optuna_ext import CachedFitTPESampler
 
 SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from studyflow import optimize
-from studyflow.report import write_report
+from studyflow.outputs import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SPACE = {"x": {"type": "float", "low": 0, "high": 1}, "k": {"type": "int", "low": 1, "high": 3},

@@ -20,7 +20,7 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from studyflow.served_study import NOT_RUN_ATTR
+from studyflow._attrs import NOT_RUN_ATTR
 
 from conftest import REPO
 from conftest import TESTS

@@ -15,8 +15,8 @@ import yaml
 
 from conftest import REPO
 from studyflow import optimize
-from studyflow.cluster import connect
 from studyflow.config import ClusterConfig
+from studyflow.driver import connect
 
 
 def _slurm_up() -> str | None:

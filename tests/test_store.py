@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from studyflow import optimize
-from studyflow.cluster import connect
+from studyflow.driver import connect
 
 SPACE = {"x": {"type": "float", "low": 0, "high": 1}, "y": {"type": "float", "low": 0, "high": 1}}
 TIMING = ["datetime_start", "datetime_complete", "duration_s", "worker", "cached", "artifacts"]
@@ -162,7 +162,7 @@ def test_artifacts_are_kept_under_the_trials_key(client4, tmp_path):
         assert folder.name == "artifacts" and folder.parent.name == row.key
         assert (folder / "model.txt").read_text().startswith(str(row.params_x))
     assert not list(tmp_path.glob(".store/trials/*/*/.staging-*"))
-    from studyflow.tables import summarize
+    from studyflow.outputs import summarize
 
     result.write(tmp_path / "studies/study")
     _, _, artifacts = summarize([tmp_path / "studies/study"])
@@ -209,8 +209,8 @@ def test_a_torn_last_result_line_is_skipped_and_gc_keeps_what_journals_refer_to(
 
 
 def test_a_study_stopped_before_any_trial_ran_still_writes_a_trials_table_with_its_columns(tmp_path):
-    from studyflow.tables import trials_frame
-    from studyflow.tables import write_parquet
+    from studyflow.outputs import trials_frame
+    from studyflow.outputs import write_parquet
 
     path = write_parquet(trials_frame([], 2), tmp_path / "trials.parquet")
     table = pd.read_parquet(path)

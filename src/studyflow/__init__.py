@@ -9,9 +9,9 @@ from studyflow.errors import DataError
 from studyflow.errors import ObjectiveError
 from studyflow.errors import ReadOnlyStudyError
 from studyflow.errors import StudyAbortedError
-from studyflow.errors import StudyflowError
 from studyflow.errors import StudyLockedError
-from studyflow.trial import RemoteTrial
+from studyflow.errors import StudyflowError
+from studyflow.worker import RemoteTrial
 
 __all__ = [
     "ConfigError",

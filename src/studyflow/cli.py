@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from studyflow._io import atomic_write
+from studyflow.config import DEFAULT_CONFIG
+from studyflow.config import WorkflowConfig
 from studyflow.driver import ResultsLayout
 from studyflow.errors import StudyflowError
-from studyflow.workflow import DEFAULT_CONFIG
-from studyflow.workflow import WorkflowConfig
 
 _logger = logging.getLogger("studyflow.cli")
 
@@ -52,8 +52,8 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
     cfg = load_study(args.study, args.overrides, defaults=workflow.study_defaults())
     workflow.check_dataset(cfg)
     if args.dry_run:
-        from studyflow.cluster import describe
-        from studyflow.objective import search_paths
+        from studyflow.driver import describe
+        from studyflow.worker import search_paths
 
         sys.stdout.write(cfg.to_yaml())
         if args.address:
@@ -90,9 +90,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from studyflow.report import write_index
-    from studyflow.tables import summarize
-    from studyflow.tables import write_parquet
+    from studyflow.outputs import summarize
+    from studyflow.outputs import write_index
+    from studyflow.outputs import write_parquet
 
     _setup_logging()
     dirs = [Path(d) for d in args.study_dirs]
@@ -107,7 +107,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from studyflow.report import write_report
+    from studyflow.outputs import write_report
 
     from studyflow.config import load_study
 

@@ -4,8 +4,8 @@ import shlex
 
 from snakemake.utils import validate
 
-from studyflow.workflow import WorkflowConfig
-from studyflow.workflow import job_runtime_minutes
+from studyflow.config import WorkflowConfig
+from studyflow.config import job_runtime_minutes
 
 validate(config, "../schemas/config.schema.yaml")
 

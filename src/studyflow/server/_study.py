@@ -36,6 +36,19 @@ from optuna.distributions import distribution_to_json
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from studyflow._attrs import ATTEMPT_ATTR
+from studyflow._attrs import CACHED_ATTR
+from studyflow._attrs import CONSTRAINT_PREFIX
+from studyflow._attrs import DURATION_ATTR
+from studyflow._attrs import ERROR_ATTR
+from studyflow._attrs import KEY_ATTR
+from studyflow._attrs import NOT_RUN_ATTR
+from studyflow._attrs import NOT_RUN_ERROR
+from studyflow._attrs import RETRY_OF_ATTR
+from studyflow._attrs import STARTED_ATTR
+from studyflow._attrs import WARM_START_ATTR
+from studyflow._attrs import WORKER_ATTR
+from studyflow._attrs import WORKER_SYSTEM_ATTRS
 from studyflow._compat import fresh_trials_view
 from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
@@ -43,40 +56,24 @@ from studyflow._compat import tell
 from studyflow._compat import trial_id_of
 from studyflow.config import REPRODUCIBLE_ONLY
 from studyflow.config import StudyConfig
-from studyflow.journal import ServerJournalStorage
-from studyflow.journal import SingleWriterJournal
-from studyflow.random_ask import RandomInOneRecord
-from studyflow.space import HISTORY_FREE_SAMPLERS
-from studyflow.space import distributions
-from studyflow.space import grid_size
-from studyflow.space import make_pruner
-from studyflow.space import make_sampler
+from studyflow.optuna_ext import HISTORY_FREE_SAMPLERS
+from studyflow.optuna_ext import RandomInOneRecord
+from studyflow.optuna_ext import ServerJournalStorage
+from studyflow.optuna_ext import SingleWriterJournal
+from studyflow.optuna_ext import distributions
+from studyflow.optuna_ext import grid_size
+from studyflow.optuna_ext import make_pruner
+from studyflow.optuna_ext import make_sampler
 from studyflow.store import StoredResult
 from studyflow.store import TrialStore
 from studyflow.store import trial_key
 from studyflow.store import trial_seed
-from studyflow.trial import CONSTRAINT_PREFIX
-from studyflow.trial import WORKER_SYSTEM_ATTRS
+
 
 _logger = logging.getLogger(__name__)
 
-ERROR_ATTR = "studyflow:error"
-WORKER_ATTR = "studyflow:worker"
-ATTEMPT_ATTR = "studyflow:attempt"
-RETRY_OF_ATTR = "studyflow:retry_of"
-KEY_ATTR = "studyflow:key"
-CACHED_ATTR = "studyflow:cached"
-DURATION_ATTR = "studyflow:duration_s"  # the objective's own run time, measured on the worker
-# Sampled but never run (held by a loop when the study stopped): FAIL in the journal, as Optuna
-# cannot take back an ask, and left out of tables and counts.
-NOT_RUN_ATTR = "studyflow:not_run"
-NOT_RUN_ERROR = "Interrupted: not run before the study stopped"
-# An earlier study's finished trial, copied in by `warm_start` (its source journal and number):
-# history for the sampler, left out of this study's budget, counts, best and tables.
-WARM_START_ATTR = "studyflow:warm_start"
 # A stop reason that is the study file's fault: the driver raises it as a ConfigError.
 INVALID_STUDY = "invalid study: "
-STARTED_ATTR = "studyflow:started"  # the loop holding it has begun it (else it only holds it)
 # Failures caused by the infrastructure, not the objective: retried, and not counted against
 # `budget.max_failures`.
 INFRA_ERRORS = ("WorkerLost", "Interrupted")

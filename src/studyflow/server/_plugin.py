@@ -35,13 +35,13 @@ from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
 
 from studyflow._compat import offload
-from studyflow._malloc import keep_freed_memory
-from studyflow.served_study import ClosedStudy
-from studyflow.served_study import ServedStudy
-from studyflow.served_study import StudySpec
-from studyflow.served_study import open_study
-from studyflow.tables import FinalTables
-from studyflow.tables import trials_frame
+from studyflow.outputs import FinalTables
+from studyflow.outputs import trials_frame
+from studyflow.server._malloc import keep_freed_memory
+from studyflow.server._study import ClosedStudy
+from studyflow.server._study import ServedStudy
+from studyflow.server._study import StudySpec
+from studyflow.server._study import open_study
 
 _logger = logging.getLogger(__name__)
 

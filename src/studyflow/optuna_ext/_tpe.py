@@ -28,8 +28,8 @@ from optuna.trial import TrialState
 
 from studyflow._compat import ParzenEstimator
 from studyflow._compat import default_gamma
-from studyflow._compat import infeasible_trial_score
 from studyflow._compat import default_gamma_multiobjective
+from studyflow._compat import infeasible_trial_score
 from studyflow._compat import split_trials
 from studyflow._compat import storage_of
 from studyflow._compat import study_id_of

@@ -10,18 +10,18 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial
 
+from studyflow._attrs import ATTEMPT_ATTR
+from studyflow._attrs import CACHED_ATTR
+from studyflow._attrs import DURATION_ATTR
+from studyflow._attrs import ERROR_ATTR
+from studyflow._attrs import KEY_ATTR
+from studyflow._attrs import NOT_RUN_ATTR
+from studyflow._attrs import RETRY_OF_ATTR
+from studyflow._attrs import WARM_START_ATTR
+from studyflow._attrs import WORKER_ATTR
 from studyflow._io import atomic_write
 from studyflow.store import TrialStore
-from studyflow.served_study import ATTEMPT_ATTR
-from studyflow.served_study import CACHED_ATTR
-from studyflow.served_study import DURATION_ATTR
-from studyflow.served_study import KEY_ATTR
-from studyflow.served_study import NOT_RUN_ATTR
-from studyflow.served_study import ERROR_ATTR
-from studyflow.served_study import RETRY_OF_ATTR
-from studyflow.served_study import WARM_START_ATTR
-from studyflow.served_study import WORKER_ATTR
-from studyflow.trial import CONSTRAINT_PREFIX
+from studyflow.worker import CONSTRAINT_PREFIX
 
 
 @dataclass

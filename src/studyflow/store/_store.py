@@ -294,7 +294,7 @@ def referenced_keys(journal_dir: str | Path) -> set[str]:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from studyflow.served_study import KEY_ATTR
+    from studyflow._attrs import KEY_ATTR
 
     keys: set[str] = set()
     for journal in sorted(Path(journal_dir).glob("*.log")):

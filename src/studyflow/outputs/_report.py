@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from studyflow import figures
 from studyflow._io import write_text
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
+from studyflow.outputs import _figures as figures
 
 _TABLE_JS = """
 document.querySelectorAll('table.trials th').forEach(function (th, col) {

@@ -22,11 +22,11 @@ from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from studyflow._attrs import NOT_RUN_ATTR
+from studyflow._attrs import WARM_START_ATTR
 from studyflow.config import StudyConfig
 from studyflow.errors import ConfigError
-from studyflow.served_study import NOT_RUN_ATTR
-from studyflow.served_study import WARM_START_ATTR
-from studyflow.space import distributions
+from studyflow.optuna_ext._space import distributions
 
 _logger = logging.getLogger(__name__)
 # Kept: Optuna's constraints ("constraints", "constraints:<name>"), which samplers read.

@@ -13,10 +13,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from studyflow.config import DatasetSpec
-from studyflow.config import StudyConfig
-from studyflow.config import dataset_spec
-from studyflow.config import load_study
+from studyflow.config._study import DatasetSpec
+from studyflow.config._study import StudyConfig
+from studyflow.config._study import dataset_spec
+from studyflow.config._study import load_study
 from studyflow.errors import ConfigError
 
 DEFAULT_CONFIG = "config/config.yaml"

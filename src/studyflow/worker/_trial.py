@@ -29,13 +29,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from studyflow._attrs import CONSTRAINT_PREFIX
+from studyflow._attrs import WORKER_SYSTEM_ATTRS
 from studyflow._compat import sync
 from studyflow.errors import ReadOnlyStudyError
 
-CONSTRAINT_PREFIX = "constraints:"  # Optuna's system attr per constraint (`Trial.set_constraint`)
-ARTIFACT_PREFIX = "artifacts:"  # `optuna.artifacts.upload_artifact`'s record of an artifact
-# The system attributes an objective may set on its trial: the server sets them before the tell.
-WORKER_SYSTEM_ATTRS = (CONSTRAINT_PREFIX, ARTIFACT_PREFIX)
 _TRIAL_API = ("suggest_float/int/categorical, report, should_prune, set_user_attr, set_constraint,"
               " params, distributions, user_attrs, constraints, number, datetime_start, study;"
               " and studyflow's key, seed, artifact_dir")

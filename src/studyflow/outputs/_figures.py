@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from studyflow.config import StudyConfig
-from studyflow.space import distribution
+from studyflow.optuna_ext import distribution
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line per card
 MIN_TRIALS_FOR_IMPORTANCE = 5

@@ -15,7 +15,7 @@ from optuna.distributions import IntDistribution
 from studyflow.config import ParamSpec
 from studyflow.config import StudyConfig
 from studyflow.errors import ConfigError
-from studyflow.tpe import CachedFitTPESampler
+from studyflow.optuna_ext._tpe import CachedFitTPESampler
 
 # Samplers whose proposals do not depend on finished trials: prefetching many costs nothing.
 HISTORY_FREE_SAMPLERS = ("random", "grid", "qmc")

@@ -24,12 +24,12 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from studyflow.objective import add_search_paths
-from studyflow.objective import bind
-from studyflow.objective import import_objective
-from studyflow.trial import RemoteTrial
-from studyflow.trial import ServerConnection
-from studyflow.trial import check_result
+from studyflow.worker._objective import add_search_paths
+from studyflow.worker._objective import bind
+from studyflow.worker._objective import import_objective
+from studyflow.worker._trial import RemoteTrial
+from studyflow.worker._trial import ServerConnection
+from studyflow.worker._trial import check_result
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,25 @@
+"""Study files and the workflow's config: loaded with OmegaConf, validated once, typed."""
+
+from studyflow.config._study import ClusterConfig
+from studyflow.config._study import DatasetSpec
+from studyflow.config._study import ParamSpec
+from studyflow.config._study import REPRODUCIBLE_ONLY
+from studyflow.config._study import StudyConfig
+from studyflow.config._study import dataset_spec
+from studyflow.config._study import load_study
+from studyflow.config._workflow import DEFAULT_CONFIG
+from studyflow.config._workflow import WorkflowConfig
+from studyflow.config._workflow import job_runtime_minutes
+
+__all__ = [
+    "ClusterConfig",
+    "DEFAULT_CONFIG",
+    "DatasetSpec",
+    "ParamSpec",
+    "REPRODUCIBLE_ONLY",
+    "StudyConfig",
+    "WorkflowConfig",
+    "dataset_spec",
+    "job_runtime_minutes",
+    "load_study",
+]

@@ -1,0 +1,18 @@
+"""One study's run: inputs checked, the cluster started or attached, the study opened and
+supervised, hooks called, the result returned."""
+
+from studyflow.driver._cluster import PROFILE_ENV_VAR
+from studyflow.driver._cluster import connect
+from studyflow.driver._cluster import describe
+from studyflow.driver._run import ResultsLayout
+from studyflow.driver._run import StudyResult
+from studyflow.driver._run import optimize
+
+__all__ = [
+    "PROFILE_ENV_VAR",
+    "ResultsLayout",
+    "StudyResult",
+    "connect",
+    "describe",
+    "optimize",
+]

@@ -1,0 +1,30 @@
+"""What studyflow adds to Optuna: the server's journal, a faster TPE, one-record random
+search, samplers and pruners from a study file, warm-start history."""
+
+from studyflow.optuna_ext._journal import ServerJournalStorage
+from studyflow.optuna_ext._journal import SingleWriterJournal
+from studyflow.optuna_ext._random_ask import RandomInOneRecord
+from studyflow.optuna_ext._space import HISTORY_FREE_SAMPLERS
+from studyflow.optuna_ext._space import check_sampler_options
+from studyflow.optuna_ext._space import distribution
+from studyflow.optuna_ext._space import distributions
+from studyflow.optuna_ext._space import grid_size
+from studyflow.optuna_ext._space import make_pruner
+from studyflow.optuna_ext._space import make_sampler
+from studyflow.optuna_ext._tpe import CachedFitTPESampler
+from studyflow.optuna_ext._warm_start import warm_trials
+
+__all__ = [
+    "CachedFitTPESampler",
+    "HISTORY_FREE_SAMPLERS",
+    "RandomInOneRecord",
+    "ServerJournalStorage",
+    "SingleWriterJournal",
+    "check_sampler_options",
+    "distribution",
+    "distributions",
+    "grid_size",
+    "make_pruner",
+    "make_sampler",
+    "warm_trials",
+]

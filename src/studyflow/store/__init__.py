@@ -1,0 +1,17 @@
+"""The content-addressed trial store: one result per distinct trial, artifacts by key."""
+
+from studyflow.store._store import StoredResult
+from studyflow.store._store import TrialStore
+from studyflow.store._store import code_version
+from studyflow.store._store import gc
+from studyflow.store._store import trial_key
+from studyflow.store._store import trial_seed
+
+__all__ = [
+    "StoredResult",
+    "TrialStore",
+    "code_version",
+    "gc",
+    "trial_key",
+    "trial_seed",
+]

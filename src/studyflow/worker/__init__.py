@@ -1,0 +1,24 @@
+"""What runs on a Dask worker: the trial loop, the remote trial an objective receives, and the
+objective's import."""
+
+from studyflow.worker._loop import run_trial_loop
+from studyflow.worker._objective import ObjectiveFn
+from studyflow.worker._objective import add_search_paths
+from studyflow.worker._objective import check_signature
+from studyflow.worker._objective import import_objective
+from studyflow.worker._objective import search_paths
+from studyflow.worker._trial import CONSTRAINT_PREFIX
+from studyflow.worker._trial import RemoteTrial
+from studyflow.worker._trial import WORKER_SYSTEM_ATTRS
+
+__all__ = [
+    "CONSTRAINT_PREFIX",
+    "ObjectiveFn",
+    "RemoteTrial",
+    "WORKER_SYSTEM_ATTRS",
+    "add_search_paths",
+    "check_signature",
+    "import_objective",
+    "run_trial_loop",
+    "search_paths",
+]
