@@ -1,11 +1,14 @@
 """The study server: a Dask scheduler plugin holding each study, and the study as it serves
-it (budget, leases, tells, resume and close)."""
+it, in parts: the plugin and its handlers (`_plugin`), the service loop (`_service`), asking
+and telling (`_asking`, `_telling`), the budget and stop rules (`_budget`), the lease table
+(`_leases`), trials waiting for a running key (`_same_key`), when outcomes reach Optuna
+(`_ordering`), and open/resume/close (`_lifecycle`)."""
 
+from studyflow.server._asking import INVALID_STUDY
+from studyflow.server._lifecycle import StudySpec
+from studyflow.server._lifecycle import best_of
 from studyflow.server._malloc import keep_freed_memory
 from studyflow.server._plugin import StudyServer
-from studyflow.server._study import INVALID_STUDY
-from studyflow.server._study import StudySpec
-from studyflow.server._study import best_of
 
 __all__ = [
     "INVALID_STUDY",

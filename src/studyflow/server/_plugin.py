@@ -1,21 +1,16 @@
 """The study server: a Dask scheduler plugin that holds each `optuna.Study`.
 
-Trial loops on the workers call its handlers (`studyflow_exchange`, `studyflow_suggest`, ...)
-over the scheduler's RPC. An exchange carries a loop's finished trials and asks for its next
-ones; one service task per study takes every exchange that has arrived, tells all their
-outcomes, then leases trials to each (`ServedStudy.serve`), so under load many trials cost one
-pass through the event loop and one fit of the sampler's model. Every access to a study runs
-under that study's `asyncio.Lock`. A batch expected to take more than `INLINE_S` (sampling
-with a long history, big batches) runs off the event loop through `distributed`'s `offload`,
-so heartbeats keep flowing while TPE thinks; a shorter one runs on the event loop, because the
-hand-off to the offload thread and back costs more than such a batch (on 2 cores, one worker,
-TPE after 1,000 trials: 2.68 vs 3.57 ms from one exchange to the next).
+Trial loops on the workers call its handlers over the scheduler's RPC, each named
+`studyflow_<verb>`: `open`, `exchange` (tell finished trials, lease the next: `_service.py`),
+`suggest`, `report`, `should_prune`, `study_view` (what `trial.study` reads), `status`,
+`finished` (for the driver's callbacks), `release_loop`, `close`. Every access to a study runs
+under that study's `asyncio.Lock`; sampler work runs off the event loop unless it is short.
 
 The server owns the budget: it hands out a new trial only while `finished + running <
 n_trials`, so exactly `n_trials` trials finish (COMPLETE or PRUNED) whatever the concurrency.
-Running trials are leased to a worker; when the scheduler reports the worker gone, its trials
-are marked FAIL ("worker lost") and re-enqueued with the same parameters up to
-`budget.retries` times.
+Running trials are leased to a worker; when the scheduler reports the worker gone
+(`remove_worker`), its trials are marked FAIL ("worker lost") and re-enqueued with the same
+parameters up to `budget.retries` times.
 """
 
 from __future__ import annotations
@@ -25,8 +20,6 @@ import gc
 import logging
 import pickle
 import time
-from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 
 import optuna
@@ -37,34 +30,28 @@ from optuna.trial import TrialState
 from studyflow._compat import offload
 from studyflow.outputs import FinalTables
 from studyflow.outputs import trials_frame
+from studyflow.server._lifecycle import ClosedStudy
+from studyflow.server._lifecycle import StudySpec
+from studyflow.server._lifecycle import close
+from studyflow.server._lifecycle import open_study
 from studyflow.server._malloc import keep_freed_memory
-from studyflow.server._study import ClosedStudy
+from studyflow.server._service import Exchange
+from studyflow.server._service import StudyService
 from studyflow.server._study import ServedStudy
-from studyflow.server._study import StudySpec
-from studyflow.server._study import open_study
 
 _logger = logging.getLogger(__name__)
 
 SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
-# What `trial.study` on a worker may read (`trial.StudyView`); "summary": what never changes
+# What `trial.study` on a worker may read (`worker._trial.StudyView`); "summary": what never changes
 STUDY_VIEW_ATTRS = ("summary", "best_trial", "best_trials", "best_value", "best_params",
                     "user_attrs", "trials")
-INLINE_S = 0.02  # serve a batch on the event loop when it should take less than this
 FINISHED_INLINE = 64  # finished trials pickled on the event loop for the driver's callbacks
-
-
-async def _inline_or_offloaded(served: ServedStudy, items: int, fn: Any, *args: Any) -> Any:
-    """`fn(*args)` on the event loop when `items` at the study's learned cost per item fit in
-    `INLINE_S`, else through `offload` (see the module docstring)."""
-    if served.seconds_per_item * items < INLINE_S:
-        return fn(*args)
-    return await offload(fn, *args)
 
 
 def _final_tables(served: ServedStudy, closed: ClosedStudy) -> bytes:
     """The closed study's trials table and best, pickled for its driver. A table pickles as a
-    few arrays; the trials themselves were thousands of objects to pickle here and unpickle in
-    the driver (12 ms at 2,000 trials, and a full garbage collection at 20,000)."""
+    few arrays; the trials themselves would be thousands of objects to pickle here and unpickle
+    in the driver."""
     table = trials_frame(closed.trials, len(served.config.study_directions), served.store)
     return pickle.dumps(FinalTables(table, closed.best), protocol=5)
 
@@ -97,24 +84,6 @@ def _study_view(study: optuna.Study, attr: str, states: list[str] | None) -> byt
     return pickle.dumps(value, protocol=5)
 
 
-@dataclass
-class _Exchange:
-    """One loop's request: outcomes to tell, trials it gave up, how many trials it wants."""
-
-    loop: str
-    worker: str
-    outcomes: list[dict[str, Any]]
-    dropped: list[int]
-    want: int
-    deadline: float
-    running: int | None = None  # the trial the loop runs as it sends this
-    worker_id: str | None = None  # the worker process's id
-    removed: bool = False  # its worker has left: take its outcomes, lease it nothing, stop it
-    parked_at: float | None = None  # since when it waits for a trial to become leasable
-    ahead: bool = False  # its trials are shorter than a round trip: sample its next one early
-    reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
 class StudyServer(SchedulerPlugin):
     """Scheduler plugin serving studies to trial loops; one instance serves many studies."""
 
@@ -126,10 +95,10 @@ class StudyServer(SchedulerPlugin):
         self._froze = False
 
     def _freeze_baseline(self, studies_open: bool) -> None:
-        """A full garbage collection walks every object in the process: ~116,000 in a driver
-        with a local cluster (modules, Dask), 80-100 ms each, twice per 4,000 instant trials.
-        While studies are open, what existed before the first one is frozen (`gc.freeze`), so a
-        collection walks only what the studies made; it is unfrozen when the last one closes."""
+        """A full garbage collection walks every object in the process, and a driver with a
+        local cluster holds a great many (modules, Dask). While studies are open, what existed
+        before the first one is frozen (`gc.freeze`), so a collection walks only what the
+        studies made; it is unfrozen when the last one closes."""
         if studies_open and not self._froze:
             gc.freeze()
         elif not studies_open and self._froze:
@@ -173,7 +142,9 @@ class StudyServer(SchedulerPlugin):
         served = await offload(open_study, study_spec)
         self._studies[study_spec.study_id] = served
         self._freeze_baseline(True)
-        served.service = asyncio.ensure_future(self._serve(study_spec.study_id, served))
+        service = StudyService(served, lambda: self._studies.get(study_spec.study_id) is served, self._removed)
+        served.service = service
+        served.task = asyncio.ensure_future(service.run())
         if served.config.budget.trial_timeout_s is not None:
             asyncio.ensure_future(self._watch_timeouts(study_spec.study_id, served))
         return served.status()
@@ -185,10 +156,8 @@ class StudyServer(SchedulerPlugin):
         assert limit is not None
         while self._studies.get(study_id) is served:
             await asyncio.sleep(min(1.0, limit / 4))
-            now = time.monotonic()
             async with served.lock:
-                expired = [(n, lease.worker) for n, lease in served.leases.items()
-                           if lease.started is not None and now - lease.started > limit]
+                expired = served.leases.expired(limit)
                 for number, _ in expired:
                     error = f"Timeout: trial ran longer than budget.trial_timeout_s={limit:g} s"
                     await offload(served.fail_lease, number, error, False)
@@ -222,102 +191,15 @@ class StudyServer(SchedulerPlugin):
         server samples the loop's next trial once the reply has left, and hands it over with
         the next reply."""
         served = self._get(study_id)
-        request = _Exchange(loop_id, worker, outcomes or [], dropped or [], want,
-                            time.monotonic() + wait_s, running, worker_id, ahead=ahead)
-        served.requests.append(request)
-        served.wakeup.set()
-        return await request.reply
+        request = Exchange(loop_id, worker, outcomes or [], dropped or [], want,
+                           time.monotonic() + wait_s, running, worker_id, ahead=ahead)
+        return await served.service.submit(request)
 
-    def _removed(self, request: _Exchange) -> bool:
+    def _removed(self, request: Exchange) -> bool:
         """A worker being restarted or removed still runs its event loop for a while; it may
         come back at the same address, so the process's id is compared too."""
         ws = self.scheduler.workers.get(request.worker)
         return ws is None or (request.worker_id is not None and ws.server_id != request.worker_id)
-
-    async def _serve(self, study_id: str, served: ServedStudy) -> None:
-        """The study's service task: serve every waiting exchange as one batch, again and again."""
-        parked: list[_Exchange] = []  # want trials, none to lease yet: retried on every change
-        try:
-            while self._studies.get(study_id) is served:
-                if not served.requests:
-                    wait = min((r.deadline for r in parked), default=time.monotonic() + 5) - time.monotonic()
-                    try:
-                        await asyncio.wait_for(served.wakeup.wait(), max(wait, 0))
-                    except asyncio.TimeoutError:
-                        pass
-                served.wakeup.clear()
-                batch, served.requests, parked = served.requests + parked, [], []
-                if batch:
-                    parked = await self._serve_batch(served, batch)
-        finally:
-            for request in served.requests + parked:
-                if not request.reply.done():
-                    request.reply.set_result({"status": "stop", "reason": served.stop_reason, "trials": []})
-
-    async def _serve_batch(self, served: ServedStudy, batch: list[_Exchange]) -> list[_Exchange]:
-        for r in batch:  # checked when served: its trials may have gone back while it waited
-            if self._removed(r):
-                r.removed, r.want, r.running = True, 0, None
-        told = any(r.outcomes or r.dropped for r in batch)
-        requests = [(r.loop, r.worker, r.outcomes, r.want, r.dropped, r.running) for r in batch]
-        # asks to come (a trial asked ahead is only handed over) and tells: what the batch costs
-        items = sum(len(r.outcomes) + max(0, r.want - (r.loop in served.ahead)) for r in batch) or 1
-        try:
-            async with served.lock:  # outcomes are with the OS before any reply leaves
-                started = time.perf_counter()
-                replies = await _inline_or_offloaded(served, items, served.serve, requests, told)
-                served.note_served(time.perf_counter() - started, items)
-        except Exception as exc:  # a bug, or the journal's disk: the loops see it and die
-            _logger.exception("study %s: serving %d exchanges failed", served.config.name, len(batch))
-            for r in batch:
-                if not r.reply.done():
-                    r.reply.set_exception(exc)
-            return []
-        for r in batch:
-            for o in r.outcomes:
-                if o.get("traceback"):
-                    _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, o["number"],
-                                    r.worker, o["traceback"])
-            r.outcomes, r.dropped, r.running = [], [], None
-        parked, ahead, now = [], [], time.monotonic()
-        for r, reply in zip(batch, replies):
-            if r.reply.done():  # the loop's RPC was cancelled
-                continue
-            if r.removed:
-                r.reply.set_result({"status": "stop", "reason": "worker removed", "trials": []})
-            elif reply is None and now < r.deadline:
-                r.parked_at = r.parked_at or now
-                parked.append(r)
-            else:
-                reply = reply or {"status": "wait", "trials": []}
-                # time spent waiting for budget or concurrency, not serving: loops leave it out
-                # of the round trip they pace prefetching by
-                reply["parked_s"] = now - r.parked_at if r.parked_at is not None else 0.0
-                r.reply.set_result(reply)
-                if r.ahead and reply["status"] == "run":
-                    ahead.append((r.loop, r.worker))
-        if told:  # after the replies: what waits for a change (the driver's status) runs after them
-            served.notify()
-        if ahead:
-            await self._ask_ahead(served, ahead)
-        return parked
-
-    async def _ask_ahead(self, served: ServedStudy, loops: list[tuple[str, str]]) -> None:
-        """Sample the next trial of loops whose trials are shorter than a round trip while
-        their replies travel: otherwise every such trial waits for the message to the server,
-        the sampler, and the reply, one after the other (`ServedStudy.ask_ahead` bounds it)."""
-        await asyncio.sleep(0)  # the replies' handlers write them to their sockets first
-        if served.requests or self._studies.get(served.spec.study_id) is not served:
-            return  # loops wait for the server already: serve them, sample nothing blind
-        async with served.lock:
-            started = time.perf_counter()
-            try:
-                asked = await _inline_or_offloaded(served, len(loops), served.ask_ahead, loops)
-            except Exception:  # the sampler's: the loops' next exchange asks (and fails) in turn
-                _logger.exception("study %s: asking ahead failed", served.config.name)
-                return
-            if asked:
-                served.note_served(time.perf_counter() - started, asked)
 
     async def suggest(
         self, study_id: str, number: int, method: str, name: str, kwargs: dict[str, Any]
@@ -357,8 +239,7 @@ class StudyServer(SchedulerPlugin):
         """A trial loop died (its task, key `loop_id`, errored): its trials go to other loops."""
         served = self._get(study_id)
         async with served.lock:
-            numbers = [n for loop, queue in served.loop_queues.items()
-                       if loop.startswith(f"{loop_id}/") for n in queue]
+            numbers = served.leases.of_task(loop_id)
             await offload(served.lose_leases, numbers, f"WorkerLost: trial loop died: {error}")
         if numbers:
             served.notify()
@@ -386,7 +267,7 @@ class StudyServer(SchedulerPlugin):
         `track_finished`). Many (the history, at the first call) are pickled off the event loop."""
         served = self._get(study_id)
         async with served.lock:
-            if len(served.finished_log or ()) - since > FINISHED_INLINE:
+            if served.finish_log is not None and len(served.finish_log.trial_ids) - since > FINISHED_INLINE:
                 return await offload(_pickled_finished, served, since)
             return _pickled_finished(served, since)
 
@@ -401,7 +282,7 @@ class StudyServer(SchedulerPlugin):
         if served is None:
             return {"status": "unknown"}
         async with served.lock:
-            closed = await offload(served.close, reason or "closed")
+            closed = await offload(close, served, reason or "closed")
         served.notify()
         reply = {"status": "closed", "result": await offload(_final_tables, served, closed)}
         if finished_since is not None:
@@ -417,7 +298,7 @@ class StudyServer(SchedulerPlugin):
     async def _fail_trials_of(self, worker: str) -> None:
         for served in list(self._studies.values()):
             async with served.lock:
-                lost = [n for n, lease in served.leases.items() if lease.worker == worker]
+                lost = served.leases.of_worker(worker)
                 await offload(served.lose_leases, lost, f"WorkerLost: worker {worker} left mid-trial")
             if lost:
                 _logger.warning("study %s: worker %s lost with trials %s", served.config.name, worker, lost)

@@ -1,0 +1,185 @@
+"""How a served study leases trials to loops: sampling, the store's answers, prefetch room.
+
+Mixed into `ServedStudy` (its fields: `study`, `leases`, `same_key`, `ordering`, `budget`,
+`store`, `space`, `policy`, `loops`). Invariants: a trial is leased only while `decide()` says
+'run'; a trial whose key the store holds COMPLETE is answered from it, not run; one whose key
+runs already waits for that run (`same_key`); a define-by-run parameter and a pruning decision
+see the study as it is at that moment, whichever thread serves them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.distributions import distribution_to_json
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from studyflow._attrs import ATTEMPT_ATTR
+from studyflow._attrs import KEY_ATTR
+from studyflow._attrs import STARTED_ATTR
+from studyflow._compat import fresh_trials_view
+from studyflow._compat import storage_of
+from studyflow._compat import study_id_of
+from studyflow._compat import trial_id_of
+from studyflow.config import REPRODUCIBLE_ONLY
+from studyflow.server._leases import Lease
+from studyflow.store import trial_key
+from studyflow.store import trial_seed
+
+# A stop reason that is the study file's fault: the driver raises it as a ConfigError.
+INVALID_STUDY = "invalid study: "
+
+
+class Asking:
+    """The asking half of `ServedStudy`."""
+
+    def ask_ahead(self, loops: list[tuple[str, str]]) -> int:
+        """Lease each `(loop, worker)` its next trial now, to hand over with its next reply.
+
+        For loops whose trials are shorter than a round trip: sampled while the reply travels,
+        the trial no longer waits for the sampler. Such a trial is sampled without the outcome
+        of the one its loop runs now, so at most one is asked ahead beyond one trial per loop
+        (the sampler sees at most `loops + 1` trials running, as if one more loop ran).
+        Returns how many trials were asked."""
+        asked = 0
+        for loop, worker in loops:
+            if loop in self.leases.ahead or len(self.leases) > self.loops or not self._loop_has_room(loop):
+                continue
+            reply = self._ask(worker, loop)
+            if reply["status"] != "run":
+                break
+            self.leases.ahead[loop] = reply
+            asked += 1
+        self.backend.flush()
+        return asked
+
+    def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
+        ahead = self.leases.take_ahead(loop)
+        trials = [ahead] if ahead is not None else []
+        if ahead is not None and self.leases.head(loop).started is None:
+            self._mark_started(self.leases.head(loop))  # the one the loop runs first has begun
+        while len(trials) < want and self._loop_has_room(loop):
+            reply = self._ask(worker, loop)
+            if reply["status"] != "run":
+                break
+            trials.append(reply)
+        if trials:
+            return {"status": "run", "trials": trials, "policy": self.policy, "ends_in": self.budget.ends_in()}
+        if self.decide() == "stop":
+            return {"status": "stop", "reason": self.stop_reason, "trials": []}
+        if want > 0:
+            return None
+        return {"status": "ok", "trials": [], "policy": self.policy, "ends_in": self.budget.ends_in()}
+
+    def _loop_has_room(self, loop: str) -> bool:
+        """A loop holds at most 1 + prefetch cap trials and no more than its share of what is
+        left of the budget; once fewer trials are left to lease than there are loops, it holds
+        none ahead (the last trials go to idle loops, not behind a long-running one)."""
+        held = self.leases.held(loop)
+        if held == 0:
+            return True
+        left = self.n_trials - self.budget.finished
+        if left - self.in_flight < self.loops:
+            return False
+        share = max(1, math.ceil(left / max(1, self.loops)))
+        return held < min(1 + self.policy["cap"], share)
+
+    def suggest(self, number: int, method: str, name: str, kwargs: dict[str, Any]) -> Any:
+        """A define-by-run parameter of a leased trial, sampled from the study as it is now.
+
+        Reproducible scheduling cannot replay one (see `config.REPRODUCIBLE_ONLY`): the study
+        stops, and the driver raises the reason as a `ConfigError` naming the parameter."""
+        if self.ordering.window and name not in self.space and name not in self.leases[number].trial.params:
+            self.budget.stop_reason = (f"{INVALID_STUDY}search_space.{name}: suggested define-by-run by "
+                                       f"the objective; {REPRODUCIBLE_ONLY}: declare it in search_space")
+            self.notify()
+            raise ValueError(self.budget.stop_reason)
+        self.define_by_run = True
+        fresh_trials_view(self.study)
+        return getattr(self.leases[number].trial, method)(name, **kwargs)
+
+    def should_prune(self, number: int) -> bool:
+        """The pruner's verdict on a leased trial, from the study as it is now."""
+        fresh_trials_view(self.study)
+        return self.leases[number].trial.should_prune()
+
+    # --- asking ---
+
+    def _ask(self, worker: str, loop: str) -> dict[str, Any]:
+        while True:
+            decision = self.decide()
+            if decision != "run":
+                return {"status": decision, "reason": self.stop_reason}
+            if self.same_key.ready:
+                trial = self.same_key.ready.pop(0)
+                key = self._key(trial)
+            else:
+                if self.ordering.window:
+                    self.ordering.apply_received(self._in_flight_numbers,
+                                                 upto=self._next_number() - self.ordering.window)
+                trial, key = self._new_trial()
+                stored = None if self.define_by_run else self.store.get(key)
+                if stored is not None and stored.state == "COMPLETE":
+                    self._answer_from_store(trial, stored)
+                    continue
+                if not self.define_by_run and self.leases.leased_keys[key]:
+                    self.same_key.follow(key, trial)
+                    continue
+            attempt = int(storage_of(self.study).get_trial_system_attrs(trial_id_of(trial)).get(ATTEMPT_ATTR, 0))
+            lease = Lease(trial, key, worker, attempt, loop)
+            if self.leases.add(lease):
+                self._mark_started(lease)
+            params = trial.params
+            started = trial.datetime_start
+            return {
+                "status": "run",
+                "number": trial.number,
+                "params": params,
+                "key": key,
+                "seed": trial_seed(key),
+                "artifact_dir": self.store.staging_path(key, trial.number),
+                # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers there
+                "distributions": self._distributions_json(trial, params),
+                "datetime_start": None if started is None else started.isoformat(),
+            }
+
+    @functools.cached_property
+    def _space_json(self) -> dict[str, str]:
+        """The study file's distributions as Optuna's JSON, encoded once for every lease."""
+        return {name: distribution_to_json(d) for name, d in self.space.items()}
+
+    def _distributions_json(self, trial: optuna.Trial, params: dict[str, Any]) -> dict[str, str]:
+        """The distribution of each parameter an asked trial has: the study file's (a retry of
+        a define-by-run trial gets its own names only when the objective suggests them)."""
+        space = self._space_json
+        return {name: space[name] if name in space
+                else distribution_to_json(trial.distributions[name]) for name in params}
+
+    def _new_trial(self) -> tuple[optuna.Trial, str]:
+        """A newly sampled trial and its key (journaled with it)."""
+        if self.one_record is not None and not self._waiting():
+            params = self.one_record.sample()
+            key = trial_key(self.spec.key_base, params)
+            return self.one_record.create(params, {KEY_ATTR: key}), key
+        trial = self.study.ask(self.space)
+        key = trial_key(self.spec.key_base, trial.params)
+        storage_of(self.study).set_trial_system_attr(trial_id_of(trial), KEY_ATTR, key)
+        return trial, key
+
+    def _waiting(self) -> list[FrozenTrial]:
+        """Enqueued retries, which `Study.ask` hands out before sampling anew."""
+        return storage_of(self.study).get_all_trials(study_id_of(self.study), deepcopy=False,
+                                                     states=(TrialState.WAITING,))
+
+    def _key(self, trial: optuna.Trial) -> str:
+        return storage_of(self.study).get_trial_system_attrs(trial_id_of(trial))[KEY_ATTR]
+
+    def _mark_started(self, lease: Lease) -> None:
+        """Journaled, so a resume after a hard kill retries a begun trial and drops a held one."""
+        lease.started = time.monotonic()
+        storage_of(self.study).set_trial_system_attr(trial_id_of(lease.trial), STARTED_ATTR, True)

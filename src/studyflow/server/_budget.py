@@ -1,0 +1,134 @@
+"""A study's budget and stop rules: what has finished, the best so far, and when to stop.
+
+Invariants:
+- `finished` counts COMPLETE and PRUNED trials; the server leases a new trial only while
+  `finished + in flight < n_trials`, so exactly `n_trials` finish.
+- Once set, `stop_reason` stays until `reopen()` (a resumed run decides afresh: its budget may
+  have grown).
+- A failure caused by the infrastructure (`INFRA_ERRORS`: a lost worker, an interrupted run) is
+  retried and never counts toward `budget.max_failures`; the objective's own failures do.
+- Only a feasible COMPLETE trial can be the best (Optuna's `best_trial` has it so), and only
+  an improvement of the best resets patience.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from dataclasses import field
+
+from studyflow.config import StudyConfig
+
+# Failures caused by the infrastructure, not the objective: retried, and not counted against
+# `budget.max_failures`.
+INFRA_ERRORS = ("WorkerLost", "Interrupted")
+
+
+@dataclass
+class Budget:
+    """The counts and stop rules of one served study."""
+
+    config: StudyConfig
+    n_trials: int
+    n_complete: int = 0
+    n_pruned: int = 0
+    n_fail: int = 0
+    n_cached: int = 0  # answered from the trial store, not run
+    n_resumed: int = 0  # found in the journal when the study opened
+    n_objective_fail: int = 0
+    n_objective_fail_first10: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    since_improvement: int = 0
+    stop_reason: str | None = None
+    opened: float = field(default_factory=time.monotonic)
+    recent_errors: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.n_complete + self.n_pruned
+
+    def stopped(self) -> bool:
+        """Whether the study stops: a stop rule fired, the budget is spent, or time is up."""
+        timeout = self.config.budget.timeout_s
+        if self.stop_reason is None:
+            if self.finished >= self.n_trials:
+                self.stop_reason = "n_trials"
+            elif timeout is not None and time.monotonic() - self.opened > timeout:
+                self.stop_reason = "timeout_s"
+        return self.stop_reason is not None
+
+    def reopen(self) -> None:
+        self.stop_reason = None
+
+    def ends_in(self) -> float | None:
+        """Seconds until `budget.timeout_s`: a loop starts none of its trials after that."""
+        timeout = self.config.budget.timeout_s
+        return None if timeout is None else timeout - (time.monotonic() - self.opened)
+
+    def patience_allows(self, in_flight: int, loops: int) -> bool:
+        """Whether one more trial could finish before patience ends the study."""
+        patience = self.config.budget.patience
+        return patience is None or in_flight < max(loops, patience - self.since_improvement)
+
+    def count(self, number: int, state: str, values: list[float] | None, error: str | None,
+              feasible: bool = True) -> None:
+        """Count a finished trial (in the order outcomes arrive) and apply the stop rules."""
+        if state == "COMPLETE":
+            self.n_complete += 1
+            self._track_best(number, values, feasible)
+        elif state == "PRUNED":
+            self.n_pruned += 1
+        else:
+            self.n_fail += 1
+            if error and len(self.recent_errors) < 20:
+                self.recent_errors.append(f"trial {number}: {error}")
+            if not (error or "").startswith(INFRA_ERRORS):
+                self.n_objective_fail += 1
+                if number < 10:
+                    self.n_objective_fail_first10 += 1
+                self._check_failures()
+        patience = self.config.budget.patience
+        if patience is not None and self.since_improvement >= patience and self.stop_reason is None:
+            self.stop_reason = "patience"
+
+    def _track_best(self, number: int, values: list[float] | None, feasible: bool) -> None:
+        if values is None or len(self.config.study_directions) != 1:
+            return
+        value = values[0]
+        maximize = self.config.study_directions[0] == "maximize"
+        better = feasible and (self.best_value is None or (
+            value > self.best_value if maximize else value < self.best_value))
+        if better:
+            self.best_value, self.best_number = value, number
+            self.since_improvement = 0
+        else:
+            self.since_improvement += 1
+
+    def _check_failures(self) -> None:
+        limit = self.config.budget.max_failures
+        n = self.n_objective_fail
+        if limit is not None:
+            if n > limit:
+                self.stop_reason = f"too many failures: {n} > budget.max_failures={limit}"
+            return
+        total = self.finished + n
+        if self.n_objective_fail_first10 >= 10 and self.finished == 0:
+            self.stop_reason = "too many failures: the first 10 trials all failed"
+        elif total >= 10 and n > total / 2:
+            self.stop_reason = f"too many failures: {n} of {total} trials failed (more than half)"
+
+    def counts(self) -> dict[str, object]:
+        """The status fields the budget owns."""
+        return {
+            "n_trials": self.n_trials,
+            "complete": self.n_complete,
+            "pruned": self.n_pruned,
+            "failed": self.n_fail,
+            "cached": self.n_cached,
+            "resumed": self.n_resumed,
+            "best_value": self.best_value,
+            "best_number": self.best_number,
+            "stop_reason": self.stop_reason,
+            "errors": list(self.recent_errors),
+        }

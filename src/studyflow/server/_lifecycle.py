@@ -1,0 +1,194 @@
+"""A served study's life: open (or resume) its journal, and close it.
+
+Invariants: a new journal gets the `warm_start` history and the `enqueue` trials once, before
+the first ask; a resumed one never again. On resume a trial left RUNNING by a killed run is
+completed from the trial store when its result got there, else failed and re-enqueued with its
+parameters (a journal has no heartbeat), and one only held by a loop is dropped. On close no
+trial stays RUNNING: begun ones fail and are re-enqueued, held ones are dropped, and every
+received outcome reaches the journal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from typing import TYPE_CHECKING
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from studyflow._attrs import ATTEMPT_ATTR
+from studyflow._attrs import ERROR_ATTR
+from studyflow._attrs import KEY_ATTR
+from studyflow._attrs import NOT_RUN_ATTR
+from studyflow._attrs import STARTED_ATTR
+from studyflow._attrs import WARM_START_ATTR
+from studyflow._compat import storage_of
+from studyflow._compat import study_id_of
+from studyflow._compat import trial_id_of
+from studyflow.config import StudyConfig
+from studyflow.optuna_ext import ServerJournalStorage
+from studyflow.optuna_ext import SingleWriterJournal
+from studyflow.optuna_ext import grid_size
+from studyflow.optuna_ext import make_pruner
+from studyflow.optuna_ext import make_sampler
+from studyflow.server._constraints import feasible
+from studyflow.server._finish_log import FinishLog
+from studyflow.store import TrialStore
+
+if TYPE_CHECKING:
+    from studyflow.server._study import ServedStudy
+
+
+@dataclass
+class StudySpec:
+    """What the driver sends to open a study on the server."""
+
+    study_id: str
+    config: StudyConfig
+    journal_path: str
+    store_root: str
+    key_base: str  # objective identity + code version + data sha256 + objective_args
+    concurrency: int
+    loops: int = 0  # trial loops the driver runs (0: as many as `concurrency`)
+    warm_trials: list[FrozenTrial] = field(default_factory=list)  # `warm_start`, marked
+    track_finished: bool = False  # the driver has callbacks: log the finish order
+
+
+@dataclass
+class ClosedStudy:
+    """What a closed study hands back to the plugin, which sends its driver the trials table
+    built from it (`_plugin._final_tables`)."""
+
+    trials: list[FrozenTrial]
+    best: dict[str, Any]
+
+
+def open_study(spec: StudySpec) -> ServedStudy:
+    from studyflow.server._study import ServedStudy
+
+    cfg = spec.config
+    backend = SingleWriterJournal(spec.journal_path)
+    study = optuna.create_study(
+        storage=ServerJournalStorage(backend),
+        study_name=cfg.name,
+        directions=cfg.study_directions,
+        sampler=make_sampler(cfg),
+        pruner=make_pruner(cfg),
+        load_if_exists=True,
+    )
+    existing = storage_of(study).get_n_trials(study_id_of(study))
+    if existing:
+        study.sampler = make_sampler(cfg, resumed_trials=existing)
+    else:
+        _seed_new_study(study, spec)
+    n_trials = cfg.budget.n_trials
+    if cfg.sampler.name == "grid":
+        n_trials = min(n_trials, grid_size(cfg))  # the grid sampler revisits once exhausted
+    store = TrialStore(spec.store_root)
+    store.load_index()
+    served = ServedStudy(spec=spec, study=study, backend=backend, store=store, n_trials=n_trials)
+    resume(served)
+    if spec.track_finished:
+        served.finish_log = FinishLog.after_history(study)
+    return served
+
+
+def _seed_new_study(study: optuna.Study, spec: StudySpec) -> None:
+    """A new journal starts with the `warm_start` history and then the `enqueue` trials, which
+    run first; a resumed journal has both already."""
+    study.add_trials(spec.warm_trials)
+    for params in spec.config.enqueue:
+        study.enqueue_trial(params)
+
+
+def resume(served: ServedStudy) -> None:
+    """Count what the journal holds, and settle the trials a killed run left RUNNING."""
+    study, budget = served.study, served.budget
+    storage = storage_of(study)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.system_attrs.get(NOT_RUN_ATTR) or WARM_START_ATTR in trial.system_attrs:
+            continue
+        if trial.state == TrialState.RUNNING and not trial.system_attrs.get(STARTED_ATTR):
+            served.mark_not_run(trial_id_of(trial))  # only held by a loop: a rerun samples afresh
+            storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
+            continue
+        budget.n_resumed += trial.state != TrialState.WAITING
+        served.define_by_run |= not set(trial.params) <= set(served.space)
+        if trial.state == TrialState.RUNNING:
+            stored = served.store.get(trial.system_attrs.get(KEY_ATTR, ""))
+            if stored is not None and stored.state == "COMPLETE":
+                storage.set_trial_state_values(trial_id_of(trial), TrialState.COMPLETE, stored.values)
+                budget.count(trial.number, "COMPLETE", stored.values, None)
+                continue
+            error = "Interrupted: the run was stopped mid-trial"
+            storage.set_trial_system_attr(trial_id_of(trial), ERROR_ATTR, error)
+            storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
+            attempt = int(trial.system_attrs.get(ATTEMPT_ATTR, 0))
+            served.enqueue_retry(trial.params, trial.number, attempt + 1)
+            budget.n_fail += 1
+        elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            budget.count(trial.number, trial.state.name, trial.values, trial.system_attrs.get(ERROR_ATTR),
+                         feasible(trial.system_attrs))
+    budget.reopen()  # a resumed run decides afresh (the budget may have grown)
+    served.backend.flush_to_disk()
+
+
+def close(served: ServedStudy, reason: str) -> ClosedStudy:
+    """Stop handing out trials; fail (and re-enqueue) running ones; write everything.
+
+    Returns the final trials and best, so the driver need not replay the journal it has
+    just been served from."""
+    budget, leases = served.budget, served.leases
+    if budget.stop_reason is None:
+        budget.stop_reason = reason
+    for number in leases.unstarted():
+        served.same_key.ready.append(leases.drop(number).trial)  # type: ignore[union-attr]
+    for number in list(leases.leases):
+        served.fail_lease(number, "Interrupted: the run was stopped", True)
+    for trial in served.same_key.drain():
+        # Held by a loop, or waiting for one: a rerun samples afresh. (A loop may have begun
+        # the trial it held while its last outcome travelled; that result is dropped.)
+        served.discard(trial)
+    served.ordering.apply_all()
+    served.backend.flush_to_disk()
+    served.store.close()
+    served.backend.close()
+    return ClosedStudy(served.study.get_trials(deepcopy=False), best_of(served.study))
+
+
+def best_of(study: optuna.Study) -> dict[str, Any]:
+    """The best trial (one objective) or the Pareto front (several), as `best.json` holds them."""
+    none = {"best_number": None, "best_values": None, "best_params": None}
+    # in a constrained study only feasible trials can be best, as `Study.best_trial` has it
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.values is not None and feasible(t.system_attrs)]
+    own = [t for t in complete if WARM_START_ATTR not in t.system_attrs]
+    if not own:
+        return none
+    if len(own) < len(complete):  # warm-start trials are an earlier study's, not this one's best
+        return _best_of_own(own, study.directions, none)
+    if len(study.directions) == 1:
+        best = study.best_trial
+        return {"best_number": best.number, "best_values": best.values, "best_params": best.params}
+    front = [{"number": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
+    return none | {"pareto_front": front}
+
+
+def _best_of_own(
+    trials: list[FrozenTrial], directions: list[Any], none: dict[str, Any]
+) -> dict[str, Any]:
+    """`best_of` over these trials only: the first best one, or the non-dominated ones."""
+    minimize = optuna.study.StudyDirection.MINIMIZE
+    signs = np.array([1.0 if d == minimize else -1.0 for d in directions])
+    values = np.array([t.values for t in trials], dtype=float) * signs
+    if len(directions) == 1:
+        best = trials[int(np.argmin(values[:, 0]))]
+        return {"best_number": best.number, "best_values": best.values, "best_params": best.params}
+    front = [{"number": t.number, "values": t.values, "params": t.params}
+             for t, v in zip(trials, values)
+             if not ((values <= v).all(axis=1) & (values < v).any(axis=1)).any()]
+    return none | {"pareto_front": front}

@@ -1,0 +1,187 @@
+"""How a served study takes outcomes: tells, failures, lost loops, retries.
+
+Mixed into `ServedStudy` (its fields: `study`, `leases`, `same_key`, `ordering`, `budget`,
+`store`, `finish_log`). Invariants: an outcome ends its lease first, and a late outcome for an
+ended lease is dropped; a COMPLETE result goes to the trial store under the trial's key
+(define-by-run parameters join the key at the tell); trials that waited for the key share a
+COMPLETE result, or run themselves if it failed; an infrastructure failure is retried with the
+same parameters up to `budget.retries` times.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from studyflow._attrs import ATTEMPT_ATTR
+from studyflow._attrs import CACHED_ATTR
+from studyflow._attrs import DURATION_ATTR
+from studyflow._attrs import ERROR_ATTR
+from studyflow._attrs import KEY_ATTR
+from studyflow._attrs import NOT_RUN_ATTR
+from studyflow._attrs import NOT_RUN_ERROR
+from studyflow._attrs import RETRY_OF_ATTR
+from studyflow._attrs import WORKER_ATTR
+from studyflow._compat import storage_of
+from studyflow._compat import trial_id_of
+from studyflow.server._constraints import feasible
+from studyflow.server._constraints import system_attrs_to_set
+from studyflow.server._ordering import Outcome
+from studyflow.server._ordering import apply
+from studyflow.store import StoredResult
+from studyflow.store import trial_key
+
+_logger = logging.getLogger(__name__)
+
+
+class Telling:
+    """The telling half of `ServedStudy`."""
+
+    def _tell_trial(
+        self,
+        number: int,
+        state: str,
+        values: list[float] | None,
+        user_attrs: dict[str, Any],
+        error: str | None,
+        worker: str,
+        duration_s: float | None = None,
+        artifacts: bool = True,
+        system_attrs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """`artifacts`: the objective asked for its artifact folder (else there is nothing to
+        move or discard: two file system calls per trial saved). `system_attrs`: the
+        constraints and artifact records the objective set, set here before the tell (with the
+        study file's `constraints.user_attr`), so the sampler sees them."""
+        lease = self.leases.drop(number)
+        if lease is None:  # already failed as lost or timed out; the late answer is dropped
+            return {"status": "stale"}
+        trial = lease.trial
+        trial_id = trial_id_of(trial)
+        storage = storage_of(self.study)
+        attrs: dict[str, Any] = {}
+        try:
+            for key, value in user_attrs.items():
+                trial.set_user_attr(key, value)
+            attrs = system_attrs_to_set(self.config, system_attrs or {}, user_attrs, state)
+            for key, value in attrs.items():
+                storage.set_trial_system_attr(trial_id, key, value)
+            storage.set_trial_system_attr(trial_id, WORKER_ATTR, worker)
+            if duration_s is not None:
+                storage.set_trial_system_attr(trial_id, DURATION_ATTR, duration_s)
+            if error:
+                storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
+        except Exception as exc:  # e.g. a user attr that is not JSON: fail the trial, not the loop
+            _logger.exception("study %s: could not record trial %d", self.config.name, number)
+            state, values, error = "FAIL", None, f"RecordError: {type(exc).__name__}: {exc}"
+            storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
+        if state == "COMPLETE":
+            params = storage.get_trial_params(trial_id)
+            # define-by-run params join the key; else they are the asked ones, keyed at the ask
+            key = trial_key(self.spec.key_base, params) if self.define_by_run else lease.key
+            if key != lease.key:
+                storage.set_trial_system_attr(trial_id, KEY_ATTR, key)
+            self.store.put_later(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
+                                              self.config.name, number, attrs),
+                                 number if artifacts else None, lease.key)
+        elif artifacts:
+            self.store.discard_staging(lease.key, number)
+        self._receive(Outcome(trial, state, values, feasible=feasible(attrs)), error)
+        for follower in self.same_key.release(lease.key):
+            # trials that asked for this key while it ran share its result, or run it themselves
+            if state == "COMPLETE":
+                self._answer_from_store(follower, StoredResult(lease.key, state, values, dict(user_attrs),
+                                                               system_attrs=dict(attrs)))
+            else:
+                self.same_key.ready.append(follower)
+        self._apply_received()
+        return {"status": "ok"}  # with the OS before the worker hears back; fsynced soon after
+
+    def _answer_from_store(self, trial: optuna.Trial, stored: StoredResult) -> None:
+        for key, value in stored.user_attrs.items():
+            trial.set_user_attr(key, value)
+        storage = storage_of(self.study)
+        try:
+            attrs = system_attrs_to_set(self.config, stored.system_attrs, stored.user_attrs, "COMPLETE")
+        except ValueError as exc:  # stored before the study file asked for constraints
+            _logger.warning("study %s: trial %d answered from the store without constraints: %s",
+                            self.config.name, trial.number, exc)
+            attrs = {}
+        for key, value in attrs.items():
+            storage.set_trial_system_attr(trial_id_of(trial), key, value)
+        storage.set_trial_system_attr(trial_id_of(trial), CACHED_ATTR, True)
+        self.budget.n_cached += 1
+        self._receive(Outcome(trial, "COMPLETE", stored.values, cached=True, feasible=feasible(attrs)), None)
+        self._apply_received()  # async: the next ask sees it (reproducible: a no-op, see there)
+
+    def fail_lease(self, number: int, error: str, retry: bool) -> None:
+        """Mark a running trial FAIL and, for infrastructure errors, enqueue its retry."""
+        lease = self.leases.drop(number)
+        assert lease is not None
+        storage = storage_of(self.study)
+        trial_id = trial_id_of(lease.trial)
+        storage.set_trial_system_attr(trial_id, WORKER_ATTR, lease.worker)
+        storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
+        self.store.discard_staging(lease.key, number)
+        if retry and lease.attempt < self.config.budget.retries:
+            self.enqueue_retry(lease.trial.params, number, lease.attempt + 1)
+        self._receive(Outcome(lease.trial, "FAIL", None), error)
+        self.same_key.ready += self.same_key.release(lease.key)
+        self._apply_received()
+        self.backend.flush_to_disk()
+
+    def lose_leases(self, numbers: list[int], error: str) -> None:
+        """Leases whose loop is gone (its worker died or was restarted): a trial the loop had
+        started fails and is retried; one it only held waits, as it is, for another loop."""
+        unstarted = [n for n in numbers if self.leases[n].started is None]
+        for number in numbers:
+            if number in unstarted:
+                lease = self.leases.drop(number)
+                assert lease is not None
+                self.same_key.ready.append(lease.trial)
+            else:
+                self.fail_lease(number, error, True)
+
+    def _release_unstarted(self, number: int) -> None:
+        """A loop told to stop drops the trials it held but never started."""
+        lease = self.leases.drop(number)
+        if lease is None:
+            return
+        self.store.discard_staging(lease.key, number)
+        self.discard(lease.trial)
+        self.same_key.ready += self.same_key.release(lease.key)
+
+    def discard(self, trial: optuna.Trial) -> None:
+        """A trial sampled but never run: FAIL, as Optuna cannot take back an ask."""
+        self.mark_not_run(trial_id_of(trial))
+        apply(self.study, Outcome(trial, "FAIL", None))
+
+    def mark_not_run(self, trial_id: int) -> None:
+        storage = storage_of(self.study)
+        storage.set_trial_system_attr(trial_id, ERROR_ATTR, NOT_RUN_ERROR)
+        storage.set_trial_system_attr(trial_id, NOT_RUN_ATTR, True)
+
+    def enqueue_retry(self, params: dict[str, Any], number: int, attempt: int) -> None:
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs={
+                    "fixed_params": params,
+                    RETRY_OF_ATTR: number,
+                    ATTEMPT_ATTR: attempt,
+                    KEY_ATTR: trial_key(self.spec.key_base, params),
+                },
+            )
+        )
+
+    def _receive(self, outcome: Outcome, error: str | None) -> None:
+        self.ordering.receive(outcome)
+        if self.finish_log is not None:
+            self.finish_log.add(outcome.trial)
+        self.budget.count(outcome.trial.number, outcome.state, outcome.values, error, outcome.feasible)
+
+    def _apply_received(self) -> None:
+        self.ordering.apply_received(self._in_flight_numbers)

@@ -1,0 +1,121 @@
+"""The study server's parts on their own: budget and stop rules, the lease table, ordering.
+
+Each part states its invariants in its docstring; these tests hold each to them with real
+Optuna studies in memory, no cluster.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studyflow.config import load_study
+from studyflow.server._budget import Budget
+from studyflow.server._leases import Lease
+from studyflow.server._leases import LeaseTable
+from studyflow.server._ordering import Ordering
+from studyflow.server._ordering import Outcome
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _config(**fields):
+    return load_study({"objective": "m:f", "budget": {"n_trials": 10}, **fields})
+
+
+def test_budget_stops_once_n_trials_finish_and_counts_pruned_as_finished():
+    budget = Budget(_config(), n_trials=3)
+    budget.count(0, "COMPLETE", [1.0], None)
+    budget.count(1, "PRUNED", None, None)
+    budget.count(2, "FAIL", None, "ValueError: bad")
+    assert not budget.stopped() and budget.finished == 2
+    budget.count(3, "COMPLETE", [0.5], None)
+    assert budget.stopped() and budget.stop_reason == "n_trials"
+    assert (budget.best_value, budget.best_number) == (0.5, 3)
+
+
+def test_budget_does_not_count_infrastructure_failures_against_max_failures():
+    budget = Budget(_config(budget={"n_trials": 10, "max_failures": 1}), n_trials=10)
+    for number in range(5):
+        budget.count(number, "FAIL", None, "WorkerLost: worker left mid-trial")
+    assert not budget.stopped()
+    budget.count(5, "FAIL", None, "ValueError: one")
+    budget.count(6, "FAIL", None, "ValueError: two")
+    assert budget.stopped() and budget.stop_reason == "too many failures: 2 > budget.max_failures=1"
+
+
+def test_budget_stops_when_the_first_ten_trials_all_fail():
+    budget = Budget(_config(), n_trials=100)
+    for number in range(10):
+        budget.count(number, "FAIL", None, "RuntimeError: broken")
+    assert budget.stop_reason == "too many failures: the first 10 trials all failed"
+
+
+def test_budget_patience_counts_trials_without_improvement_and_ignores_infeasible_bests():
+    budget = Budget(_config(budget={"n_trials": 100, "patience": 2}), n_trials=100)
+    budget.count(0, "COMPLETE", [5.0], None)
+    budget.count(1, "COMPLETE", [1.0], None, feasible=False)  # better, but infeasible
+    assert budget.best_value == 5.0 and budget.since_improvement == 1
+    assert budget.patience_allows(in_flight=0, loops=1)
+    budget.count(2, "COMPLETE", [6.0], None)
+    assert budget.stop_reason == "patience"
+    budget.reopen()
+    assert budget.stop_reason is None
+
+
+def _trials(n: int) -> list[optuna.Trial]:
+    study = optuna.create_study()
+    return [study.ask() for _ in range(n)]
+
+
+def test_lease_table_keeps_each_loops_queue_in_order_and_counts_keys():
+    t = _trials(3)
+    table = LeaseTable()
+    assert table.add(Lease(t[0], "k", "w1", 0, "loop-a/1")) is True  # heads its queue: begins now
+    assert table.add(Lease(t[1], "k", "w1", 0, "loop-a/1")) is False  # held behind it
+    assert table.add(Lease(t[2], "j", "w2", 0, "loop-b/1")) is True
+    assert table.leased_keys["k"] == 2 and table.held("loop-a/1") == 2
+    assert table.of_worker("w1") == [0, 1] and table.of_task("loop-b") == [2]
+    assert table.drop(0).trial is t[0]
+    assert table.head("loop-a/1").trial is t[1] and table.leased_keys["k"] == 1
+    assert table.drop(0) is None  # a late second drop changes nothing
+    table.drop(1)
+    assert "loop-a/1" not in table.loop_queues and table.leased_keys["k"] == 0
+    assert table.unstarted() == [2]
+
+
+def test_lease_table_hands_over_a_trial_asked_ahead_only_while_the_loop_holds_it():
+    t = _trials(2)
+    table = LeaseTable()
+    table.add(Lease(t[0], "k", "w", 0, "loop/1"))
+    table.add(Lease(t[1], "j", "w", 0, "loop/1"))
+    table.ahead["loop/1"] = {"number": 1}
+    assert table.take_ahead("loop/1") == {"number": 1}
+    table.ahead["loop/1"] = {"number": 1}
+    table.drop(1)  # the loop was lost: its held trial went to another loop
+    assert table.take_ahead("loop/1") is None and "loop/1" not in table.ahead
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_ordering_applies_outcomes_in_trial_order_and_under_a_window_only_when_allowed(window):
+    study = optuna.create_study()
+    trials = [study.ask() for _ in range(4)]
+    ordering = Ordering(study, window)
+    in_flight = {0, 1, 2, 3}
+    for number in (2, 0):  # trial 2 finishes before trial 0
+        in_flight.discard(number)
+        ordering.receive(Outcome(trials[number], "COMPLETE", [float(number)]))
+        ordering.apply_received(lambda: in_flight)
+    told = [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    if window == 0:
+        assert told == [0, 2]  # async: at once
+        return
+    assert told == []  # reproducible: nothing until the ask that may see it
+    ordering.apply_received(lambda: in_flight, upto=2)
+    assert [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))] == [0]  # 1 still runs
+    in_flight.discard(1)
+    ordering.receive(Outcome(trials[1], "FAIL", None))
+    ordering.apply_received(lambda: in_flight, upto=2)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.COMPLETE, 3: TrialState.RUNNING}
