@@ -118,3 +118,87 @@ def test_cli_bad_study_is_one_line_and_exit_1(write_study, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "search_space.x.low" in proc.stderr
+
+
+def _count_validations(monkeypatch) -> list[str]:
+    """A spy on `validate_study` as `load_study` calls it: records each label, then validates."""
+    from studyflow.config import _study
+
+    calls: list[str] = []
+    real = _study.validate_study
+
+    def spy(cfg, label):
+        calls.append(label)
+        return real(cfg, label)
+
+    monkeypatch.setattr(_study, "validate_study", spy)
+    return calls
+
+
+def test_a_loaded_study_passed_on_unchanged_is_not_validated_again(write_study, monkeypatch):
+    path = write_study(objective="m:f", search_space=SPACE)
+    cfg = load_study(path)
+    calls = _count_validations(monkeypatch)
+    assert load_study(cfg) is cfg
+    assert calls == []
+    assert load_study(cfg, ["budget.n_trials=3"]).budget.n_trials == 3  # overrides: a new one
+    cfg.search_space["x"].low = 5  # changed since it was validated: checked again
+    with pytest.raises(ConfigError) as info:
+        load_study(cfg)
+    assert info.value.key == "search_space.x.low" and str(path) in str(info.value)
+    assert calls == [str(path), str(path)]
+
+
+def test_optimize_validates_the_study_file_once(client4, write_study, tmp_path, monkeypatch):
+    path = write_study(objective="sf_objectives:instant", search_space=SPACE, budget={"n_trials": 4})
+    calls = _count_validations(monkeypatch)
+    result = optimize(None, path, client=client4, results_dir=tmp_path / "results", progress=False)
+    assert (result.trials["state"] == "COMPLETE").sum() == 4
+    assert calls == [str(path)]
+
+
+def test_the_cli_validates_the_study_file_once(client4, write_study, tmp_path, monkeypatch):
+    import logging
+    import signal
+
+    from studyflow.cli import main
+
+    path = write_study(objective="sf_objectives:instant", search_space=SPACE, budget={"n_trials": 4})
+    monkeypatch.chdir(tmp_path)  # the run's default log goes to logs/ here
+    calls = _count_validations(monkeypatch)
+    root, ours = logging.getLogger(), logging.getLogger("studyflow")
+    saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), list(root.handlers),
+             root.level, ours.level)
+    try:
+        code = main(["run", str(path), "--address", client4.scheduler.address, "--results", "results"])
+    finally:  # main() installs signal handlers and log handlers for the process: undo them
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
+        for handler in [h for h in root.handlers if h not in saved[2]]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(saved[3])
+        ours.setLevel(saved[4])
+    assert code == 0
+    assert (tmp_path / "results" / "studies" / "study" / "best.json").is_file()
+    assert calls == [str(path)]
+
+
+def test_the_sampler_options_are_built_once_per_process_for_the_same_sections(write_study, monkeypatch):
+    from studyflow.optuna_ext import _space
+    from studyflow.optuna_ext import check_sampler_options
+
+    built: list[str] = []
+    real = _space.make_sampler
+    monkeypatch.setattr(_space, "make_sampler", lambda cfg, *a, **k: built.append(cfg.name) or real(cfg, *a, **k))
+    monkeypatch.setattr(_space, "_CHECKED", set())
+    cfg = load_study(write_study(objective="m:f", search_space=SPACE, sampler={"name": "random", "seed": 2}))
+    check_sampler_options(cfg)
+    check_sampler_options(cfg)
+    assert built == ["study"]
+    bad = load_study(cfg, ["sampler.options={no_such_option: 1}"])
+    with pytest.raises(ConfigError) as info:
+        check_sampler_options(bad)
+    assert info.value.key == "sampler.options"
+    with pytest.raises(ConfigError):  # a failed check is not kept: it fails again
+        check_sampler_options(bad)

@@ -4,9 +4,9 @@ Optuna and distributed do not promise these names between releases, so the rest 
 reaches them only through this module, which checks at import that the installed versions are
 ones the code was written and tested against, and fails with one line naming the supported
 range otherwise. Three classes extend Optuna's own and so use their parents' private members:
-`tpe.CachedFitTPESampler` (`TPE_SAMPLER_MEMBERS`), `journal.ServerJournalStorage`
-(`JOURNAL_STORAGE_MEMBERS`), both checked at import too, and `trial.RemoteTrial`
-(`TRIAL_MEMBERS`).
+`optuna_ext._tpe.CachedFitTPESampler` (`TPE_SAMPLER_MEMBERS`),
+`optuna_ext._journal.ServerJournalStorage` (`JOURNAL_STORAGE_MEMBERS`), both checked at import
+too, and `worker._trial.RemoteTrial` (`TRIAL_MEMBERS`).
 `tests/test_compat.py` pins all of it.
 """
 

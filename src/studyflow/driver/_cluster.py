@@ -20,8 +20,9 @@ from studyflow.config import ClusterConfig
 
 _logger = logging.getLogger(__name__)
 
-# Snakemake exports these as the rule's threads (8 with -c8): eight workers each running eight
-# OpenMP threads on two cores slowed a 0.3 s trial to 100 s here. One worker slot, one thread.
+# Snakemake exports these as the rule's threads (8 with -c8), so every worker would run that many
+# BLAS/OpenMP threads and the workers together would oversubscribe the cores many times over.
+# One worker slot, one thread.
 ONE_THREAD_ENV = {
     name: "1"
     for name in (
@@ -31,8 +32,8 @@ ONE_THREAD_ENV = {
 }
 
 # Dask workers sample every thread's stack each 10 ms for the dashboard's profile page, which
-# local clusters here do not serve. Four such workers on two cores: 2,678-3,020 instant trials/s
-# with it, 3,032-3,646 without (3 pairs). Off unless the environment turns it on.
+# studyflow's local clusters do not serve: CPU taken from the trials for nothing. Off unless the
+# environment turns it on.
 PROFILE_ENV_VAR = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
 

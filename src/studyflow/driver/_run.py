@@ -166,7 +166,7 @@ def optimize(
         overrides: OmegaConf dot-list (`["budget.n_trials=50"]`).
         watch_parent: stop when the parent process dies (set by the CLI under Snakemake).
         callbacks: Optuna-style `cb(study, frozen_trial)`, called in this process once per
-            finished trial (COMPLETE, PRUNED or FAIL) in finish order (see `studyflow.hooks`).
+            finished trial (COMPLETE, PRUNED or FAIL) in finish order (see `driver._hooks`).
         progress_callback: `cb(done, total)`, called once per COMPLETE or PRUNED trial.
     """
     if objective is not None and isinstance(study, dict) and "objective" not in study:

@@ -32,9 +32,9 @@ from studyflow._compat import replayed_trials
 from studyflow._compat import trial_id_of
 
 _logger = logging.getLogger(__name__)
-# At most one background fsync per this many seconds: even on its own thread each one slowed
-# the serving thread by 0.3-0.5 ms here (a fifth to a third of a 1.5 ms TPE trial), so one per
-# batch was too many; a machine crash loses at most the outcomes told in the last interval.
+# At most one background fsync per this many seconds: even on its own thread each one slows the
+# serving thread, by a share of a fast trial's cost, so one per batch was too many; a machine
+# crash loses at most the outcomes told in the last interval.
 SYNC_INTERVAL_S = 0.05
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call otherwise
 
@@ -78,7 +78,8 @@ class SingleWriterJournal(BaseJournalBackend):
     def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
         """Records from `log_number_from` on. Its one reader (the server's storage) asks for
         each record once, in order, so what it has read is let go: the file keeps it, and the
-        garbage collector no longer walks 9 dicts a trial for the rest of the study."""
+        garbage collector no longer walks a trial's records (several dicts each) for the rest
+        of the study."""
         start = log_number_from - self._n_read
         if start < 0:
             raise ValueError(f"{self.path}: records before {self._n_read} were already read by this journal's reader")
@@ -88,7 +89,7 @@ class SingleWriterJournal(BaseJournalBackend):
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         # Buffered: the server calls `flush` once at the end of each ask or tell (one write
-        # syscall instead of six), before any worker hears about it.
+        # syscall for all its records), before any worker hears about it.
         text = "".join(_ENCODER.encode(log) + "\n" for log in logs)
         self._file.write(text.encode("utf-8"))
         self._logs.extend(logs)
@@ -102,8 +103,8 @@ class SingleWriterJournal(BaseJournalBackend):
         """Hand what was appended to the OS and have it fsynced on another thread, within
         `SYNC_INTERVAL_S`; the caller goes on.
 
-        Waiting for the disk before a worker hears back would put an fsync (0.5-0.7 ms here, far
-        more on network file systems) between every two trials of a loop, to protect only
+        Waiting for the disk before a worker hears back would put an fsync (slower still on
+        network file systems) between every two trials of a loop, to protect only
         against a machine crash in those milliseconds, after which a resume reruns the trials
         it lost. A failed fsync is raised here the next time (and `close` fsyncs itself).
         """
@@ -164,9 +165,9 @@ class ServerJournalStorage(JournalStorage):
 
     Optuna filters every trial by state on each `get_all_trials(states=...)`: samplers ask for
     the finished trials on every ask (TPE twice), and `ask` for WAITING ones (an enqueued
-    retry): 0.22 ms at 5,000 trials. Every state change passes through this object, so it
-    keeps the trial ids of each state instead (built by one scan at first use) and answers
-    from them, in the same order: 0.09 ms at 5,000.
+    retry): a scan of every trial each time. Every state change passes through this object, so
+    it keeps the trial ids of each state instead (built by one scan at first use) and answers
+    from them, in the same order, without the scan.
     """
 
     def __init__(self, backend: SingleWriterJournal) -> None:
@@ -197,8 +198,8 @@ class ServerJournalStorage(JournalStorage):
             self._sync_with_backend()
             self._replay_result.get_study(study_id)  # KeyError for an unknown study, as Optuna's
             trials, ids_by_study = replayed_trials(self)  # {trial id: trial}, in id order
-            # The server's journal holds one study: then "every trial" is a C-level copy (at
-            # 1,000 trials 4 us, against 22 us for Optuna's loop; TPE asks for all of them
+            # The server's journal holds one study: then "every trial" is a C-level copy of the
+            # replayed trials, not Optuna's Python loop over them (TPE asks for all of them
             # once per ask, and for all but the rare WAITING/FAIL ones to fit).
             ids_of_study = ids_by_study[study_id]
             alone = len(ids_of_study) == len(trials)

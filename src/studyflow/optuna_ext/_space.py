@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 
+from studyflow._hashing import canonical_json
 from studyflow.config import ParamSpec
 from studyflow.config import StudyConfig
 from studyflow.errors import ConfigError
@@ -98,8 +100,20 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
         raise ConfigError(label, "pruner.options", str(exc)) from exc
 
 
+# The sampler and pruner sections (with the space a grid is built from) already built in this
+# process: building them again would only check the same options again.
+_CHECKED: set[str] = set()
+
+
 def check_sampler_options(cfg: StudyConfig) -> None:
-    """Build the sampler and pruner once so bad options fail before any cluster starts."""
+    """Build the sampler and pruner so bad options fail before any cluster starts; once per
+    process for the same sections (a rerun of the study, a benchmark's repeats). Not kept for
+    gp, whose check also asks whether PyTorch is installed."""
+    key = canonical_json([asdict(cfg.sampler), asdict(cfg.pruner), cfg.to_dict()["search_space"]])
+    if key in _CHECKED:
+        return
     make_sampler(cfg)
     make_pruner(cfg)
+    if cfg.sampler.name != "gp":
+        _CHECKED.add(key)
 

@@ -1,9 +1,9 @@
 """Optuna's TPE sampler, doing its per-trial Python work once per trial instead of once per ask.
 
 TPE's ask splits the trials into a good ("below") and a bad ("above") group, encodes their
-parameters and builds a Parzen estimator from each: Python work over every trial, ~16 ms at
-2,000 trials, which kept 8 workers of 50 ms trials waiting. Here a finished trial (which never
-changes) is encoded once, the split of the finished trials is a numpy sort per history, and
+parameters and builds a Parzen estimator from each: Python work over every trial on every
+ask, growing with the history, while the workers of a study with short trials wait for the
+study server. Here a finished trial (which never changes) is encoded once, the split of the finished trials is a numpy sort per history, and
 the "below" estimator is built once per history: the study server serves a batch's asks after
 all of its tells, so they share it. Under Optuna's default constant liar the running trials
 (other than the one asked for) join "above" in trial-number order: they are encoded per ask

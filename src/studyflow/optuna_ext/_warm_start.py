@@ -2,7 +2,7 @@
 
 The driver reads them before any cluster starts, so a missing or unreadable source is one
 `ConfigError` line naming `warm_start`, and sends them with the study. The server adds them
-only to a new journal (`served_study._seed_new_study`), each marked with `studyflow:warm_start`
+only to a new journal (`server._lifecycle._seed_new_study`), each marked with `studyflow:warm_start`
 (its source journal and number), so the sampler learns from them while they stay out of the
 new study's budget, counts, best trial and tables.
 """

@@ -8,10 +8,9 @@ COMPLETE result is answered from the store instead of running the objective agai
 The study server is the only writer of its results. It appends them as JSON lines to a log of
 its own (`results/<pid>-<id>.jsonl`), so studies running at once never interleave lines, and a
 torn last line (a crash mid-write) is skipped on reading: the journal still has the trial, so
-only a cache entry is lost. A file per result cost 0.2-1.5 ms to create on this machine's disk
-(a folder and a file per trial, as stores before this layout kept them in
-`trials/<k2>/<key>/result.json`, which are still read), more than everything else an instant
-trial costs; an append costs microseconds. The objective writes its files into a staging
+only a cache entry is lost. A folder and a file per result (as stores before this layout kept
+them in `trials/<k2>/<key>/result.json`, which are still read) cost more to create than
+everything else an instant trial costs; an append costs next to nothing. The objective writes its files into a staging
 folder (`<key>/.staging-<trial number>`, made when it first asks for `trial.artifact_dir`),
 which the server renames to `artifacts/` when the trial completes, so a crashed trial never
 leaves half its artifacts under the key.

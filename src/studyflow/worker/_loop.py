@@ -4,7 +4,7 @@ A loop keeps at most one exchange with the study server in flight: it carries ev
 finished since the last one and asks for the next trials. While it is in flight the loop runs
 the trials it holds, so the round trip hides behind a running trial, and trials shorter than a
 round trip travel in batches. How many trials a loop holds beyond the one it runs follows the
-server's prefetch policy (`served_study.prefetch_policy`). The loop returns when the server
+server's prefetch policy (`server._prefetch.prefetch_policy`). The loop returns when the server
 says stop.
 """
 
