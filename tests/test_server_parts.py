@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from studyflow.config import load_study
+from studyflow.protocol import TrialLease
 from studyflow.server._budget import Budget
 from studyflow.server._leases import Lease
 from studyflow.server._leases import LeaseTable
@@ -90,9 +91,10 @@ def test_lease_table_hands_over_a_trial_asked_ahead_only_while_the_loop_holds_it
     table = LeaseTable()
     table.add(Lease(t[0], "k", "w", 0, "loop/1"))
     table.add(Lease(t[1], "j", "w", 0, "loop/1"))
-    table.ahead["loop/1"] = {"number": 1}
-    assert table.take_ahead("loop/1") == {"number": 1}
-    table.ahead["loop/1"] = {"number": 1}
+    asked = TrialLease(1, {}, "j", 0, None)
+    table.ahead["loop/1"] = asked
+    assert table.take_ahead("loop/1") is asked
+    table.ahead["loop/1"] = asked
     table.drop(1)  # the loop was lost: its held trial went to another loop
     assert table.take_ahead("loop/1") is None and "loop/1" not in table.ahead
 
@@ -119,3 +121,18 @@ def test_ordering_applies_outcomes_in_trial_order_and_under_a_window_only_when_a
     ordering.apply_received(lambda: in_flight, upto=2)
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.COMPLETE, 3: TrialState.RUNNING}
+
+
+def test_protocol_messages_come_back_from_the_wire_as_they_left():
+    from studyflow.protocol import ExchangeRequest
+    from studyflow.protocol import Reply
+    from studyflow.protocol import TrialOutcome
+
+    outcome = TrialOutcome(3, "COMPLETE", [0.5], {"a": 1}, None, None, 0.01, True, {"constraints:c": -1.0})
+    request = ExchangeRequest("loop/1", "tcp://w", [outcome], [4], want=2, worker_id="id", running=3)
+    reply = Reply("run", [TrialLease(5, {"x": 0.1}, "k", 7, "/tmp/a", {"x": "{}"}, "2026-12-02T00:00:00")],
+                  {"mode": "fixed", "cap": 0}, 1.5)
+    for message in (outcome, request, reply):
+        wire = message.wire()
+        assert all(isinstance(v, (str, int, float, bool, list, dict, type(None))) for v in wire.values())
+        assert type(message).from_wire(wire) == message

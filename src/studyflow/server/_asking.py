@@ -27,6 +27,8 @@ from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
 from studyflow.config import REPRODUCIBLE_ONLY
+from studyflow.protocol import Reply
+from studyflow.protocol import TrialLease
 from studyflow.server._leases import Lease
 from studyflow.store import trial_key
 from studyflow.store import trial_seed
@@ -50,31 +52,33 @@ class Asking:
         for loop, worker in loops:
             if loop in self.leases.ahead or len(self.leases) > self.loops or not self._loop_has_room(loop):
                 continue
-            reply = self._ask(worker, loop)
-            if reply["status"] != "run":
+            lease = self._ask(worker, loop)
+            if lease is None:
                 break
-            self.leases.ahead[loop] = reply
+            self.leases.ahead[loop] = lease
             asked += 1
         self.backend.flush()
         return asked
 
-    def _lease_batch(self, loop: str, worker: str, want: int) -> dict[str, Any] | None:
+    def _lease_batch(self, loop: str, worker: str, want: int) -> Reply | None:
+        """Up to `want` trials for a loop (the one asked ahead for it first); None when it
+        wants one and none can be leased yet."""
         ahead = self.leases.take_ahead(loop)
         trials = [ahead] if ahead is not None else []
         if ahead is not None and self.leases.head(loop).started is None:
             self._mark_started(self.leases.head(loop))  # the one the loop runs first has begun
         while len(trials) < want and self._loop_has_room(loop):
-            reply = self._ask(worker, loop)
-            if reply["status"] != "run":
+            lease = self._ask(worker, loop)
+            if lease is None:
                 break
-            trials.append(reply)
+            trials.append(lease)
         if trials:
-            return {"status": "run", "trials": trials, "policy": self.policy, "ends_in": self.budget.ends_in()}
+            return Reply("run", trials, self.policy, self.budget.ends_in())
         if self.decide() == "stop":
-            return {"status": "stop", "reason": self.stop_reason, "trials": []}
+            return Reply("stop", reason=self.stop_reason)
         if want > 0:
             return None
-        return {"status": "ok", "trials": [], "policy": self.policy, "ends_in": self.budget.ends_in()}
+        return Reply("ok", policy=self.policy, ends_in=self.budget.ends_in())
 
     def _loop_has_room(self, loop: str) -> bool:
         """A loop holds at most 1 + prefetch cap trials and no more than its share of what is
@@ -110,11 +114,12 @@ class Asking:
 
     # --- asking ---
 
-    def _ask(self, worker: str, loop: str) -> dict[str, Any]:
+    def _ask(self, worker: str, loop: str) -> TrialLease | None:
+        """Lease the loop its next trial: a ready one, else a new one (answered from the store,
+        or left to wait for a running key, until one must run); None unless `decide()` says run."""
         while True:
-            decision = self.decide()
-            if decision != "run":
-                return {"status": decision, "reason": self.stop_reason}
+            if self.decide() != "run":
+                return None
             if self.same_key.ready:
                 trial = self.same_key.ready.pop(0)
                 key = self._key(trial)
@@ -136,17 +141,10 @@ class Asking:
                 self._mark_started(lease)
             params = trial.params
             started = trial.datetime_start
-            return {
-                "status": "run",
-                "number": trial.number,
-                "params": params,
-                "key": key,
-                "seed": trial_seed(key),
-                "artifact_dir": self.store.staging_path(key, trial.number),
-                # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers there
-                "distributions": self._distributions_json(trial, params),
-                "datetime_start": None if started is None else started.isoformat(),
-            }
+            return TrialLease(trial.number, params, key, trial_seed(key), self.store.staging_path(key, trial.number),
+                              # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers
+                              self._distributions_json(trial, params),
+                              None if started is None else started.isoformat())
 
     @functools.cached_property
     def _space_json(self) -> dict[str, str]:

@@ -16,9 +16,9 @@ from collections import Counter
 from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any
-
 import optuna
+
+from studyflow.protocol import TrialLease
 
 
 @dataclass
@@ -36,7 +36,7 @@ class LeaseTable:
     leases: dict[int, Lease] = field(default_factory=dict)  # {trial number: lease}
     leased_keys: Counter[str] = field(default_factory=Counter)  # {key: leases with it}
     loop_queues: dict[str, deque[int]] = field(default_factory=dict)  # {loop: numbers, in order}
-    ahead: dict[str, dict[str, Any]] = field(default_factory=dict)  # {loop: its trial, not yet sent}
+    ahead: dict[str, TrialLease] = field(default_factory=dict)  # {loop: its trial, not yet sent}
 
     def __len__(self) -> int:
         return len(self.leases)
@@ -85,11 +85,11 @@ class LeaseTable:
                 del self.loop_queues[lease.loop]
         return lease
 
-    def take_ahead(self, loop: str) -> dict[str, Any] | None:
-        """The reply asked ahead for `loop`, if its lease is still the loop's."""
-        reply = self.ahead.pop(loop, None)
-        lease = self.leases.get(reply["number"]) if reply is not None else None
-        return reply if lease is not None and lease.loop == loop else None
+    def take_ahead(self, loop: str) -> TrialLease | None:
+        """The trial asked ahead for `loop`, if its lease is still the loop's."""
+        leased = self.ahead.pop(loop, None)
+        lease = self.leases.get(leased.number) if leased is not None else None
+        return leased if lease is not None and lease.loop == loop else None
 
     def of_worker(self, worker: str) -> list[int]:
         return [n for n, lease in self.leases.items() if lease.worker == worker]

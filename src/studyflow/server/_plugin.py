@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from studyflow._compat import offload
 from studyflow.outputs import FinalTables
 from studyflow.outputs import trials_frame
+from studyflow.protocol import ExchangeRequest
 from studyflow.server._lifecycle import ClosedStudy
 from studyflow.server._lifecycle import StudySpec
 from studyflow.server._lifecycle import close
@@ -144,7 +145,7 @@ class StudyServer(SchedulerPlugin):
         self._freeze_baseline(True)
         service = StudyService(served, lambda: self._studies.get(study_spec.study_id) is served, self._removed)
         served.service = service
-        served.task = asyncio.ensure_future(service.run())
+        service.task = asyncio.ensure_future(service.run())
         if served.config.budget.trial_timeout_s is not None:
             asyncio.ensure_future(self._watch_timeouts(study_spec.study_id, served))
         return served.status()
@@ -172,34 +173,22 @@ class StudyServer(SchedulerPlugin):
                 stimulus_id=f"studyflow-timeout-{time.time()}",
             )
 
-    async def exchange(
-        self,
-        study_id: str,
-        loop_id: str,
-        worker: str,
-        outcomes: list[dict[str, Any]] | None = None,
-        dropped: list[int] | None = None,
-        want: int = 1,
-        wait_s: float = 1.0,
-        worker_id: str | None = None,
-        running: int | None = None,
-        ahead: bool = False,
-    ) -> dict[str, Any]:
-        """Tell a loop's finished trials and lease it up to `want` more. A loop that has
-        nothing to run waits up to `wait_s` for a trial ('wait' after that); 'stop' ends it.
-        Outcomes reach the OS before the reply (and the disk within 50 ms). With `ahead`, the
-        server samples the loop's next trial once the reply has left, and hands it over with
-        the next reply."""
+    async def exchange(self, study_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Tell a loop's finished trials and lease it up to `want` more (`protocol.ExchangeRequest`
+        in, `protocol.Reply` out). A loop that has nothing to run waits up to `wait_s` for a
+        trial ('wait' after that); 'stop' ends it. Outcomes reach the OS before the reply (and
+        the disk soon after). With `ahead`, the server samples the loop's next trial once the
+        reply has left, and hands it over with the next reply."""
         served = self._get(study_id)
-        request = Exchange(loop_id, worker, outcomes or [], dropped or [], want,
-                           time.monotonic() + wait_s, running, worker_id, ahead=ahead)
-        return await served.service.submit(request)
+        exchange = ExchangeRequest.from_wire(request)
+        return await served.service.submit(Exchange(exchange, time.monotonic() + exchange.wait_s))
 
     def _removed(self, request: Exchange) -> bool:
         """A worker being restarted or removed still runs its event loop for a while; it may
         come back at the same address, so the process's id is compared too."""
-        ws = self.scheduler.workers.get(request.worker)
-        return ws is None or (request.worker_id is not None and ws.server_id != request.worker_id)
+        ws = self.scheduler.workers.get(request.request.worker)
+        worker_id = request.request.worker_id
+        return ws is None or (worker_id is not None and ws.server_id != worker_id)
 
     async def suggest(
         self, study_id: str, number: int, method: str, name: str, kwargs: dict[str, Any]

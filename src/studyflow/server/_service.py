@@ -24,6 +24,8 @@ from dataclasses import field
 from typing import Any
 
 from studyflow._compat import offload
+from studyflow.protocol import ExchangeRequest
+from studyflow.protocol import Reply
 from studyflow.server._study import ServedStudy
 
 _logger = logging.getLogger(__name__)
@@ -41,19 +43,12 @@ async def inline_or_offloaded(served: ServedStudy, items: int, fn: Any, *args: A
 
 @dataclass
 class Exchange:
-    """One loop's request: outcomes to tell, trials it gave up, how many trials it wants."""
+    """One loop's request as the service holds it until it is answered."""
 
-    loop: str
-    worker: str
-    outcomes: list[dict[str, Any]]
-    dropped: list[int]
-    want: int
-    deadline: float
-    running: int | None = None  # the trial the loop runs as it sends this
-    worker_id: str | None = None  # the worker process's id
+    request: ExchangeRequest
+    deadline: float  # a loop waiting for a leasable trial gets 'wait' after this
     removed: bool = False  # its worker has left: take its outcomes, lease it nothing, stop it
     parked_at: float | None = None  # since when it waits for a trial to become leasable
-    ahead: bool = False  # its trials are shorter than a round trip: sample its next one early
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -64,6 +59,7 @@ class StudyService:
     def __init__(self, served: ServedStudy, is_open: Callable[[], bool],
                  removed: Callable[[Exchange], bool]) -> None:
         self.served, self.is_open, self.removed = served, is_open, removed
+        self.task: asyncio.Future | None = None  # `run()`, once the plugin starts it
 
     def submit(self, request: Exchange) -> asyncio.Future:
         self.served.requests.append(request)
@@ -89,17 +85,17 @@ class StudyService:
         finally:
             for request in served.requests + parked:
                 if not request.reply.done():
-                    request.reply.set_result({"status": "stop", "reason": served.stop_reason, "trials": []})
+                    request.reply.set_result(Reply("stop", reason=served.stop_reason).wire())
 
     async def _serve_batch(self, batch: list[Exchange]) -> list[Exchange]:
         served = self.served
         for r in batch:  # checked when served: its trials may have gone back while it waited
             if self.removed(r):
-                r.removed, r.want, r.running = True, 0, None
-        told = any(r.outcomes or r.dropped for r in batch)
-        requests = [(r.loop, r.worker, r.outcomes, r.want, r.dropped, r.running) for r in batch]
+                r.removed, r.request.want, r.request.running = True, 0, None
+        requests = [r.request for r in batch]
+        told = any(q.outcomes or q.dropped for q in requests)
         # asks to come (a trial asked ahead is only handed over) and tells: what the batch costs
-        items = sum(len(r.outcomes) + max(0, r.want - (r.loop in served.leases.ahead)) for r in batch) or 1
+        items = sum(len(q.outcomes) + max(0, q.want - (q.loop_id in served.leases.ahead)) for q in requests) or 1
         try:
             async with served.lock:  # outcomes are with the OS before any reply leaves
                 started = time.perf_counter()
@@ -111,29 +107,29 @@ class StudyService:
                 if not r.reply.done():
                     r.reply.set_exception(exc)
             return []
-        for r in batch:
-            for o in r.outcomes:
-                if o.get("traceback"):
-                    _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, o["number"],
-                                    r.worker, o["traceback"])
-            r.outcomes, r.dropped, r.running = [], [], None
+        for q in requests:
+            for o in q.outcomes:
+                if o.traceback:
+                    _logger.warning("study %s trial %d failed on %s:\n%s", served.config.name, o.number,
+                                    q.worker, o.traceback)
+            q.outcomes, q.dropped, q.running = [], [], None
         parked, ahead, now = [], [], time.monotonic()
         for r, reply in zip(batch, replies):
             if r.reply.done():  # the loop's RPC was cancelled
                 continue
             if r.removed:
-                r.reply.set_result({"status": "stop", "reason": "worker removed", "trials": []})
+                r.reply.set_result(Reply("stop", reason="worker removed").wire())
             elif reply is None and now < r.deadline:
                 r.parked_at = r.parked_at or now
                 parked.append(r)
             else:
-                reply = reply or {"status": "wait", "trials": []}
+                reply = reply or Reply("wait")
                 # time spent waiting for budget or concurrency, not serving: loops leave it out
                 # of the round trip they pace prefetching by
-                reply["parked_s"] = now - r.parked_at if r.parked_at is not None else 0.0
-                r.reply.set_result(reply)
-                if r.ahead and reply["status"] == "run":
-                    ahead.append((r.loop, r.worker))
+                reply.parked_s = now - r.parked_at if r.parked_at is not None else 0.0
+                r.reply.set_result(reply.wire())
+                if r.request.ahead and reply.status == "run":
+                    ahead.append((r.request.loop_id, r.request.worker))
         if told:  # after the replies: what waits for a change (the driver's status) runs after them
             served.notify()
         if ahead:

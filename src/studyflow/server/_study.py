@@ -27,6 +27,8 @@ from studyflow.config import StudyConfig
 from studyflow.optuna_ext import RandomInOneRecord
 from studyflow.optuna_ext import SingleWriterJournal
 from studyflow.optuna_ext import distributions
+from studyflow.protocol import ExchangeRequest
+from studyflow.protocol import Reply
 from studyflow.server._asking import Asking
 from studyflow.server._budget import Budget
 from studyflow.server._finish_log import FinishLog
@@ -125,30 +127,27 @@ class ServedStudy(Asking, Telling):
 
     # --- serving loops ---
 
-    def serve(self, requests: list[tuple[str, str, list[dict[str, Any]], int, list[int], int | None]],
-              durable: bool = False) -> list[dict[str, Any] | None]:
-        """Serve a batch of loop requests `(loop, worker, outcomes, want, dropped, running)`:
-        every outcome is told first, then each loop gets up to `want` trials. All asks of a
+    def serve(self, requests: list[ExchangeRequest], durable: bool = False) -> list[Reply | None]:
+        """Serve a batch of loop requests: every outcome is told first, then each loop gets up
+        to `want` trials. All asks of a
         batch see the same history, so a sampler that caches its model fits it once per batch.
         Returns one reply per request (None: the loop wants a trial and none can be leased
         yet; the caller waits for a change). Every record is with the OS before it returns;
         when `durable`, another thread fsyncs the batch's tells soon after (`sync_soon`).
         """
         try:
-            for loop, worker, outcomes, _, dropped, running in requests:
-                for o in outcomes:
-                    self._tell_trial(o["number"], o["state"], o["values"], o.get("user_attrs") or {},
-                                     o.get("error"), worker, o.get("duration_s"),
-                                     o.get("artifacts", True), o.get("system_attrs") or {})
-                for number in dropped:
+            for r in requests:
+                for outcome in r.outcomes:
+                    self._tell_trial(outcome, r.worker)
+                for number in r.dropped:
                     self._release_unstarted(number)
-                lease = self.leases.get(running) if running is not None else None
-                if lease is not None and lease.loop == loop and lease.started is None:
+                lease = self.leases.get(r.running) if r.running is not None else None
+                if lease is not None and lease.loop == r.loop_id and lease.started is None:
                     self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
             self.store.write_pending()  # results first: a resume completes a told trial from them
             if durable:
                 self.backend.sync_soon()
-            return [self._lease_batch(loop, worker, want) for loop, worker, _, want, _, _ in requests]
+            return [self._lease_batch(r.loop_id, r.worker, r.want) for r in requests]
         finally:
             self.store.write_pending()
             self.backend.flush()

@@ -27,6 +27,7 @@ from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import WORKER_ATTR
 from studyflow._compat import storage_of
 from studyflow._compat import trial_id_of
+from studyflow.protocol import TrialOutcome
 from studyflow.server._constraints import feasible
 from studyflow.server._constraints import system_attrs_to_set
 from studyflow.server._ordering import Outcome
@@ -40,22 +41,13 @@ _logger = logging.getLogger(__name__)
 class Telling:
     """The telling half of `ServedStudy`."""
 
-    def _tell_trial(
-        self,
-        number: int,
-        state: str,
-        values: list[float] | None,
-        user_attrs: dict[str, Any],
-        error: str | None,
-        worker: str,
-        duration_s: float | None = None,
-        artifacts: bool = True,
-        system_attrs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """`artifacts`: the objective asked for its artifact folder (else there is nothing to
-        move or discard: two file system calls per trial saved). `system_attrs`: the
-        constraints and artifact records the objective set, set here before the tell (with the
-        study file's `constraints.user_attr`), so the sampler sees them."""
+    def _tell_trial(self, outcome: TrialOutcome, worker: str) -> dict[str, Any]:
+        """Record a loop's outcome and receive it. `outcome.artifacts`: the objective asked for
+        its artifact folder (else there is nothing to move or discard). `outcome.system_attrs`:
+        the constraints and artifact records the objective set, set here before the tell (with
+        the study file's `constraints.user_attr`), so the sampler sees them."""
+        number, state, values, error = outcome.number, outcome.state, outcome.values, outcome.error
+        user_attrs, duration_s, artifacts = outcome.user_attrs, outcome.duration_s, outcome.artifacts
         lease = self.leases.drop(number)
         if lease is None:  # already failed as lost or timed out; the late answer is dropped
             return {"status": "stale"}
@@ -66,7 +58,7 @@ class Telling:
         try:
             for key, value in user_attrs.items():
                 trial.set_user_attr(key, value)
-            attrs = system_attrs_to_set(self.config, system_attrs or {}, user_attrs, state)
+            attrs = system_attrs_to_set(self.config, outcome.system_attrs, user_attrs, state)
             for key, value in attrs.items():
                 storage.set_trial_system_attr(trial_id, key, value)
             storage.set_trial_system_attr(trial_id, WORKER_ATTR, worker)

@@ -24,6 +24,10 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from studyflow.protocol import ExchangeRequest
+from studyflow.protocol import Reply
+from studyflow.protocol import TrialLease
+from studyflow.protocol import TrialOutcome
 from studyflow.worker._objective import add_search_paths
 from studyflow.worker._objective import bind
 from studyflow.worker._objective import import_objective
@@ -106,8 +110,8 @@ class Courier:
     def __init__(self, conn: ServerConnection, loop_id: str, pace: Pace) -> None:
         self._conn, self._loop_id, self._pace = conn, loop_id, pace
         self._cond = threading.Condition()  # re-entrant: a reply may land while sending
-        self._queue: deque[dict[str, Any]] = deque()  # leased trials, in the order to run them
-        self._outbox: list[dict[str, Any]] = []  # outcomes not yet sent
+        self._queue: deque[TrialLease] = deque()  # leased trials, in the order to run them
+        self._outbox: list[TrialOutcome] = []  # outcomes not yet sent
         self._in_flight = False
         self._sent_at = 0.0
         self._current: int | None = None  # the trial the loop runs now
@@ -117,7 +121,7 @@ class Courier:
         self._stopped = False
         self._error: BaseException | None = None
 
-    def next_trial(self) -> dict[str, Any] | None:
+    def next_trial(self) -> TrialLease | None:
         """The next trial to run; None once the server says stop."""
         with self._cond:
             while True:
@@ -127,12 +131,12 @@ class Courier:
                     return None
                 if self._runnable():
                     lease = self._queue.popleft()
-                    self._current = lease["number"]
+                    self._current = lease.number
                     return lease
                 self._maybe_send()
                 self._cond.wait(timeout=1.0)
 
-    def put(self, outcome: dict[str, Any]) -> None:
+    def put(self, outcome: TrialOutcome) -> None:
         with self._cond:
             self._current, self._starved = None, False
             self._outbox.append(outcome)
@@ -142,11 +146,11 @@ class Courier:
         """After stop: send what is left, and give back the trials held but not run."""
         with self._cond:
             outbox, self._outbox = self._outbox, []
-            dropped = [t["number"] for t in self._queue]
+            dropped = [t.number for t in self._queue]
             self._queue.clear()
         if outbox or dropped:
-            self._conn.call("exchange", loop_id=self._loop_id, worker=self._conn.address,
-                            outcomes=outbox, dropped=dropped, want=0)
+            request = ExchangeRequest(self._loop_id, self._conn.address, outbox, dropped, want=0)
+            self._conn.call("exchange", request=request.wire())
 
     def _runnable(self) -> bool:
         return bool(self._queue) and (self._ends_at is None or time.monotonic() < self._ends_at)
@@ -165,31 +169,33 @@ class Courier:
         # What runs now; right after an outcome, the trial about to start (so its timeout
         # clock starts on the server).
         running = self._current if self._current is not None else (
-            self._queue[0]["number"] if self._runnable() else None)
-        future = self._conn.submit("exchange", loop_id=self._loop_id, worker=self._conn.address,
-                                   worker_id=self._conn.worker.id, outcomes=outcomes, want=want,
-                                   running=running, ahead=self._pace.ask_ahead(self._policy),
-                                   # only an idle loop waits at the server: a busy one must be
-                                   # free to send its outcome the moment its trial ends
-                                   wait_s=0.0 if self._queue or busy else 1.0)
+            self._queue[0].number if self._runnable() else None)
+        request = ExchangeRequest(self._loop_id, self._conn.address, outcomes, want=want,
+                                  worker_id=self._conn.worker.id, running=running,
+                                  ahead=self._pace.ask_ahead(self._policy),
+                                  # only an idle loop waits at the server: a busy one must be
+                                  # free to send its outcome the moment its trial ends
+                                  wait_s=0.0 if self._queue or busy else 1.0)
+        future = self._conn.submit("exchange", request=request.wire())
         future.add_done_callback(self._on_reply)
 
     def _on_reply(self, future: Future) -> None:
         with self._cond:
             self._in_flight = False
             try:
-                reply = future.result()
+                reply = Reply.from_wire(future.result())
             except BaseException as exc:  # the scheduler or the study is gone: the loop ends
                 self._error = exc
                 self._cond.notify_all()
                 return
-            self._pace.add_round_trip(time.perf_counter() - self._sent_at - reply.get("parked_s", 0.0))
-            self._policy = reply.get("policy", self._policy)
-            if reply.get("ends_in") is not None:
-                self._ends_at = time.monotonic() + reply["ends_in"]
-            self._queue.extend(reply["trials"])
-            self._starved = not reply["trials"]
-            self._stopped = reply["status"] == "stop"
+            self._pace.add_round_trip(time.perf_counter() - self._sent_at - reply.parked_s)
+            if reply.policy is not None:
+                self._policy = reply.policy
+            if reply.ends_in is not None:
+                self._ends_at = time.monotonic() + reply.ends_in
+            self._queue.extend(reply.trials)
+            self._starved = not reply.trials
+            self._stopped = reply.status == "stop"
             self._maybe_send()
             self._cond.notify_all()
 
@@ -217,19 +223,18 @@ def run_trial_loop(
     ran = 0
     while (lease := courier.next_trial()) is not None:
         outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)
-        pace.add_trial(outcome["duration_s"])
+        pace.add_trial(outcome.duration_s)
         courier.put(outcome)
         ran += 1
     courier.finish()
     return ran
 
 
-def _run_trial(conn: ServerConnection, call: Any, lease: dict[str, Any], data: Any,
-               objective_args: dict[str, Any], n_objectives: int) -> dict[str, Any]:
+def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
+               objective_args: dict[str, Any], n_objectives: int) -> TrialOutcome:
     """Run one leased trial; its outcome, whatever the objective did."""
-    trial = RemoteTrial(conn, lease["number"], lease["params"], data, objective_args,
-                        lease["key"], lease["seed"], lease["artifact_dir"],
-                        lease.get("distributions"), lease.get("datetime_start"))
+    trial = RemoteTrial(conn, lease.number, lease.params, data, objective_args, lease.key, lease.seed,
+                        lease.artifact_dir, lease.distributions, lease.datetime_start)
     state, values, error, tb = "COMPLETE", None, None, None
     started = time.perf_counter()
     try:
@@ -240,14 +245,6 @@ def _run_trial(conn: ServerConnection, call: Any, lease: dict[str, Any], data: A
         state = "PRUNED"
     except Exception as exc:
         state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
-    return {
-        "number": trial.number,
-        "state": state,
-        "values": values,
-        "user_attrs": trial.user_attrs,
-        "system_attrs": trial.recorded_system_attrs,  # constraints and artifact records
-        "error": error,
-        "traceback": tb,
-        "duration_s": time.perf_counter() - started,
-        "artifacts": trial.used_artifact_dir,
-    }
+    return TrialOutcome(trial.number, state, values, trial.user_attrs, error, tb,
+                        time.perf_counter() - started, trial.used_artifact_dir,
+                        trial.recorded_system_attrs)  # constraints and artifact records

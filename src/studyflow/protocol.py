@@ -1,0 +1,98 @@
+"""The messages between the study server and its trial loops, used by both ends.
+
+A loop sends an `ExchangeRequest` (the outcomes it finished, the trials it gives back, how many
+it wants) to the scheduler handler `studyflow_exchange`; the server answers with a `Reply`
+holding `TrialLease`s. Over the scheduler's RPC they travel as plain dicts (msgpack): each is
+turned into one by `wire()` on the sending side and read back by `from_wire()` on the
+receiving one, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+# Reply.status: "run" (trials leased), "ok" (nothing wanted), "wait" (none leasable yet: ask
+# again), "stop" (the study is over: the loop returns)
+STATUSES = ("run", "ok", "wait", "stop")
+
+
+class _Message:
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Any:
+        return cls(**data)
+
+    def wire(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrialLease(_Message):
+    """One trial leased to a loop: what its objective's `RemoteTrial` is made from."""
+
+    number: int
+    params: dict[str, Any]  # the study file's parameters, sampled at the ask
+    key: str  # the trial's content address in the trial store
+    seed: int  # derived from the key
+    artifact_dir: str | None  # where the objective may write files
+    distributions: dict[str, str] = field(default_factory=dict)  # {param: Optuna's JSON}
+    datetime_start: str | None = None  # ISO format, the server trial's start
+
+
+@dataclass
+class TrialOutcome(_Message):
+    """What a loop reports of one trial it ran."""
+
+    number: int
+    state: str  # "COMPLETE", "PRUNED" or "FAIL"
+    values: list[float] | None
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # one line; the traceback travels beside it for the server's log
+    traceback: str | None = None
+    duration_s: float | None = None  # the objective's own run time
+    artifacts: bool = False  # the objective asked for its artifact folder
+    system_attrs: dict[str, Any] = field(default_factory=dict)  # constraints, artifact records
+
+
+@dataclass
+class ExchangeRequest(_Message):
+    """A loop's request: outcomes to tell, trials given back, how many trials it wants."""
+
+    loop_id: str
+    worker: str  # the worker's address
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)  # held, never begun: given back
+    want: int = 1
+    wait_s: float = 1.0  # how long an idle loop waits at the server for a trial
+    worker_id: str | None = None  # the worker process's id (a restarted one reuses the address)
+    running: int | None = None  # the trial the loop runs as it sends this
+    ahead: bool = False  # its trials are shorter than a round trip: sample its next one early
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ExchangeRequest:
+        outcomes = [TrialOutcome.from_wire(o) for o in data.get("outcomes", ())]
+        return cls(**{**data, "outcomes": outcomes})
+
+    def wire(self) -> dict[str, Any]:
+        return {**self.__dict__, "outcomes": [o.wire() for o in self.outcomes]}
+
+
+@dataclass
+class Reply(_Message):
+    """The server's answer to an exchange."""
+
+    status: str  # one of STATUSES
+    trials: list[TrialLease] = field(default_factory=list)
+    policy: dict[str, Any] | None = None  # the prefetch policy (`server._prefetch`)
+    ends_in: float | None = None  # seconds until budget.timeout_s: start no trial after
+    reason: str | None = None  # why the study stops
+    parked_s: float = 0.0  # time the exchange waited for a leasable trial, not being served
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Reply:
+        trials = [TrialLease.from_wire(t) for t in data.get("trials", ())]
+        return cls(**{**data, "trials": trials})
+
+    def wire(self) -> dict[str, Any]:
+        return {**self.__dict__, "trials": [t.wire() for t in self.trials]}
