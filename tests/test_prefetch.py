@@ -1,7 +1,7 @@
 """Workers hold their next trials while they run one: what users see of it.
 
-A worker asks for its next trial(s) while it runs the current one (see `served_study.
-prefetch_policy`): the round trip to the study server hides behind a running trial and short
+A worker asks for its next trial(s) while it runs the current one (see
+`server._prefetch.prefetch_policy`): the round trip to the study server hides behind a running trial and short
 trials travel in batches. These tests pin down the promises that come with it.
 """
 
