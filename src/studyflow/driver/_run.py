@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import time
 import uuid
@@ -41,6 +40,8 @@ from studyflow.driver._hooks import Callback
 from studyflow.driver._hooks import Hooks
 from studyflow.driver._hooks import ProgressCallback
 from studyflow.driver._lock import StudyLock
+from studyflow.driver._parent import is_alive
+from studyflow.driver._parent import parent_pids
 from studyflow.errors import ConfigError
 from studyflow.errors import DataError
 from studyflow.errors import StudyAbortedError
@@ -232,36 +233,6 @@ def _workers(client: Client) -> list[dict[str, Any]]:
     return list(client.scheduler_info(n_workers=-1)["workers"].values())
 
 
-def _ancestors(n: int) -> list[int]:
-    """The nearest `n` ancestor pids (not init): under Snakemake, the job's shell and snakemake.
-
-    SIGKILL of `snakemake` leaves its job's shell alive, so watching only the parent would
-    leave an orphaned driver running beside the rerun.
-    """
-    pids, pid = [], os.getpid()
-    for _ in range(n):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-        if pid <= 1:
-            break
-        pids.append(pid)
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
-
-
 def _resolve_data(
     cfg: StudyConfig, data: pd.DataFrame | str | Path | None, layout: ResultsLayout
 ) -> tuple[Any, str | None]:
@@ -342,7 +313,7 @@ def _run(
 
     loops = [start_loop(i) for i in range(n_loops)]
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
-    ancestors = _ancestors(2) if watch_parent else []
+    ancestors = parent_pids(2) if watch_parent else []
     supervisor = supervisor_for(client)
     max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
     restarts, reason = 0, "closed"
@@ -367,7 +338,7 @@ def _run(
                 reason = status["stop_reason"]
                 break
             supervisor.check()
-            dead = [pid for pid in ancestors if not _alive(pid)]
+            dead = [pid for pid in ancestors if not is_alive(pid)]
             if dead:
                 raise StudyflowError(f"study {cfg.name}: parent process {dead[0]} died; stopping")
         wait(loops, timeout=30)

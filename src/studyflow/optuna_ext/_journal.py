@@ -33,8 +33,8 @@ from studyflow._compat import trial_id_of
 
 _logger = logging.getLogger(__name__)
 # At most one background fsync per this many seconds: even on its own thread each one slows the
-# serving thread, by a share of a fast trial's cost, so one per batch was too many; a machine
-# crash loses at most the outcomes told in the last interval.
+# serving thread by a fair share of what a fast trial costs it, so one per batch was too many; a
+# machine crash loses at most the outcomes told in the last interval.
 SYNC_INTERVAL_S = 0.05
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call otherwise
 

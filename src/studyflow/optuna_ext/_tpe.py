@@ -1,15 +1,16 @@
 """Optuna's TPE sampler, doing its per-trial Python work once per trial instead of once per ask.
 
 TPE's ask splits the trials into a good ("below") and a bad ("above") group, encodes their
-parameters and builds a Parzen estimator from each: Python work over every trial on every
-ask, growing with the history, while the workers of a study with short trials wait for the
-study server. Here a finished trial (which never changes) is encoded once, the split of the finished trials is a numpy sort per history, and
-the "below" estimator is built once per history: the study server serves a batch's asks after
-all of its tells, so they share it. Under Optuna's default constant liar the running trials
-(other than the one asked for) join "above" in trial-number order: they are encoded per ask
-and inserted at their numbers, which is the order Optuna builds them in. Candidates are drawn
-from the sampler's own random state in ask order, so the trials are the ones
-`optuna.samplers.TPESampler` proposes for the same sequence of asks and tells (tested).
+parameters and builds a Parzen estimator from each: Python work over every trial on every ask,
+growing with the history, while the workers of a study with short trials wait for the study
+server. Here a finished trial (which never changes) is encoded once, the split of the finished
+trials is a numpy sort per history, and the "below" estimator is built once per history: the
+study server serves a batch's asks after all of its tells, so they share it. Under Optuna's
+default constant liar the running trials (other than the one asked for) join "above" in
+trial-number order: they are encoded per ask and inserted at their numbers, which is the order
+Optuna builds them in. Candidates are drawn from the sampler's own random state in ask order,
+so the trials are the ones `optuna.samplers.TPESampler` proposes for the same sequence of asks
+and tells (tested).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from studyflow.server._study import ServedStudy
 _logger = logging.getLogger(__name__)
 
 SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
-# What `trial.study` on a worker may read (`worker._trial.StudyView`); "summary": what never changes
+# What `trial.study` on a worker may read (`worker._study_view.StudyView`); "summary": what never changes
 STUDY_VIEW_ATTRS = ("summary", "best_trial", "best_trials", "best_value", "best_params",
                     "user_attrs", "trials")
 FINISHED_INLINE = 64  # finished trials pickled on the event loop for the driver's callbacks

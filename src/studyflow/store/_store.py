@@ -10,10 +10,10 @@ its own (`results/<pid>-<id>.jsonl`), so studies running at once never interleav
 torn last line (a crash mid-write) is skipped on reading: the journal still has the trial, so
 only a cache entry is lost. A folder and a file per result (as stores before this layout kept
 them in `trials/<k2>/<key>/result.json`, which are still read) cost more to create than
-everything else an instant trial costs; an append costs next to nothing. The objective writes its files into a staging
-folder (`<key>/.staging-<trial number>`, made when it first asks for `trial.artifact_dir`),
-which the server renames to `artifacts/` when the trial completes, so a crashed trial never
-leaves half its artifacts under the key.
+everything else an instant trial costs; an append costs next to nothing. The objective writes
+its files into a staging folder (`<key>/.staging-<trial number>`, made when it first asks for
+`trial.artifact_dir`), which the server renames to `artifacts/` when the trial completes, so a
+crashed trial never leaves half its artifacts under the key.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from typing import TextIO
 
+from studyflow._attrs import KEY_ATTR
 from studyflow._hashing import canonical_json
 from studyflow._hashing import sha256_text
 from studyflow._io import write_text
@@ -292,8 +293,6 @@ def referenced_keys(journal_dir: str | Path) -> set[str]:
     """Every trial key that some study journal under `journal_dir` refers to."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-
-    from studyflow._attrs import KEY_ATTR
 
     keys: set[str] = set()
     for journal in sorted(Path(journal_dir).glob("*.log")):

@@ -1,0 +1,161 @@
+"""A study file's checks that its typed dataclasses cannot express: ranges, names, choices,
+and what `scheduling: reproducible` cannot replay. Each failure is one `ConfigError` line naming
+the file and the key."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+from typing import Any
+
+from studyflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from studyflow.config._study import ParamSpec
+    from studyflow.config._study import StudyConfig
+
+SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2")
+PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving")
+DIRECTIONS = ("minimize", "maximize")
+PARAM_TYPES = ("float", "int", "categorical")
+SCHEDULING = ("async", "reproducible")
+CLUSTER_MODES = ("local", "slurm", "address", "scheduler_file")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # names files: no path separators
+
+
+def validate_study(cfg: StudyConfig, label: str) -> None:
+    """Checks the typed config cannot express: ranges, names, choices."""
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(label, key, msg)
+
+    if not cfg.name or not SAFE_NAME.match(cfg.name):
+        fail("name", f"study name {cfg.name!r} must match {SAFE_NAME.pattern} (it names files)")
+    if cfg.data is not None and not SAFE_NAME.match(cfg.data):
+        fail("data", f"dataset name {cfg.data!r} must match {SAFE_NAME.pattern}")
+    if ":" not in cfg.objective or cfg.objective.count(":") != 1:
+        fail("objective", f"{cfg.objective!r} must be 'module:function'")
+    for i, direction in enumerate(cfg.study_directions):
+        if direction not in DIRECTIONS:
+            key = f"directions.{i}" if cfg.directions else "direction"
+            fail(key, f"{direction!r} is not one of {', '.join(DIRECTIONS)}")
+    if cfg.sampler.name not in SAMPLERS:
+        fail("sampler.name", f"{cfg.sampler.name!r} is not one of {', '.join(SAMPLERS)}")
+    if cfg.pruner.name not in PRUNERS:
+        fail("pruner.name", f"{cfg.pruner.name!r} is not one of {', '.join(PRUNERS)}")
+    if cfg.scheduling not in SCHEDULING:
+        fail("scheduling", f"{cfg.scheduling!r} is not one of {', '.join(SCHEDULING)}")
+    budget = cfg.budget
+    if budget.n_trials < 1:
+        fail("budget.n_trials", f"must be at least 1, got {budget.n_trials}")
+    for key in ("timeout_s", "trial_timeout_s"):
+        value = getattr(budget, key)
+        if value is not None and value <= 0:
+            fail(f"budget.{key}", f"must be positive, got {value}")
+    if budget.retries < 0:
+        fail("budget.retries", f"must be 0 or more, got {budget.retries}")
+    if budget.patience is not None and budget.patience < 1:
+        fail("budget.patience", f"must be at least 1, got {budget.patience}")
+    if cfg.cluster.mode not in CLUSTER_MODES:
+        fail("cluster.mode", f"{cfg.cluster.mode!r} is not one of {', '.join(CLUSTER_MODES)}")
+    if cfg.cluster.mode in ("address", "scheduler_file") and not getattr(cfg.cluster, cfg.cluster.mode):
+        fail(f"cluster.{cfg.cluster.mode}", f"cluster.mode {cfg.cluster.mode} needs cluster.{cfg.cluster.mode}")
+    if cfg.cluster.jobs < 1 or cfg.cluster.cores < 1:
+        fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
+    if cfg.concurrency is not None and cfg.concurrency < 1:
+        fail("concurrency", f"must be at least 1, got {cfg.concurrency}")
+    if cfg.prefetch is not None and cfg.prefetch < 0:
+        fail("prefetch", f"must be 0 or more (or left out for auto), got {cfg.prefetch}")
+    for pname, spec in cfg.search_space.items():
+        _validate_param(pname, spec, fail)
+    _validate_enqueue(cfg, fail)
+    if cfg.constraints is not None and not cfg.constraints.user_attr.strip():
+        fail("constraints.user_attr", "must name the user attr holding the objective's constraints")
+    if cfg.warm_start is not None and not cfg.warm_start.strip():
+        fail("warm_start", "must be a journal file or a results folder results/studies/<name>")
+    if cfg.scheduling == "reproducible":
+        _check_reproducible(cfg, fail)
+    if cfg.sampler.name == "grid":
+        for pname, spec in cfg.search_space.items():
+            if spec.type == "float" and spec.step is None:
+                fail(f"search_space.{pname}.step", "the grid sampler needs a step for floats")
+
+
+REPRODUCIBLE_ONLY = "scheduling: reproducible replays trials from the study file alone"
+
+
+def _check_reproducible(cfg: StudyConfig, fail: Any) -> None:
+    """What `scheduling: reproducible` cannot replay on another number of workers: a trial
+    sampled define-by-run (its suggests interleave with other trials' asks), a pruner (it reads
+    the intermediate values of whichever trials run beside it) and patience (which trials
+    start before it stops the study depends on their timing)."""
+    if not cfg.search_space:
+        fail("search_space", f"empty, so every parameter is suggested define-by-run; {REPRODUCIBLE_ONLY}: "
+             "declare the parameters here, or use scheduling: async")
+    if cfg.pruner.name != "none":
+        fail("pruner.name", f"{cfg.pruner.name!r} decides on timing-dependent intermediate values; "
+             f"{REPRODUCIBLE_ONLY}: use pruner: {{name: none}} or scheduling: async")
+    if cfg.budget.patience is not None:
+        fail("budget.patience", f"which trials start before patience ends the study depends on timing; "
+             f"{REPRODUCIBLE_ONLY}: leave it out or use scheduling: async")
+
+
+def _validate_enqueue(cfg: StudyConfig, fail: Any) -> None:
+    """Each enqueued trial is a mapping of parameter values that Optuna can fix: a value of a
+    declared parameter must be one its distribution can hold (else the ask would fail on the
+    server); names the file does not declare are left to the objective's own suggests."""
+    for i, params in enumerate(cfg.enqueue):
+        if not params:
+            fail(f"enqueue.{i}", "an enqueued trial needs at least one parameter")
+        for pname, value in params.items():
+            key = f"enqueue.{i}.{pname}"
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                fail(key, f"must be a number, a string, a bool or null, got {value!r}")
+            spec = cfg.search_space.get(pname)
+            if spec is None:
+                continue
+            if spec.type == "categorical":
+                if value not in (spec.choices or []):
+                    fail(key, f"{value!r} is not one of the choices {spec.choices}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(key, f"must be a number for a {spec.type} parameter, got {value!r}")
+            elif spec.type == "int" and not float(value).is_integer():
+                fail(key, f"must be an integer for an int parameter, got {value!r}")
+
+
+def _validate_param(pname: str, spec: ParamSpec, fail: Any) -> None:
+    key = f"search_space.{pname}"
+    if spec.type not in PARAM_TYPES:
+        fail(f"{key}.type", f"{spec.type!r} is not one of {', '.join(PARAM_TYPES)}")
+    if spec.type == "categorical":
+        if not spec.choices:
+            fail(f"{key}.choices", "a categorical parameter needs a non-empty list of choices")
+        for attr in ("low", "high", "step"):
+            if getattr(spec, attr) is not None:
+                fail(f"{key}.{attr}", "not allowed for a categorical parameter")
+        return
+    if spec.choices is not None:
+        fail(f"{key}.choices", f"only categorical parameters take choices, not {spec.type}")
+    for attr in ("low", "high"):
+        value = getattr(spec, attr)
+        if value is None:
+            fail(f"{key}.{attr}", f"missing (required for a {spec.type} parameter)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"{key}.{attr}", f"must be a number, got {value!r}")
+        if spec.type == "int" and not float(value).is_integer():
+            fail(f"{key}.{attr}", f"must be an integer for an int parameter, got {value!r}")
+        if not math.isfinite(value):
+            fail(f"{key}.{attr}", f"must be finite, got {value!r}")
+    if spec.low > spec.high:
+        fail(f"{key}.low", f"low ({spec.low}) > high ({spec.high})")
+    if spec.log and spec.low <= 0:
+        fail(f"{key}.low", f"a log-scaled parameter needs low > 0, got {spec.low}")
+    if spec.step is not None:
+        if isinstance(spec.step, bool) or not isinstance(spec.step, (int, float)) or spec.step <= 0:
+            fail(f"{key}.step", f"must be a positive number, got {spec.step!r}")
+        if spec.log and spec.type == "float":
+            fail(f"{key}.step", "a float parameter cannot have both step and log")
+        if spec.type == "int" and not float(spec.step).is_integer():
+            fail(f"{key}.step", f"must be an integer for an int parameter, got {spec.step!r}")
+
