@@ -39,6 +39,8 @@ from studyflow.driver._cluster import supervisor_for
 from studyflow.driver._hooks import Callback
 from studyflow.driver._hooks import Hooks
 from studyflow.driver._hooks import ProgressCallback
+from studyflow.driver._loops import TrialLoops
+from studyflow.driver._loops import eligible_slots
 from studyflow.driver._lock import StudyLock
 from studyflow.driver._parent import is_alive
 from studyflow.driver._parent import parent_pids
@@ -209,13 +211,10 @@ def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, fn: ObjectiveFn, 
 def _slots(client: Client, resources: dict[str, float]) -> int:
     """Worker threads that may run this study's trials: those whose workers carry every
     resource the study asks for (`worker_resources: {GPU: 1}` routes trials to GPU workers)."""
-    workers = _workers(client)
-    eligible = [w for w in workers if all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())]
-    if not eligible:
+    slots = eligible_slots(_workers(client), resources)
+    if not slots:
         raise StudyflowError(f"no worker carries the resources {resources} this study asks for (worker_resources)")
-    if not resources:
-        return sum(w["nthreads"] for w in eligible)
-    return sum(min(w["nthreads"], *(int(w["resources"][k] // v) for k, v in resources.items() if v)) for w in eligible)
+    return slots
 
 
 def _workers(client: Client) -> list[dict[str, Any]]:
@@ -306,17 +305,14 @@ def _run(
         paths,
     )
 
-    def start_loop(i: int) -> Any:
-        key = f"studyflow-loop-{study_id}-{i}-{uuid.uuid4().hex[:6]}"
-        return client.submit(run_trial_loop, *loop_args, key=key, pure=False,
-                             resources=cfg.worker_resources or None)
-
-    loops = [start_loop(i) for i in range(n_loops)]
+    max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
+    loops = TrialLoops(client, study_id, cfg.name, run_trial_loop, loop_args, cfg.worker_resources,
+                       cfg.window or cfg.concurrency, max_restarts)
+    loops.follow(slots, done=False)
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
     ancestors = parent_pids(2) if watch_parent else []
     supervisor = supervisor_for(client)
-    max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
-    restarts, reason = 0, "closed"
+    reason = "closed"
     try:
         hooks.start(client, study_id, opened)
         while True:
@@ -324,16 +320,8 @@ def _run(
             status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S)
             progress.update(status)
             hooks.on_status(client, study_id, status)
-            for i, fut in enumerate(loops):
-                if fut.status == "error" and not status["done"]:
-                    restarts += 1
-                    exc = fut.exception()
-                    if restarts > max_restarts:
-                        raise StudyflowError(f"study {cfg.name}: trial loops keep dying; last error: {exc!r}")
-                    _logger.warning("study %s: trial loop died (%r); starting another", cfg.name, exc)
-                    client.sync(client.scheduler.studyflow_release_loop, study_id=study_id,
-                                loop_id=fut.key, error=repr(exc)[:200])
-                    loops[i] = start_loop(i)
+            workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+            loops.follow(eligible_slots(workers, cfg.worker_resources), status["done"])
             if status["done"]:
                 reason = status["stop_reason"]
                 break
@@ -341,13 +329,13 @@ def _run(
             dead = [pid for pid in ancestors if not is_alive(pid)]
             if dead:
                 raise StudyflowError(f"study {cfg.name}: parent process {dead[0]} died; stopping")
-        wait(loops, timeout=30)
+        wait(loops.futures, timeout=30)
     finally:
         progress.close()
         reply = client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason,
                             **hooks.close_args())
         closed = pickle.loads(reply["result"]) if "result" in reply else None
-        client.cancel(loops, force=True)
+        client.cancel(loops.futures, force=True)
     hooks.on_close(reply)
     for err in status["errors"]:
         _logger.info("failed %s", err)

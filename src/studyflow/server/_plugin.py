@@ -124,6 +124,7 @@ class StudyServer(SchedulerPlugin):
                 "studyflow_study_view": self.study_view,
                 "studyflow_status": self.status,
                 "studyflow_release_loop": self.release_loop,
+                "studyflow_resize": self.resize,
                 "studyflow_close": self.close_study,
                 "studyflow_finished": self.finished,
             }
@@ -233,6 +234,15 @@ class StudyServer(SchedulerPlugin):
         if numbers:
             served.notify()
         return {"released": numbers}
+
+    async def resize(self, study_id: str, loops: int, concurrency: int) -> dict[str, Any]:
+        """The driver runs `loops` trial loops now (workers joined or left): prefetch shares and,
+        for a study without a set concurrency, the cap on trials in flight follow."""
+        served = self._get(study_id)
+        async with served.lock:
+            served.resize(loops, concurrency)
+        served.notify()
+        return {"status": "ok"}
 
     async def status(self, study_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """The study's counts; with `wait_s`, answer early only once the study is done."""

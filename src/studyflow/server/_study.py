@@ -118,6 +118,13 @@ class ServedStudy(Asking, Telling):
             return min(t.number for t in waiting)
         return storage_of(self.study).get_n_trials(study_id_of(self.study))
 
+    def resize(self, loops: int, concurrency: int) -> None:
+        """The driver runs `loops` loops now; a study whose concurrency follows the cluster
+        (none set, not reproducible, whose window is fixed) takes the new one."""
+        self.loops = loops
+        if self.config.concurrency is None and not self.ordering.window:
+            self.spec.concurrency = concurrency
+
     def note_served(self, seconds: float, items: int) -> None:
         """Learn what a batch costs per item, so the plugin knows which batches to offload: a
         slower one (a sampler whose asks grow with the history) is believed at once, a faster

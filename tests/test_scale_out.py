@@ -1,0 +1,45 @@
+"""Loops follow workers: every worker that joins a running study runs trials too.
+
+A study starts as soon as one worker is up; workers that join later (SLURM jobs that leave the
+queue late, a nanny's replacement, `cluster.scale`) get trial loops of their own, up to the
+study's concurrency, and a loop that is cancelled (e.g. by `Client.restart`) is replaced.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from distributed import Client
+from distributed import LocalCluster
+
+from studyflow import optimize
+
+SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
+
+
+def _cluster(n_workers: int) -> LocalCluster:
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0")
+
+
+def test_two_workers_that_join_mid_study_run_trials_too(tmp_path):
+    with _cluster(1) as cluster, Client(cluster) as client:
+        joins = threading.Timer(1.0, cluster.scale, args=(3,))
+        joins.start()
+        study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 80}}
+        result = optimize(None, study, client=client, results_dir=tmp_path, progress=False)
+        joins.join()
+        trials = result.trials
+        assert (trials["state"] == "COMPLETE").sum() == 80 and len(trials) == 80
+        assert trials["worker"].nunique() == 3, trials["worker"].value_counts()
+
+
+def test_a_study_whose_loops_are_cancelled_by_a_restart_replaces_them_and_finishes(tmp_path):
+    with _cluster(2) as cluster, Client(cluster) as client:
+        restart = threading.Timer(1.5, client.restart)
+        restart.start()
+        study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 40}}
+        result = optimize(None, study, client=client, results_dir=tmp_path, progress=False)
+        restart.join()
+        complete = result.trials[result.trials["state"] == "COMPLETE"]
+        assert len(complete) == 40
+        assert result.stop_reason == "n_trials"
