@@ -32,6 +32,10 @@ REASON = _slurm_up()
 if REASON:
     print(f"\nskipping the slurm tests: {REASON}", file=sys.stderr)
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+if REASON is None:
+    # dask_jobqueue installs a signal handler when first imported, which fails off the main
+    # thread; the tests below run studies in threads
+    import dask_jobqueue  # noqa: F401
 SLURM = {"mode": "slurm", "jobs": 2, "memory": "1GB", "walltime": "00:15:00"}
 
 
@@ -108,3 +112,39 @@ def test_a_plain_tcp_client_cannot_talk_to_the_tls_scheduler(tmp_path):
         assert address.startswith("tls://")
         with pytest.raises((OSError, TimeoutError)):
             Client(address.replace("tls://", "tcp://"), timeout=5)
+
+
+def _worker_jobs() -> list[tuple[str, str]]:
+    out = subprocess.run(["squeue", "-h", "-n", "dask-worker", "-o", "%i|%r"], capture_output=True, text=True,
+                         check=True).stdout
+    return [tuple(line.split("|", 1)) for line in out.splitlines()]
+
+
+def test_a_worker_job_that_starts_late_runs_trials_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "count.txt"))  # sbatch exports the env
+    monkeypatch.setenv("SF_SLEEP", "0.2")
+    # both worker jobs are submitted held: the test lets the first start, the second seconds later
+    cluster = {**SLURM, "cores": 1, "job_extra_directives": ["--hold"]}
+    study = {"objective": "sf_objectives:counted", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 60}, "cluster": cluster}
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        result=optimize(None, study, results_dir=tmp_path / "results", progress=False)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while len(jobs := _worker_jobs()) < 2:
+        assert time.monotonic() < deadline and runner.is_alive(), f"worker jobs never queued: {jobs}"
+        time.sleep(0.2)
+    first, second = sorted(job for job, _ in jobs)
+    subprocess.run(["scontrol", "release", first], check=True)
+    count = tmp_path / "count.txt"
+    while not (count.exists() and len(count.read_text().splitlines()) >= 10):
+        assert time.monotonic() < deadline + 180 and runner.is_alive(), "the study made no progress"
+        time.sleep(0.2)
+    time.sleep(2)  # the study has run on one job for a while
+    subprocess.run(["scontrol", "release", second], check=True)
+    runner.join(timeout=600)
+    assert not runner.is_alive()
+    trials = outcome["result"].trials
+    assert (trials["state"] == "COMPLETE").sum() == 60 and len(trials) == 60
+    assert trials["worker"].nunique() == 2, trials["worker"].value_counts()
