@@ -140,3 +140,10 @@ def conditional(trial):
         return (depth - 5) ** 2 / 10 + abs(math.log10(rate) + 1)
     alpha = trial.suggest_float("alpha", -5, 5)
     return alpha * alpha + 0.5
+
+
+def sees_gpus(trial):
+    """Records which GPUs the trial's process may see, as a framework would read them."""
+    trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    time.sleep(0.05)
+    return trial.suggest_float("x", 0, 1)

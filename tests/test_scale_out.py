@@ -43,3 +43,25 @@ def test_a_study_whose_loops_are_cancelled_by_a_restart_replaces_them_and_finish
         complete = result.trials[result.trials["state"] == "COMPLETE"]
         assert len(complete) == 40
         assert result.stop_reason == "n_trials"
+
+
+def test_one_worker_per_gpu_each_trial_sees_exactly_one_and_both_are_used(tmp_path):
+    study = {"objective": "sf_objectives:sees_gpus", "search_space": SPACE, "budget": {"n_trials": 30},
+             "worker_resources": {"GPU": 1}, "cluster": {"mode": "local", "gpus": [0, 1]}}
+    result = optimize(None, study, results_dir=tmp_path, progress=False)
+    seen = result.trials["user_attrs_cuda_visible_devices"]
+    assert (result.trials["state"] == "COMPLETE").sum() == 30
+    assert set(seen) == {"0", "1"}  # every trial saw exactly one id, and both GPUs ran trials
+    assert result.trials.groupby("worker")["user_attrs_cuda_visible_devices"].nunique().eq(1).all()
+
+
+def test_gpus_outside_local_mode_or_of_the_wrong_shape_fail_naming_the_key():
+    import pytest
+
+    from studyflow import ConfigError
+    from studyflow import load_study
+
+    for cluster in ({"mode": "slurm", "gpus": [0]}, {"mode": "local", "gpus": []}, {"mode": "local", "gpus": "all"}):
+        with pytest.raises(ConfigError) as caught:
+            load_study({"objective": "m:f", "cluster": cluster})
+        assert caught.value.key == "cluster.gpus"

@@ -86,6 +86,9 @@ class ClusterConfig:
     account: Optional[str] = None
     job_extra_directives: list[str] = field(default_factory=list)
     tls: bool = True  # slurm mode: certificates made for the run (Security.temporary())
+    # local mode: one worker per GPU id (a list, or "auto": CUDA_VISIBLE_DEVICES or nvidia-smi),
+    # each with CUDA_VISIBLE_DEVICES set to its id and the Dask resource GPU=1
+    gpus: Optional[Any] = None
 
 
 @dataclass

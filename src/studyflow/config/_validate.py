@@ -61,6 +61,14 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("cluster.mode", f"{cfg.cluster.mode!r} is not one of {', '.join(CLUSTER_MODES)}")
     if cfg.cluster.mode in ("address", "scheduler_file") and not getattr(cfg.cluster, cfg.cluster.mode):
         fail(f"cluster.{cfg.cluster.mode}", f"cluster.mode {cfg.cluster.mode} needs cluster.{cfg.cluster.mode}")
+    gpus = cfg.cluster.gpus
+    if gpus is not None:
+        if cfg.cluster.mode != "local":
+            fail("cluster.gpus", f"only mode: local starts one worker per GPU, not mode: {cfg.cluster.mode}")
+        ids_ok = isinstance(gpus, list) and gpus and all(
+            isinstance(g, (int, str)) and not isinstance(g, bool) for g in gpus)
+        if gpus != "auto" and not ids_ok:
+            fail("cluster.gpus", f"must be a non-empty list of GPU ids or 'auto', got {gpus!r}")
     if cfg.cluster.jobs < 1 or cfg.cluster.cores < 1:
         fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
     if cfg.concurrency is not None and cfg.concurrency < 1:

@@ -17,6 +17,8 @@ from distributed import Client
 from distributed import LocalCluster
 
 from studyflow.config import ClusterConfig
+from studyflow.driver._gpus import gpu_cluster
+from studyflow.driver._gpus import gpu_ids
 
 _logger = logging.getLogger(__name__)
 
@@ -169,6 +171,13 @@ def connect(
         return
     if cfg.mode == "slurm":
         with _slurm(cfg, tls_dir, search_paths) as client:
+            yield client
+        return
+    if cfg.gpus is not None:
+        ids = gpu_ids(cfg.gpus)
+        with dask.config.set(local_worker_config()), gpu_cluster(ids, ONE_THREAD_ENV, dashboard=False) as local, \
+                Client(local) as client:
+            _logger.info("local cluster: one worker per GPU %s at %s", ids, local.scheduler_address)
             yield client
         return
     n = local_workers(n_workers)

@@ -1,0 +1,50 @@
+"""One Dask worker per GPU on this machine, each seeing only its own GPU.
+
+`cluster: {mode: local, gpus: [0, 1]}` (or `gpus: auto`) starts one single-threaded worker
+process per id with `CUDA_VISIBLE_DEVICES` set to that id and the Dask resource `GPU=1`, as
+dask-cuda's `LocalCUDACluster` does: a trial's framework sees one device, and a study with
+`worker_resources: {GPU: 1}` runs one trial per GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from distributed import Nanny
+from distributed import Scheduler
+from distributed import SpecCluster
+
+from studyflow.errors import StudyflowError
+
+
+def gpu_ids(gpus: Any) -> list[str]:
+    """The ids a `cluster.gpus` setting names; "auto": `CUDA_VISIBLE_DEVICES`, else every GPU
+    `nvidia-smi -L` lists. Fails in one line when "auto" finds none."""
+    if gpus != "auto":
+        return [str(g) for g in gpus]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    if shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+        ids = [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
+        if ids:
+            return ids
+    raise StudyflowError("cluster.gpus: auto found no GPU (CUDA_VISIBLE_DEVICES is unset and nvidia-smi "
+                         "lists none); name the ids, e.g. gpus: [0, 1]")
+
+
+def gpu_cluster(ids: list[str], env: dict[str, str], **scheduler_options: Any) -> SpecCluster:
+    """A cluster on 127.0.0.1 with one worker per GPU id."""
+    workers = {
+        f"gpu-{gpu}": {"cls": Nanny, "options": {
+            "nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1},
+            "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}}}
+        for gpu in ids
+    }
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, **scheduler_options}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL)
