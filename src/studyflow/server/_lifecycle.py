@@ -27,7 +27,6 @@ from studyflow._attrs import NOT_RUN_ATTR
 from studyflow._attrs import STARTED_ATTR
 from studyflow._attrs import WARM_START_ATTR
 from studyflow._compat import storage_of
-from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
 from studyflow.config import StudyConfig
 from studyflow.optuna_ext import ServerJournalStorage
@@ -72,18 +71,17 @@ def open_study(spec: StudySpec) -> ServedStudy:
 
     cfg = spec.config
     backend = SingleWriterJournal(spec.journal_path)
+    storage = ServerJournalStorage(backend)
+    existing = _trials_in(storage, cfg.name)
     study = optuna.create_study(
-        storage=ServerJournalStorage(backend),
+        storage=storage,
         study_name=cfg.name,
         directions=cfg.study_directions,
-        sampler=make_sampler(cfg),
+        sampler=make_sampler(cfg, resumed_trials=existing),  # built once, seeded for a resume
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
-    existing = storage_of(study).get_n_trials(study_id_of(study))
-    if existing:
-        study.sampler = make_sampler(cfg, resumed_trials=existing)
-    else:
+    if not existing:
         _seed_new_study(study, spec)
     n_trials = cfg.budget.n_trials
     if cfg.sampler.name == "grid":
@@ -95,6 +93,14 @@ def open_study(spec: StudySpec) -> ServedStudy:
     if spec.track_finished:
         served.finish_log = FinishLog.after_history(study)
     return served
+
+
+def _trials_in(storage: ServerJournalStorage, name: str) -> int:
+    """How many trials the journal holds for the study (0 for a new one)."""
+    try:
+        return storage.get_n_trials(storage.get_study_id_from_name(name))
+    except KeyError:
+        return 0
 
 
 def _seed_new_study(study: optuna.Study, spec: StudySpec) -> None:
