@@ -202,3 +202,16 @@ def test_the_sampler_options_are_built_once_per_process_for_the_same_sections(wr
     assert info.value.key == "sampler.options"
     with pytest.raises(ConfigError):  # a failed check is not kept: it fails again
         check_sampler_options(bad)
+
+
+def test_an_optimize_job_whose_workers_are_slurm_jobs_asks_for_one_cpu_and_their_walltime():
+    from studyflow.config import job_runtime_minutes
+    from studyflow.config import optimize_job_threads
+
+    slurm = load_study({"objective": "m:f", "concurrency": 16,
+                        "cluster": {"mode": "slurm", "walltime": "1-02:30:00"}})
+    local = load_study({"objective": "m:f", "concurrency": 16})
+    assert optimize_job_threads(slurm, cores=8) == 1
+    assert optimize_job_threads(local, cores=8) == 16
+    assert job_runtime_minutes(slurm) == 1440 + 150 + 10  # the workers' walltime and a margin
+    assert job_runtime_minutes(local) == 60

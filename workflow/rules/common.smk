@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 from studyflow.config import WorkflowConfig
 from studyflow.config import job_runtime_minutes
+from studyflow.config import optimize_job_threads
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -48,8 +49,10 @@ def study_file(wildcards):
 
 
 def optimize_threads(wildcards, cores=None):
-    """The study's concurrency if it sets one, else every core Snakemake was given."""
-    return STUDIES[wildcards.study].concurrency or cores or workflow.cores
+    """The study's concurrency if it sets one, else every core Snakemake was given; one where
+    the workers run elsewhere (SLURM jobs, a cluster attached to): the job only hosts the
+    scheduler and the study server."""
+    return optimize_job_threads(STUDIES[wildcards.study], cores or workflow.cores)
 
 
 def optimize_runtime_minutes(wildcards):

@@ -10,6 +10,7 @@ from studyflow.config._validate import REPRODUCIBLE_ONLY
 from studyflow.config._workflow import DEFAULT_CONFIG
 from studyflow.config._workflow import WorkflowConfig
 from studyflow.config._workflow import job_runtime_minutes
+from studyflow.config._workflow import optimize_job_threads
 
 __all__ = [
     "ClusterConfig",
@@ -21,5 +22,6 @@ __all__ = [
     "WorkflowConfig",
     "dataset_spec",
     "job_runtime_minutes",
+    "optimize_job_threads",
     "load_study",
 ]

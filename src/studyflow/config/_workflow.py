@@ -96,7 +96,30 @@ def _as_list(value: Any) -> list[str]:
 
 def job_runtime_minutes(cfg: StudyConfig, default: int = 60) -> int:
     """A SLURM runtime for a study's optimize job: its time budget plus a margin for start-up
-    and writing outputs, else `default` minutes."""
-    if cfg.budget.timeout_s is None:
-        return default
-    return int(cfg.budget.timeout_s / 60 * 1.2) + 10
+    and writing outputs, else `default` minutes; with SLURM worker jobs, at least their
+    walltime (the study can run as long as its workers do)."""
+    minutes = default if cfg.budget.timeout_s is None else int(cfg.budget.timeout_s / 60 * 1.2) + 10
+    if cfg.cluster.mode == "slurm":
+        minutes = max(minutes, walltime_minutes(cfg.cluster.walltime) + 10)
+    return minutes
+
+
+def walltime_minutes(walltime: str) -> int:
+    """SLURM's time formats ("MM", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM[:SS]") in minutes."""
+    days, _, clock = walltime.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        hours, mins = parts[0], (parts[1] if len(parts) > 1 else 0)
+    elif len(parts) == 3:
+        hours, mins = parts[0], parts[1]
+    else:
+        hours, mins = 0, parts[0]
+    return int(days or 0) * 1440 + hours * 60 + mins
+
+
+def optimize_job_threads(cfg: StudyConfig, cores: int) -> int:
+    """CPUs for a study's optimize job: its local workers (the study's concurrency, else every
+    core given), or one where the workers run elsewhere (SLURM jobs, an attached cluster)."""
+    if cfg.cluster.mode != "local":
+        return 1
+    return cfg.concurrency or cores
