@@ -211,7 +211,8 @@ def test_an_optimize_job_whose_workers_are_slurm_jobs_asks_for_one_cpu_and_their
     slurm = load_study({"objective": "m:f", "concurrency": 16,
                         "cluster": {"mode": "slurm", "walltime": "1-02:30:00"}})
     local = load_study({"objective": "m:f", "concurrency": 16})
-    assert optimize_job_threads(slurm, cores=8) == 1
-    assert optimize_job_threads(local, cores=8) == 16
+    assert optimize_job_threads(slurm) == 1
+    assert optimize_job_threads(local) == 16
+    assert optimize_job_threads(load_study({"objective": "m:f"})) is None  # every core given
     assert job_runtime_minutes(slurm) == 1440 + 150 + 10  # the workers' walltime and a margin
     assert job_runtime_minutes(local) == 60

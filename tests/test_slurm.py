@@ -148,3 +148,18 @@ def test_a_worker_job_that_starts_late_runs_trials_too(tmp_path, monkeypatch):
     trials = outcome["result"].trials
     assert (trials["state"] == "COMPLETE").sum() == 60 and len(trials) == 60
     assert trials["worker"].nunique() == 2, trials["worker"].value_counts()
+
+
+def test_worker_jobs_that_cannot_start_stop_the_study_quoting_slurm(tmp_path):
+    from studyflow import StudyflowError
+
+    cluster = {**SLURM, "jobs": 1, "job_extra_directives": ["--chdir=/nonexistent/studyflow-test"]}
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 5}, "cluster": cluster}
+    started = time.monotonic()
+    with pytest.raises(StudyflowError) as caught:
+        optimize(None, study, results_dir=tmp_path / "results", progress=False)
+    message = str(caught.value)
+    assert "3 SLURM worker jobs in a row ended before their worker started" in message
+    assert "state FAILED" in message and "\n" not in message
+    assert time.monotonic() - started < 120

@@ -52,7 +52,7 @@ def optimize_threads(wildcards, cores=None):
     """The study's concurrency if it sets one, else every core Snakemake was given; one where
     the workers run elsewhere (SLURM jobs, a cluster attached to): the job only hosts the
     scheduler and the study server."""
-    return optimize_job_threads(STUDIES[wildcards.study], cores or workflow.cores)
+    return optimize_job_threads(STUDIES[wildcards.study]) or cores or workflow.cores
 
 
 def optimize_runtime_minutes(wildcards):

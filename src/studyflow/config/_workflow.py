@@ -117,9 +117,10 @@ def walltime_minutes(walltime: str) -> int:
     return int(days or 0) * 1440 + hours * 60 + mins
 
 
-def optimize_job_threads(cfg: StudyConfig, cores: int) -> int:
-    """CPUs for a study's optimize job: its local workers (the study's concurrency, else every
-    core given), or one where the workers run elsewhere (SLURM jobs, an attached cluster)."""
+def optimize_job_threads(cfg: StudyConfig) -> int | None:
+    """CPUs for a study's optimize job: one where the workers run elsewhere (SLURM jobs, an
+    attached cluster), else its local workers: the study's concurrency, or None for every
+    core the run was given."""
     if cfg.cluster.mode != "local":
         return 1
-    return cfg.concurrency or cores
+    return cfg.concurrency

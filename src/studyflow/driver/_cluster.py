@@ -19,6 +19,7 @@ from distributed import LocalCluster
 from studyflow.config import ClusterConfig
 from studyflow.driver._gpus import gpu_cluster
 from studyflow.driver._gpus import gpu_ids
+from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
 
@@ -61,29 +62,57 @@ class Supervisor:
 
 
 class SlurmSupervisor(Supervisor):
-    EVERY_S = 10.0  # squeue at most this often: the driver polls 5 times a second
+    """Replaces worker jobs that ended; stops the study once `MAX_FAILED_STARTS` jobs in a row
+    ended before any worker of theirs joined (a job that cannot start would be resubmitted
+    forever), quoting what SLURM says of the last one."""
 
-    def __init__(self, cluster: Any, jobs: int) -> None:
+    EVERY_S = 10.0  # squeue at most this often: the driver polls 5 times a second
+    MAX_FAILED_STARTS = 3
+
+    def __init__(self, cluster: Any, jobs: int, every_s: float = EVERY_S) -> None:
         self.cluster = cluster
         self.jobs = jobs
+        self.every_s = every_s
         self._last = 0.0
+        self.joined: set[str] = set()  # job names a worker of which joined the scheduler
+        self.failed_starts = 0  # jobs in a row that ended before any worker joined
 
     def check(self) -> None:
-        if time.monotonic() - self._last < self.EVERY_S:
+        if time.monotonic() - self._last < self.every_s:
             return
         self._last = time.monotonic()
+        self._note_joined()
         alive = _live_slurm_jobs()
         if alive is None:
             return
-        dead = [name for name, job in list(self.cluster.workers.items())
-                if getattr(job, "job_id", None) and job.job_id not in alive]
+        dead = {name: job.job_id for name, job in list(self.cluster.workers.items())
+                if getattr(job, "job_id", None) and job.job_id not in alive}
         if not dead:
             return
-        for name in dead:
+        for name, job_id in dead.items():
             self.cluster.worker_spec.pop(name, None)
             self.cluster.workers.pop(name, None)
-        _logger.warning("SLURM worker job(s) %s ended; submitting replacements", dead)
+            self.failed_starts = 0 if name in self.joined else self.failed_starts + 1
+            if self.failed_starts >= self.MAX_FAILED_STARTS:
+                raise StudyflowError(f"{self.failed_starts} SLURM worker jobs in a row ended before their "
+                                     f"worker started; the last, job {job_id}: {_slurm_says(job_id)}")
+        _logger.warning("SLURM worker job(s) %s ended; submitting replacements", list(dead))
         self.cluster.scale(jobs=self.jobs)
+
+    def _note_joined(self) -> None:
+        names = [str(w.get("name", "")) for w in self.cluster.scheduler_info.get("workers", {}).values()]
+        for job in self.cluster.workers:
+            if any(n == str(job) or n.startswith(f"{job}-") for n in names):
+                self.joined.add(job)
+
+    def wait_for_a_worker(self, client: Client, timeout_s: float) -> None:
+        """Wait for the first worker, failing early when the jobs cannot start."""
+        deadline = time.monotonic() + timeout_s
+        while not client.scheduler_info()["workers"]:
+            if time.monotonic() > deadline:
+                raise StudyflowError(f"no SLURM worker job started within {timeout_s:g} s")
+            self.check()
+            time.sleep(0.5)
 
 
 def supervisor_for(client: Client) -> Supervisor:
@@ -91,6 +120,17 @@ def supervisor_for(client: Client) -> Supervisor:
     if type(cluster).__name__ == "SLURMCluster":
         return SlurmSupervisor(cluster, len(cluster.worker_spec))
     return Supervisor()
+
+
+def _slurm_says(job_id: str) -> str:
+    """SLURM's account of an ended job: its state, reason and exit code."""
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "State,Reason,ExitCode"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "sacct gave no answer"
+    state, reason, code = (out.splitlines()[0].split("|") + ["", ""])[:3] if out else ("unknown", "", "")
+    return f"state {state}, reason {reason or 'none'}, exit code {code or '?'}"
 
 
 def _live_slurm_jobs() -> set[str] | None:
@@ -212,5 +252,5 @@ def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[st
         slurm.scale(jobs=cfg.jobs)
         with Client(slurm, security=kwargs.get("security")) as client:
             _logger.info("SLURM cluster at %s: %d job(s) of %d worker(s)", slurm.scheduler_address, cfg.jobs, cfg.cores)
-            client.wait_for_workers(1, timeout=600)
+            SlurmSupervisor(slurm, cfg.jobs, every_s=2.0).wait_for_a_worker(client, 600)
             yield client
