@@ -50,3 +50,9 @@ def test_define_by_run_table_prints_declared_define_by_run_and_random_rows():
     runs = [(row.split("|")[1].strip(), row.split("|")[2].strip()) for row in rows if not row.startswith("| parameters declared")]
     assert runs == [("parameters in search_space", "tpe"), ("define-by-run", "tpe"), ("define-by-run", "random")] * 2
     assert all(float(row.split("|")[3]) >= 0 for row in rows if not row.startswith("| parameters declared"))
+
+
+def test_load_prints_a_row_per_loop_count_with_the_budget_checked():
+    _, rows = run_script("load.py", "--trials", "400", "--loops", "4,16", "--workers", "2")
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["4", "16"]
+    assert all(row.split("|")[5].strip() == "yes" for row in rows[1:])
