@@ -65,3 +65,27 @@ def test_gpus_outside_local_mode_or_of_the_wrong_shape_fail_naming_the_key():
         with pytest.raises(ConfigError) as caught:
             load_study({"objective": "m:f", "cluster": cluster})
         assert caught.value.key == "cluster.gpus"
+
+
+def test_two_studies_started_together_on_one_cluster_both_make_progress_from_the_start(tmp_path):
+    with _cluster(4) as cluster, Client(cluster) as client:
+        results: dict = {}
+
+        def run(name: str) -> None:
+            study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 40},
+                     "name": name}
+            results[name] = optimize(None, study, client=client, results_dir=tmp_path / name, progress=False)
+
+        runners = [threading.Thread(target=run, args=(name,)) for name in ("first", "second")]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join(timeout=120)
+    starts = {name: r.trials["datetime_start"].min() for name, r in results.items()}
+    ends = {name: r.trials["datetime_complete"].max() for name, r in results.items()}
+    assert all((r.trials["state"] == "COMPLETE").sum() == 40 for r in results.values())
+    # each study's first trial began before the other study was over: they ran side by side
+    assert starts["first"] < ends["second"] and starts["second"] < ends["first"]
+    later = max(starts.values())
+    # and neither waited for the other to use the whole cluster: both started within a couple of s
+    assert (later - min(starts.values())).total_seconds() < 2.0

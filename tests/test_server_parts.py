@@ -136,3 +136,11 @@ def test_protocol_messages_come_back_from_the_wire_as_they_left():
         wire = message.wire()
         assert all(isinstance(v, (str, int, float, bool, list, dict, type(None))) for v in wire.values())
         assert type(message).from_wire(wire) == message
+
+
+def test_studies_share_a_clusters_slots_by_water_filling():
+    from studyflow.server._shares import water_fill
+
+    assert water_fill(8, {"a": 8, "b": 8}) == {"a": 4, "b": 4}
+    assert water_fill(8, {"a": 2, "b": 8}) == {"a": 2, "b": 6}  # what a leaves goes to b
+    assert water_fill(2, {"a": 8, "b": 8, "c": 8}) == {"a": 1, "b": 1, "c": 1}  # each makes progress

@@ -46,20 +46,23 @@ class TrialLoops:
         self.futures: list[Future] = []
         self.told: tuple[int, int] | None = None  # (loops, concurrency) the server last heard
 
-    def target(self, slots: int) -> tuple[int, int]:
-        """(loops to run, the study's concurrency) for this many eligible slots."""
+    def target(self, slots: int, share: int | None = None) -> tuple[int, int]:
+        """(loops to run, the study's concurrency) for this many eligible slots, and the
+        study's share of them while other studies use the cluster too."""
         concurrency = self.concurrency or max(1, slots)
-        return min(concurrency, slots), concurrency
+        return min(concurrency, slots, share or slots), concurrency
 
-    def follow(self, slots: int, done: bool) -> None:
-        """Replace ended loops and start one per new slot (nothing once the study is done)."""
+    def follow(self, slots: int, done: bool, share: int | None = None) -> None:
+        """Replace ended loops and start one per new slot up to the study's share (nothing
+        once the study is done). A loop the server stopped (the share shrank) is let go."""
         if done:
             return
+        self.futures = [fut for fut in self.futures if fut.status != "finished"]
         for i, fut in enumerate(self.futures):
             if fut.status in ENDED:
                 self._release(fut)
                 self.futures[i] = self._start()
-        loops, concurrency = self.target(slots)
+        loops, concurrency = self.target(slots, share)
         while len(self.futures) < loops:
             self.futures.append(self._start())
         if (len(self.futures), concurrency) != self.told:

@@ -316,12 +316,15 @@ def _run(
     try:
         hooks.start(client, study_id, opened)
         while True:
-            # Answers within POLL_S, or as soon as the study is done.
-            status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S)
+            workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+            slots = eligible_slots(workers, cfg.worker_resources)
+            # Answers within POLL_S, or as soon as the study is done; with this study's share
+            # of the slots while other studies use the cluster too.
+            status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S,
+                                 slots=slots)
             progress.update(status)
             hooks.on_status(client, study_id, status)
-            workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
-            loops.follow(eligible_slots(workers, cfg.worker_resources), status["done"])
+            loops.follow(slots, status["done"], status.get("share"))
             if status["done"]:
                 reason = status["stop_reason"]
                 break

@@ -35,6 +35,7 @@ from studyflow.store import trial_seed
 
 # A stop reason that is the study file's fault: the driver raises it as a ConfigError.
 INVALID_STUDY = "invalid study: "
+LOOP_SEEN_S = 30.0  # a loop that exchanged this recently still runs (for shares of a cluster)
 
 
 class Asking:
@@ -62,7 +63,10 @@ class Asking:
 
     def _lease_batch(self, loop: str, worker: str, want: int) -> Reply | None:
         """Up to `want` trials for a loop (the one asked ahead for it first); None when it
-        wants one and none can be leased yet."""
+        wants one and none can be leased yet; 'stop' for a loop beyond the study's share of a
+        cluster other studies use too, once it holds nothing."""
+        if self._over_share(loop):
+            return Reply("stop", reason="share")
         ahead = self.leases.take_ahead(loop)
         trials = [ahead] if ahead is not None else []
         if ahead is not None and self.leases.head(loop).started is None:
@@ -79,6 +83,20 @@ class Asking:
         if want > 0:
             return None
         return Reply("ok", policy=self.policy, ends_in=self.budget.ends_in())
+
+    def _over_share(self, loop: str) -> bool:
+        """Whether this loop, holding no trial, is one more than the study's share: loops that
+        hold trials or exchanged in the last `LOOP_SEEN_S` count as running."""
+        now = time.monotonic()
+        self.seen_loops[loop] = now
+        if self.loop_quota is None or self.leases.held(loop):
+            return False
+        running = set(self.leases.loop_queues) | {
+            other for other, seen in self.seen_loops.items() if now - seen < LOOP_SEEN_S}
+        if len(running) <= self.loop_quota:
+            return False
+        del self.seen_loops[loop]
+        return True
 
     def _loop_has_room(self, loop: str) -> bool:
         """A loop holds at most 1 + prefetch cap trials and no more than its share of what is

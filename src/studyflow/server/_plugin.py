@@ -38,6 +38,7 @@ from studyflow.server._lifecycle import open_study
 from studyflow.server._malloc import keep_freed_memory
 from studyflow.server._service import Exchange
 from studyflow.server._service import StudyService
+from studyflow.server._shares import water_fill
 from studyflow.server._study import ServedStudy
 
 _logger = logging.getLogger(__name__)
@@ -184,6 +185,16 @@ class StudyServer(SchedulerPlugin):
         exchange = ExchangeRequest.from_wire(request)
         return await served.service.submit(Exchange(exchange, time.monotonic() + exchange.wait_s))
 
+    def _reshare(self) -> None:
+        """Split the slots among the open studies; a study over its share stops loops."""
+        open_ = {sid: s for sid, s in self._studies.items() if s.slots}
+        if not open_:
+            return
+        slots = max(s.slots for s in open_.values())
+        wants = {sid: (s.config.concurrency or s.ordering.window or slots) for sid, s in open_.items()}
+        for sid, share in water_fill(slots, wants).items():
+            open_[sid].loop_quota = share if len(open_) > 1 else None
+
     def _removed(self, request: Exchange) -> bool:
         """A worker being restarted or removed still runs its event loop for a while; it may
         come back at the same address, so the process's id is compared too."""
@@ -244,9 +255,14 @@ class StudyServer(SchedulerPlugin):
         served.notify()
         return {"status": "ok"}
 
-    async def status(self, study_id: str, wait_s: float = 0.0) -> dict[str, Any]:
-        """The study's counts; with `wait_s`, answer early only once the study is done."""
+    async def status(self, study_id: str, wait_s: float = 0.0, slots: int | None = None) -> dict[str, Any]:
+        """The study's counts; with `wait_s`, answer early only once the study is done. With
+        `slots` (the cluster's slots its driver sees), also its `share` of them among the
+        studies open on this scheduler (`_shares.water_fill`)."""
         served = self._get(study_id)
+        if slots is not None:
+            served.slots = slots
+            self._reshare()
         deadline = time.monotonic() + wait_s
         while True:
             changed = served.changed
@@ -254,7 +270,7 @@ class StudyServer(SchedulerPlugin):
                 status = served.status()
             remaining = deadline - time.monotonic()
             if status["done"] or remaining <= 0:
-                return status
+                return status | {"share": served.loop_quota}
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
             except asyncio.TimeoutError:
@@ -278,6 +294,7 @@ class StudyServer(SchedulerPlugin):
         those between the driver's last poll and the close."""
         served = self._studies.pop(study_id, None)
         self._freeze_baseline(bool(self._studies))
+        self._reshare()  # its slots go to the others
         if served is None:
             return {"status": "unknown"}
         async with served.lock:

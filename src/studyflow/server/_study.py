@@ -58,6 +58,9 @@ class ServedStudy(Asking, Telling):
     leases: LeaseTable = field(default_factory=LeaseTable)
     same_key: SameKeyTrials = field(default_factory=SameKeyTrials)
     finish_log: FinishLog | None = None  # the finish order, when the driver has callbacks
+    slots: int = 0  # the cluster's slots its driver last saw
+    loop_quota: int | None = None  # its share of them while other studies are open (`_shares`)
+    seen_loops: dict[str, float] = field(default_factory=dict)  # {loop: last exchange}
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.config, self.n_trials)
