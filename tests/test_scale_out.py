@@ -89,3 +89,16 @@ def test_two_studies_started_together_on_one_cluster_both_make_progress_from_the
     later = max(starts.values())
     # and neither waited for the other to use the whole cluster: both started within a couple of s
     assert (later - min(starts.values())).total_seconds() < 2.0
+
+
+def test_a_slurm_studys_worker_resources_become_gres_and_worker_resources_in_the_job_script():
+    from studyflow.config import load_study
+    from studyflow.driver._cluster import slurm_job_script
+
+    cfg = load_study({"objective": "m:f", "worker_resources": {"GPU": 1, "pool_x64": 1},
+                      "cluster": {"mode": "slurm", "cores": 2}})
+    script = slurm_job_script(cfg.cluster, resources=cfg.worker_resources)
+    assert "#SBATCH --gres=gpu:2" in script  # two worker processes of one GPU each
+    assert "--resources GPU=1,pool_x64=1" in script
+    plain = slurm_job_script(cfg.cluster)
+    assert "--gres" not in plain and "--resources" not in plain

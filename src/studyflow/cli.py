@@ -58,7 +58,7 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
         sys.stdout.write(cfg.to_yaml())
         if args.address:
             cfg.cluster.mode, cfg.cluster.address = "address", args.address
-        text = describe(cfg.cluster, args.workers or cfg.concurrency, search_paths(args.study))
+        text = describe(cfg.cluster, args.workers or cfg.concurrency, search_paths(args.study), cfg.worker_resources)
         sys.stdout.write("".join(f"# {line}\n" for line in text.splitlines()))
         return 0
     layout = ResultsLayout(Path(args.results))

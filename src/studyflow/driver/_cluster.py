@@ -144,9 +144,19 @@ def _live_slurm_jobs() -> set[str] | None:
     return {line.split()[0] for line in out.stdout.splitlines() if line.split()[-1] in live}
 
 
-def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = None) -> dict[str, Any]:
-    """dask-jobqueue arguments: each job runs `cores` single-threaded worker processes."""
+def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = None,
+                         resources: dict[str, float] | None = None) -> dict[str, Any]:
+    """dask-jobqueue arguments: each job runs `cores` single-threaded worker processes, each
+    carrying the study's `worker_resources` as Dask resources; GPUs among them are also asked
+    of SLURM (`--gres=gpu:<cores x GPU>` per job)."""
     prologue = [f"export {k}=1" for k in ONE_THREAD_ENV]
+    directives = list(cfg.job_extra_directives)
+    worker_args: list[str] = []
+    if resources:
+        worker_args = ["--resources", ",".join(f"{name}={amount:g}" for name, amount in resources.items())]
+        gpus = sum(amount for name, amount in resources.items() if name.upper() == "GPU")
+        if gpus:
+            directives.append(f"--gres=gpu:{int(gpus * cfg.cores + 0.999)}")
     if search_paths:
         prologue.append(f"export PYTHONPATH={os.pathsep.join(search_paths)}${{PYTHONPATH:+:$PYTHONPATH}}")
     return dict(
@@ -156,23 +166,26 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
         walltime=cfg.walltime,
         queue=cfg.queue,
         account=cfg.account,
-        job_extra_directives=list(cfg.job_extra_directives),
+        job_extra_directives=directives,
+        worker_extra_args=worker_args,
         job_script_prologue=prologue,
         python=sys.executable,
         log_directory=None,
     )
 
 
-def slurm_job_script(cfg: ClusterConfig, search_paths: list[str] | None = None) -> str:
+def slurm_job_script(cfg: ClusterConfig, search_paths: list[str] | None = None,
+                     resources: dict[str, float] | None = None) -> str:
     """The script dask-jobqueue would submit, without starting anything."""
     from dask_jobqueue.slurm import SLURMJob
 
     job = SLURMJob(scheduler="tls://<scheduler>:<port>" if cfg.tls else "tcp://<scheduler>:<port>",
-                   name="studyflow-worker", **slurm_cluster_kwargs(cfg, search_paths))
+                   name="studyflow-worker", **slurm_cluster_kwargs(cfg, search_paths, resources))
     return job.job_script()
 
 
-def describe(cfg: ClusterConfig, n_workers: int | None, search_paths: list[str] | None = None) -> str:
+def describe(cfg: ClusterConfig, n_workers: int | None, search_paths: list[str] | None = None,
+             resources: dict[str, float] | None = None) -> str:
     """What `studyflow run --dry-run` prints about the cluster."""
     if cfg.mode == "address":
         return f"cluster: attach to the scheduler at {cfg.address}"
@@ -180,7 +193,7 @@ def describe(cfg: ClusterConfig, n_workers: int | None, search_paths: list[str] 
         return f"cluster: attach to the scheduler in {cfg.scheduler_file}"
     if cfg.mode == "local":
         return f"cluster: LocalCluster, {local_workers(n_workers)} single-threaded worker processes on 127.0.0.1"
-    script = slurm_job_script(cfg, search_paths)
+    script = slurm_job_script(cfg, search_paths, resources)
     return (f"cluster: SLURM, {cfg.jobs} job(s) x {cfg.cores} worker process(es), "
             f"{'TLS with certificates made for the run' if cfg.tls else 'plain TCP'}\n"
             f"job script:\n{script}")
@@ -194,8 +207,10 @@ def connect(
     cluster: ClusterConfig | None = None,
     tls_dir: str | Path | None = None,
     search_paths: list[str] | None = None,
+    resources: dict[str, float] | None = None,
 ) -> Iterator[Client]:
-    """Yield a client to the cluster the study asks for (see `ClusterConfig`).
+    """Yield a client to the cluster the study asks for (see `ClusterConfig`); SLURM worker
+    jobs carry `resources` (the study's `worker_resources`).
 
     The local cluster has one single-threaded worker process per slot (BLAS/OpenMP capped at
     one thread), listens on 127.0.0.1 only, and picks a free dashboard port so parallel runs
@@ -210,7 +225,7 @@ def connect(
             yield client
         return
     if cfg.mode == "slurm":
-        with _slurm(cfg, tls_dir, search_paths) as client:
+        with _slurm(cfg, tls_dir, search_paths, resources) as client:
             yield client
         return
     if cfg.gpus is not None:
@@ -237,11 +252,12 @@ def connect(
 
 
 @contextmanager
-def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[str] | None) -> Iterator[Client]:
+def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[str] | None,
+           resources: dict[str, float] | None = None) -> Iterator[Client]:
     from dask_jobqueue import SLURMCluster
     from distributed.security import Security
 
-    kwargs = slurm_cluster_kwargs(cfg, search_paths)
+    kwargs = slurm_cluster_kwargs(cfg, search_paths, resources)
     if cfg.tls:
         # Certificates made for this run; jobqueue writes the workers' copies to a folder the
         # nodes share (the results store), readable by this user only.

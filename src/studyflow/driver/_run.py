@@ -190,7 +190,7 @@ def optimize(
     with StudyLock(journal.with_suffix(".lock")):
         context = nullcontext(client) if client is not None else connect(
             n_workers or cfg.concurrency, address, cluster=cfg.cluster,
-            tls_dir=layout.store / "tls", search_paths=paths)
+            tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources)
         with context as active:
             return _run(cfg, objective, active, data_arg, data_sha, journal, layout.store, key_base,
                         paths, progress, watch_parent, hooks, warm)
