@@ -102,3 +102,36 @@ def test_a_slurm_studys_worker_resources_become_gres_and_worker_resources_in_the
     assert "--resources GPU=1,pool_x64=1" in script
     plain = slurm_job_script(cfg.cluster)
     assert "--gres" not in plain and "--resources" not in plain
+
+
+def test_two_studies_routed_to_two_labelled_pools_each_run_only_on_their_pool(tmp_path):
+    import subprocess
+    import sys
+
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as client:
+        pools = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                   "--resources", f"{pool}=1", "--name", pool])
+                 for pool in ("pool_x64", "pool_x32")]
+        try:
+            client.wait_for_workers(2, timeout=60)
+            addresses = {w["name"]: a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+            results: dict = {}
+
+            def run(pool: str) -> None:
+                study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 12},
+                         "worker_resources": {pool: 1}, "name": pool}
+                results[pool] = optimize(None, study, client=client, results_dir=tmp_path / pool, progress=False)
+
+            runners = [threading.Thread(target=run, args=(pool,)) for pool in ("pool_x64", "pool_x32")]
+            for runner in runners:
+                runner.start()
+            for runner in runners:
+                runner.join(timeout=120)
+        finally:
+            for proc in pools:
+                proc.terminate()
+                proc.wait(timeout=30)
+    for pool, result in results.items():
+        assert (result.trials["state"] == "COMPLETE").sum() == 12
+        assert set(result.trials["worker"]) == {addresses[pool]}
