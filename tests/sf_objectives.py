@@ -147,3 +147,11 @@ def sees_gpus(trial):
     trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
     time.sleep(0.05)
     return trial.suggest_float("x", 0, 1)
+
+
+def slow_last(trial):
+    """0.2 s trials, but trial $SF_SLOW_TRIAL takes $SF_SLOW_S: a long tail on one worker."""
+    x = trial.suggest_float("x", 0, 1)
+    slow = trial.number == int(os.environ.get("SF_SLOW_TRIAL", "-1"))
+    time.sleep(float(os.environ.get("SF_SLOW_S", "20")) if slow else 0.2)
+    return x

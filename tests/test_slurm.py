@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 
 import pandas as pd
 import pytest
@@ -45,6 +46,26 @@ def sacct(*fields: str) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines()]
 
 
+def _counted_study_in_a_thread(tmp_path, monkeypatch, n_trials: int, cluster: dict) -> tuple[threading.Thread, dict]:
+    """A study of 0.2 s trials, each counted in count.txt, run by optimize() in a thread."""
+    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "count.txt"))  # sbatch exports the env
+    monkeypatch.setenv("SF_SLEEP", "0.2")
+    study = {"objective": "sf_objectives:counted", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": n_trials}, "cluster": cluster}
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        result=optimize(None, study, results_dir=tmp_path / "results", progress=False)))
+    runner.start()
+    return runner, outcome
+
+
+def _wait_for_trials(tmp_path, n: int, runner: threading.Thread, timeout_s: float = 300) -> None:
+    deadline, count = time.monotonic() + timeout_s, tmp_path / "count.txt"
+    while not (count.exists() and len(count.read_text().splitlines()) >= n):
+        assert time.monotonic() < deadline and runner.is_alive(), "the study made no progress"
+        time.sleep(0.2)
+
+
 def test_the_workflow_through_the_slurm_profile_runs_optimize_as_a_slurm_job(tmp_path):
     shutil.copy(REPO / "Snakefile", tmp_path)
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
@@ -77,19 +98,8 @@ def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):
 
 
 def test_a_worker_job_cancelled_mid_study_is_replaced_and_the_study_completes(tmp_path, monkeypatch):
-    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "count.txt"))  # sbatch exports the env
-    monkeypatch.setenv("SF_SLEEP", "0.2")
-    study = {"objective": "sf_objectives:counted", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
-             "budget": {"n_trials": 40}, "cluster": SLURM}
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(
-        result=optimize(None, study, results_dir=tmp_path / "results", progress=False)))
-    runner.start()
-    deadline = time.monotonic() + 300
-    count = tmp_path / "count.txt"
-    while not (count.exists() and len(count.read_text().splitlines()) >= 8):
-        assert time.monotonic() < deadline and runner.is_alive(), "the study made no progress"
-        time.sleep(0.2)
+    runner, outcome = _counted_study_in_a_thread(tmp_path, monkeypatch, 40, SLURM)
+    _wait_for_trials(tmp_path, 8, runner)
     running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "dask-worker", "-o", "%i"],
                              capture_output=True, text=True, check=True).stdout.split()
     assert running
@@ -121,26 +131,16 @@ def _worker_jobs() -> list[tuple[str, str]]:
 
 
 def test_a_worker_job_that_starts_late_runs_trials_too(tmp_path, monkeypatch):
-    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "count.txt"))  # sbatch exports the env
-    monkeypatch.setenv("SF_SLEEP", "0.2")
     # both worker jobs are submitted held: the test lets the first start, the second seconds later
     cluster = {**SLURM, "cores": 1, "job_extra_directives": ["--hold"]}
-    study = {"objective": "sf_objectives:counted", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
-             "budget": {"n_trials": 60}, "cluster": cluster}
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(
-        result=optimize(None, study, results_dir=tmp_path / "results", progress=False)))
-    runner.start()
+    runner, outcome = _counted_study_in_a_thread(tmp_path, monkeypatch, 60, cluster)
     deadline = time.monotonic() + 120
     while len(jobs := _worker_jobs()) < 2:
         assert time.monotonic() < deadline and runner.is_alive(), f"worker jobs never queued: {jobs}"
         time.sleep(0.2)
     first, second = sorted(job for job, _ in jobs)
     subprocess.run(["scontrol", "release", first], check=True)
-    count = tmp_path / "count.txt"
-    while not (count.exists() and len(count.read_text().splitlines()) >= 10):
-        assert time.monotonic() < deadline + 180 and runner.is_alive(), "the study made no progress"
-        time.sleep(0.2)
+    _wait_for_trials(tmp_path, 10, runner)
     time.sleep(2)  # the study has run on one job for a while
     subprocess.run(["scontrol", "release", second], check=True)
     runner.join(timeout=600)
@@ -163,3 +163,33 @@ def test_worker_jobs_that_cannot_start_stop_the_study_quoting_slurm(tmp_path):
     assert "3 SLURM worker jobs in a row ended before their worker started" in message
     assert "state FAILED" in message and "\n" not in message
     assert time.monotonic() - started < 120
+
+
+def _worker_job_ends(since: datetime) -> dict[str, str | None]:
+    """{job id: end time, or None while it runs} of the worker jobs submitted since `since`."""
+    return {job: None if end in ("Unknown", "None") else end
+            for job, name, submit, end in sacct("JobID", "JobName", "Submit", "End")
+            if name == "dask-worker" and datetime.fromisoformat(submit) >= since}
+
+
+def test_an_adaptive_cluster_gives_back_worker_jobs_the_rest_of_the_budget_cannot_use(tmp_path, monkeypatch):
+    started = datetime.now().replace(microsecond=0)
+    monkeypatch.setenv("SF_SLOW_TRIAL", "79")  # the last trial runs 20 s on one job: a long tail
+    monkeypatch.setenv("SF_SLOW_S", "20")
+    study = {"objective": "sf_objectives:slow_last", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 80}, "cluster": {**SLURM, "cores": 1, "adapt": {"minimum": 0, "maximum": 2}}}
+    result = optimize(None, study, results_dir=tmp_path / "results", progress=False)
+    trials = result.trials
+    assert (trials["state"] == "COMPLETE").sum() == 80
+    assert trials["worker"].nunique() == 2  # the cluster grew from no job to two
+    deadline = time.monotonic() + 90
+    while None in (ends := _worker_job_ends(started)).values() or len(ends) < 2:
+        assert time.monotonic() < deadline, f"worker jobs still running: {ends}"
+        time.sleep(1)
+    first_end = min(datetime.fromisoformat(end) for end in ends.values())
+    tail_start = trials.loc[trials["number"] == 79, "datetime_start"].iloc[0].to_pydatetime()
+    study_end = trials["datetime_complete"].max().to_pydatetime()
+    # the job the tail could not use ended within a minute of the tail's start, and seconds
+    # before the study (sacct's times are whole seconds; the tail lasts 20 s)
+    assert (first_end - tail_start).total_seconds() < 60, (tail_start, first_end)
+    assert (study_end - first_end).total_seconds() > 5, (first_end, study_end)

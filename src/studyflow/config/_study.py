@@ -89,6 +89,13 @@ class ClusterConfig:
     # local mode: one worker per GPU id (a list, or "auto": CUDA_VISIBLE_DEVICES or nvidia-smi),
     # each with CUDA_VISIBLE_DEVICES set to its id and the Dask resource GPU=1
     gpus: Optional[Any] = None
+    # slurm mode: {minimum: 0, maximum: N} jobs, asked for while trials remain (dask-jobqueue's
+    # adapt) instead of `jobs` fixed ones
+    adapt: Optional[dict[str, int]] = None
+
+    def max_slots(self) -> int | None:
+        """Worker slots an adaptive SLURM cluster may grow to (None: not adaptive)."""
+        return None if self.adapt is None else int(self.adapt.get("maximum", self.jobs)) * self.cores
 
 
 @dataclass

@@ -69,6 +69,13 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
             isinstance(g, (int, str)) and not isinstance(g, bool) for g in gpus)
         if gpus != "auto" and not ids_ok:
             fail("cluster.gpus", f"must be a non-empty list of GPU ids or 'auto', got {gpus!r}")
+    adapt = cfg.cluster.adapt
+    if adapt is not None:
+        if cfg.cluster.mode != "slurm":
+            fail("cluster.adapt", f"only mode: slurm adapts its size, not mode: {cfg.cluster.mode}")
+        if set(adapt) - {"minimum", "maximum"} or not 0 <= adapt.get("minimum", 0) <= adapt.get("maximum", 0) \
+                or adapt.get("maximum", 0) < 1:
+            fail("cluster.adapt", f"must be {{minimum: m, maximum: n}} with 0 <= m <= n and n >= 1, got {dict(adapt)}")
     if cfg.cluster.jobs < 1 or cfg.cluster.cores < 1:
         fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
     if cfg.concurrency is not None and cfg.concurrency < 1:

@@ -115,9 +115,11 @@ class SlurmSupervisor(Supervisor):
             time.sleep(0.5)
 
 
-def supervisor_for(client: Client) -> Supervisor:
+def supervisor_for(client: Client, adaptive: bool = False) -> Supervisor:
+    """Who keeps the cluster at its size: nobody for an adaptive one (dask-jobqueue's adapt
+    replaces jobs itself)."""
     cluster = getattr(client, "cluster", None)
-    if type(cluster).__name__ == "SLURMCluster":
+    if type(cluster).__name__ == "SLURMCluster" and not adaptive:
         return SlurmSupervisor(cluster, len(cluster.worker_spec))
     return Supervisor()
 
@@ -265,8 +267,13 @@ def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[st
         shared.mkdir(parents=True, exist_ok=True, mode=0o700)
         kwargs.update(security=Security.temporary(), shared_temp_directory=str(shared), protocol="tls://")
     with SLURMCluster(**kwargs, scheduler_options={"dashboard_address": ":0"}) as slurm:
-        slurm.scale(jobs=cfg.jobs)
+        if cfg.adapt is not None:  # jobs follow the trial loops waiting to run (the driver's)
+            slurm.adapt(minimum_jobs=cfg.adapt.get("minimum", 0), maximum_jobs=cfg.adapt["maximum"])
+        else:
+            slurm.scale(jobs=cfg.jobs)
         with Client(slurm, security=kwargs.get("security")) as client:
-            _logger.info("SLURM cluster at %s: %d job(s) of %d worker(s)", slurm.scheduler_address, cfg.jobs, cfg.cores)
-            SlurmSupervisor(slurm, cfg.jobs, every_s=2.0).wait_for_a_worker(client, 600)
+            _logger.info("SLURM cluster at %s: %s job(s) of %d worker(s)", slurm.scheduler_address,
+                         cfg.adapt or cfg.jobs, cfg.cores)
+            if cfg.adapt is None:
+                SlurmSupervisor(slurm, cfg.jobs, every_s=2.0).wait_for_a_worker(client, 600)
             yield client

@@ -46,15 +46,17 @@ class TrialLoops:
         self.futures: list[Future] = []
         self.told: tuple[int, int] | None = None  # (loops, concurrency) the server last heard
 
-    def target(self, slots: int, share: int | None = None) -> tuple[int, int]:
-        """(loops to run, the study's concurrency) for this many eligible slots, and the
-        study's share of them while other studies use the cluster too."""
+    def target(self, slots: int, share: int | None = None, left: int | None = None) -> tuple[int, int]:
+        """(loops to run, the study's concurrency) for this many eligible slots, the study's
+        share of them while other studies use the cluster too, and (adaptive clusters) the
+        trials left."""
         concurrency = self.concurrency or max(1, slots)
-        return min(concurrency, slots, share or slots), concurrency
+        return max(0, min(concurrency, slots, share or slots, slots if left is None else left)), concurrency
 
-    def follow(self, slots: int, done: bool, share: int | None = None) -> None:
+    def follow(self, slots: int, done: bool, share: int | None = None, left: int | None = None) -> None:
         """Replace ended loops and start one per new slot up to the study's share (nothing
-        once the study is done). A loop the server stopped (the share shrank) is let go."""
+        once the study is done). A loop the server stopped (its share shrank, or an adaptive
+        cluster's budget has no trial left for it) is let go."""
         if done:
             return
         self.futures = [fut for fut in self.futures if fut.status != "finished"]
@@ -62,7 +64,7 @@ class TrialLoops:
             if fut.status in ENDED:
                 self._release(fut)
                 self.futures[i] = self._start()
-        loops, concurrency = self.target(slots, share)
+        loops, concurrency = self.target(slots, share, left)
         while len(self.futures) < loops:
             self.futures.append(self._start())
         if (len(self.futures), concurrency) != self.told:

@@ -282,13 +282,15 @@ def _run(
     warm: list[FrozenTrial],
 ) -> StudyResult:
     started = time.monotonic()
-    slots = _slots(client, cfg.worker_resources)
+    adaptive = cfg.cluster.max_slots() if cfg.cluster.mode == "slurm" else None
+    # an adaptive cluster starts with no job: its loops are what make it ask for some
+    slots = adaptive or _slots(client, cfg.worker_resources)
     concurrency = cfg.window or cfg.concurrency or slots
     study_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     client.register_plugin(StudyServer(), name=StudyServer.name)
     n_loops = min(concurrency, slots)
     spec = StudySpec(study_id, cfg, str(journal.resolve()), str(store.resolve()), key_base, concurrency, n_loops)
-    spec.warm_trials, spec.track_finished = warm, hooks.track_finished
+    spec.warm_trials, spec.track_finished, spec.release_idle = warm, hooks.track_finished, bool(adaptive)
     opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
@@ -311,20 +313,22 @@ def _run(
     loops.follow(slots, done=False)
     progress = Progress(cfg.name, opened["n_trials"], show_progress)
     ancestors = parent_pids(2) if watch_parent else []
-    supervisor = supervisor_for(client)
+    supervisor = supervisor_for(client, adaptive=bool(adaptive))
     reason = "closed"
     try:
         hooks.start(client, study_id, opened)
         while True:
             workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
-            slots = eligible_slots(workers, cfg.worker_resources)
+            slots = adaptive or eligible_slots(workers, cfg.worker_resources)
             # Answers within POLL_S, or as soon as the study is done; with this study's share
             # of the slots while other studies use the cluster too.
             status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S,
                                  slots=slots)
             progress.update(status)
             hooks.on_status(client, study_id, status)
-            loops.follow(slots, status["done"], status.get("share"))
+            # adaptive: no more loops than trials left, so jobs are given back in the tail
+            left = status["n_trials"] - status["complete"] - status["pruned"] if adaptive else None
+            loops.follow(slots, status["done"], status.get("share"), left)
             if status["done"]:
                 reason = status["stop_reason"]
                 break

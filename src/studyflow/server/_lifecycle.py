@@ -55,6 +55,7 @@ class StudySpec:
     loops: int = 0  # trial loops the driver runs (0: as many as `concurrency`)
     warm_trials: list[FrozenTrial] = field(default_factory=list)  # `warm_start`, marked
     track_finished: bool = False  # the driver has callbacks: log the finish order
+    release_idle: bool = False  # adaptive cluster: stop loops the rest of the budget cannot use
 
 
 @dataclass
