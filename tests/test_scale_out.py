@@ -21,6 +21,22 @@ def _cluster(n_workers: int) -> LocalCluster:
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0")
 
 
+def _side_by_side(client: Client, studies: dict[str, dict], tmp_path) -> dict:
+    """Run the studies at once on one client, each from its own thread; their results by name."""
+    results: dict = {}
+
+    def run(name: str) -> None:
+        study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "name": name, **studies[name]}
+        results[name] = optimize(None, study, client=client, results_dir=tmp_path / name, progress=False)
+
+    runners = [threading.Thread(target=run, args=(name,)) for name in studies]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join(timeout=120)
+    return results
+
+
 def test_two_workers_that_join_mid_study_run_trials_too(tmp_path):
     with _cluster(1) as cluster, Client(cluster) as client:
         joins = threading.Timer(1.0, cluster.scale, args=(3,))
@@ -69,18 +85,8 @@ def test_gpus_outside_local_mode_or_of_the_wrong_shape_fail_naming_the_key():
 
 def test_two_studies_started_together_on_one_cluster_both_make_progress_from_the_start(tmp_path):
     with _cluster(4) as cluster, Client(cluster) as client:
-        results: dict = {}
-
-        def run(name: str) -> None:
-            study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 40},
-                     "name": name}
-            results[name] = optimize(None, study, client=client, results_dir=tmp_path / name, progress=False)
-
-        runners = [threading.Thread(target=run, args=(name,)) for name in ("first", "second")]
-        for runner in runners:
-            runner.start()
-        for runner in runners:
-            runner.join(timeout=120)
+        budget = {"budget": {"n_trials": 40}}
+        results = _side_by_side(client, {"first": budget, "second": budget}, tmp_path)
     starts = {name: r.trials["datetime_start"].min() for name, r in results.items()}
     ends = {name: r.trials["datetime_complete"].max() for name, r in results.items()}
     assert all((r.trials["state"] == "COMPLETE").sum() == 40 for r in results.values())
@@ -116,18 +122,8 @@ def test_two_studies_routed_to_two_labelled_pools_each_run_only_on_their_pool(tm
         try:
             client.wait_for_workers(2, timeout=60)
             addresses = {w["name"]: a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
-            results: dict = {}
-
-            def run(pool: str) -> None:
-                study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 12},
-                         "worker_resources": {pool: 1}, "name": pool}
-                results[pool] = optimize(None, study, client=client, results_dir=tmp_path / pool, progress=False)
-
-            runners = [threading.Thread(target=run, args=(pool,)) for pool in ("pool_x64", "pool_x32")]
-            for runner in runners:
-                runner.start()
-            for runner in runners:
-                runner.join(timeout=120)
+            results = _side_by_side(client, {pool: {"budget": {"n_trials": 12}, "worker_resources": {pool: 1}}
+                                             for pool in ("pool_x64", "pool_x32")}, tmp_path)
         finally:
             for proc in pools:
                 proc.terminate()
