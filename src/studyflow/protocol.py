@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from typing import ClassVar
 
 # Reply.status: "run" (trials leased), "ok" (nothing wanted), "wait" (none leasable yet: ask
 # again), "stop" (the study is over: the loop returns)
@@ -19,12 +20,17 @@ STATUSES = ("run", "ok", "wait", "stop")
 
 
 class _Message:
+    # list fields that hold other messages: {field: message class}
+    nested: ClassVar[dict[str, type[_Message]]] = {}
+
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Any:
-        return cls(**data)
+        if not cls.nested:
+            return cls(**data)
+        return cls(**{**data, **{k: [m.from_wire(x) for x in data.get(k, ())] for k, m in cls.nested.items()}})
 
     def wire(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, **{k: [x.wire() for x in getattr(self, k)] for k in self.nested}}
 
 
 @dataclass
@@ -69,13 +75,7 @@ class ExchangeRequest(_Message):
     running: int | None = None  # the trial the loop runs as it sends this
     ahead: bool = False  # its trials are shorter than a round trip: sample its next one early
 
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> ExchangeRequest:
-        outcomes = [TrialOutcome.from_wire(o) for o in data.get("outcomes", ())]
-        return cls(**{**data, "outcomes": outcomes})
-
-    def wire(self) -> dict[str, Any]:
-        return {**self.__dict__, "outcomes": [o.wire() for o in self.outcomes]}
+    nested: ClassVar[dict[str, type[_Message]]] = {"outcomes": TrialOutcome}
 
 
 @dataclass
@@ -89,10 +89,4 @@ class Reply(_Message):
     reason: str | None = None  # why the study stops
     parked_s: float = 0.0  # time the exchange waited for a leasable trial, not being served
 
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Reply:
-        trials = [TrialLease.from_wire(t) for t in data.get("trials", ())]
-        return cls(**{**data, "trials": trials})
-
-    def wire(self) -> dict[str, Any]:
-        return {**self.__dict__, "trials": [t.wire() for t in self.trials]}
+    nested: ClassVar[dict[str, type[_Message]]] = {"trials": TrialLease}
