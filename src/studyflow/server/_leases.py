@@ -41,9 +41,6 @@ class LeaseTable:
     def __len__(self) -> int:
         return len(self.leases)
 
-    def __contains__(self, number: int) -> bool:
-        return number in self.leases
-
     def get(self, number: int) -> Lease | None:
         return self.leases.get(number)
 
