@@ -145,6 +145,31 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """A cluster that outlives one study, for several studies to share (driver/_standing.py)."""
+    from studyflow.driver import standing
+
+    _setup_logging()
+    if args.action == "status":
+        sys.stdout.write(json.dumps(standing.status(args.scheduler_file), indent=1) + "\n")
+        return 0
+    if args.action == "down":
+        standing.down(args.scheduler_file)
+        sys.stdout.write(f"cluster at {args.scheduler_file} is down\n")
+        return 0
+    cfg, resources, paths = standing.cluster_of(args.study_file)
+    if args.foreground:
+        standing.serve(args.scheduler_file, cfg, args.workers, resources, paths)
+        return 0
+    argv = [args.scheduler_file, *(["--from", args.study_file] if args.study_file else []),
+            *(["--workers", str(args.workers)] if args.workers else [])]
+    address = standing.up(args.scheduler_file, argv)
+    sys.stdout.write(f"cluster up at {address}; studies attach with cluster: {{mode: scheduler_file, "
+                     f"scheduler_file: {args.scheduler_file}}}; stop it with `studyflow cluster down "
+                     f"{args.scheduler_file}`\n")
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Copy a profile of this workflow to ~/.config/snakemake/<name>, so that
     `snakemake --profile <name>` finds it by name."""
@@ -190,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--profiles", default="profiles", help="this workflow's profiles folder")
     pf.add_argument("--to", default="~/.config/snakemake", help="where Snakemake looks up profiles")
     pf.add_argument("--force", action="store_true")
+    cl = sub.add_parser("cluster", help="a cluster several studies share, named by a scheduler file")
+    cl.add_argument("action", choices=["up", "status", "down"])
+    cl.add_argument("scheduler_file", help="the scheduler file studies attach with")
+    cl.add_argument("--from", dest="study_file", default=None,
+                    help="start the cluster this study file's `cluster:` and `worker_resources` describe")
+    cl.add_argument("--workers", type=int, default=None, help="local worker processes (default: the cores)")
+    cl.add_argument("--foreground", action="store_true", help="up: serve in this process until `down`")
     so = sub.add_parser("store", help="the content-addressed trial store")
     so.add_argument("action", choices=["ls", "gc"], help="ls: sizes and counts; gc: drop unreferenced")
     so.add_argument("--results", default="results")
@@ -212,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "optimize"):
             return cmd_optimize(args, stage_missing=args.command == "run")
         commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store,
-                    "profile": cmd_profile}
+                    "profile": cmd_profile, "cluster": cmd_cluster}
         return commands[args.command](args)
     except StudyflowError as exc:
         sys.stderr.write(f"studyflow: error: {exc}\n")

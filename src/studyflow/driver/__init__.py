@@ -1,6 +1,8 @@
 """One study's run: inputs checked, the cluster started or attached, the study opened and
-supervised, hooks called, the result returned."""
+supervised, hooks called, the result returned; and `standing`, a cluster that outlives one
+study (`studyflow cluster up|status|down`)."""
 
+from studyflow.driver import _standing as standing
 from studyflow.driver._cluster import PROFILE_ENV_VAR
 from studyflow.driver._cluster import connect
 from studyflow.driver._cluster import describe
@@ -15,4 +17,5 @@ __all__ = [
     "connect",
     "describe",
     "optimize",
+    "standing",
 ]

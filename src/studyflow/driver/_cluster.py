@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -40,9 +41,29 @@ ONE_THREAD_ENV = {
 PROFILE_ENV_VAR = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
 
+# Worker jobs' output (SLURM's `slurm-<id>.out`) goes here, relative to the submitting job's
+# folder, next to the workflow's own logs, instead of littering that folder.
+SLURM_LOG_DIRECTORY = "logs/slurm-workers"
+
+
 def local_worker_config() -> dict[str, Any]:
     parsed = dask.config.collect_env({PROFILE_ENV_VAR: os.environ.get(PROFILE_ENV_VAR, "False")})
     return {"distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"]["enabled"]}
+
+
+def credentials_path(scheduler_file: str | Path) -> Path:
+    """Where `studyflow cluster up` leaves a client's TLS credentials: beside the scheduler file."""
+    return Path(f"{scheduler_file}.tls")
+
+
+def attach_security(scheduler_file: str | Path | None) -> Any:
+    """The credentials a standing cluster left beside its scheduler file (None: none there)."""
+    from distributed.security import Security
+
+    path = credentials_path(scheduler_file) if scheduler_file else None
+    if path is None or not path.is_file():
+        return None
+    return Security(**json.loads(path.read_text()))
 
 
 def local_workers(requested: int | None) -> int:
@@ -172,7 +193,7 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
         worker_extra_args=worker_args,
         job_script_prologue=prologue,
         python=sys.executable,
-        log_directory=None,
+        log_directory=SLURM_LOG_DIRECTORY,
     )
 
 
@@ -210,9 +231,13 @@ def connect(
     tls_dir: str | Path | None = None,
     search_paths: list[str] | None = None,
     resources: dict[str, float] | None = None,
+    carry_resources: bool = False,
+    security: Any = None,
 ) -> Iterator[Client]:
     """Yield a client to the cluster the study asks for (see `ClusterConfig`); SLURM worker
-    jobs carry `resources` (the study's `worker_resources`).
+    jobs carry `resources` (the study's `worker_resources`), local workers only with
+    `carry_resources` (a standing cluster: a study's own local cluster must not pretend to
+    have a GPU). `security`: TLS for a local cluster (SLURM's follows `cluster.tls`).
 
     The local cluster has one single-threaded worker process per slot (BLAS/OpenMP capped at
     one thread), listens on 127.0.0.1 only, and picks a free dashboard port so parallel runs
@@ -222,17 +247,17 @@ def connect(
     address = address or (cfg.address if cfg.mode == "address" else None)
     scheduler_file = scheduler_file or (cfg.scheduler_file if cfg.mode == "scheduler_file" else None)
     if address or scheduler_file:
-        with Client(address=address, scheduler_file=scheduler_file) as client:
+        with Client(address=address, scheduler_file=scheduler_file, security=attach_security(scheduler_file)) as client:
             _logger.info("attached to scheduler %s", client.scheduler.address)
             yield client
         return
     if cfg.mode == "slurm":
-        with _slurm(cfg, tls_dir, search_paths, resources) as client:
+        with _slurm(cfg, tls_dir, search_paths, resources, security) as client:
             yield client
         return
     if cfg.gpus is not None:
         ids = gpu_ids(cfg.gpus)
-        with dask.config.set(local_worker_config()), gpu_cluster(ids, ONE_THREAD_ENV, dashboard=False) as local, \
+        with dask.config.set(local_worker_config()), gpu_cluster(ids, ONE_THREAD_ENV, security, dashboard=False) as local, \
                 Client(local) as client:
             _logger.info("local cluster: one worker per GPU %s at %s", ids, local.scheduler_address)
             yield client
@@ -248,6 +273,8 @@ def connect(
         scheduler_kwargs={"dashboard": False},  # no bokeh dashboard: it costs the server CPU
         silence_logs=logging.CRITICAL,  # shutdown races log scary heartbeat errors
         env=ONE_THREAD_ENV,
+        resources=resources if carry_resources else None,
+        **({"security": security, "protocol": "tls://"} if security is not None else {}),
     ) as local, Client(local) as client:
         _logger.info("local cluster: %d workers at %s", n, local.scheduler_address)
         yield client
@@ -255,7 +282,7 @@ def connect(
 
 @contextmanager
 def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[str] | None,
-           resources: dict[str, float] | None = None) -> Iterator[Client]:
+           resources: dict[str, float] | None = None, security: Any = None) -> Iterator[Client]:
     from dask_jobqueue import SLURMCluster
     from distributed.security import Security
 
@@ -265,7 +292,7 @@ def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[st
         # nodes share (the results store), readable by this user only.
         shared = Path(tls_dir or Path.cwd() / ".studyflow-tls")
         shared.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kwargs.update(security=Security.temporary(), shared_temp_directory=str(shared), protocol="tls://")
+        kwargs.update(security=security or Security.temporary(), shared_temp_directory=str(shared), protocol="tls://")
     with SLURMCluster(**kwargs, scheduler_options={"dashboard_address": ":0"}) as slurm:
         if cfg.adapt is not None:  # jobs follow the trial loops waiting to run (the driver's)
             slurm.adapt(minimum_jobs=cfg.adapt.get("minimum", 0), maximum_jobs=cfg.adapt["maximum"])

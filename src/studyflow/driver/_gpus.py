@@ -38,13 +38,14 @@ def gpu_ids(gpus: Any) -> list[str]:
                          "lists none); name the ids, e.g. gpus: [0, 1]")
 
 
-def gpu_cluster(ids: list[str], env: dict[str, str], **scheduler_options: Any) -> SpecCluster:
-    """A cluster on 127.0.0.1 with one worker per GPU id."""
+def gpu_cluster(ids: list[str], env: dict[str, str], security: Any = None, **scheduler_options: Any) -> SpecCluster:
+    """A cluster on 127.0.0.1 with one worker per GPU id (over TLS with `security`)."""
+    tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     workers = {
         f"gpu-{gpu}": {"cls": Nanny, "options": {
             "nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1},
-            "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}}}
+            "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}, **tls}}
         for gpu in ids
     }
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, **scheduler_options}}
-    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL)
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, **scheduler_options, **tls}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL, security=security)
