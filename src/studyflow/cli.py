@@ -170,6 +170,34 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journal(args: argparse.Namespace) -> int:
+    """check: list a journal's unreadable records (exit 1 if any); repair: keep the readable
+    prefix, after a copy to <path>.bak (under the study's lock, so not while it runs)."""
+    from studyflow.driver._lock import StudyLock
+    from studyflow.optuna_ext import repair_journal
+    from studyflow.optuna_ext import scan_journal
+
+    path = Path(args.path)
+    if not path.is_file():
+        raise StudyflowError(f"{path}: no such journal")
+    if args.action == "check":
+        found = scan_journal(path)
+        sys.stdout.write(f"{path}: {found.records} records read, {len(found.bad)} unreadable\n")
+        for bad in found.bad:
+            sys.stdout.write(f"  line {bad.line} (byte {bad.offset}): {bad.reason}\n")
+        if found.torn_tail:
+            sys.stdout.write("  only the last record is torn (a crash mid-write): the next run cuts it\n")
+        elif found.bad:
+            sys.stdout.write(f"  `studyflow journal repair {path}` keeps the first {found.prefix_records} records\n")
+        return 1 if found.bad else 0
+    with StudyLock(path.with_suffix(".lock"), wait_s=0):
+        found, backup = repair_journal(path)
+    dropped = found.lines - found.prefix_records
+    sys.stdout.write(f"{path}: kept the first {found.prefix_records} records ({found.prefix_bytes} bytes), "
+                     f"dropped {dropped} lines from line {found.bad[0].line} on; the old file is {backup}\n")
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Copy a profile of this workflow to ~/.config/snakemake/<name>, so that
     `snakemake --profile <name>` finds it by name."""
@@ -225,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     so = sub.add_parser("store", help="the content-addressed trial store")
     so.add_argument("action", choices=["ls", "gc"], help="ls: sizes and counts; gc: drop unreferenced")
     so.add_argument("--results", default="results")
+    jo = sub.add_parser("journal", help="check or repair a study journal")
+    jo.add_argument("action", choices=["check", "repair"],
+                    help="check: list unreadable records; repair: keep the readable prefix (old file to .bak)")
+    jo.add_argument("path", help="the journal, e.g. results/.store/journals/<study>-<hash>.log")
     return parser
 
 
@@ -243,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "optimize"):
             return cmd_optimize(args, stage_missing=args.command == "run")
+        if args.command == "journal":
+            return cmd_journal(args)
         commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store,
                     "profile": cmd_profile, "cluster": cmd_cluster}
         return commands[args.command](args)

@@ -37,3 +37,13 @@ class StudyAbortedError(StudyflowError):
 class ReadOnlyStudyError(StudyflowError, RuntimeError):
     """An objective tried to change the study through `trial.study`, a read-only view on a
     worker: only the study server changes the study."""
+
+
+class JournalDamagedError(StudyflowError):
+    """A study journal has an unreadable record before its end (not a crash's torn last
+    record): the message names the file, the line and the byte offset."""
+
+
+class JournalWriteError(StudyflowError, OSError):
+    """A study journal could not be written (a full disk, a file size limit, an I/O error):
+    the study stops, as its outcomes can no longer be recorded; the message names the file."""

@@ -3,6 +3,9 @@ search, samplers and pruners from a study file, warm-start history."""
 
 from studyflow.optuna_ext._journal import ServerJournalStorage
 from studyflow.optuna_ext._journal import SingleWriterJournal
+from studyflow.optuna_ext._journal_check import JournalScan
+from studyflow.optuna_ext._journal_check import repair as repair_journal
+from studyflow.optuna_ext._journal_check import scan as scan_journal
 from studyflow.optuna_ext._random_ask import RandomInOneRecord
 from studyflow.optuna_ext._space import HISTORY_FREE_SAMPLERS
 from studyflow.optuna_ext._space import check_sampler_options
@@ -17,6 +20,7 @@ from studyflow.optuna_ext._warm_start import warm_trials
 __all__ = [
     "CachedFitTPESampler",
     "HISTORY_FREE_SAMPLERS",
+    "JournalScan",
     "RandomInOneRecord",
     "ServerJournalStorage",
     "SingleWriterJournal",
@@ -26,5 +30,7 @@ __all__ = [
     "grid_size",
     "make_pruner",
     "make_sampler",
+    "repair_journal",
+    "scan_journal",
     "warm_trials",
 ]

@@ -7,7 +7,9 @@ ask's or tell's records to the OS (`flush`) before any worker hears about them, 
 any process being killed; another thread fsyncs them within `SYNC_INTERVAL_S` (50 ms) while
 the server goes on (`sync_soon`), so a machine crash can lose only the outcomes told in that
 last interval, which a resume runs again. The file stays in Optuna's format, so
-`JournalStorage(JournalFileBackend(path))` and optuna-dashboard open it.
+`JournalStorage(JournalFileBackend(path))` and optuna-dashboard open it. Once a write fails (a
+full disk) every later one raises `JournalWriteError` unwritten, so no record ever follows a
+torn one; opening cuts only a torn last record (`_journal_check`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from optuna.trial import TrialState
 
 from studyflow._compat import replayed_trials
 from studyflow._compat import trial_id_of
+from studyflow.errors import JournalWriteError
+from studyflow.optuna_ext._journal_check import load_records
 
 _logger = logging.getLogger(__name__)
 # At most one background fsync per this many seconds: even on its own thread each one slows the
@@ -53,26 +57,16 @@ class SingleWriterJournal(BaseJournalBackend):
         self._sync_wanted = threading.Event()
         self._closing = threading.Event()
         self._sync_error: BaseException | None = None  # a background fsync's failure
+        self._write_failed: str | None = None  # why a write failed: no record is written after it
 
     def _read_existing(self) -> list[dict[str, Any]]:
-        """Read the journal; a torn last line (a crash mid-write) is cut off, not fatal."""
-        logs: list[dict[str, Any]] = []
-        good_bytes = 0
-        with open(self.path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    logs.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-                good_bytes += len(line)
+        """Read the journal; a torn last record (a crash mid-write) is cut off, any other
+        unreadable record raises `JournalDamagedError` and leaves the file as it was."""
         size = self.path.stat().st_size
-        if good_bytes < size:
-            _logger.warning(
-                "%s: dropping %d bytes of a torn last record", self.path, size - good_bytes
-            )
-            os.truncate(self.path, good_bytes)
+        logs = load_records(self.path)
+        cut = size - self.path.stat().st_size
+        if cut:
+            _logger.warning("%s: dropped %d bytes of a torn last record", self.path, cut)
         return logs
 
     def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
@@ -90,14 +84,36 @@ class SingleWriterJournal(BaseJournalBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         # Buffered: the server calls `flush` once at the end of each ask or tell (one write
         # syscall for all its records), before any worker hears about it.
+        if self._write_failed is not None:
+            raise self._write_error()
         text = "".join(_ENCODER.encode(log) + "\n" for log in logs)
-        self._file.write(text.encode("utf-8"))
+        try:
+            self._file.write(text.encode("utf-8"))
+        except OSError as exc:
+            raise self._write_error(exc) from None
         self._logs.extend(logs)
 
     def flush(self) -> None:
         """Hand what was appended to the OS: it then survives this process being killed."""
+        if self._write_failed is not None:
+            raise self._write_error()
         if not self._file.closed:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except OSError as exc:
+                raise self._write_error(exc) from None
+
+    def _write_error(self, exc: OSError | None = None) -> JournalWriteError:
+        """The error every write raises once one failed (a full disk, a file size limit, an I/O
+        error), `exc` being that first failure. Nothing is written after it: a record appended
+        after a failed one could leave a torn record mid-file (a partial write, then room
+        again), which reads as damage; stopped here, the file is its readable records and at
+        most a torn last one, which the next open cuts off."""
+        if self._write_failed is None:
+            self._write_failed = str(exc.strerror or exc) if exc is not None else "unknown error"
+        return JournalWriteError(
+            f"{self.path}: cannot write the study journal ({self._write_failed}); the study stops: "
+            "every trial told before is in the journal, and a rerun resumes once the disk has room")
 
     def sync_soon(self) -> None:
         """Hand what was appended to the OS and have it fsynced on another thread, within
@@ -110,9 +126,9 @@ class SingleWriterJournal(BaseJournalBackend):
         """
         if not self._fsync or self._file.closed:
             return
-        self._file.flush()
+        self.flush()
         if self._sync_error is not None:
-            raise OSError(f"{self.path}: fsync failed: {self._sync_error}") from self._sync_error
+            raise self._write_error(OSError(f"fsync failed: {self._sync_error}")) from self._sync_error
         if self._syncer is None:
             self._syncer = threading.Thread(target=self._sync_loop, name="studyflow-fsync", daemon=True)
             self._syncer.start()
@@ -137,12 +153,12 @@ class SingleWriterJournal(BaseJournalBackend):
 
     def flush_to_disk(self) -> None:
         """fsync everything appended so far, now (failing a lease, a resume, the end of a study)."""
-        if self._fsync:
+        if self._fsync and not self._file.closed:
+            self.flush()
             try:
-                self._file.flush()
                 os.fsync(self._file.fileno())
-            except ValueError:  # closed: close() synced it
-                pass
+            except OSError as exc:
+                raise self._write_error(OSError(f"fsync failed: {exc}")) from None
 
     def close(self) -> None:
         if self._syncer is not None:
@@ -154,7 +170,11 @@ class SingleWriterJournal(BaseJournalBackend):
             try:
                 self.flush_to_disk()
             finally:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError:  # its buffer could not be written: raised above already
+                    if self._write_failed is None:
+                        raise
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("SingleWriterJournal lives in one process and is not pickled")
