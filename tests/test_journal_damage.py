@@ -77,6 +77,18 @@ def test_repair_keeps_the_prefix_after_a_backup_and_refuses_to_overwrite_the_bac
         repair_journal(path)
 
 
+def test_repair_refuses_a_journal_whose_study_runs(tmp_path, capsys):
+    from studyflow.cli import main
+    from studyflow.driver._lock import StudyLock
+
+    path = _journal_with(tmp_path, b"\0\n", json.dumps(RECORD).encode() + b"\n")
+    before = path.read_bytes()
+    with StudyLock(path.with_suffix(".lock")):  # what a running driver holds
+        assert main(["journal", "repair", str(path)]) == 1
+    assert "study is already being run by pid" in capsys.readouterr().err
+    assert path.read_bytes() == before and not Path(f"{path}.bak").exists()
+
+
 # --- a real study's journal -------------------------------------------------------------
 
 def _write_study(tmp_path: Path, n_trials: int = N_TRIALS) -> Path:

@@ -92,20 +92,26 @@ def scan(path: str | Path) -> JournalScan:
 def load_records(path: Path) -> list[dict[str, Any]]:
     """Every record of a journal about to be appended to. A torn last record is cut off (a
     crash mid-write); any other unreadable record raises `JournalDamagedError` naming it, and
-    the file is left as it was."""
+    the file is left as it was. (One loop without `read_records`: a resume reads every record.)"""
     records: list[dict[str, Any]] = []
+    append, loads = records.append, json.loads
     torn: tuple[int, int, str] | None = None  # (line, offset, why) of an unreadable line
-    good_bytes = 0
-    for number, offset, line, record, why in read_records(path):
-        if torn is not None:  # an unreadable line with more after it: damage, not a crash
-            raise damaged(path, *torn)
-        if record is None:
-            torn = (number, offset, why)
-            continue
-        records.append(record)
-        good_bytes = offset + len(line)
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if torn is not None:  # an unreadable line with more after it: damage, not a crash
+                raise damaged(path, *torn)
+            try:
+                record = loads(line)
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                record = None
+            if line[-1:] == b"\n" and type(record) is dict and "op_code" in record:
+                append(record)
+                offset += len(line)
+            else:
+                torn = (number, offset, _parse(line)[1] or "not an Optuna journal record (no op_code)")
     if torn is not None:
-        os.truncate(path, good_bytes)
+        os.truncate(path, offset)
     return records
 
 
