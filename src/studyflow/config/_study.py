@@ -99,11 +99,20 @@ class ClusterConfig:
 
 
 @dataclass
+class CodeConfig:
+    """`code: {packages: [scikit-learn]}`: libraries whose installed versions (importlib.metadata,
+    read by the driver) join the objective's code identity in every trial key."""
+
+    packages: list[str] = field(default_factory=list)
+
+
+@dataclass
 class StudyConfig:
     """A validated study file. `name` is the file's stem unless given."""
 
     objective: str = "???"
-    objective_version: Optional[str] = None  # else the objective module's source is hashed
+    objective_version: Optional[str] = None  # else the objective's project source is hashed
+    code: CodeConfig = field(default_factory=CodeConfig)  # library versions in the trial keys
     objective_args: dict[str, Any] = field(default_factory=dict)
     data: Optional[str] = None
     data_columns: list[str] = field(default_factory=list)  # checked before any cluster starts

@@ -4,6 +4,7 @@ the file and the key."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import re
 from typing import TYPE_CHECKING
@@ -85,6 +86,7 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
     for pname, spec in cfg.search_space.items():
         _validate_param(pname, spec, fail)
     _validate_enqueue(cfg, fail)
+    _validate_code(cfg, fail)
     if cfg.constraints is not None and not cfg.constraints.user_attr.strip():
         fail("constraints.user_attr", "must name the user attr holding the objective's constraints")
     if cfg.warm_start is not None and not cfg.warm_start.strip():
@@ -114,6 +116,18 @@ def _check_reproducible(cfg: StudyConfig, fail: Any) -> None:
     if cfg.budget.patience is not None:
         fail("budget.patience", f"which trials start before patience ends the study depends on timing; "
              f"{REPRODUCIBLE_ONLY}: leave it out or use scheduling: async")
+
+
+def _validate_code(cfg: StudyConfig, fail: Any) -> None:
+    """Every name in `code.packages` is an installed distribution here, the driver's
+    environment, where its version is read into the trial keys."""
+    for name in cfg.code.packages:
+        if not name or not name.strip():
+            fail("code.packages", "a package name is empty")
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            fail("code.packages", f"{name!r} is not an installed distribution (importlib.metadata cannot find it)")
 
 
 def _validate_enqueue(cfg: StudyConfig, fail: Any) -> None:

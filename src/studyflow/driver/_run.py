@@ -201,7 +201,7 @@ def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, fn: ObjectiveFn, 
     identity = cfg.objective if objective is None else f"{fn.__module__}:{fn.__qualname__}"
     return canonical_json({
         "objective": identity,
-        "code": code_version(fn, cfg.objective_version),
+        "code": code_version(fn, cfg.objective_version, cfg.code.packages),
         "data_sha256": data_sha,
         "objective_args": cfg.objective_args,
         "n_objectives": len(cfg.study_directions),

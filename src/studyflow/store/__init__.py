@@ -1,8 +1,9 @@
 """The content-addressed trial store: one result per distinct trial, artifacts by key."""
 
+from studyflow.store._code import code_version
+from studyflow.store._code import package_versions
 from studyflow.store._store import StoredResult
 from studyflow.store._store import TrialStore
-from studyflow.store._store import code_version
 from studyflow.store._store import gc
 from studyflow.store._store import trial_key
 from studyflow.store._store import trial_seed
@@ -11,6 +12,7 @@ __all__ = [
     "StoredResult",
     "TrialStore",
     "code_version",
+    "package_versions",
     "gc",
     "trial_key",
     "trial_seed",

@@ -18,13 +18,11 @@ crashed trial never leaves half its artifacts under the key.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import queue
 import shutil
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -40,21 +38,6 @@ from studyflow._hashing import sha256_text
 from studyflow._io import write_text
 
 _logger = logging.getLogger(__name__)
-
-
-def code_version(fn: Any, explicit: str | None = None) -> str:
-    """The objective's code version: `objective_version` if given, else its module's source."""
-    if explicit:
-        return f"explicit:{explicit}"
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    for target in (module, fn):
-        if target is None:
-            continue
-        try:
-            return "source:" + sha256_text(inspect.getsource(target))
-        except (OSError, TypeError):
-            continue
-    return "unversioned:" + getattr(fn, "__qualname__", repr(fn))
 
 
 def trial_key(key_base: str, params: dict[str, Any]) -> str:

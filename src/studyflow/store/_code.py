@@ -1,0 +1,219 @@
+"""The objective's code identity, hashed into every trial key: the project's own source that
+decides a trial's result, and the versions of the libraries the study file names.
+
+Source: the objective's module; when that module is in a package of the project, every `.py`
+file of its top-level package (an edit anywhere in it may change a result, and imports built
+at run time, `importlib.import_module(f"pkg.models.{name}")`, are covered too); and every
+project module reachable from those files by `import` statements (at the top or inside
+functions, absolute or relative), found by reading them, not by importing them. A project
+module is a `.py` file outside the standard library and site-packages: installed libraries
+change by version, which `code.packages` names. studyflow's engine is a library too: its
+modules are not followed, except its built-in objectives (`studyflow.objectives`).
+An objective that is one module importing no project module keeps the key it had before this
+(the hash of its source), so existing stores still answer it.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.machinery
+import importlib.metadata
+import inspect
+import re
+import site
+import sys
+import sysconfig
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from studyflow._hashing import canonical_json
+from studyflow._hashing import sha256_text
+from studyflow.errors import StudyflowError
+
+ENGINE = "studyflow"
+ENGINE_OBJECTIVES = "studyflow.objectives"
+
+
+def code_version(fn: Any, explicit: str | None = None, packages: Iterable[str] = ()) -> str:
+    """The objective's code version: `objective_version` if given, else its project source
+    (see the module docstring); plus the installed versions of `packages` when any are named
+    (they count with `objective_version` too: a library's version is not the user's code)."""
+    version = f"explicit:{explicit}" if explicit else _source_version(fn)
+    versions = package_versions(packages)
+    return version if not versions else f"{version}|packages:{canonical_json(versions)}"
+
+
+def canonical_name(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): `Scikit_Learn` is `scikit-learn`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def package_versions(packages: Iterable[str]) -> dict[str, str]:
+    """{name: installed version} read with importlib.metadata in this process's environment."""
+    versions: dict[str, str] = {}
+    for name in packages:
+        try:
+            versions[canonical_name(name)] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise StudyflowError(f"code.packages: {name!r} is not an installed distribution") from None
+    return versions
+
+
+def _source_version(fn: Any) -> str:
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    root = _source_file(module)
+    if module is None or root is None:
+        return _single_source(module, fn)
+    files = _project_files(module.__name__, root)
+    if len(files) == 1:  # one module, nothing of the project imported: the key it always had
+        return _single_source(module, fn)
+    return "source:" + sha256_text(canonical_json(files))
+
+
+def _single_source(module: Any, fn: Any) -> str:
+    for target in (module, fn):
+        if target is None:
+            continue
+        try:
+            return "source:" + sha256_text(inspect.getsource(target))
+        except (OSError, TypeError):
+            continue
+    return "unversioned:" + getattr(fn, "__qualname__", repr(fn))
+
+
+def _project_files(name: str, root: Path) -> dict[str, str]:
+    """{module name: sha256 of its file} for the objective's module `name` (file `root`), its
+    top-level package when that is the project's, and the project modules they import."""
+    found: dict[str, Path] = {name: root}
+    top = name.partition(".")[0]
+    if "." in name and top != ENGINE:
+        for location in _package_locations(top):
+            for path in sorted(location.rglob("*.py")):
+                rel = path.relative_to(location).with_suffix("").parts
+                if any(part.startswith(".") or part == "__pycache__" for part in rel):
+                    continue
+                parts = rel[:-1] if rel[-1] == "__init__" else rel
+                found.setdefault(".".join((top, *parts)), path)
+    todo = list(found.items())
+    while todo:
+        module, path = todo.pop()
+        for imported in _imports(module, path):
+            if imported in found or not _followed(imported):
+                continue
+            file = _source_file(sys.modules.get(imported)) or _find_source(imported)
+            if file is not None and _is_project(file):
+                found[imported] = file
+                todo.append((imported, file))
+    return {module: hashlib.sha256(path.read_bytes()).hexdigest() for module, path in found.items()}
+
+
+def _followed(module: str) -> bool:
+    """studyflow's engine is a library, not the objective's code; its objectives are code."""
+    return module.partition(".")[0] != ENGINE or f"{module}.".startswith(f"{ENGINE_OBJECTIVES}.")
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """Every module an `import` in the file names, with the packages above it (importing
+    `a.b.c` runs `a` and `a.b` first); relative imports resolved against `module`'s package."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError):
+        return set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in _import_nodes(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                if node.level - 1 > len(parts):
+                    continue
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([base] if base else [])])
+            if base:
+                names.add(base)
+            names.update(f"{base}.{alias.name}" if base else alias.name for alias in node.names if alias.name != "*")
+    out: set[str] = set()
+    for name in names:
+        parts = name.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return out
+
+
+def _import_nodes(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements anywhere in the module's statements (inside functions, classes,
+    `if`, `try`...), without visiting expressions, which `ast.walk` would (costs: RESULTS.md)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+            continue
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, block, None)
+            if isinstance(children, list):
+                stack.extend(children)
+    return found
+
+
+def _find_source(name: str) -> Path | None:
+    """The `.py` file of module `name` on sys.path, found without importing anything; None
+    for a name that is not a module (`from pkg import function`) or not a source file."""
+    parts = name.split(".")
+    locations: list[str] | None = None  # sys.path for the top-level name
+    spec = None
+    for i in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), locations)
+        if spec is None:
+            return None
+        locations = list(spec.submodule_search_locations or [])
+        if i < len(parts) - 1 and not locations:
+            return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _source_file(module: Any) -> Path | None:
+    file = getattr(module, "__file__", None)
+    if not file or not str(file).endswith(".py") or not Path(file).is_file():
+        return None
+    return Path(file)
+
+
+def _package_locations(top: str) -> list[Path]:
+    """The folders of top-level package `top` if it is the project's (not an installed one)."""
+    module = sys.modules.get(top)
+    paths = list(getattr(module, "__path__", None) or [])
+    if not paths:
+        spec = importlib.machinery.PathFinder.find_spec(top)
+        paths = list(spec.submodule_search_locations or []) if spec is not None else []
+    return [Path(p) for p in paths if Path(p).is_dir() and _is_project(Path(p) / "__init__.py")]
+
+
+def _library_roots() -> tuple[Path, ...]:
+    roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})[key]
+                 for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    roots.update(getattr(site, "getsitepackages", lambda: [])())
+    roots.add(site.getusersitepackages())
+    return tuple(Path(r).resolve() for r in roots if r)
+
+
+_LIBRARY_ROOTS: tuple[Path, ...] | None = None
+
+
+def _is_project(path: Path) -> bool:
+    """True for the project's own source: not the standard library, not site-packages."""
+    global _LIBRARY_ROOTS
+    if _LIBRARY_ROOTS is None:
+        _LIBRARY_ROOTS = _library_roots()
+    resolved = path.resolve()
+    if {"site-packages", "dist-packages"} & set(resolved.parts):
+        return False
+    return not any(resolved.is_relative_to(root) for root in _LIBRARY_ROOTS)
