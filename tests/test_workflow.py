@@ -122,3 +122,104 @@ def test_snakemake_report_archive_holds_the_study_card(workdir):
 
     names = zipfile.ZipFile(workdir / "report.zip").namelist()
     assert any(n.endswith("tiny.html") for n in names), names
+
+
+def ran_jobs(proc: subprocess.CompletedProcess) -> set[tuple[str, str]]:
+    """The jobs a snakemake run executed, as (rule, wildcards) from its log ('' if none)."""
+    jobs, rule = set(), None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        text = line.strip()
+        if text.startswith(("rule ", "localrule ")) and text.endswith(":"):
+            if rule is not None:
+                jobs.add((rule, ""))
+            rule = text.split()[1].rstrip(":")
+        elif rule is not None and text.startswith("wildcards:"):
+            jobs.add((rule, text.split(":", 1)[1].strip()))
+            rule = None
+        elif rule is not None and text.startswith("jobid:") is False and text == "":
+            jobs.add((rule, ""))
+            rule = None
+    if rule is not None:
+        jobs.add((rule, ""))
+    return jobs
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_editing_a_data_file_restages_it_and_reruns_only_its_study(workdir):
+    (workdir / "other.csv").write_text("y\n10\n20\n")
+    config = {"studies": ["tiny", "other"],
+              "datasets": {"tiny": {"path": "tiny.csv"}, "other": {"path": "other.csv"}}}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "config/studies/other.yaml").write_text(yaml.safe_dump(dict(TINY_STUDY, data="other")))
+    first = snakemake(workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = mtimes(workdir / "results")
+
+    (workdir / "tiny.csv").write_text("y\n1\n2\n3\n4\n")
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = ran_jobs(rerun)
+    assert ("stage", "dataset=tiny") in ran and ("optimize", "study=tiny") in ran, ran
+    assert ("stage", "dataset=other") not in ran and ("optimize", "study=other") not in ran, ran
+    after = mtimes(workdir / "results")
+    for untouched in ("data/other.parquet", "studies/other/trials.parquet", "reports/other.html"):
+        assert after[untouched] == before[untouched], untouched
+    assert after["studies/tiny/trials.parquet"] > before["studies/tiny/trials.parquet"]
+    manifest = json.loads((workdir / "results/data/tiny.manifest.json").read_text())
+    best = json.loads((workdir / "results/studies/tiny/best.json").read_text())
+    assert manifest["rows"] == 4 and best["data_sha256"] == manifest["sha256"]
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert (trials["user_attrs_rows"] == 4).all()  # the study ran again on the new data
+
+
+def test_a_url_dataset_without_its_storage_plugin_is_refused_at_load(workdir):
+    config = {"studies": ["tiny"], "datasets": {"tiny": {"path": "s3://bucket/tiny.csv"}}}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if "snakemake-storage-plugin-s3" in line]
+    assert lines, proc.stdout + proc.stderr
+    assert "datasets.tiny.path" in lines[0] and "config/config.yaml" in lines[0], lines[0]
+    assert not (workdir / "results").exists()
+
+
+def _edit_study(workdir: Path, edit) -> None:
+    path = workdir / "config/studies/tiny.yaml"
+    path.write_text(edit(path.read_text()))
+
+
+def test_a_report_title_edit_rerenders_the_card_without_rerunning_the_study(workdir):
+    assert snakemake(workdir).returncode == 0
+    trials_before = (workdir / "results/studies/tiny/trials.parquet").stat().st_mtime_ns
+    _edit_study(workdir, lambda text: text + "report: {title: Tiny study card}\n")
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = {rule for rule, _ in ran_jobs(rerun)}
+    assert "report" in ran and not ran & {"optimize", "stage", "summarize"}, ran
+    assert (workdir / "results/studies/tiny/trials.parquet").stat().st_mtime_ns == trials_before
+    assert "Tiny study card" in (workdir / "results/reports/tiny.html").read_text()
+
+
+def test_a_comment_in_a_study_file_leaves_nothing_to_do(workdir):
+    assert snakemake(workdir).returncode == 0
+    _edit_study(workdir, lambda text: "# tuned by hand\n" + text + "# end\n")
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr, ran_jobs(rerun)
+
+
+def test_a_search_space_edit_reruns_optimize(workdir):
+    assert snakemake(workdir).returncode == 0
+    study = dict(TINY_STUDY, search_space={**TINY_STUDY["search_space"],
+                                           "x": {"type": "float", "low": -2, "high": 2}})
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(study))
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = {rule for rule, _ in ran_jobs(rerun)}
+    assert {"optimize", "report", "summarize"} <= ran and "stage" not in ran, ran
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert trials["params_x"].between(-2, 2).all()

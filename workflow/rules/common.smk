@@ -1,19 +1,36 @@
-# Validate the config once and name the helpers the rules use.
+# Validate the config once and name the helpers the rules use. Every path is under the config's
+# `results:` and `logs:` prefixes, so the workflow also runs as a module of another workflow.
 import json
 import shlex
 
 from snakemake.utils import validate
 
 from studyflow.config import WorkflowConfig
+from studyflow.config import check_storage_plugins
+from studyflow.config import config_hash_file
 from studyflow.config import job_runtime_minutes
 from studyflow.config import optimize_job_threads
+from studyflow.config import report_settings_file
+from studyflow.config import run_config_file
+from studyflow.config import storage_plugin
+from studyflow.config import write_run_files
 
 validate(config, "../schemas/config.schema.yaml")
 
-WORKFLOW = WorkflowConfig.from_dict(config, source="config/config.yaml (with --config)")
+_CONFIG_SOURCE = (
+    "config/config.yaml (with --config)" if workflow.modifier.is_main_snakefile()
+    else "the studyflow module's config"
+)
+WORKFLOW = WorkflowConfig.from_dict(config, source=_CONFIG_SOURCE)
 # Loading each study here validates it, so a bad study file fails before any job starts.
-STUDIES = {name: WORKFLOW.load(name) for name in WORKFLOW.studies}
-DATASETS = sorted({cfg.data for cfg in STUDIES.values() if cfg.data is not None})
+STUDIES = WORKFLOW.load_all()
+DATASETS = WORKFLOW.used_datasets(STUDIES)
+check_storage_plugins(WORKFLOW, DATASETS)
+RESULTS = WORKFLOW.results
+LOGS = WORKFLOW.logs
+# The jobs' --config file, each study's config hash (optimize's input) and report settings (the
+# report's input), each written only when it changed: other edits of a study file re-run nothing.
+write_run_files(WORKFLOW, STUDIES)
 
 
 wildcard_constraints:
@@ -21,27 +38,51 @@ wildcard_constraints:
     dataset="|".join(DATASETS) or "NO_DATASETS",
 
 
+def results(path):
+    """`path` under the results prefix (config key `results`)."""
+    return f"{RESULTS}/{path}"
+
+
+def logs(path):
+    """`path` under the logs prefix (config key `logs`)."""
+    return f"{LOGS}/{path}"
+
+
 def final_outputs():
     return [
-        *expand("results/reports/{study}.html", study=STUDIES),
-        "results/reports/index.html",
-        "results/summary/studies.parquet",
-        "results/summary/best_params.csv",
+        *expand(results("reports/{study}.html"), study=STUDIES),
+        results("reports/index.html"),
+        results("summary/studies.parquet"),
+        results("summary/best_params.csv"),
     ]
 
 
-def dataset_spec_json(wildcards):
+def stage_inputs(wildcards):
+    """A `path:` dataset's file (through Snakemake storage for a URL): editing it re-stages,
+    and a rule of the workflow that writes it runs first."""
+    path = WORKFLOW.datasets[wildcards.dataset].path
+    if path is None:
+        return {}
+    return {"source": storage(path) if storage_plugin(path) else path}
+
+
+def dataset_spec_json(wildcards, input):
     spec = WORKFLOW.datasets[wildcards.dataset]
-    return json.dumps({"path": spec.path, "loader": spec.loader, "kwargs": spec.kwargs}, sort_keys=True)
+    path = str(input.source) if spec.path is not None else None  # storage's local copy for a URL
+    return json.dumps({"path": path, "loader": spec.loader, "kwargs": spec.kwargs}, sort_keys=True)
 
 
 def optimize_inputs(wildcards):
     cfg = STUDIES[wildcards.study]
-    inputs = {"study": study_file(wildcards)}
+    inputs = {"config_hash": config_hash_file(WORKFLOW, wildcards.study)}
     if cfg.data is not None:
-        inputs["data"] = f"results/data/{cfg.data}.parquet"
-        inputs["manifest"] = f"results/data/{cfg.data}.manifest.json"
+        inputs["data"] = results(f"data/{cfg.data}.parquet")
+        inputs["manifest"] = results(f"data/{cfg.data}.manifest.json")
     return inputs
+
+
+def study_report_settings(wildcards):
+    return report_settings_file(WORKFLOW, wildcards.study)
 
 
 def study_file(wildcards):

@@ -1,21 +1,25 @@
-# One Dask worker process per thread; the study server runs on the local scheduler.
+# One Dask worker process per thread; the study server runs on the local scheduler. The input
+# is the study's config hash, not its file: only an edit that changes the trials re-runs it.
 rule optimize:
     input:
         unpack(optimize_inputs),
     output:
-        trials="results/studies/{study}/trials.parquet",
-        best="results/studies/{study}/best.json",
-        resolved="results/studies/{study}/resolved.yaml",
+        trials=results("studies/{study}/trials.parquet"),
+        best=results("studies/{study}/best.json"),
+        resolved=results("studies/{study}/resolved.yaml"),
     params:
         config_hash=study_config_hash,
+        study=study_file,
         set_args=study_set_args,
+        run_config=run_config_file(WORKFLOW),
+        results=RESULTS,
     log:
-        "logs/optimize/{study}.log",
+        logs("optimize/{study}.log"),
     threads: optimize_threads
     resources:
         mem_mb=2000,
         cpus_per_task=optimize_threads,
         runtime=optimize_runtime_minutes,
     shell:
-        "studyflow optimize {input.study} {params.set_args} --config config/config.yaml"
-        " --results results --workers {threads} 2> {log}"
+        "studyflow optimize {params.study} {params.set_args} --config {params.run_config}"
+        " --results {params.results} --workers {threads} 2> {log}"

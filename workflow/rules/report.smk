@@ -1,21 +1,23 @@
 rule report:
     input:
-        trials="results/studies/{study}/trials.parquet",
-        best="results/studies/{study}/best.json",
-        resolved="results/studies/{study}/resolved.yaml",
-        study=study_file,
+        trials=results("studies/{study}/trials.parquet"),
+        best=results("studies/{study}/best.json"),
+        resolved=results("studies/{study}/resolved.yaml"),
+        settings=study_report_settings,
     output:
         report(
-            "results/reports/{study}.html",
+            results("reports/{study}.html"),
             caption="../report/study.rst",
             category="Study cards",
             labels={"study": "{study}"},
         ),
     params:
+        study=study_file,
         set_args=study_set_args,
+        study_dir=results("studies/{study}"),
     log:
-        "logs/report/{study}.log",
+        logs("report/{study}.log"),
     threads: 1
     shell:
-        "studyflow report results/studies/{wildcards.study} --study {input.study} {params.set_args}"
+        "studyflow report {params.study_dir} --study {params.study} {params.set_args}"
         " --out {output} 2> {log}"

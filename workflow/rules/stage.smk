@@ -1,11 +1,14 @@
 rule stage:
+    input:
+        unpack(stage_inputs),
     output:
-        data="results/data/{dataset}.parquet",
-        manifest="results/data/{dataset}.manifest.json",
+        data=results("data/{dataset}.parquet"),
+        manifest=results("data/{dataset}.manifest.json"),
     params:
         spec=dataset_spec_json,
+        out=results("data"),
     log:
-        "logs/stage/{dataset}.log",
+        logs("stage/{dataset}.log"),
     threads: 1
     shell:
-        "studyflow stage {wildcards.dataset} --spec {params.spec:q} --out results/data 2> {log}"
+        "studyflow stage {wildcards.dataset} --spec {params.spec:q} --out {params.out} 2> {log}"

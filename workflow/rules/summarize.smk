@@ -1,24 +1,25 @@
 rule summarize:
     input:
-        best=expand("results/studies/{study}/best.json", study=STUDIES),
-        trials=expand("results/studies/{study}/trials.parquet", study=STUDIES),
+        best=expand(results("studies/{study}/best.json"), study=STUDIES),
+        trials=expand(results("studies/{study}/trials.parquet"), study=STUDIES),
     output:
         studies=report(
-            "results/summary/studies.parquet",
+            results("summary/studies.parquet"),
             caption="../report/summary.rst",
             category="Summary",
         ),
         best_params=report(
-            "results/summary/best_params.csv",
+            results("summary/best_params.csv"),
             caption="../report/best_params.rst",
             category="Summary",
         ),
-        artifacts="results/summary/artifacts.csv",
-        index="results/reports/index.html",
+        artifacts=results("summary/artifacts.csv"),
+        index=results("reports/index.html"),
     params:
-        study_dirs=expand("results/studies/{study}", study=STUDIES),
+        study_dirs=expand(results("studies/{study}"), study=STUDIES),
+        out=results("summary"),
     log:
-        "logs/summarize.log",
+        logs("summarize.log"),
     threads: 1
     shell:
-        "studyflow summarize {params.study_dirs} --out results/summary --index {output.index} 2> {log}"
+        "studyflow summarize {params.study_dirs} --out {params.out} --index {output.index} 2> {log}"

@@ -11,6 +11,12 @@ from studyflow.config._workflow import DEFAULT_CONFIG
 from studyflow.config._workflow import WorkflowConfig
 from studyflow.config._workflow import job_runtime_minutes
 from studyflow.config._workflow import optimize_job_threads
+from studyflow.config._workflow_files import check_storage_plugins
+from studyflow.config._workflow_files import config_hash_file
+from studyflow.config._workflow_files import report_settings_file
+from studyflow.config._workflow_files import run_config_file
+from studyflow.config._workflow_files import storage_plugin
+from studyflow.config._workflow_files import write_run_files
 
 __all__ = [
     "ClusterConfig",
@@ -20,8 +26,14 @@ __all__ = [
     "REPRODUCIBLE_ONLY",
     "StudyConfig",
     "WorkflowConfig",
+    "check_storage_plugins",
+    "config_hash_file",
     "dataset_spec",
     "job_runtime_minutes",
     "optimize_job_threads",
     "load_study",
+    "report_settings_file",
+    "run_config_file",
+    "storage_plugin",
+    "write_run_files",
 ]

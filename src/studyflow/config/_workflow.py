@@ -6,6 +6,7 @@ same study resolves the same way from either.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -30,6 +31,8 @@ class WorkflowConfig:
     set: list[str] = field(default_factory=list)  # dot-list overrides for every study
     overrides: dict[str, list[str]] = field(default_factory=dict)  # {study: dot-list}
     cluster: dict[str, Any] = field(default_factory=dict)  # run-wide default for every study
+    results: str = "results"  # prefix of every output of the workflow (and the store)
+    logs: str = "logs"  # prefix of every job's log
     source: str = DEFAULT_CONFIG
 
     @classmethod
@@ -50,6 +53,8 @@ class WorkflowConfig:
             set=_as_list(raw.get("set")),
             overrides=overrides,
             cluster=dict(raw.get("cluster") or {}),
+            results=str(raw.get("results") or "results").rstrip("/"),
+            logs=str(raw.get("logs") or "logs").rstrip("/"),
             source=source,
         )
 
@@ -73,6 +78,24 @@ class WorkflowConfig:
         cfg = load_study(path, self.study_overrides(study), defaults=self.study_defaults())
         self.check_dataset(cfg)
         return cfg
+
+    def load_all(self) -> dict[str, StudyConfig]:
+        """Every study the workflow runs, by name, each resolved and validated: the one place
+        the Snakefile gets its studies from."""
+        return {name: self.load(name) for name in self.studies}
+
+    def used_datasets(self, studies: dict[str, StudyConfig]) -> list[str]:
+        return sorted({cfg.data for cfg in studies.values() if cfg.data is not None})
+
+    def run_config(self) -> dict[str, Any]:
+        """What a job's `studyflow optimize --config` needs of this run's config (datasets and
+        the run-wide cluster), so a job sees `--config` overrides and a module's own config."""
+        return {
+            "studies": list(self.studies),
+            "study_dir": self.study_dir,
+            "datasets": {name: asdict(spec) for name, spec in self.datasets.items()},
+            "cluster": dict(self.cluster),
+        }
 
     def study_defaults(self) -> dict[str, Any]:
         return {"cluster": self.cluster} if self.cluster else {}

@@ -1,0 +1,81 @@
+"""What the Snakemake workflow needs beyond the config: its small run files and storage plugins.
+
+The workflow writes small files at load, each only when its content changes, so its mtime
+moves only then: a study's config hash, the `optimize` rule's input in place of the study file,
+and its `report:` settings, the `report` rule's; so a `report:` edit re-runs only the report, and
+a comment or a `cluster:` edit nothing. And the run's config as a job's `--config` reads it (a
+module's config, `--config` overrides). A dataset `path:` that is a URL is read through
+Snakemake storage, whose plugin must be installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from studyflow._hashing import canonical_json
+from studyflow._io import write_text
+from studyflow.config._study import StudyConfig
+from studyflow.config._workflow import WorkflowConfig
+from studyflow.errors import ConfigError
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# URL scheme -> Snakemake storage plugin (snakemake-storage-plugin-<name>), where they differ
+_PLUGIN_OF_SCHEME = {"gs": "gcs", "https": "http", "ftps": "ftp", "az": "azure"}
+
+
+def storage_plugin(path: str | None) -> str | None:
+    """The storage plugin package that reads `path` ('snakemake-storage-plugin-s3' for
+    's3://...'), or None for a local path."""
+    match = _URL.match(path or "")
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    return f"snakemake-storage-plugin-{_PLUGIN_OF_SCHEME.get(scheme, scheme)}"
+
+
+def check_storage_plugins(workflow: WorkflowConfig, datasets: list[str]) -> None:
+    """Refuse, naming the plugin to install, a URL dataset whose storage plugin is missing."""
+    for name in datasets:
+        path = workflow.datasets[name].path
+        plugin = storage_plugin(path)
+        if plugin is not None and importlib.util.find_spec(plugin.replace("-", "_")) is None:
+            raise ConfigError(
+                workflow.source, f"datasets.{name}.path",
+                f"{path} is read through Snakemake storage: pip install {plugin}",
+            )
+
+
+def sync_text(path: str | Path, text: str) -> bool:
+    """Write `text` to `path` unless it already holds exactly that; True if it wrote."""
+    path = Path(path)
+    try:
+        if path.read_text() == text:
+            return False
+    except OSError:
+        pass
+    write_text(path, text)
+    return True
+
+
+def run_config_file(workflow: WorkflowConfig) -> str:
+    return f"{workflow.results}/.workflow/config.yaml"
+
+
+def config_hash_file(workflow: WorkflowConfig, study: str) -> str:
+    return f"{workflow.results}/.workflow/studies/{study}.hash"
+
+
+def report_settings_file(workflow: WorkflowConfig, study: str) -> str:
+    return f"{workflow.results}/.workflow/studies/{study}.report.json"
+
+
+def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -> None:
+    """The run's config for the jobs, and each study's config hash (see the module's doc)."""
+    sync_text(run_config_file(workflow), OmegaConf.to_yaml(OmegaConf.create(workflow.run_config())))
+    for name, cfg in studies.items():
+        sync_text(config_hash_file(workflow, name), cfg.config_hash() + "\n")
+        sync_text(report_settings_file(workflow, name), canonical_json(cfg.report) + "\n")
