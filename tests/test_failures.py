@@ -6,6 +6,7 @@ touch another test.
 
 from __future__ import annotations
 
+import optuna
 import pytest
 
 from studyflow import StudyAbortedError
@@ -134,3 +135,99 @@ def test_a_result_that_cannot_be_recorded_fails_the_trial_not_the_loop(client2, 
     failed = trials[trials["state"] == "FAIL"]
     assert len(failed) > 0 and (failed["params_x"] > 0.5).all()
     assert failed["error"].str.startswith("RecordError").all()
+
+
+# --- Step 13: one key, one runner; failures counted where they belong ---
+
+
+def test_followers_of_a_failed_trial_run_its_key_one_at_a_time(client4, tmp_path):
+    """Trials sampled with the key of a running trial wait for it; when it fails they run the
+    key themselves, one after another: two workers never run the same key at once."""
+
+    def fails_first_run(trial, data, log):
+        import time
+        from pathlib import Path
+
+        start = time.time()
+        marker = Path(log).with_name(f"{trial.key}.ran")
+        first = not marker.exists()
+        marker.touch()
+        time.sleep(1.0 if first else 0.3)  # the first run lasts while the other loops ask
+        with open(log, "a") as f:
+            f.write(f"{trial.key} {start} {time.time()}\n")
+        if first:
+            raise RuntimeError("the first run of a key fails")
+        return 1.0
+
+    log = tmp_path / "runs.txt"
+    cfg = {"objective": "unused:unused", "objective_args": {"log": str(log)},
+           "search_space": {"c": {"type": "categorical", "choices": ["only"]}},  # one key
+           "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 6, "max_failures": 100}}
+    result = optimize(fails_first_run, cfg, client=client4, results_dir=tmp_path / "results", progress=False)
+    runs = sorted((float(s), float(e)) for _, s, e in (line.split() for line in log.read_text().splitlines()))
+    assert len(runs) == 2, runs  # the failed run, then one follower; the others share its result
+    for (_, end), (start, _) in zip(runs, runs[1:]):
+        assert start >= end - 0.05, f"the same key ran twice at once: {runs}"
+    trials = result.trials
+    assert (trials["state"] == "COMPLETE").sum() == 6 and (trials["state"] == "FAIL").sum() == 1
+
+
+def test_a_sampler_that_raises_fails_the_study_with_its_error_not_the_loops(client2, tmp_path, caplog):
+    """TPE with no candidates raises once its startup trials are done: the study stops with
+    the sampler's error after `retries + 1` attempts (its traceback in the log), instead of
+    its loops dying and their trials being retried as lost workers."""
+    import logging
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    cfg = study("instant", n_trials=40, budget={"retries": 1})
+    cfg["sampler"] = {"name": "tpe", "seed": 1, "options": {"n_startup_trials": 3, "n_ei_candidates": 0}}
+    with caplog.at_level(logging.ERROR, logger="studyflow"):
+        with pytest.raises(StudyAbortedError, match=r"sampler \(tpe, CachedFitTPESampler\) raised 2 times in a "
+                                                    r"row: ValueError: The size of `samples` must be positive"):
+            optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+    failures = [r for r in caplog.records if "the sampler raised" in r.getMessage()]
+    assert len(failures) == 2  # retries + 1 attempts
+    assert all(r.exc_text and "Traceback" in r.exc_text and "_tpe" in r.exc_text for r in failures)
+    journal = next((tmp_path / ".store/journals").glob("study-*.log"))
+    trials = optuna.load_study(study_name="study", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    assert "RUNNING" not in {t.state.name for t in trials}  # the failed asks left nothing running
+    assert not [t for t in trials if str(t.system_attrs.get("studyflow:error", "")).startswith("WorkerLost")]
+    assert sum(t.state.name == "COMPLETE" for t in trials) >= 3  # its startup trials (more in flight)
+
+
+def _break_the_service_task(dask_scheduler):
+    """Make every open study's service task die with an error at its next batch."""
+
+    async def broken(batch):
+        raise RuntimeError("injected: the service task broke")
+
+    for served in dask_scheduler.plugins["studyflow"]._studies.values():
+        served.service._serve_batch = broken
+        served.wakeup.set()
+
+
+def test_a_dead_service_task_fails_the_study_instead_of_hanging(tmp_path):
+    import threading
+
+    outcome: dict = {}
+    with connect(2) as client:
+        def on_progress(done, total):
+            if done >= 3 and "broken" not in outcome:
+                outcome["broken"] = client.run_on_scheduler(_break_the_service_task)
+
+        def run():
+            try:
+                optimize(None, study("sleepy", n_trials=300), client=client, results_dir=tmp_path, progress=False,
+                         progress_callback=on_progress)
+            except Exception as exc:  # noqa: BLE001 - the test looks at it below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(120)
+        assert not thread.is_alive(), "the study hung after its service task died"
+    assert "broken" in outcome
+    assert isinstance(outcome.get("error"), StudyAbortedError), outcome
+    assert "service task died" in str(outcome["error"]) and "injected" in str(outcome["error"])

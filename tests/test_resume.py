@@ -179,3 +179,61 @@ def test_ctrl_c_stops_within_seconds_writes_no_output_and_a_rerun_resumes(workdi
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert_resumed_exactly(workdir)
+
+
+# --- Step 13: max_failures and timeout_s mean the same on a resumed study as on one run ---
+
+def _journal_trials(results: Path) -> list:
+    journal = next((results / ".store/journals").glob("study-*.log"))
+    return optuna.load_study(study_name="study", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+
+
+@pytest.fixture(scope="module")
+def client2():
+    from studyflow.driver import connect
+
+    with connect(2) as client:
+        yield client
+
+
+def test_a_resumed_study_counts_earlier_runs_failures_toward_max_failures(client2, tmp_path):
+    """A study stopped for too many failures stops again on a rerun, before running anything:
+    the journal's failures count as they did in the run that stopped."""
+    from studyflow import StudyAbortedError
+    from studyflow import optimize
+
+    cfg = {"objective": "sf_objectives:always_raises", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+           "sampler": {"name": "random", "seed": 1}, "concurrency": 1, "prefetch": 0,
+           "budget": {"n_trials": 20, "max_failures": 2}}
+    for _ in range(2):
+        with pytest.raises(StudyAbortedError, match=r"too many failures: 3 > budget.max_failures=2"):
+            optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+        failed = [t for t in _journal_trials(tmp_path) if t.state.name == "FAIL" and not t.system_attrs.get(NOT_RUN_ATTR)]
+        assert len(failed) == 3  # the rerun ran none
+    more = {**cfg, "budget": {"n_trials": 20, "max_failures": 4}}  # a higher limit goes on, to 5 > 4
+    with pytest.raises(StudyAbortedError, match=r"too many failures: 5 > budget.max_failures=4"):
+        optimize(None, more, client=client2, results_dir=tmp_path, progress=False)
+
+
+def test_a_resumed_study_spends_timeout_s_over_its_runs_active_time(client2, tmp_path):
+    """`timeout_s` is the sum of the runs' active time: the time between runs is not spent,
+    and a study whose time is up runs nothing more on a rerun."""
+    from studyflow import optimize
+
+    def run(n_trials: int):
+        cfg = {"objective": "sf_objectives:sleepy", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+               "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": n_trials, "timeout_s": 4}}
+        started = time.monotonic()
+        result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+        return result, time.monotonic() - started
+
+    first, _ = run(6)  # well within its time
+    assert first.stop_reason == "n_trials"
+    time.sleep(4.5)  # longer than timeout_s between the runs: not counted
+    second, wall = run(10_000)  # raising n_trials continues the journal
+    assert second.stop_reason == "timeout_s"
+    assert len(second.trials) > len(first.trials)  # it had time left to run trials
+    assert wall < 4 + 10
+    third, _ = run(10_000)
+    assert third.stop_reason == "timeout_s"
+    assert len(third.trials) == len(second.trials)  # its time was spent: nothing more ran

@@ -144,3 +144,61 @@ def test_studies_share_a_clusters_slots_by_water_filling():
     assert water_fill(8, {"a": 8, "b": 8}) == {"a": 4, "b": 4}
     assert water_fill(8, {"a": 2, "b": 8}) == {"a": 2, "b": 6}  # what a leaves goes to b
     assert water_fill(2, {"a": 8, "b": 8, "c": 8}) == {"a": 1, "b": 1, "c": 1}  # each makes progress
+
+
+# --- a served study on its own (a real journal and store, no cluster): who may end a lease ---
+
+def _served(tmp_path, n_trials=10, **fields):
+    from studyflow.server._lifecycle import StudySpec
+    from studyflow.server._lifecycle import open_study
+
+    cfg = _config(search_space={"x": {"type": "float", "low": 0, "high": 1}}, sampler={"name": "random", "seed": 3},
+                  prefetch=1, budget={"n_trials": n_trials, "max_failures": 100}, **fields)
+    spec = StudySpec("s-1", cfg, str(tmp_path / "journal.log"), str(tmp_path / "store"), "base", concurrency=2)
+    return open_study(spec)
+
+
+def _exchange(served, loop, outcomes=(), dropped=(), want=1):
+    from studyflow.protocol import ExchangeRequest
+
+    request = ExchangeRequest(loop, f"tcp://{loop}", list(outcomes), list(dropped), want=want)
+    return served.serve([request])[0]
+
+
+def _complete(number, value):
+    from studyflow.protocol import TrialOutcome
+
+    return TrialOutcome(number, "COMPLETE", [value])
+
+
+def _a_trial_moved_to_another_loop(served):
+    """Loop a holds trials 0 (begun) and 1 (held); its worker is lost, so trial 1 goes to loop b."""
+    held = _exchange(served, "a/1", want=2).trials
+    assert [t.number for t in held] == [0, 1]
+    served.lose_leases([0, 1], "WorkerLost: worker a left mid-trial")
+    moved = _exchange(served, "b/1").trials
+    assert [t.number for t in moved] == [1] and served.leases[1].loop == "b/1"
+
+
+def test_an_outcome_from_a_loop_that_does_not_hold_the_lease_is_refused_and_logged(tmp_path, caplog):
+    served = _served(tmp_path)
+    _a_trial_moved_to_another_loop(served)
+    with caplog.at_level("WARNING", logger="studyflow.server"):
+        _exchange(served, "a/1", outcomes=[_complete(1, 123.0)], want=0)  # the stale loop ran it after all
+    assert served.leases[1].loop == "b/1"  # still b's
+    assert "refused the outcome of trial 1 from loop a/1: it is leased to loop b/1" in caplog.text
+    _exchange(served, "b/1", outcomes=[_complete(1, 0.5)], want=0)
+    served.ordering.apply_all()
+    assert served.study.trials[1].state == TrialState.COMPLETE and served.study.trials[1].value == 0.5
+
+
+def test_a_drop_from_a_loop_that_does_not_hold_the_lease_is_refused_and_logged(tmp_path, caplog):
+    served = _served(tmp_path)
+    _a_trial_moved_to_another_loop(served)
+    with caplog.at_level("WARNING", logger="studyflow.server"):
+        _exchange(served, "a/1", dropped=[1], want=0)  # the stale loop gives back what it held
+    assert served.leases[1].loop == "b/1"  # b still runs it
+    assert "refused to drop trial 1 from loop a/1: it is leased to loop b/1" in caplog.text
+    _exchange(served, "b/1", outcomes=[_complete(1, 0.5)], want=0)
+    served.ordering.apply_all()
+    assert served.study.trials[1].state == TrialState.COMPLETE and served.study.trials[1].value == 0.5

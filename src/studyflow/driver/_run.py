@@ -55,6 +55,7 @@ from studyflow.outputs import Progress
 from studyflow.outputs import trials_frame
 from studyflow.outputs import write_parquet
 from studyflow.server import INVALID_STUDY
+from studyflow.server import STUDY_FAILED
 from studyflow.server import StudyServer
 from studyflow.server import StudySpec
 from studyflow.server import best_of
@@ -348,7 +349,7 @@ def _run(
         _logger.info("failed %s", err)
     if reason and reason.startswith(INVALID_STUDY):
         raise ConfigError(cfg.source or "<study>", *reason[len(INVALID_STUDY):].split(": ", 1))
-    if reason and reason.startswith("too many failures"):
+    if reason and reason.startswith(("too many failures", STUDY_FAILED)):
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
     if closed is None:  # the scheduler lost the study (restarted?): the journal has it all
         loaded = _load_journal(cfg, journal)

@@ -5,6 +5,7 @@ and telling (`_asking`, `_telling`), the budget and stop rules (`_budget`), the 
 (`_ordering`), and open/resume/close (`_lifecycle`)."""
 
 from studyflow.server._asking import INVALID_STUDY
+from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._lifecycle import StudySpec
 from studyflow.server._lifecycle import best_of
 from studyflow.server._malloc import keep_freed_memory
@@ -12,6 +13,7 @@ from studyflow.server._plugin import StudyServer
 
 __all__ = [
     "INVALID_STUDY",
+    "STUDY_FAILED",
     "StudyServer",
     "StudySpec",
     "best_of",

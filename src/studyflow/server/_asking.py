@@ -4,12 +4,15 @@ Mixed into `ServedStudy` (its fields: `study`, `leases`, `same_key`, `ordering`,
 `store`, `space`, `policy`, `loops`). Invariants: a trial is leased only while `decide()` says
 'run'; a trial whose key the store holds COMPLETE is answered from it, not run; one whose key
 runs already waits for that run (`same_key`); a define-by-run parameter and a pruning decision
-see the study as it is at that moment, whichever thread serves them.
+see the study as it is at that moment, whichever thread serves them; a ready trial (its key's
+run failed) whose key another ready trial runs now follows that one; a sampler that raises
+fails the study, not the loop that asked.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from typing import Any
@@ -21,17 +24,22 @@ from optuna.trial import TrialState
 
 from studyflow._attrs import ATTEMPT_ATTR
 from studyflow._attrs import KEY_ATTR
+from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import STARTED_ATTR
 from studyflow._compat import fresh_trials_view
 from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
 from studyflow.config import REPRODUCIBLE_ONLY
+from studyflow.errors import JournalWriteError
 from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
+from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._leases import Lease
 from studyflow.store import trial_key
 from studyflow.store import trial_seed
+
+_logger = logging.getLogger(__name__)
 
 # A stop reason that is the study file's fault: the driver raises it as a ConfigError.
 INVALID_STUDY = "invalid study: "
@@ -144,11 +152,21 @@ class Asking:
             if self.same_key.ready:
                 trial = self.same_key.ready.pop(0)
                 key = self._key(trial)
+                if not self.define_by_run and self.leases.leased_keys[key]:
+                    self.same_key.follow(key, trial)  # another ready one runs its key now: wait for it
+                    continue
             else:
                 if self.ordering.window:
                     self.ordering.apply_received(self._in_flight_numbers,
                                                  upto=self._next_number() - self.ordering.window)
-                trial, key = self._new_trial()
+                try:
+                    trial, key = self._new_trial()
+                except JournalWriteError:
+                    raise  # the journal's disk, not the sampler
+                except Exception as exc:  # the sampler's: the study fails with it, not the loops
+                    self._sampler_failed(exc)
+                    return None
+                self.sampler_failures = 0
                 stored = None if self.define_by_run else self.store.get(key)
                 if stored is not None and stored.state == "COMPLETE":
                     self._answer_from_store(trial, stored)
@@ -166,6 +184,35 @@ class Asking:
                               # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers
                               self._distributions_json(trial, params),
                               None if started is None else started.isoformat())
+
+    def _sampler_failed(self, exc: Exception) -> None:
+        """A failed ask: logged with its traceback, and the trial it left RUNNING settled.
+        After `budget.retries + 1` failures in a row the study stops with the sampler's error
+        (its loops are told to stop; the driver raises it), instead of the loops dying and their
+        trials being retried as lost workers, which no failure limit would ever stop."""
+        self.sampler_failures += 1
+        sampler = f"{self.config.sampler.name}, {type(self.study.sampler).__name__}"
+        _logger.error("study %s: the sampler raised (%s; attempt %d of %d)", self.config.name, sampler,
+                      self.sampler_failures, self.config.budget.retries + 1, exc_info=exc)
+        self._settle_orphans()
+        if self.sampler_failures > self.config.budget.retries:
+            self.budget.stop_reason = (f"{STUDY_FAILED}the sampler ({sampler}) raised {self.sampler_failures} "
+                                       f"times in a row: {type(exc).__name__}: {exc}")
+
+    def _settle_orphans(self) -> None:
+        """`Study.ask` creates (or takes a waiting retry as) a RUNNING trial before the sampler
+        runs: after a failed ask it is in no lease. It is marked not run (a retry is enqueued
+        again), so no trial stays RUNNING for the constant liar to avoid."""
+        storage = storage_of(self.study)
+        known = set(self.leases.leases) | set(self.same_key.numbers()) | set(self.ordering.received)
+        for trial in storage.get_all_trials(study_id_of(self.study), deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number in known:
+                continue
+            if RETRY_OF_ATTR in trial.system_attrs:
+                self.enqueue_retry(trial.system_attrs["fixed_params"], trial.system_attrs[RETRY_OF_ATTR],
+                                   int(trial.system_attrs.get(ATTEMPT_ATTR, 1)))
+            self.mark_not_run(trial_id_of(trial))
+            storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
 
     @functools.cached_property
     def _space_json(self) -> dict[str, str]:

@@ -3,8 +3,11 @@
 Invariants:
 - `finished` counts COMPLETE and PRUNED trials; the server leases a new trial only while
   `finished + in flight < n_trials`, so exactly `n_trials` finish.
-- Once set, `stop_reason` stays until `reopen()` (a resumed run decides afresh: its budget may
-  have grown).
+- Once set, `stop_reason` stays until `reopen()`: a resumed run decides afresh what its budget
+  may have changed (`n_trials` raised), but the failures and the time it counts are the runs'
+  together (`resume` counts the journal's failures; `active_before_s` is the earlier runs' active
+  time, kept in the journal as `ACTIVE_S_ATTR`), so `max_failures` and `timeout_s` mean the same
+  on a resumed study as on one run.
 - A failure caused by the infrastructure (`INFRA_ERRORS`: a lost worker, an interrupted run) is
   retried and never counts toward `budget.max_failures`; the objective's own failures do.
 - Only a feasible COMPLETE trial can be the best (Optuna's `best_trial` has it so), and only
@@ -22,6 +25,12 @@ from studyflow.config import StudyConfig
 # Failures caused by the infrastructure, not the objective: retried, and not counted against
 # `budget.max_failures`.
 INFRA_ERRORS = ("WorkerLost", "Interrupted")
+TOO_MANY_FAILURES = "too many failures"  # stop reasons a resumed run keeps
+# A stop reason that is not the study file's nor the objective's: the sampler or the server
+# itself failed; the driver raises it as a StudyAbortedError.
+STUDY_FAILED = "study failed: "
+# The study's system attribute holding its runs' active seconds so far (for `timeout_s`).
+ACTIVE_S_ATTR = "studyflow:active_s"
 
 
 @dataclass
@@ -42,6 +51,7 @@ class Budget:
     since_improvement: int = 0
     stop_reason: str | None = None
     opened: float = field(default_factory=time.monotonic)
+    active_before_s: float = 0.0  # the earlier runs' active time (a resumed study)
     recent_errors: list[str] = field(default_factory=list)
 
     @property
@@ -54,17 +64,23 @@ class Budget:
         if self.stop_reason is None:
             if self.finished >= self.n_trials:
                 self.stop_reason = "n_trials"
-            elif timeout is not None and time.monotonic() - self.opened > timeout:
+            elif timeout is not None and self.active_s() > timeout:
                 self.stop_reason = "timeout_s"
         return self.stop_reason is not None
 
+    def active_s(self) -> float:
+        """Seconds the study has been served, over all its runs (not the time between them)."""
+        return self.active_before_s + time.monotonic() - self.opened
+
     def reopen(self) -> None:
-        self.stop_reason = None
+        """A resumed run decides afresh, unless the journal's failures already stop it."""
+        if self.stop_reason is not None and not self.stop_reason.startswith(TOO_MANY_FAILURES):
+            self.stop_reason = None
 
     def ends_in(self) -> float | None:
         """Seconds until `budget.timeout_s`: a loop starts none of its trials after that."""
         timeout = self.config.budget.timeout_s
-        return None if timeout is None else timeout - (time.monotonic() - self.opened)
+        return None if timeout is None else timeout - self.active_s()
 
     def patience_allows(self, in_flight: int, loops: int) -> bool:
         """Whether one more trial could finish before patience ends the study."""
@@ -110,13 +126,13 @@ class Budget:
         n = self.n_objective_fail
         if limit is not None:
             if n > limit:
-                self.stop_reason = f"too many failures: {n} > budget.max_failures={limit}"
+                self.stop_reason = f"{TOO_MANY_FAILURES}: {n} > budget.max_failures={limit}"
             return
         total = self.finished + n
         if self.n_objective_fail_first10 >= 10 and self.finished == 0:
-            self.stop_reason = "too many failures: the first 10 trials all failed"
+            self.stop_reason = f"{TOO_MANY_FAILURES}: the first 10 trials all failed"
         elif total >= 10 and n > total / 2:
-            self.stop_reason = f"too many failures: {n} of {total} trials failed (more than half)"
+            self.stop_reason = f"{TOO_MANY_FAILURES}: {n} of {total} trials failed (more than half)"
 
     def counts(self) -> dict[str, object]:
         """The status fields the budget owns."""

@@ -5,7 +5,8 @@ the first ask; a resumed one never again. On resume a trial left RUNNING by a ki
 completed from the trial store when its result got there, else failed and re-enqueued with its
 parameters (a journal has no heartbeat), and one only held by a loop is dropped. On close no
 trial stays RUNNING: begun ones fail and are re-enqueued, held ones are dropped, and every
-received outcome reaches the journal.
+received outcome reaches the journal. The failures and the active time (`Budget`) a resumed
+run starts from are the journal's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from studyflow._attrs import NOT_RUN_ATTR
 from studyflow._attrs import STARTED_ATTR
 from studyflow._attrs import WARM_START_ATTR
 from studyflow._compat import storage_of
+from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
 from studyflow.config import StudyConfig
 from studyflow.optuna_ext import ServerJournalStorage
@@ -34,6 +36,7 @@ from studyflow.optuna_ext import SingleWriterJournal
 from studyflow.optuna_ext import grid_size
 from studyflow.optuna_ext import make_pruner
 from studyflow.optuna_ext import make_sampler
+from studyflow.server._budget import ACTIVE_S_ATTR
 from studyflow.server._constraints import feasible
 from studyflow.server._finish_log import FinishLog
 from studyflow.store import TrialStore
@@ -140,7 +143,8 @@ def resume(served: ServedStudy) -> None:
         elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             budget.count(trial.number, trial.state.name, trial.values, trial.system_attrs.get(ERROR_ATTR),
                          feasible(trial.system_attrs))
-    budget.reopen()  # a resumed run decides afresh (the budget may have grown)
+    budget.reopen()  # a resumed run decides afresh (the budget may have grown), failures aside
+    budget.active_before_s = float(storage.get_study_system_attrs(study_id_of(study)).get(ACTIVE_S_ATTR, 0.0))
     served.backend.flush_to_disk()
 
 
@@ -161,6 +165,7 @@ def close(served: ServedStudy, reason: str) -> ClosedStudy:
         # the trial it held while its last outcome travelled; that result is dropped.)
         served.discard(trial)
     served.ordering.apply_all()
+    served.save_active_time()
     served.backend.flush_to_disk()
     served.store.close()
     served.backend.close()

@@ -31,6 +31,7 @@ from studyflow._compat import offload
 from studyflow.outputs import FinalTables
 from studyflow.outputs import trials_frame
 from studyflow.protocol import ExchangeRequest
+from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._lifecycle import ClosedStudy
 from studyflow.server._lifecycle import StudySpec
 from studyflow.server._lifecycle import close
@@ -148,9 +149,21 @@ class StudyServer(SchedulerPlugin):
         service = StudyService(served, lambda: self._studies.get(study_spec.study_id) is served, self._removed)
         served.service = service
         service.task = asyncio.ensure_future(service.run())
+        service.task.add_done_callback(lambda task: self._service_ended(study_spec.study_id, served, task))
         if served.config.budget.trial_timeout_s is not None:
             asyncio.ensure_future(self._watch_timeouts(study_spec.study_id, served))
         return served.status()
+
+    def _service_ended(self, study_id: str, served: ServedStudy, task: asyncio.Future) -> None:
+        """A service task that ends while its study is open died (a bug, or it was cancelled):
+        no exchange would ever be answered again, so the study fails with its error, and its
+        driver, which sees it done at once, raises it (`ServedStudy.fail`)."""
+        if self._studies.get(study_id) is not served:
+            return  # closed: the task ended as it should
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        _logger.error("study %s: the study server's service task died (%s)", served.config.name, error,
+                      exc_info=None if task.cancelled() else task.exception())
+        served.fail(f"{STUDY_FAILED}the study server's service task died: {error}")
 
     async def _watch_timeouts(self, study_id: str, served: ServedStudy) -> None:
         """Fail trials that run past `budget.trial_timeout_s` and restart their workers (the

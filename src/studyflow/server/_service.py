@@ -9,8 +9,9 @@ keep flowing while TPE thinks; a shorter one runs on the event loop, where it is
 the hand-off to the offload thread and back.
 
 Invariants: every exchange gets exactly one reply (a lease, 'wait', 'stop', or the serving
-error); a loop whose worker has left is leased nothing and told to stop; an outcome is with
-the OS before any reply of its batch leaves.
+error; 'stop' once the task has died, which fails the study); a loop whose worker has left is
+leased nothing and told to stop; an outcome is with the OS before any reply of its batch leaves;
+the study's active time is journaled every `ACTIVE_SAVE_S` while it is open.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from studyflow._compat import offload
 from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
+from studyflow.server._study import ACTIVE_SAVE_S
 from studyflow.server._study import ServedStudy
 
 _logger = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ class StudyService:
         self.task: asyncio.Future | None = None  # `run()`, once the plugin starts it
 
     def submit(self, request: Exchange) -> asyncio.Future:
+        if self.task is not None and self.task.done():  # it died (see `_plugin._service_ended`)
+            request.reply.set_result(Reply("stop", reason=self.served.stop_reason).wire())
+            return request.reply
         self.served.requests.append(request)
         self.served.wakeup.set()
         return request.reply
@@ -70,20 +75,26 @@ class StudyService:
         """Serve every waiting exchange as one batch, again and again."""
         served = self.served
         parked: list[Exchange] = []  # want trials, none to lease yet: retried on every change
+        batch: list[Exchange] = []  # being served (answered below if serving it kills the task)
         try:
             while self.is_open():
                 if not served.requests:
-                    wait = min((r.deadline for r in parked), default=time.monotonic() + 5) - time.monotonic()
+                    now = time.monotonic()
+                    wait = min((r.deadline for r in parked), default=now + ACTIVE_SAVE_S) - now
                     try:
                         await asyncio.wait_for(served.wakeup.wait(), max(wait, 0))
                     except asyncio.TimeoutError:
                         pass
+                if time.monotonic() - served.active_saved >= ACTIVE_SAVE_S:
+                    async with served.lock:
+                        served.save_active_time()
                 served.wakeup.clear()
                 batch, served.requests, parked = served.requests + parked, [], []
                 if batch:
                     parked = await self._serve_batch(batch)
+                batch = []
         finally:
-            for request in served.requests + parked:
+            for request in batch + served.requests + parked:
                 if not request.reply.done():
                     request.reply.set_result(Reply("stop", reason=served.stop_reason).wire())
 

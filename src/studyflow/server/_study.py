@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -30,6 +31,7 @@ from studyflow.optuna_ext import distributions
 from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
 from studyflow.server._asking import Asking
+from studyflow.server._budget import ACTIVE_S_ATTR
 from studyflow.server._budget import Budget
 from studyflow.server._finish_log import FinishLog
 from studyflow.server._leases import LeaseTable
@@ -41,6 +43,7 @@ from studyflow.server._telling import Telling
 from studyflow.store import TrialStore
 
 _logger = logging.getLogger(__name__)
+ACTIVE_SAVE_S = 5.0  # how often an open study journals its active time (`StudyService.run`)
 
 @dataclass
 class ServedStudy(Asking, Telling):
@@ -61,6 +64,9 @@ class ServedStudy(Asking, Telling):
     slots: int = 0  # the cluster's slots its driver last saw
     loop_quota: int | None = None  # its share of them while other studies are open (`_shares`)
     seen_loops: dict[str, float] = field(default_factory=dict)  # {loop: last exchange}
+    sampler_failures: int = 0  # failed asks in a row (`Asking._sampler_failed`)
+    broken: bool = False  # its service task died: done at once, whatever loops still hold
+    active_saved: float = field(default_factory=time.monotonic)  # when `save_active_time` last wrote
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.config, self.n_trials)
@@ -148,9 +154,9 @@ class ServedStudy(Asking, Telling):
         try:
             for r in requests:
                 for outcome in r.outcomes:
-                    self._tell_trial(outcome, r.worker)
+                    self._tell_trial(outcome, r.worker, r.loop_id)
                 for number in r.dropped:
-                    self._release_unstarted(number)
+                    self._release_unstarted(number, r.loop_id)
                 lease = self.leases.get(r.running) if r.running is not None else None
                 if lease is not None and lease.loop == r.loop_id and lease.started is None:
                     self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
@@ -162,6 +168,21 @@ class ServedStudy(Asking, Telling):
             self.store.write_pending()
             self.backend.flush()
 
+    def save_active_time(self) -> None:
+        """Journal the study's active time over its runs, for `timeout_s` on a resume (the
+        service task does it every `ACTIVE_SAVE_S`, and `close`): a killed run loses at most
+        the last `ACTIVE_SAVE_S` or so of it."""
+        self.active_saved = time.monotonic()
+        storage_of(self.study).set_study_system_attr(study_id_of(self.study), ACTIVE_S_ATTR,
+                                                     round(self.budget.active_s(), 3))
+        self.backend.flush()
+
+    def fail(self, reason: str) -> None:
+        """The server cannot serve the study any more: it is done, and its driver raises `reason`."""
+        self.budget.stop_reason = reason
+        self.broken = True
+        self.notify()
+
     # --- reporting ---
 
     def finished_since(self, since: int) -> dict[str, Any]:
@@ -170,5 +191,5 @@ class ServedStudy(Asking, Telling):
         return self.finish_log.since(since, self.ordering.received)
 
     def status(self) -> dict[str, Any]:
-        done = self.decide() == "stop" and not len(self.leases)
+        done = self.broken or (self.decide() == "stop" and not len(self.leases))
         return self.budget.counts() | {"running": self.leases.running, "done": done}

@@ -2,7 +2,7 @@
 
 Mixed into `ServedStudy` (its fields: `study`, `leases`, `same_key`, `ordering`, `budget`,
 `store`, `finish_log`). Invariants: an outcome ends its lease first, and a late outcome for an
-ended lease is dropped; a COMPLETE result goes to the trial store under the trial's key
+ended lease is dropped; only the loop holding a lease may end it (tell or drop); a COMPLETE result goes to the trial store under the trial's key
 (define-by-run parameters join the key at the tell); trials that waited for the key share a
 COMPLETE result, or run themselves if it failed; an infrastructure failure is retried with the
 same parameters up to `budget.retries` times.
@@ -41,13 +41,15 @@ _logger = logging.getLogger(__name__)
 class Telling:
     """The telling half of `ServedStudy`."""
 
-    def _tell_trial(self, outcome: TrialOutcome, worker: str) -> dict[str, Any]:
+    def _tell_trial(self, outcome: TrialOutcome, worker: str, loop: str) -> dict[str, Any]:
         """Record a loop's outcome and receive it. `outcome.artifacts`: the objective asked for
         its artifact folder (else there is nothing to move or discard). `outcome.system_attrs`:
         the constraints and artifact records the objective set, set here before the tell (with
         the study file's `constraints.user_attr`), so the sampler sees them."""
         number, state, values, error = outcome.number, outcome.state, outcome.values, outcome.error
         user_attrs, duration_s, artifacts = outcome.user_attrs, outcome.duration_s, outcome.artifacts
+        if not self._holds(loop, number, "the outcome of"):
+            return {"status": "refused"}
         lease = self.leases.drop(number)
         if lease is None:  # already failed as lost or timed out; the late answer is dropped
             return {"status": "stale"}
@@ -137,8 +139,21 @@ class Telling:
             else:
                 self.fail_lease(number, error, True)
 
-    def _release_unstarted(self, number: int) -> None:
+    def _holds(self, loop: str, number: int, what: str) -> bool:
+        """Whether `loop` may end the lease of trial `number` (an ended one: nothing to end). A
+        loop whose trials went to other loops (its worker was lost, it was released) may still
+        send: it must not end a lease that is now another loop's."""
+        lease = self.leases.get(number)
+        if lease is None or lease.loop == loop:
+            return True
+        _logger.warning("study %s: refused %s trial %d from loop %s: it is leased to loop %s",
+                        self.config.name, what, number, loop, lease.loop)
+        return False
+
+    def _release_unstarted(self, number: int, loop: str) -> None:
         """A loop told to stop drops the trials it held but never started."""
+        if not self._holds(loop, number, "to drop"):
+            return
         lease = self.leases.drop(number)
         if lease is None:
             return
