@@ -93,9 +93,19 @@ def test_workers_run_one_blas_openmp_thread_even_when_snakemake_exports_more(mon
 
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(name, "8")  # what `snakemake -c8` exports to the optimize job
-    with connect(1) as client:
+    def pools() -> list[tuple[str, int]]:
+        """The thread pools a trial's numpy/scikit-learn code would use (OpenBLAS, OpenMP)."""
+        import sklearn.ensemble  # noqa: F401  loads OpenMP
+        from threadpoolctl import threadpool_info
+
+        return [(p["internal_api"], p["num_threads"]) for p in threadpool_info()]
+
+    with connect(2) as client:
         env = client.run(lambda: {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")})
-    (worker_env,) = env.values()
+        threads = client.run(pools)
+    for worker_pools in threads.values():
+        assert worker_pools and all(n == 1 for _, n in worker_pools), worker_pools
+    worker_env = next(iter(env.values()))
     assert worker_env["OMP_NUM_THREADS"] == "1"
     assert worker_env["OPENBLAS_NUM_THREADS"] == "1"
     assert worker_env["GOTO_NUM_THREADS"] == "1"

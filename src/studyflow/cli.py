@@ -12,7 +12,6 @@ from pathlib import Path
 from studyflow._io import atomic_write
 from studyflow.config import DEFAULT_CONFIG
 from studyflow.config import WorkflowConfig
-from studyflow.driver import ResultsLayout
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger("studyflow.cli")
@@ -45,6 +44,7 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
     from studyflow.config import load_study
+    from studyflow.driver import ResultsLayout
     from studyflow.driver import optimize
     from studyflow.stage import stage
 
@@ -274,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command in ("run", "optimize"):
+            if not (args.dry_run or args.address):
+                # its imports run on another core while this process imports Dask and Optuna
+                from studyflow._processes import warm_forkserver
+
+                warm_forkserver()
             return cmd_optimize(args, stage_missing=args.command == "run")
         if args.command == "journal":
             return cmd_journal(args)

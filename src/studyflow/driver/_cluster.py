@@ -17,23 +17,14 @@ import dask
 from distributed import Client
 from distributed import LocalCluster
 
+from studyflow._processes import ONE_THREAD_ENV
+from studyflow._processes import forked_workers_config
 from studyflow.config import ClusterConfig
 from studyflow.driver._gpus import gpu_cluster
 from studyflow.driver._gpus import gpu_ids
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
-
-# Snakemake exports these as the rule's threads (8 with -c8), so every worker would run that many
-# BLAS/OpenMP threads and the workers together would oversubscribe the cores many times over.
-# One worker slot, one thread.
-ONE_THREAD_ENV = {
-    name: "1"
-    for name in (
-        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
-        "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
-    )
-}
 
 # Dask workers sample every thread's stack each 10 ms for the dashboard's profile page, which
 # studyflow's local clusters do not serve: CPU taken from the trials for nothing. Off unless the
@@ -47,8 +38,10 @@ SLURM_LOG_DIRECTORY = "logs/slurm-workers"
 
 
 def local_worker_config() -> dict[str, Any]:
+    """Dask settings for local workers: no stack profiling, forked from a warm forkserver."""
     parsed = dask.config.collect_env({PROFILE_ENV_VAR: os.environ.get(PROFILE_ENV_VAR, "False")})
-    return {"distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"]["enabled"]}
+    return {"distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"]["enabled"],
+            **forked_workers_config()}
 
 
 def credentials_path(scheduler_file: str | Path) -> Path:

@@ -1,0 +1,69 @@
+"""How studyflow starts local worker processes: forked from a warm forkserver, one BLAS thread.
+
+Dask spawns each worker process as a fresh interpreter that imports distributed, then on its
+first trial numpy, pandas, pyarrow, optuna and studyflow's worker: about a second of CPU per
+worker, paid again for every worker. With the `forkserver` start method, one server process
+imports them once and each worker is a fork of it. `warm_forkserver()` starts that server
+early (the CLI calls it before its own imports), so its imports run on another core while the
+driver imports and starts the scheduler. Workers stay separate processes: a trial that
+segfaults or leaks still takes down only its worker.
+
+This module imports nothing heavy: the CLI imports it first.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Snakemake exports these as the rule's threads (8 with -c8), so every worker would run that many
+# BLAS/OpenMP threads and the workers together would oversubscribe the cores many times over.
+# One worker slot, one thread. The forkserver imports numpy with them set, which is when
+# OpenBLAS sizes its thread pool, so the workers forked from it inherit one thread too.
+ONE_THREAD_ENV = {
+    name: "1"
+    for name in (
+        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
+    )
+}
+
+# What a trial loop imports; a module missing here is skipped by the forkserver.
+WORKER_MODULES = [
+    "distributed", "numpy", "pandas", "pyarrow", "pyarrow.parquet", "optuna", "studyflow.worker", "studyflow.cli",
+]
+
+START_METHOD = "forkserver"
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def warm_forkserver() -> None:
+    """Start this process's forkserver now, importing `WORKER_MODULES` with one BLAS/OpenMP
+    thread in its environment. Idempotent; returns at once (the server imports in the
+    background; the first fork waits for it)."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context(START_METHOD).set_forkserver_preload(WORKER_MODULES)
+    with _environ(ONE_THREAD_ENV):
+        forkserver.ensure_running()
+
+
+def forked_workers_config() -> dict[str, str]:
+    """The Dask setting that makes nannies start their workers from the forkserver."""
+    warm_forkserver()
+    return {"distributed.worker.multiprocessing-method": START_METHOD}
