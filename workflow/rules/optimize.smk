@@ -21,5 +21,5 @@ rule optimize:
         cpus_per_task=optimize_threads,
         runtime=optimize_runtime_minutes,
     shell:
-        "studyflow optimize {params.study} {params.set_args} --config {params.run_config}"
-        " --results {params.results} --workers {threads} 2> {log}"
+        "studyflow optimize {params.study:q} {params.set_args} --config {params.run_config:q}"
+        " --results {params.results:q} --workers {threads} 2> {log:q}"

@@ -19,5 +19,5 @@ rule report:
         logs("report/{study}.log"),
     threads: 1
     shell:
-        "studyflow report {params.study_dir} --study {params.study} {params.set_args}"
-        " --out {output} 2> {log}"
+        "studyflow report {params.study_dir:q} --study {params.study:q} {params.set_args}"
+        " --out {output:q} 2> {log:q}"

@@ -11,4 +11,4 @@ rule stage:
         logs("stage/{dataset}.log"),
     threads: 1
     shell:
-        "studyflow stage {wildcards.dataset} --spec {params.spec:q} --out {params.out} 2> {log}"
+        "studyflow stage {wildcards.dataset:q} --spec {params.spec:q} --out {params.out:q} 2> {log:q}"

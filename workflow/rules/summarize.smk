@@ -22,4 +22,4 @@ rule summarize:
         logs("summarize.log"),
     threads: 1
     shell:
-        "studyflow summarize {params.study_dirs} --out {params.out} --index {output.index} 2> {log}"
+        "studyflow summarize {params.study_dirs:q} --out {params.out:q} --index {output.index:q} 2> {log:q}"
