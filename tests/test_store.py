@@ -217,3 +217,81 @@ def test_a_study_stopped_before_any_trial_ran_still_writes_a_trials_table_with_i
     assert len(table) == 0
     assert {"number", "state", "values_0", "values_1", "error", "key"} <= set(table.columns)
     assert (table["state"] == "COMPLETE").sum() == 0  # filters users write work on it
+
+
+GATED = '''
+import os, time
+from pathlib import Path
+
+def objective(trial):
+    """Trials from GATE_AT on wait for the file $SF_GATE: the study runs until the test lets it end."""
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number >= int(os.environ["SF_GATE_AT"]):
+        deadline = time.monotonic() + 300
+        while not Path(os.environ["SF_GATE"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return x
+'''
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the study ended before {what}: {proc.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_gc_refuses_while_a_study_runs_and_every_told_trial_stays_in_the_store(tmp_path):
+    """`studyflow store gc` while a real `studyflow run` appends to the store: gc refuses in one
+    line naming the running study and changes nothing; once the study has finished, gc runs,
+    and every trial the study told is in the store and in trials.parquet."""
+    import os
+
+    from studyflow.cli import main
+    from studyflow.store import StoredResult
+    from studyflow.store import TrialStore
+
+    store_root = tmp_path / "results/.store"
+    orphan = TrialStore(store_root)  # an entry no journal refers to: gc's work
+    orphan.put(StoredResult("ff" * 16, "COMPLETE", [0.5], params={"x": 0.5}))
+    orphan.close()
+    (tmp_path / "gated.py").write_text(GATED)
+    n_trials, gate = 12, tmp_path / "go"
+    study = {"objective": "gated:objective", "search_space": {"x": SPACE["x"]},
+             "sampler": {"name": "random", "seed": 5}, "budget": {"n_trials": n_trials}}
+    (tmp_path / "study.yaml").write_text(json.dumps(study))
+    env = dict(os.environ, SF_GATE=str(gate), SF_GATE_AT="4")
+    run = subprocess.Popen([sys.executable, "-m", "studyflow.cli", "run", "study.yaml", "--workers", "2"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def told() -> int:  # results the running study has appended to its own log
+            return sum(len(p.read_text().splitlines()) for p in (store_root / "results").glob("*.jsonl")) - 1
+
+        _wait_for(lambda: told() >= 4, "4 trials were told", run)
+        logs_before = {p.name: p.read_bytes() for p in (store_root / "results").glob("*.jsonl")}
+        gc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "gc"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+        assert gc.returncode == 1, gc.stdout + gc.stderr
+        (line,) = [x for x in gc.stderr.splitlines() if x.strip()]
+        assert line.startswith("studyflow: error:") and "study study is running" in line, line
+        assert "pid" in line
+        after = {p.name: p.read_bytes() for p in (store_root / "results").glob("*.jsonl")}
+        assert all(after[name].startswith(text) for name, text in logs_before.items())  # nothing rewritten
+        assert TrialStore(store_root).get("ff" * 16) is not None
+    finally:
+        gate.touch()
+        out, err = run.communicate(timeout=240)
+    assert run.returncode == 0, err[-3000:]
+
+    assert main(["store", "gc", "--results", str(tmp_path / "results")]) == 0
+    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) == n_trials
+    store = TrialStore(store_root)
+    assert store.get("ff" * 16) is None  # collected once the study had finished
+    for key, value in zip(complete["key"], complete["value"]):
+        assert store.get(key).values == [value]

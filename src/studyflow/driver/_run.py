@@ -63,6 +63,7 @@ from studyflow.stage import read_manifest
 from studyflow.stage import sha256_file
 from studyflow.store import TrialStore
 from studyflow.store import code_version
+from studyflow.store import store_in_use
 from studyflow.worker import ObjectiveFn
 from studyflow.worker import add_search_paths
 from studyflow.worker import check_signature
@@ -188,7 +189,8 @@ def optimize(
     data_arg, data_sha = _resolve_data(cfg, data, layout)
     key_base = _key_base(cfg, objective, fn, data_sha)
     journal = layout.journal(cfg, key_base)
-    with StudyLock(journal.with_suffix(".lock")):
+    # the store too, shared: `studyflow store gc` refuses while the study runs (store/_gc.py)
+    with StudyLock(journal.with_suffix(".lock")), store_in_use(layout.store):
         context = nullcontext(client) if client is not None else connect(
             n_workers or cfg.concurrency, address, cluster=cfg.cluster,
             tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources)

@@ -2,9 +2,10 @@
 
 from studyflow.store._code import code_version
 from studyflow.store._code import package_versions
+from studyflow.store._gc import gc
+from studyflow.store._gc import store_in_use
 from studyflow.store._store import StoredResult
 from studyflow.store._store import TrialStore
-from studyflow.store._store import gc
 from studyflow.store._store import trial_key
 from studyflow.store._store import trial_seed
 
@@ -14,6 +15,7 @@ __all__ = [
     "code_version",
     "package_versions",
     "gc",
+    "store_in_use",
     "trial_key",
     "trial_seed",
 ]

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 from typing import TextIO
 
-from studyflow._attrs import KEY_ATTR
 from studyflow._hashing import canonical_json
 from studyflow._hashing import sha256_text
 from studyflow._io import write_text
@@ -270,23 +269,3 @@ def _line_key(line: str) -> str | None:
         return json.loads(line).get("key")
     except ValueError:
         return None
-
-
-def referenced_keys(journal_dir: str | Path) -> set[str]:
-    """Every trial key that some study journal under `journal_dir` refers to."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    keys: set[str] = set()
-    for journal in sorted(Path(journal_dir).glob("*.log")):
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        for study in storage.get_all_studies():
-            for trial in storage.get_all_trials(storage.get_study_id_from_name(study.study_name), deepcopy=False):
-                if KEY_ATTR in trial.system_attrs:
-                    keys.add(trial.system_attrs[KEY_ATTR])
-    return keys
-
-
-def gc(root: str | Path) -> tuple[int, int]:
-    """Remove store entries no study journal refers to; return (entries removed, bytes freed)."""
-    return TrialStore(root).prune(referenced_keys(Path(root) / "journals"))

@@ -1,0 +1,121 @@
+"""Garbage collection of the trial store, and the store-wide lock that keeps it off running studies.
+
+`gc` rewrites the results logs and removes trial folders, so it must never run while a study
+writes to the store: a study's server keeps appending to its own log (a rewritten log is a new
+file, and the server's later appends would go to the old, unlinked one), and a running trial's
+staging folder belongs to no finished trial yet. Every driver holds `<store>/in-use.lock`
+shared for as long as it runs a study on the store (`store_in_use`, taken after the study's own
+journal lock); gc takes it exclusively, without waiting, and refuses in one line naming the
+running study (found by its journal lock, which names the process holding it). A driver that
+starts while gc runs waits for it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from studyflow._attrs import KEY_ATTR
+from studyflow.errors import StudyLockedError
+from studyflow.store._store import TrialStore
+
+_logger = logging.getLogger(__name__)
+IN_USE = "in-use.lock"
+GC_WAIT_S = 600.0  # how long a starting study waits for a running gc before it fails
+_JOURNAL_LOCK = re.compile(r"^(?P<study>.+)-[0-9a-f]{16}$")  # `<study>-<hash>.lock` (driver.ResultsLayout)
+
+
+def _open_lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _flock(fd: int, mode: int) -> bool:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+@contextmanager
+def store_in_use(root: str | Path, wait_s: float = GC_WAIT_S) -> Iterator[None]:
+    """Hold the store shared while a study runs on it: `gc` refuses meanwhile, and a study
+    started while gc runs waits for it (up to `wait_s`, then fails naming the gc)."""
+    path = Path(root) / IN_USE
+    fd = _open_lock(path)
+    try:
+        deadline, told = time.monotonic() + wait_s, False
+        while not _flock(fd, fcntl.LOCK_SH):
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "studyflow store gc"
+            if time.monotonic() > deadline:
+                raise StudyLockedError(f"{path}: the trial store is held by {holder} for longer than "
+                                       f"{wait_s:g} s; wait for it or stop that process")
+            if not told:
+                _logger.info("%s: waiting for %s to finish", path, holder)
+                told = True
+            time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def running_studies(root: str | Path) -> list[tuple[str, str, Path]]:
+    """(study, holder, journal) of every study whose journal lock some driver holds now."""
+    running = []
+    for lock in sorted((Path(root) / "journals").glob("*.lock")):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            if _flock(fd, fcntl.LOCK_EX):
+                continue
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
+        finally:
+            os.close(fd)
+        match = _JOURNAL_LOCK.match(lock.stem)
+        running.append((match["study"] if match else lock.stem, holder, lock.with_suffix(".log")))
+    return running
+
+
+def referenced_keys(journal_dir: str | Path) -> set[str]:
+    """Every trial key that some study journal under `journal_dir` refers to."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    keys: set[str] = set()
+    for journal in sorted(Path(journal_dir).glob("*.log")):
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        for study in storage.get_all_studies():
+            for trial in storage.get_all_trials(storage.get_study_id_from_name(study.study_name), deepcopy=False):
+                if KEY_ATTR in trial.system_attrs:
+                    keys.add(trial.system_attrs[KEY_ATTR])
+    return keys
+
+
+def gc(root: str | Path) -> tuple[int, int]:
+    """Remove store entries no study journal refers to; return (entries removed, bytes freed).
+    Refuses (`StudyLockedError`, one line naming the study) while a study runs on the store."""
+    root = Path(root)
+    path = root / IN_USE
+    fd = _open_lock(path)
+    try:
+        if not _flock(fd, fcntl.LOCK_EX):
+            running = running_studies(root)
+            if running:
+                study, holder, journal = running[0]
+                more = f" (and {len(running) - 1} more)" if len(running) > 1 else ""
+                what = f"study {study} is running{more}: {holder}, journal {journal}"
+            else:
+                what = "a study is starting or running on it"
+            raise StudyLockedError(f"{root}: not collected: {what}; run gc when it has finished")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"studyflow store gc: pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        return TrialStore(root).prune(referenced_keys(root / "journals"))
+    finally:
+        os.close(fd)
