@@ -15,6 +15,7 @@ include: "workflow/rules/stage.smk"
 include: "workflow/rules/optimize.smk"
 include: "workflow/rules/summarize.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/matrix.smk"
 
 
 rule all:

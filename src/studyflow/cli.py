@@ -50,6 +50,12 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
 
     workflow = WorkflowConfig.from_file(args.config)
     cfg = load_study(args.study, args.overrides, defaults=workflow.study_defaults())
+    if getattr(args, "reference", None):  # a matrix problem's reference, for every trial
+        from studyflow.reference import REFERENCE_ARG
+        from studyflow.reference import read_reference
+
+        cfg.objective_args[REFERENCE_ARG] = read_reference(args.reference)
+        cfg = load_study(cfg)
     workflow.check_dataset(cfg)
     if args.dry_run:
         from studyflow.driver import describe
@@ -102,7 +108,24 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     atomic_write(out / "best_params.csv", lambda tmp: params.to_csv(tmp, index=False))
     atomic_write(out / "artifacts.csv", lambda tmp: artifacts.to_csv(tmp, index=False))
     if args.index:
-        write_index(dirs, args.index)
+        write_index(dirs, args.index, dict(page.split("=", 1) for page in args.pages))
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """reference: run a matrix problem's reference loader once; summary: the matrix's table
+    and page (outputs/_matrix.py)."""
+    _setup_logging()
+    if args.action == "reference":
+        from studyflow.reference import compute_reference
+
+        compute_reference(args.problem, json.loads(args.spec), args.data, args.out)
+        _logger.info("wrote the reference of %s to %s", args.problem, args.out)
+        return 0
+    from studyflow.outputs import write_matrix
+
+    pairs = {study: tuple(pair) for study, pair in json.loads(args.pairs).items()}
+    write_matrix([Path(d) for d in args.study_dirs], pairs, args.table, args.page)  # type: ignore[arg-type]
     return 0
 
 
@@ -223,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", help="run a study on staged data (the optimize rule)")
     _study_args(opt)
     opt.add_argument("--dry-run", action="store_true", help="print the resolved study and exit")
+    opt.add_argument("--reference", default=None, help="a matrix problem's reference (JSON): the objective's `reference`")
     st = sub.add_parser("stage", help="stage a dataset to parquet + manifest")
     st.add_argument("dataset")
     st.add_argument("--spec", default=None, help="dataset spec as JSON (else read from --config)")
@@ -232,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("study_dirs", nargs="+")
     sm.add_argument("--out", default="results/summary")
     sm.add_argument("--index", default=None, help="also write an HTML index of study cards here")
+    sm.add_argument("--page", dest="pages", action="append", default=[], metavar="FILE=TITLE",
+                    help="another page the index links, e.g. matrix.html=Study matrix")
+    mx = sub.add_parser("matrix", help="a study matrix's reference step and comparison (the matrix rules)")
+    mx.add_argument("action", choices=["reference", "summary"])
+    mx.add_argument("study_dirs", nargs="*", help="summary: the matrix studies' folders")
+    mx.add_argument("--problem", default=None, help="reference: the problem")
+    mx.add_argument("--spec", default="{}", help="reference: {loader, kwargs} as JSON")
+    mx.add_argument("--data", default=None, help="reference: the problem's staged data (parquet)")
+    mx.add_argument("--out", default=None, help="reference: the JSON file to write")
+    mx.add_argument("--pairs", default="{}", help="summary: {study: [problem, method]} as JSON")
+    mx.add_argument("--table", default=None, help="summary: matrix.parquet")
+    mx.add_argument("--page", default=None, help="summary: matrix.html")
     rp = sub.add_parser("report", help="write a study's HTML card")
     rp.add_argument("study_dir")
     rp.add_argument("--out", required=True)
@@ -283,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "journal":
             return cmd_journal(args)
         commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store,
-                    "profile": cmd_profile, "cluster": cmd_cluster}
+                    "profile": cmd_profile, "cluster": cmd_cluster, "matrix": cmd_matrix}
         return commands[args.command](args)
     except StudyflowError as exc:
         sys.stderr.write(f"studyflow: error: {exc}\n")

@@ -28,6 +28,10 @@ DATASETS = WORKFLOW.used_datasets(STUDIES)
 check_storage_plugins(WORKFLOW, DATASETS)
 RESULTS = WORKFLOW.results
 LOGS = WORKFLOW.logs
+# The study matrix (config `matrix:`), expanded into STUDIES as <problem>-<method>.
+MATRIX = WORKFLOW.matrix
+MATRIX_STUDIES = list(MATRIX.pairs) if MATRIX else []
+REFERENCED = [p for p, spec in MATRIX.problems.items() if spec.reference] if MATRIX else []
 # The jobs' --config file, each study's config hash (optimize's input) and report settings (the
 # report's input), each written only when it changed: other edits of a study file re-run nothing.
 write_run_files(WORKFLOW, STUDIES)
@@ -36,6 +40,7 @@ write_run_files(WORKFLOW, STUDIES)
 wildcard_constraints:
     study="|".join(STUDIES) or "NO_STUDIES",
     dataset="|".join(DATASETS) or "NO_DATASETS",
+    problem="|".join(REFERENCED) or "NO_PROBLEMS",
 
 
 def results(path):
@@ -54,6 +59,7 @@ def final_outputs():
         results("reports/index.html"),
         results("summary/studies.parquet"),
         results("summary/best_params.csv"),
+        *([results("summary/matrix.parquet"), results("reports/matrix.html")] if MATRIX else []),
     ]
 
 
@@ -78,7 +84,40 @@ def optimize_inputs(wildcards):
     if cfg.data is not None:
         inputs["data"] = results(f"data/{cfg.data}.parquet")
         inputs["manifest"] = results(f"data/{cfg.data}.manifest.json")
+    reference = matrix_reference_file(wildcards.study)
+    if reference is not None:
+        inputs["reference"] = reference
     return inputs
+
+
+def matrix_reference_file(study):
+    """A matrix study's problem reference (None for other studies, or a problem without one)."""
+    if study not in MATRIX_STUDIES or MATRIX.reference(study) is None:
+        return None
+    return results(f"matrix/references/{MATRIX.pairs[study][0]}.json")
+
+
+def study_reference_args(wildcards):
+    reference = matrix_reference_file(wildcards.study)
+    return "" if reference is None else f"--reference {shlex.quote(reference)}"
+
+
+def reference_data(wildcards):
+    return results(f"data/{MATRIX.problems[wildcards.problem].data}.parquet")
+
+
+def reference_spec_json(wildcards):
+    spec = MATRIX.problems[wildcards.problem].reference
+    return json.dumps({"loader": spec.loader, "kwargs": spec.kwargs}, sort_keys=True)
+
+
+def matrix_pairs_json():
+    return json.dumps({study: list(pair) for study, pair in (MATRIX.pairs if MATRIX else {}).items()})
+
+
+def index_page_args():
+    """Pages the index links beside the study cards: the matrix's."""
+    return shlex.quote("--page=matrix.html=Study matrix") if MATRIX else ""
 
 
 def study_report_settings(wildcards):

@@ -11,6 +11,7 @@ rule optimize:
         config_hash=study_config_hash,
         study=study_file,
         set_args=study_set_args,
+        reference_args=study_reference_args,
         run_config=run_config_file(WORKFLOW),
         results=RESULTS,
     log:
@@ -21,5 +22,6 @@ rule optimize:
         cpus_per_task=optimize_threads,
         runtime=optimize_runtime_minutes,
     shell:
-        "studyflow optimize {params.study:q} {params.set_args} --config {params.run_config:q}"
+        "studyflow optimize {params.study:q} {params.set_args} {params.reference_args}"
+        " --config {params.run_config:q}"
         " --results {params.results:q} --workers {threads} 2> {log:q}"

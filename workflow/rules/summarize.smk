@@ -18,8 +18,10 @@ rule summarize:
     params:
         study_dirs=expand(results("studies/{study}"), study=STUDIES),
         out=results("summary"),
+        pages=index_page_args(),
     log:
         logs("summarize.log"),
     threads: 1
     shell:
-        "studyflow summarize {params.study_dirs:q} --out {params.out:q} --index {output.index:q} 2> {log:q}"
+        "studyflow summarize {params.study_dirs:q} --out {params.out:q} --index {output.index:q}"
+        " {params.pages} 2> {log:q}"

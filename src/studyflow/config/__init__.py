@@ -1,5 +1,8 @@
 """Study files and the workflow's config: loaded with OmegaConf, validated once, typed."""
 
+from studyflow.config._matrix import REFERENCE_ARG
+from studyflow.config._matrix import Matrix
+from studyflow.config._matrix import ReferenceSpec
 from studyflow.config._study import ClusterConfig
 from studyflow.config._study import DatasetSpec
 from studyflow.config._study import ParamSpec
@@ -22,8 +25,11 @@ __all__ = [
     "ClusterConfig",
     "DEFAULT_CONFIG",
     "DatasetSpec",
+    "Matrix",
     "ParamSpec",
+    "REFERENCE_ARG",
     "REPRODUCIBLE_ONLY",
+    "ReferenceSpec",
     "StudyConfig",
     "WorkflowConfig",
     "check_storage_plugins",

@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from studyflow.config._matrix import Matrix
+from studyflow.config._matrix import parse_matrix
 from studyflow.config._study import DatasetSpec
 from studyflow.config._study import StudyConfig
 from studyflow.config._study import dataset_spec
@@ -34,6 +36,7 @@ class WorkflowConfig:
     results: str = "results"  # prefix of every output of the workflow (and the store)
     logs: str = "logs"  # prefix of every job's log
     source: str = DEFAULT_CONFIG
+    matrix: Matrix | None = None  # problems x methods: studies named <problem>-<method>
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = DEFAULT_CONFIG) -> WorkflowConfig:
@@ -46,9 +49,14 @@ class WorkflowConfig:
             for name, spec in (raw.get("datasets") or {}).items()
         }
         overrides = {k: _as_list(v) for k, v in (raw.get("overrides") or {}).items()}
+        study_dir = str(raw.get("study_dir", "config/studies"))
+        matrix = parse_matrix(raw.get("matrix"), source, study_dir, set(datasets))
+        for name in matrix.pairs if matrix else ():
+            if name in studies:
+                raise ConfigError(source, "studies", f"{name!r} is also a study of the matrix (<problem>-<method>)")
         return cls(
             studies=[str(s) for s in studies],
-            study_dir=str(raw.get("study_dir", "config/studies")),
+            study_dir=study_dir,
             datasets=datasets,
             set=_as_list(raw.get("set")),
             overrides=overrides,
@@ -56,6 +64,7 @@ class WorkflowConfig:
             results=str(raw.get("results") or "results").rstrip("/"),
             logs=str(raw.get("logs") or "logs").rstrip("/"),
             source=source,
+            matrix=matrix,
         )
 
     @classmethod
@@ -65,13 +74,31 @@ class WorkflowConfig:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         return cls.from_dict(raw or {}, str(path))  # type: ignore[arg-type]
 
+    def study_names(self) -> list[str]:
+        """The listed studies, then the matrix's, problem by problem."""
+        return [*self.studies, *(self.matrix.pairs if self.matrix else ())]
+
+    def is_matrix_study(self, study: str) -> bool:
+        return self.matrix is not None and study in self.matrix.pairs
+
     def study_file(self, study: str) -> Path:
+        """A study's file; a matrix study's is written at load (`write_run_files`) under
+        `<results>/.workflow/matrix/`, for its jobs to read."""
+        if self.is_matrix_study(study):
+            return Path(self.results) / ".workflow" / "matrix" / f"{study}.yaml"
         return Path(self.study_dir) / f"{study}.yaml"
 
     def study_overrides(self, study: str) -> list[str]:
         return [*self.set, *self.overrides.get(study, [])]
 
     def load(self, study: str) -> StudyConfig:
+        if self.is_matrix_study(study):
+            assert self.matrix is not None
+            try:
+                return load_study(self.matrix.study_dict(study), self.study_overrides(study), name=study,
+                                  defaults=self.study_defaults())
+            except ConfigError as exc:
+                raise ConfigError(f"{self.source}: matrix study {study}", exc.key, exc.message) from None
         path = self.study_file(study)
         if not path.is_file():
             raise ConfigError(self.source, "studies", f"study {study!r} has no file {path}")
@@ -82,7 +109,7 @@ class WorkflowConfig:
     def load_all(self) -> dict[str, StudyConfig]:
         """Every study the workflow runs, by name, each resolved and validated: the one place
         the Snakefile gets its studies from."""
-        return {name: self.load(name) for name in self.studies}
+        return {name: self.load(name) for name in self.study_names()}
 
     def used_datasets(self, studies: dict[str, StudyConfig]) -> list[str]:
         return sorted({cfg.data for cfg in studies.values() if cfg.data is not None})

@@ -3,8 +3,8 @@
 The workflow writes small files at load, each only when its content changes, so its mtime
 moves only then: a study's config hash, the `optimize` rule's input in place of the study file,
 and its `report:` settings, the `report` rule's; so a `report:` edit re-runs only the report, and
-a comment or a `cluster:` edit nothing. And the run's config as a job's `--config` reads it (a
-module's config, `--config` overrides). A dataset `path:` that is a URL is read through
+a comment or a `cluster:` edit nothing. A matrix study's file, which its jobs read. And the
+run's config as a job's `--config` reads it (a module's config, `--config` overrides). A dataset `path:` that is a URL is read through
 Snakemake storage, whose plugin must be installed.
 """
 
@@ -77,5 +77,8 @@ def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -
     """The run's config for the jobs, and each study's config hash (see the module's doc)."""
     sync_text(run_config_file(workflow), OmegaConf.to_yaml(OmegaConf.create(workflow.run_config())))
     for name, cfg in studies.items():
+        if workflow.matrix is not None and workflow.is_matrix_study(name):  # the file its jobs read
+            study = OmegaConf.create(workflow.matrix.study_dict(name))
+            sync_text(workflow.study_file(name), OmegaConf.to_yaml(study))
         sync_text(config_hash_file(workflow, name), cfg.config_hash() + "\n")
         sync_text(report_settings_file(workflow, name), canonical_json(cfg.report) + "\n")

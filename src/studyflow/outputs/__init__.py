@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from studyflow.outputs import _report
 
         return getattr(_report, name)
+    if name == "write_matrix":
+        from studyflow.outputs import _matrix
+
+        return _matrix.write_matrix
     raise AttributeError(f"module 'studyflow.outputs' has no attribute {name!r}")
 
 
@@ -29,6 +33,7 @@ __all__ = [
     "summarize",
     "trials_frame",
     "write_index",
+    "write_matrix",
     "write_parquet",
     "write_report",
 ]

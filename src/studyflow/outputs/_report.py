@@ -196,8 +196,9 @@ def write_report(study_dir: str | Path, out: str | Path, study_file: StudyConfig
     return write_text(out, render(trials, best, cfg))
 
 
-def write_index(study_dirs: list[Path], out: str | Path) -> Path:
-    """An index page linking each study card, with its best value and trial counts."""
+def write_index(study_dirs: list[Path], out: str | Path, pages: dict[str, str] | None = None) -> Path:
+    """An index page linking each study card, with its best value and trial counts, and
+    `pages` ({file: title}, e.g. the study matrix's page) above it."""
     rows = []
     for d in study_dirs:
         best = json.loads((Path(d) / "best.json").read_text())
@@ -210,7 +211,9 @@ def write_index(study_dirs: list[Path], out: str | Path) -> Path:
                     f"<td>{value}</td><td>{states.get('COMPLETE', 0)}</td><td>{states.get('PRUNED', 0)}</td>"
                     f"<td>{states.get('FAIL', 0)}</td><td>{best.get('wall_time_s')}</td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("study", "directions", "best", "complete", "pruned", "failed", "wall s"))
+    links = "".join(f'<li><a href="{html.escape(f)}">{html.escape(t)}</a></li>' for f, t in (pages or {}).items())
     return write_text(out, f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>studyflow studies</title>'
                            f"<style>{_CSS}</style></head><body><h1>Studies</h1>"
+                           + (f'<ul id="pages">{links}</ul>' if links else "") +
                            f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
                            "</table></body></html>\n")
