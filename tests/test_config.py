@@ -170,7 +170,12 @@ def test_the_cli_validates_the_study_file_once(client4, write_study, tmp_path, m
     saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), list(root.handlers),
              root.level, ours.level)
     try:
-        code = main(["run", str(path), "--address", client4.scheduler.address, "--results", "results"])
+        attach = ["cluster.mode=address", f"cluster.address={client4.scheduler.address}"]
+        for key, pem in (("tls_ca_file", client4.security.tls_ca_file),  # the cluster speaks TLS
+                         ("tls_cert", client4.security.tls_client_cert), ("tls_key", client4.security.tls_client_key)):
+            (tmp_path / f"{key}.pem").write_text(pem)
+            attach.append(f"cluster.{key}={tmp_path / f'{key}.pem'}")
+        code = main(["run", str(path), *(a for kv in attach for a in ("--set", kv)), "--results", "results"])
     finally:  # main() installs signal handlers and log handlers for the process: undo them
         signal.signal(signal.SIGTERM, saved[0])
         signal.signal(signal.SIGINT, saved[1])

@@ -73,7 +73,11 @@ class ConstraintsConfig:
 class ClusterConfig:
     """Where the trials run. `local`: a LocalCluster sized from the rule's threads (inside a
     SLURM job, the job's CPUs). `slurm`: dask-jobqueue SLURM jobs of `cores` single-threaded
-    worker processes each, over TLS. `address`/`scheduler_file`: attach to a running cluster."""
+    worker processes each. `address`/`scheduler_file`: attach to a running cluster. `local` and
+    `slurm` speak TLS with certificates made for the run (`tls: false`: plain TCP, which any
+    process that reaches the port can use); attaching takes the cluster's CA and a client
+    certificate and key (`tls_ca_file`, `tls_cert`, `tls_key`), else a standing cluster's
+    `<scheduler_file>.tls`."""
 
     mode: str = "local"
     address: Optional[str] = None
@@ -85,7 +89,10 @@ class ClusterConfig:
     queue: Optional[str] = None
     account: Optional[str] = None
     job_extra_directives: list[str] = field(default_factory=list)
-    tls: bool = True  # slurm mode: certificates made for the run (Security.temporary())
+    tls: bool = True  # local/slurm mode: certificates made for the run (Security.temporary())
+    tls_ca_file: Optional[str] = None  # address/scheduler_file mode: PEM files of the cluster's
+    tls_cert: Optional[str] = None  # CA, and of this client's certificate and key
+    tls_key: Optional[str] = None
     # local mode: one worker per GPU id (a list, or "auto": CUDA_VISIBLE_DEVICES or nvidia-smi),
     # each with CUDA_VISIBLE_DEVICES set to its id and the Dask resource GPU=1
     gpus: Optional[Any] = None

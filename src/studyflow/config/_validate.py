@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import os
 import re
 from typing import TYPE_CHECKING
 from typing import Any
@@ -23,6 +24,16 @@ PARAM_TYPES = ("float", "int", "categorical")
 SCHEDULING = ("async", "reproducible")
 CLUSTER_MODES = ("local", "slurm", "address", "scheduler_file")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # names files: no path separators
+# What a SLURM job script may hold: each field lands in an `#SBATCH` line that a shell reads,
+# so no spaces, quotes, `;`, `$`, backticks or newlines.
+JOB_FIELDS = {
+    "queue": re.compile(r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$"),  # a partition, or a list
+    "account": re.compile(r"^[A-Za-z0-9_.-]+$"),
+    "memory": re.compile(r"^[0-9]+(\.[0-9]+)? ?[A-Za-z]{0,3}$"),  # 16GB, 2 GiB
+    "walltime": re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$"),  # [days-]hh[:mm[:ss]]
+}
+DIRECTIVE = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*([= ][A-Za-z0-9_.,:=/@%+-]+)?$")  # --gres=gpu:1
+TLS_FILES = ("tls_ca_file", "tls_cert", "tls_key")
 
 
 def validate_study(cfg: StudyConfig, label: str) -> None:
@@ -77,6 +88,8 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         if set(adapt) - {"minimum", "maximum"} or not 0 <= adapt.get("minimum", 0) <= adapt.get("maximum", 0) \
                 or adapt.get("maximum", 0) < 1:
             fail("cluster.adapt", f"must be {{minimum: m, maximum: n}} with 0 <= m <= n and n >= 1, got {dict(adapt)}")
+    check_job_fields(cfg.cluster, fail)
+    _validate_tls(cfg.cluster, fail)
     if cfg.cluster.jobs < 1 or cfg.cluster.cores < 1:
         fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
     if cfg.concurrency is not None and cfg.concurrency < 1:
@@ -97,6 +110,34 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         for pname, spec in cfg.search_space.items():
             if spec.type == "float" and spec.step is None:
                 fail(f"search_space.{pname}.step", "the grid sampler needs a step for floats")
+
+
+def check_job_fields(cluster: Any, fail: Any) -> None:
+    """The SLURM job script's fields match a strict pattern (they reach `sbatch`'s shell)."""
+    for key, pattern in JOB_FIELDS.items():
+        value = getattr(cluster, key)
+        if value is not None and not pattern.fullmatch(str(value)):
+            fail(f"cluster.{key}", f"{value!r} must match {pattern.pattern} (it goes into the job script)")
+    for i, directive in enumerate(cluster.job_extra_directives):
+        if not DIRECTIVE.fullmatch(str(directive)):
+            fail(f"cluster.job_extra_directives.{i}",
+                 f"{directive!r} must match {DIRECTIVE.pattern} (it goes into the job script)")
+
+
+def _validate_tls(cluster: Any, fail: Any) -> None:
+    """TLS files name readable files, all three together, for an attached cluster only."""
+    given = [key for key in TLS_FILES if getattr(cluster, key)]
+    if not given:
+        return
+    if cluster.mode not in ("address", "scheduler_file"):
+        fail(f"cluster.{given[0]}", f"only an attached cluster (mode: address or scheduler_file) takes "
+             f"TLS files; mode: {cluster.mode} makes its own certificates")
+    for key in TLS_FILES:
+        value = getattr(cluster, key)
+        if not value:
+            fail(f"cluster.{key}", f"missing: {', '.join(TLS_FILES)} go together")
+        if not os.path.isfile(os.path.expanduser(value)):
+            fail(f"cluster.{key}", f"{value}: no such file")
 
 
 REPRODUCIBLE_ONLY = "scheduling: reproducible replays trials from the study file alone"

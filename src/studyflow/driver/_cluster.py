@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -20,8 +20,14 @@ from distributed import LocalCluster
 from studyflow._processes import ONE_THREAD_ENV
 from studyflow._processes import forked_workers_config
 from studyflow.config import ClusterConfig
+from studyflow.config._validate import check_job_fields
 from studyflow.driver._gpus import gpu_cluster
 from studyflow.driver._gpus import gpu_ids
+from studyflow.driver._security import attach_security
+from studyflow.driver._security import key_folder
+from studyflow.driver._security import remove_key_folder
+from studyflow.driver._security import restrict_key_files
+from studyflow.driver._security import run_security
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
@@ -42,21 +48,6 @@ def local_worker_config() -> dict[str, Any]:
     parsed = dask.config.collect_env({PROFILE_ENV_VAR: os.environ.get(PROFILE_ENV_VAR, "False")})
     return {"distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"]["enabled"],
             **forked_workers_config()}
-
-
-def credentials_path(scheduler_file: str | Path) -> Path:
-    """Where `studyflow cluster up` leaves a client's TLS credentials: beside the scheduler file."""
-    return Path(f"{scheduler_file}.tls")
-
-
-def attach_security(scheduler_file: str | Path | None) -> Any:
-    """The credentials a standing cluster left beside its scheduler file (None: none there)."""
-    from distributed.security import Security
-
-    path = credentials_path(scheduler_file) if scheduler_file else None
-    if path is None or not path.is_file():
-        return None
-    return Security(**json.loads(path.read_text()))
 
 
 def local_workers(requested: int | None) -> int:
@@ -164,7 +155,13 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
                          resources: dict[str, float] | None = None) -> dict[str, Any]:
     """dask-jobqueue arguments: each job runs `cores` single-threaded worker processes, each
     carrying the study's `worker_resources` as Dask resources; GPUs among them are also asked
-    of SLURM (`--gres=gpu:<cores x GPU>` per job)."""
+    of SLURM (`--gres=gpu:<cores x GPU>` per job). Fields that reach the job script's shell
+    are checked against strict patterns (one line naming the key) or quoted."""
+
+    def fail(key: str, msg: str) -> None:
+        raise StudyflowError(f"{key}: {msg}")
+
+    check_job_fields(cfg, fail)
     prologue = [f"export {k}=1" for k in ONE_THREAD_ENV]
     directives = list(cfg.job_extra_directives)
     worker_args: list[str] = []
@@ -174,7 +171,7 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
         if gpus:
             directives.append(f"--gres=gpu:{int(gpus * cfg.cores + 0.999)}")
     if search_paths:
-        prologue.append(f"export PYTHONPATH={os.pathsep.join(search_paths)}${{PYTHONPATH:+:$PYTHONPATH}}")
+        prologue.append(f"export PYTHONPATH={shlex.quote(os.pathsep.join(search_paths))}${{PYTHONPATH:+:$PYTHONPATH}}")
     return dict(
         cores=cfg.cores,
         processes=cfg.cores,
@@ -230,7 +227,9 @@ def connect(
     """Yield a client to the cluster the study asks for (see `ClusterConfig`); SLURM worker
     jobs carry `resources` (the study's `worker_resources`), local workers only with
     `carry_resources` (a standing cluster: a study's own local cluster must not pretend to
-    have a GPU). `security`: TLS for a local cluster (SLURM's follows `cluster.tls`).
+    have a GPU). Clusters started here speak TLS with certificates made for the run unless
+    `cluster.tls: false` (`security`: these instead); attaching uses the study file's TLS files
+    or the standing cluster's credentials (`_security.py`).
 
     The local cluster has one single-threaded worker process per slot (BLAS/OpenMP capped at
     one thread), listens on 127.0.0.1 only, and picks a free dashboard port so parallel runs
@@ -240,10 +239,13 @@ def connect(
     address = address or (cfg.address if cfg.mode == "address" else None)
     scheduler_file = scheduler_file or (cfg.scheduler_file if cfg.mode == "scheduler_file" else None)
     if address or scheduler_file:
-        with Client(address=address, scheduler_file=scheduler_file, security=attach_security(scheduler_file)) as client:
+        with Client(address=address, scheduler_file=scheduler_file,
+                    security=attach_security(scheduler_file, cfg)) as client:
             _logger.info("attached to scheduler %s", client.scheduler.address)
             yield client
         return
+    if security is None:
+        security = run_security(cfg)
     if cfg.mode == "slurm":
         with _slurm(cfg, tls_dir, search_paths, resources, security) as client:
             yield client
@@ -251,7 +253,7 @@ def connect(
     if cfg.gpus is not None:
         ids = gpu_ids(cfg.gpus)
         with dask.config.set(local_worker_config()), gpu_cluster(ids, ONE_THREAD_ENV, security, dashboard=False) as local, \
-                Client(local) as client:
+                Client(local, security=security) as client:
             _logger.info("local cluster: one worker per GPU %s at %s", ids, local.scheduler_address)
             yield client
         return
@@ -268,30 +270,47 @@ def connect(
         env=ONE_THREAD_ENV,
         resources=resources if carry_resources else None,
         **({"security": security, "protocol": "tls://"} if security is not None else {}),
-    ) as local, Client(local) as client:
+    ) as local, Client(local, security=security) as client:
         _logger.info("local cluster: %d workers at %s", n, local.scheduler_address)
         yield client
 
 
 @contextmanager
-def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[str] | None,
-           resources: dict[str, float] | None = None, security: Any = None) -> Iterator[Client]:
+def slurm_cluster(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[str] | None = None,
+                  resources: dict[str, float] | None = None, security: Any = None) -> Iterator[Any]:
+    """A SLURMCluster with no job yet. Its dashboard listens on 127.0.0.1 only; with
+    `security` (TLS), the key files its workers read are 0600 in a 0700 folder under `tls_dir`
+    (on a filesystem the nodes share), removed when it closes."""
     from dask_jobqueue import SLURMCluster
-    from distributed.security import Security
 
     kwargs = slurm_cluster_kwargs(cfg, search_paths, resources)
-    if cfg.tls:
-        # Certificates made for this run; jobqueue writes the workers' copies to a folder the
-        # nodes share (the results store), readable by this user only.
-        shared = Path(tls_dir or Path.cwd() / ".studyflow-tls")
-        shared.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kwargs.update(security=security or Security.temporary(), shared_temp_directory=str(shared), protocol="tls://")
-    with SLURMCluster(**kwargs, scheduler_options={"dashboard_address": ":0"}) as slurm:
+    keys = None
+    if security is not None:
+        keys = key_folder(tls_dir or Path.cwd() / ".studyflow-tls")
+        kwargs.update(security=security, shared_temp_directory=str(keys), protocol="tls://")
+    slurm = None
+    try:
+        with SLURMCluster(**kwargs, scheduler_options={"dashboard_address": "127.0.0.1:0"}) as slurm:
+            if keys is not None:
+                restrict_key_files(keys)
+            yield slurm
+    finally:
+        if keys is not None:
+            for name, handle in list(vars(slurm).items() if slurm is not None else []):
+                if name.startswith("_job_") and hasattr(handle, "close"):  # jobqueue's key files
+                    handle.close()
+            remove_key_folder(keys)
+
+
+@contextmanager
+def _slurm(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: list[str] | None,
+           resources: dict[str, float] | None = None, security: Any = None) -> Iterator[Client]:
+    with slurm_cluster(cfg, tls_dir, search_paths, resources, security) as slurm:
         if cfg.adapt is not None:  # jobs follow the trial loops waiting to run (the driver's)
             slurm.adapt(minimum_jobs=cfg.adapt.get("minimum", 0), maximum_jobs=cfg.adapt["maximum"])
         else:
             slurm.scale(jobs=cfg.jobs)
-        with Client(slurm, security=kwargs.get("security")) as client:
+        with Client(slurm, security=security) as client:
             _logger.info("SLURM cluster at %s: %s job(s) of %d worker(s)", slurm.scheduler_address,
                          cfg.adapt or cfg.jobs, cfg.cores)
             if cfg.adapt is None:

@@ -294,6 +294,7 @@ def _run(
     n_loops = min(concurrency, slots)
     spec = StudySpec(study_id, cfg, str(journal.resolve()), str(store.resolve()), key_base, concurrency, n_loops)
     spec.warm_trials, spec.track_finished, spec.release_idle = warm, hooks.track_finished, bool(adaptive)
+    spec.results_root = str(store.parent.resolve())  # the server opens nothing outside it
     opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",

@@ -22,13 +22,13 @@ from typing import Any
 
 from distributed import Client
 from distributed import Event
-from distributed.security import Security
 
 from studyflow.config import ClusterConfig
-from studyflow.driver._cluster import attach_security
 from studyflow.driver._cluster import connect
-from studyflow.driver._cluster import credentials_path
 from studyflow.driver._cluster import supervisor_for
+from studyflow.driver._security import attach_security
+from studyflow.driver._security import credentials_path
+from studyflow.driver._security import run_security
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ def serve(scheduler_file: str | Path, cfg: ClusterConfig, n_workers: int | None,
     if cfg.mode not in ("local", "slurm"):
         raise StudyflowError(f"cluster.mode: {cfg.mode!r} attaches to a cluster; `cluster up` starts "
                              "one from mode: local or mode: slurm")
-    security = Security.temporary()
-    if cfg.mode == "slurm" and not cfg.tls:
-        security = None
+    security = run_security(cfg)
     try:
         with connect(n_workers, cluster=cfg, search_paths=search_paths, resources=resources,
                      carry_resources=True, security=security,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import field
+from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -31,6 +32,7 @@ from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
 from studyflow.config import StudyConfig
+from studyflow.errors import StudyflowError
 from studyflow.optuna_ext import ServerJournalStorage
 from studyflow.optuna_ext import SingleWriterJournal
 from studyflow.optuna_ext import grid_size
@@ -59,6 +61,20 @@ class StudySpec:
     warm_trials: list[FrozenTrial] = field(default_factory=list)  # `warm_start`, marked
     track_finished: bool = False  # the driver has callbacks: log the finish order
     release_idle: bool = False  # adaptive cluster: stop loops the rest of the budget cannot use
+    results_root: str = ""  # the driver's results folder: the journal and store must lie in it
+
+
+def check_paths(spec: StudySpec) -> None:
+    """Refuse, in one line, a spec whose journal or store (resolved: no `..`, no symlink out)
+    lies outside the results root its driver named: the server opens, appends to and may
+    truncate them."""
+    if not spec.results_root:
+        raise StudyflowError(f"study {spec.study_id}: the spec names no results root; refused")
+    root = Path(spec.results_root).resolve()
+    for key in ("journal_path", "store_root"):
+        path = Path(getattr(spec, key)).resolve()
+        if not path.is_relative_to(root):
+            raise StudyflowError(f"study {spec.study_id}: {key} {path} lies outside the results root {root}; refused")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from studyflow.protocol import ExchangeRequest
 from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._lifecycle import ClosedStudy
 from studyflow.server._lifecycle import StudySpec
+from studyflow.server._lifecycle import check_paths
 from studyflow.server._lifecycle import close
 from studyflow.server._lifecycle import open_study
 from studyflow.server._malloc import keep_freed_memory
@@ -87,6 +88,13 @@ def _study_view(study: optuna.Study, attr: str, states: list[str] | None) -> byt
     return pickle.dumps(value, protocol=5)
 
 
+class UnknownStudyError(KeyError):
+    """A call names a study id this server did not open (or has closed): one line, unquoted."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class StudyServer(SchedulerPlugin):
     """Scheduler plugin serving studies to trial loops; one instance serves many studies."""
 
@@ -136,10 +144,12 @@ class StudyServer(SchedulerPlugin):
         try:
             return self._studies[study_id]
         except KeyError:
-            raise KeyError(f"studyflow: no open study {study_id!r} on this scheduler") from None
+            raise UnknownStudyError(f"studyflow: no open study {study_id!r} on this scheduler "
+                                    "(never opened here, or closed); refused") from None
 
     async def open(self, spec: bytes) -> dict[str, Any]:
         study_spec: StudySpec = pickle.loads(spec)
+        check_paths(study_spec)
         old = self._studies.pop(study_spec.study_id, None)
         if old is not None:
             old.backend.close()
