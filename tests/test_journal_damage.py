@@ -191,9 +191,10 @@ def test_a_disk_that_fills_mid_study_stops_it_in_one_line_and_a_resume_keeps_eve
     assert {n: complete[n] for n in told} == {n: v[0] for n, v in told.items()}
 
 
-@pytest.mark.xfail(strict=True, reason="the study server logs every failed batch, tell and loop restart with "
-                   "its traceback until the driver gives up; stopping the study at the first JournalWriteError "
-                   "needs a change in server/_service.py and _telling.py")
 def test_a_disk_that_fills_mid_study_logs_one_traceback_at_most(filled):
+    """The server stops the study at the first failed journal write and says so once; its loops
+    are told to stop, not left to die and be restarted."""
     _, full, _ = filled
     assert full.stderr.count("Traceback (most recent call last)") <= 1, full.stderr
+    assert full.stderr.count("cannot write the study journal") == 2, full.stderr  # the server's, the driver's
+    assert "trial loop ended" not in full.stderr, full.stderr

@@ -295,3 +295,23 @@ def test_gc_refuses_while_a_study_runs_and_every_told_trial_stays_in_the_store(t
     assert store.get("ff" * 16) is None  # collected once the study had finished
     for key, value in zip(complete["key"], complete["value"]):
         assert store.get(key).values == [value]
+
+
+def test_a_store_that_cannot_be_written_costs_one_line_and_no_trial(tmp_path):
+    """The store's results cannot be written (here its results folder is a file: every open
+    fails, as on a full disk): the study still finishes with every trial in its journal and
+    tables, the run logs one line about the store and no traceback, and it does not hang."""
+    store_root = tmp_path / "results/.store"
+    store_root.mkdir(parents=True)
+    (store_root / "results").write_text("not a folder\n")
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": SPACE["x"]},
+             "sampler": {"name": "random", "seed": 2}, "budget": {"n_trials": 30}}
+    (tmp_path / "study.yaml").write_text(json.dumps(study))
+    run = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", "study.yaml", "--workers", "2"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    (line,) = [x for x in run.stderr.splitlines() if "trial store" in x]
+    assert f"cannot write results to {store_root.resolve() / 'results'}" in line, line
+    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == 30

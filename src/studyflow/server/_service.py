@@ -9,7 +9,8 @@ keep flowing while TPE thinks; a shorter one runs on the event loop, where it is
 the hand-off to the offload thread and back.
 
 Invariants: every exchange gets exactly one reply (a lease, 'wait', 'stop', or the serving
-error; 'stop' once the task has died, which fails the study); a loop whose worker has left is
+error; 'stop' once the task has died, which fails the study, and from the first journal write
+that fails, which stops it: logged once, in one line); a loop whose worker has left is
 leased nothing and told to stop; an outcome is with the OS before any reply of its batch leaves;
 the study's active time is journaled every `ACTIVE_SAVE_S` while it is open.
 """
@@ -25,8 +26,10 @@ from dataclasses import field
 from typing import Any
 
 from studyflow._compat import offload
+from studyflow.errors import JournalWriteError
 from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
+from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._study import ACTIVE_SAVE_S
 from studyflow.server._study import ServedStudy
 
@@ -85,9 +88,12 @@ class StudyService:
                         await asyncio.wait_for(served.wakeup.wait(), max(wait, 0))
                     except asyncio.TimeoutError:
                         pass
-                if time.monotonic() - served.active_saved >= ACTIVE_SAVE_S:
+                if time.monotonic() - served.active_saved >= ACTIVE_SAVE_S and not served.broken:
                     async with served.lock:
-                        served.save_active_time()
+                        try:
+                            served.save_active_time()
+                        except JournalWriteError as exc:
+                            await self._journal_failed(exc)
                 served.wakeup.clear()
                 batch, served.requests, parked = served.requests + parked, [], []
                 if batch:
@@ -98,8 +104,29 @@ class StudyService:
                 if not request.reply.done():
                     request.reply.set_result(Reply("stop", reason=served.stop_reason).wire())
 
+    async def _journal_failed(self, exc: JournalWriteError) -> None:
+        """The journal cannot be written (a full disk): nothing more can be recorded, so the
+        study stops at the first such error, logged once in one line. Its loops are told to
+        stop (`_serve_batch`), and its driver sees it done and raises the error; the trial
+        store's pending results are written first, so a resume completes from them the trials
+        the journal has as running."""
+        served = self.served
+        if served.broken:
+            return
+        _logger.error("study %s: stopped: %s", served.config.name, exc)
+        served.fail(f"{STUDY_FAILED}{exc}")
+        try:
+            await offload(served.store.drain)
+        except OSError as store_exc:  # the same disk: the store logs it itself
+            _logger.debug("trial store: %s", store_exc)
+
     async def _serve_batch(self, batch: list[Exchange]) -> list[Exchange]:
         served = self.served
+        if served.broken:  # stopped (see `_journal_failed`): nothing more can be recorded
+            for r in batch:
+                if not r.reply.done():
+                    r.reply.set_result(Reply("stop", reason=served.stop_reason).wire())
+            return []
         for r in batch:  # checked when served: its trials may have gone back while it waited
             if self.removed(r):
                 r.removed, r.request.want, r.request.running = True, 0, None
@@ -112,7 +139,10 @@ class StudyService:
                 started = time.perf_counter()
                 replies = await inline_or_offloaded(served, items, served.serve, requests, told)
                 served.note_served(time.perf_counter() - started, items)
-        except Exception as exc:  # a bug, or the journal's disk: the loops see it and die
+        except JournalWriteError as exc:  # the journal's disk: the study stops, its loops too
+            await self._journal_failed(exc)
+            return await self._serve_batch(batch)
+        except Exception as exc:  # a bug: the loops see it and die
             _logger.exception("study %s: serving %d exchanges failed", served.config.name, len(batch))
             for r in batch:
                 if not r.reply.done():
@@ -159,6 +189,9 @@ class StudyService:
             started = time.perf_counter()
             try:
                 asked = await inline_or_offloaded(served, len(loops), served.ask_ahead, loops)
+            except JournalWriteError as exc:
+                await self._journal_failed(exc)
+                return
             except Exception:  # the sampler's: the loops' next exchange asks (and fails) in turn
                 _logger.exception("study %s: asking ahead failed", served.config.name)
                 return

@@ -27,6 +27,7 @@ from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import WORKER_ATTR
 from studyflow._compat import storage_of
 from studyflow._compat import trial_id_of
+from studyflow.errors import JournalWriteError
 from studyflow.protocol import TrialOutcome
 from studyflow.server._constraints import feasible
 from studyflow.server._constraints import system_attrs_to_set
@@ -68,6 +69,8 @@ class Telling:
                 storage.set_trial_system_attr(trial_id, DURATION_ATTR, duration_s)
             if error:
                 storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
+        except JournalWriteError:
+            raise  # the journal's disk, not the trial: the study stops (`_service`)
         except Exception as exc:  # e.g. a user attr that is not JSON: fail the trial, not the loop
             _logger.exception("study %s: could not record trial %d", self.config.name, number)
             state, values, error = "FAIL", None, f"RecordError: {type(exc).__name__}: {exc}"

@@ -92,6 +92,7 @@ class TrialStore:
         self._lock = threading.Lock()  # the dicts; never held across file system calls
         self._log_lock = threading.Lock()  # this store's log file
         self._log: TextIO | None = None  # this store's own results log, opened at the first put
+        self._write_failed: str | None = None  # why the log could not be written (see `_append`)
         self._queues: list[queue.Queue[tuple[str, int, str] | None]] | None = None  # artifact moves
 
     def entry(self, key: str) -> Path:
@@ -148,15 +149,15 @@ class TrialStore:
             try:
                 self._append("".join(texts))
             except OSError:
-                _logger.exception("trial store: could not write %d results to %s", len(texts), self.logs)
+                pass  # logged once by `_append`; the journal still has every trial
 
     def _move_behind(self, q: queue.Queue[tuple[str, int, str] | None]) -> None:
         while (item := q.get()) is not None:
             staging_key, number, key = item
             try:
                 self.commit_artifacts(staging_key, number, key)
-            except OSError:
-                _logger.exception("trial store: could not move the artifacts of %s", key)
+            except OSError as exc:
+                _logger.error("trial store: could not move the artifacts of %s: %s", key, exc)
             finally:
                 q.task_done()
 
@@ -198,12 +199,35 @@ class TrialStore:
             loaded[result.key], self._sizes[result.key] = result, len(text)
 
     def _append(self, text: str) -> None:
+        """Append to this store's log. The first failed write (a full disk, an I/O error) is
+        logged in one line and ends the log: later results are not written (a line written after
+        a torn one would be lost with it), and since the journal holds every told trial, only
+        answers from the store for later runs are lost. Raises OSError when not written."""
         with self._log_lock:
-            if self._log is None:
-                self.logs.mkdir(parents=True, exist_ok=True)
-                self._log = open(self.logs / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
-            self._log.write(text)
-            self._log.flush()  # in the OS: it survives this process being killed
+            if self._write_failed is not None:
+                raise OSError(self._write_failed)
+            try:
+                if self._log is None:
+                    self.logs.mkdir(parents=True, exist_ok=True)
+                    self._log = open(self.logs / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl", "a",
+                                     encoding="utf-8")
+                self._log.write(text)
+                self._log.flush()  # in the OS: it survives this process being killed
+            except OSError as exc:
+                self._write_failed = f"cannot write results to {self.logs} ({exc.strerror or exc})"
+                _logger.error("trial store: %s; the study goes on (its journal has every trial), but "
+                              "its results will not be answered from the store", self._write_failed)
+                self._drop_log()
+                raise
+
+    def _drop_log(self) -> None:
+        """Close a log that failed, discarding what its buffer still holds."""
+        log, self._log = self._log, None
+        if log is not None:
+            try:
+                log.close()
+            except OSError:
+                pass
 
     def staging_dir(self, key: str, number: int) -> Path:
         return Path(self.staging_path(key, number))
