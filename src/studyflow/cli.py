@@ -42,6 +42,17 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", default=None, help="also log to this file")
 
 
+def _warm_workers(study_file: str, objective: str) -> None:
+    """Start the local workers' forkserver before this process imports Dask and Optuna, so
+    its imports (the objective's module too) run on another core meanwhile."""
+    from studyflow._processes import warm_forkserver
+
+    for path in reversed([str(Path(study_file).resolve().parent), str(Path.cwd())]):
+        if path not in sys.path:
+            sys.path.insert(0, path)  # where the workers find the objective (worker.search_paths)
+    warm_forkserver([objective.partition(":")[0]])
+
+
 def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
     from studyflow.config import load_study
     from studyflow.driver import ResultsLayout
@@ -57,6 +68,8 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
         cfg.objective_args[REFERENCE_ARG] = read_reference(args.reference)
         cfg = load_study(cfg)
     workflow.check_dataset(cfg)
+    if not (args.dry_run or args.address) and cfg.cluster.mode == "local":
+        _warm_workers(args.study, cfg.objective)
     if args.dry_run:
         from studyflow.driver import describe
         from studyflow.worker import search_paths
@@ -310,11 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command in ("run", "optimize"):
-            if not (args.dry_run or args.address):
-                # its imports run on another core while this process imports Dask and Optuna
-                from studyflow._processes import warm_forkserver
-
-                warm_forkserver()
             return cmd_optimize(args, stage_missing=args.command == "run")
         if args.command == "journal":
             return cmd_journal(args)

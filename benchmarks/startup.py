@@ -1,0 +1,224 @@
+"""Whole processes, start to exit: what a user waits for, cluster start and close included.
+
+Every row is a fresh process timed from launch to exit (median of --repeats), and checks its
+own trial count. Rows:
+  one trial     `studyflow run` of a 1-trial study on 2 and 8 local workers.
+  instant       5,000 instant trials, random search, 2 workers: `studyflow run`; Optuna with a
+                JournalFileBackend shared by 2 processes; Optuna in one process, in memory.
+  tpe           800 TPE trials of 0.1 s on Hartmann-6, 8 workers (ideal 10.0 s): `studyflow run`;
+                Optuna with a JournalFileBackend shared by 8 processes.
+  snakemake     the default workflow (`snakemake -c8`, 40 HGB trials) in a fresh copy of the repo.
+With --before REF the studyflow rows also run at that commit (a git worktree), for before/after.
+
+    python benchmarks/startup.py [--repeats 3] [--rows one,instant,tpe,snakemake] [--before efa012b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+OBJECTIVES = textwrap.dedent('''
+    import time
+
+    import numpy as np
+
+    A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
+                  [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
+    P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+    ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+
+
+    def instant(trial):
+        return trial.suggest_float("x", 0, 1) ** 2
+
+
+    def hartmann6_100ms(trial):
+        x = np.array([trial.suggest_float(f"x{i}", 0, 1) for i in range(6)])
+        time.sleep(0.1)
+        return float(-(ALPHA * np.exp(-(A * (x - P) ** 2).sum(axis=1))).sum())
+''')
+
+# The usual multi-process recipe: one Optuna study in a journal file, N processes optimizing it.
+JOURNAL_RUNNER = textwrap.dedent('''
+    import multiprocessing, sys
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    import bench_objectives
+
+    path, procs, n_trials, sampler, objective = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+    def storage():
+        return JournalStorage(JournalFileBackend(path))
+
+    def make_sampler():
+        return optuna.samplers.TPESampler() if sampler == "tpe" else optuna.samplers.RandomSampler()
+
+    def work(n):
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = optuna.load_study(study_name="bench", storage=storage(), sampler=make_sampler())
+        study.optimize(getattr(bench_objectives, objective), n_trials=n)
+
+    if __name__ == "__main__":
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        optuna.create_study(study_name="bench", storage=storage())
+        workers = [multiprocessing.Process(target=work, args=(n_trials // procs,)) for _ in range(procs)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        done = optuna.load_study(study_name="bench", storage=storage()).get_trials(states=[optuna.trial.TrialState.COMPLETE])
+        print(len(done))
+''')
+
+IN_MEMORY = textwrap.dedent('''
+    import sys
+    import optuna
+    import bench_objectives
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler())
+    study.optimize(bench_objectives.instant, n_trials=int(sys.argv[1]))
+    print(len(study.trials))
+''')
+
+
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return wall, proc.stdout
+
+
+def _complete(results: Path, study: str) -> int:
+    import pandas as pd
+
+    trials = pd.read_parquet(results / "studies" / study / "trials.parquet")
+    return int((trials["state"] == "COMPLETE").sum())
+
+
+class Bench:
+    def __init__(self, work: Path, repeats: int) -> None:
+        self.work, self.repeats = work, repeats
+        (work / "bench_objectives.py").write_text(OBJECTIVES)
+        (work / "journal_runner.py").write_text(JOURNAL_RUNNER)
+        (work / "in_memory.py").write_text(IN_MEMORY)
+        self.rows: list[tuple[str, str, float, str]] = []
+
+    def env(self, src: Path | None = None) -> dict[str, str]:
+        paths = [str(self.work)] + ([str(src)] if src else [])
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+    def studyflow(self, case: str, label: str, study: dict, workers: int, src: Path | None = None) -> None:
+        import yaml
+
+        name = f"s{len(self.rows)}"
+        (self.work / f"{name}.yaml").write_text(yaml.safe_dump({**study, "name": name}))
+        walls = []
+        for _ in range(self.repeats):
+            results = self.work / f"results-{name}"
+            shutil.rmtree(results, ignore_errors=True)
+            cmd = [sys.executable, "-m", "studyflow.cli", "run", f"{name}.yaml", "--workers", str(workers),
+                   "--results", str(results)]
+            wall, _ = _timed(cmd, self.work, self.env(src))
+            n = _complete(results, name)
+            assert n == study["budget"]["n_trials"], f"{label}: {n} COMPLETE"
+            walls.append(wall)
+        self.rows.append((case, label, statistics.median(walls), f"{study['budget']['n_trials']} COMPLETE"))
+
+    def script(self, case: str, label: str, cmd: list[str], expect: int) -> None:
+        walls = []
+        for _ in range(self.repeats):
+            for stale in self.work.glob("journal*.log*"):
+                stale.unlink()
+            wall, out = _timed(cmd, self.work, self.env())
+            assert int(out.split()[-1]) == expect, f"{label}: {out.strip()}"
+            walls.append(wall)
+        self.rows.append((case, label, statistics.median(walls), f"{expect} COMPLETE"))
+
+    def snakemake(self, label: str, repo: Path) -> None:
+        walls = []
+        for i in range(self.repeats):
+            copy = self.work / f"wf-{label.split()[0]}-{i}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(
+                ".git", ".venv", "results", "logs", ".snakemake", "tests", "benchmarks", "*.out", "__pycache__"))
+            env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+            wall, _ = _timed(["snakemake", "-c8", "--quiet"], copy, env)
+            n = _complete(copy / "results", "hgb_breast_cancer")
+            assert n == 40 and (copy / "results" / "reports" / "hgb_breast_cancer.html").is_file(), n
+            walls.append(wall)
+        self.rows.append(("default `snakemake -c8`", label, statistics.median(walls), "40 COMPLETE, card written"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", default="one,instant,tpe,snakemake")
+    parser.add_argument("--before", default=None, help="also run the studyflow rows at this commit")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        bench = Bench(work, args.repeats)
+        versions = [("studyflow", None)]
+        if args.before:
+            before = work / "before"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
+                           check=True, capture_output=True)
+            versions.append((f"studyflow at {args.before}", before / "src"))
+        try:
+            instant = {"objective": "bench_objectives:instant", "sampler": {"name": "random", "seed": 0}}
+            for label, src in versions:
+                if "one" in rows:
+                    for workers in (2, 8):
+                        bench.studyflow(f"1-trial study, {workers} workers", label,
+                                        {**instant, "budget": {"n_trials": 1}}, workers, src)
+                if "instant" in rows:
+                    bench.studyflow("5,000 instant trials, 2 workers", label,
+                                    {**instant, "budget": {"n_trials": 5000}}, 2, src)
+                if "tpe" in rows:
+                    bench.studyflow("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)", label,
+                                    {"objective": "bench_objectives:hartmann6_100ms", "sampler": {"name": "tpe"},
+                                     "budget": {"n_trials": 800}}, 8, src)
+                if "snakemake" in rows:
+                    bench.snakemake(label, REPO if src is None else src.parent)
+            runner = [sys.executable, "journal_runner.py", str(work / "journal.log")]
+            if "one" in rows:
+                bench.script("1-trial study, 2 workers", "Optuna, one process, journal file",
+                             [*runner, "1", "1", "random", "instant"], 1)
+            if "instant" in rows:
+                bench.script("5,000 instant trials, 2 workers", "Optuna, journal file shared by 2 processes",
+                             [*runner, "2", "5000", "random", "instant"], 5000)
+                bench.script("5,000 instant trials, 2 workers", "Optuna in one process, in memory",
+                             [sys.executable, "in_memory.py", "5000"], 5000)
+            if "tpe" in rows:
+                bench.script("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)",
+                             "Optuna, journal file shared by 8 processes",
+                             [*runner, "8", "800", "tpe", "hartmann6_100ms"], 800)
+        finally:
+            if args.before:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")])
+    print(f"\nwhole processes, launch to exit, median of {args.repeats}; {os.cpu_count()} cores\n")
+    print("| case | runner | wall s | checked |")
+    print("| --- | --- | ---: | --- |")
+    for case, label, wall, checked in sorted(bench.rows, key=lambda r: r[0]):
+        print(f"| {case} | {label} | {wall:.2f} | {checked} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Start fast: local workers fork from a forkserver that has already imported what a trial
+needs, the study's objective module included, without giving up what spawned workers had."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+
+PROBE = textwrap.dedent('''
+    import os
+
+    IMPORTED_IN = os.getpid()  # the process that ran this module's top level
+
+
+    def objective(trial):
+        trial.set_user_attr("imported_before_the_worker_started", IMPORTED_IN != os.getpid())
+        return trial.suggest_float("x", 0, 1)
+''')
+
+
+def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "studyflow.cli", "run", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_workers_start_with_the_objective_module_already_imported(tmp_path, write_study):
+    (tmp_path / "probe.py").write_text(PROBE)
+    study = write_study("probe", objective="probe:objective", budget={"n_trials": 8})
+    run = _run(tmp_path, str(study), "--workers", "2")
+    assert run.returncode == 0, run.stderr
+    trials = pd.read_parquet(tmp_path / "results" / "studies" / "probe" / "trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == 8
+    assert trials["user_attrs_imported_before_the_worker_started"].all()
+
+
+def test_an_objective_module_that_fails_to_import_still_fails_in_one_line(tmp_path, write_study):
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no licence server')\n")
+    study = write_study("broken", objective="broken:objective", budget={"n_trials": 4})
+    run = _run(tmp_path, str(study), "--workers", "2")
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("studyflow: error:") and "broken" in last and "no licence server" in last, run.stderr
