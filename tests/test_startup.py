@@ -43,3 +43,16 @@ def test_an_objective_module_that_fails_to_import_still_fails_in_one_line(tmp_pa
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("studyflow: error:") and "broken" in last and "no licence server" in last, run.stderr
+
+
+def test_a_variable_set_after_the_first_cluster_still_reaches_the_next_clusters_workers(monkeypatch):
+    import os
+
+    from studyflow.driver import connect
+
+    with connect(1):
+        pass  # the forkserver is running now, with the environment of this moment
+    monkeypatch.setenv("SF_SET_LATER", "seen")
+    with connect(1) as client:
+        seen = client.run(lambda: os.environ.get("SF_SET_LATER"))
+    assert list(seen.values()) == ["seen"]

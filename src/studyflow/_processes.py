@@ -68,6 +68,14 @@ def warm_forkserver(objective_modules: list[str] | None = None) -> None:
         forkserver.ensure_running()
 
 
+def worker_env() -> dict[str, str]:
+    """The environment a forked worker runs with: this process's as it is now (the forkserver
+    keeps the one it started with, where a spawned worker got the current one, so a variable
+    set since, e.g. by a test or a notebook, would otherwise not reach the objective), with one
+    BLAS/OpenMP thread."""
+    return {**os.environ, **ONE_THREAD_ENV}
+
+
 def forked_workers_config() -> dict[str, str]:
     """The Dask setting that makes nannies start their workers from the forkserver."""
     warm_forkserver()

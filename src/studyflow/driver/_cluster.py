@@ -19,6 +19,7 @@ from distributed import LocalCluster
 
 from studyflow._processes import ONE_THREAD_ENV
 from studyflow._processes import forked_workers_config
+from studyflow._processes import worker_env
 from studyflow.config import ClusterConfig
 from studyflow.config._validate import check_job_fields
 from studyflow.driver._gpus import gpu_cluster
@@ -252,7 +253,7 @@ def connect(
         return
     if cfg.gpus is not None:
         ids = gpu_ids(cfg.gpus)
-        with dask.config.set(local_worker_config()), gpu_cluster(ids, ONE_THREAD_ENV, security, dashboard=False) as local, \
+        with dask.config.set(local_worker_config()), gpu_cluster(ids, worker_env(), security, dashboard=False) as local, \
                 Client(local, security=security) as client:
             _logger.info("local cluster: one worker per GPU %s at %s", ids, local.scheduler_address)
             yield client
@@ -267,7 +268,7 @@ def connect(
         dashboard_address="127.0.0.1:0",  # None would still bind the http server to :8787
         scheduler_kwargs={"dashboard": False},  # no bokeh dashboard: it costs the server CPU
         silence_logs=logging.CRITICAL,  # shutdown races log scary heartbeat errors
-        env=ONE_THREAD_ENV,
+        env=worker_env(),
         resources=resources if carry_resources else None,
         **({"security": security, "protocol": "tls://"} if security is not None else {}),
     ) as local, Client(local, security=security) as client:
