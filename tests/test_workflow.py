@@ -223,3 +223,16 @@ def test_a_search_space_edit_reruns_optimize(workdir):
     assert {"optimize", "report", "summarize"} <= ran and "stage" not in ran, ran
     trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
     assert trials["params_x"].between(-2, 2).all()
+
+
+def test_editing_the_objectives_code_reruns_optimize_with_the_new_code(workdir):
+    assert snakemake(workdir).returncode == 0
+    (workdir / "tiny_objective.py").write_text(OBJECTIVE.replace("+ k +", "+ 100 * k +"))
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = {rule for rule, _ in ran_jobs(rerun)}
+    assert "optimize" in ran and "stage" not in ran, ran
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert (trials["value"] >= 100).all()  # every trial ran the edited objective: none from the store
+    again = snakemake(workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr, ran_jobs(again)

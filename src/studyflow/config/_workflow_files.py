@@ -1,7 +1,9 @@
 """What the Snakemake workflow needs beyond the config: its small run files and storage plugins.
 
 The workflow writes small files at load, each only when its content changes, so its mtime
-moves only then: a study's config hash, the `optimize` rule's input in place of the study file,
+moves only then: a study's config hash and a hash of its objective's project source (so that
+editing the objective or a module it imports re-runs it), the `optimize` rule's input in place
+of the study file,
 and its `report:` settings, the `report` rule's; so a `report:` edit re-runs only the report, and
 a comment or a `cluster:` edit nothing. A matrix study's file, which its jobs read. And the
 run's config as a job's `--config` reads it (a module's config, `--config` overrides). A dataset `path:` that is a URL is read through
@@ -21,6 +23,7 @@ from studyflow._io import write_text
 from studyflow.config._study import StudyConfig
 from studyflow.config._workflow import WorkflowConfig
 from studyflow.errors import ConfigError
+from studyflow.store._code import source_fingerprint
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # URL scheme -> Snakemake storage plugin (snakemake-storage-plugin-<name>), where they differ
@@ -73,6 +76,11 @@ def report_settings_file(workflow: WorkflowConfig, study: str) -> str:
     return f"{workflow.results}/.workflow/studies/{study}.report.json"
 
 
+def _search_paths(study_file: Path) -> list[str]:
+    """Where a study's workers import its objective from (as `worker.search_paths`)."""
+    return [str(Path(study_file).resolve().parent), str(Path.cwd())]
+
+
 def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -> None:
     """The run's config for the jobs, and each study's config hash (see the module's doc)."""
     sync_text(run_config_file(workflow), OmegaConf.to_yaml(OmegaConf.create(workflow.run_config())))
@@ -80,5 +88,6 @@ def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -
         if workflow.matrix is not None and workflow.is_matrix_study(name):  # the file its jobs read
             study = OmegaConf.create(workflow.matrix.study_dict(name))
             sync_text(workflow.study_file(name), OmegaConf.to_yaml(study))
-        sync_text(config_hash_file(workflow, name), cfg.config_hash() + "\n")
+        code = source_fingerprint(cfg.objective, _search_paths(workflow.study_file(name)))
+        sync_text(config_hash_file(workflow, name), f"{cfg.config_hash()}\ncode {code}\n")
         sync_text(report_settings_file(workflow, name), canonical_json(cfg.report) + "\n")

@@ -2,6 +2,7 @@
 
 from studyflow.store._code import code_version
 from studyflow.store._code import package_versions
+from studyflow.store._code import source_fingerprint
 from studyflow.store._gc import gc
 from studyflow.store._gc import store_in_use
 from studyflow.store._store import StoredResult
@@ -14,6 +15,7 @@ __all__ = [
     "TrialStore",
     "code_version",
     "package_versions",
+    "source_fingerprint",
     "gc",
     "store_in_use",
     "trial_key",

@@ -45,6 +45,21 @@ def code_version(fn: Any, explicit: str | None = None, packages: Iterable[str] =
     return version if not versions else f"{version}|packages:{canonical_json(versions)}"
 
 
+def source_fingerprint(objective: str, search_paths: Iterable[str]) -> str:
+    """A hash of the objective's project source (the files `code_version` would hash), found
+    on `search_paths` without importing anything: what the workflow writes beside a study's
+    config hash, so that editing the objective's code re-runs its `optimize` job."""
+    module = objective.partition(":")[0]
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in search_paths if p not in sys.path]
+    try:
+        root = _source_file(sys.modules.get(module)) or _find_source(module)
+        files = _project_files(module, root) if root is not None else {}
+    finally:
+        sys.path[:] = saved
+    return sha256_text(canonical_json(files)) if files else "not found"
+
+
 def canonical_name(name: str) -> str:
     """A distribution's name as pip compares them (PEP 503): `Scikit_Learn` is `scikit-learn`."""
     return re.sub(r"[-_.]+", "-", name).lower()
