@@ -29,6 +29,7 @@ import optuna
 from overhead import run_studyflow  # the same runs as benchmarks/overhead.py: optimize() alone is timed
 from overhead import run_task_per_trial
 from studyflow import optimize
+from studyflow.config import ClusterConfig
 from studyflow.driver import connect
 from studyflow.optuna_ext import CachedFitTPESampler
 
@@ -126,6 +127,11 @@ def section_overhead(args) -> None:
                             continue
                         if record:
                             times.setdefault(name, []).append(wall)
+            # TLS's cost (local clusters speak TLS by default): the same runs over plain TCP
+            with connect(workers, cluster=ClusterConfig(tls=False)) as client:
+                run_studyflow(client, 50)
+                times.setdefault("studyflow, plain TCP (cluster.tls: false)", []).append(
+                    run_studyflow(client, args.trials))
             times.setdefault("Optuna + JournalFileBackend, shared", []).append(
                 _timed(run_shared_storage, "journal", workers, args.trials))
             times.setdefault("Optuna + SQLite, shared", []).append(
@@ -243,6 +249,7 @@ from compare import instant, SPACE
 n = {n}
 if {mode!r} == "studyflow":
     from studyflow import optimize
+from studyflow.config import ClusterConfig
     with tempfile.TemporaryDirectory() as tmp:
         optimize(instant, {{"search_space": SPACE, "sampler": {{"name": "random", "seed": 0}},
                  "budget": {{"n_trials": n}}}}, n_workers=2, results_dir=tmp, progress=False)
