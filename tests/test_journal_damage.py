@@ -117,17 +117,46 @@ def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("studyflow: error:")]
 
 
+def _told(journal: Path) -> dict[str, tuple[int, float]]:
+    """The journal's COMPLETE trials now: key -> (number, value)."""
+    study = optuna.load_study(study_name="study", storage=JournalStorage(JournalFileBackend(str(journal))))
+    return {t.system_attrs["studyflow:key"]: (t.number, t.values[0]) for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE}
+
+
+def _zero(journal: Path, line: int) -> bytes:
+    """A block zeroed by a crash: the line's bytes become zeros, its line end stays."""
+    lines = journal.read_bytes().splitlines(keepends=True)
+    damaged = b"".join(lines[:line]) + b"\0" * (len(lines[line]) - 1) + b"\n" + b"".join(lines[line + 1:])
+    journal.write_bytes(damaged)
+    return damaged
+
+
+def _assert_resumed_with_every_told_trial(tmp_path: Path, told: dict[str, tuple[int, float]]) -> pd.DataFrame:
+    """The resumed run's table has every trial told COMPLETE before the damage, under its own
+    number with its own value, and exactly N_TRIALS COMPLETE: none re-run, none extra."""
+    resumed = _run(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) == N_TRIALS
+    assert trials["number"].is_unique and complete["key"].is_unique
+    assert {k: (n, v) for k, n, v in zip(complete["key"], complete["number"], complete["value"])} == told
+    assert not complete["cached"].any()  # re-added from the store, not asked again and answered from it
+    return trials
+
+
 def test_a_journal_damaged_mid_file_stops_the_next_run_then_check_and_repair_let_it_resume(tmp_path):
     _write_study(tmp_path)
     first = _run(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     journal = _journal(tmp_path)
+    told = _told(journal)
+    assert len(told) == N_TRIALS
     lines = journal.read_bytes().splitlines(keepends=True)
     middle = len(lines) // 2
     offset = sum(map(len, lines[:middle]))
-    # a block zeroed by a crash: the middle record's bytes become zeros, its line end stays
-    damaged = b"".join(lines[:middle]) + b"\0" * (len(lines[middle]) - 1) + b"\n" + b"".join(lines[middle + 1:])
-    journal.write_bytes(damaged)
+    damaged = _zero(journal, middle)
 
     rerun = _run(tmp_path)
     assert rerun.returncode == 1
@@ -144,14 +173,54 @@ def test_a_journal_damaged_mid_file_stops_the_next_run_then_check_and_repair_let
     repair = _studyflow(tmp_path, "journal", "repair", str(journal))
     assert repair.returncode == 0, repair.stderr
     assert Path(f"{journal}.bak").read_bytes() == damaged
-    assert journal.read_bytes() == b"".join(lines[:middle])
+    assert journal.read_bytes().startswith(b"".join(lines[:middle]))  # the prefix, then the re-added trials
+    assert "recovered" in repair.stdout and "from the trial store" in repair.stdout, repair.stdout
     assert _studyflow(tmp_path, "journal", "check", str(journal)).returncode == 0
+    recovered = [t for t in optuna.load_study(study_name="study", storage=JournalStorage(
+        JournalFileBackend(str(journal)))).trials if "studyflow:recovered" in t.system_attrs]
+    assert recovered and all(t.system_attrs["studyflow:recovered"] == t.number for t in recovered)
 
-    resumed = _run(tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
-    assert (trials["state"] == "COMPLETE").sum() == N_TRIALS
-    assert trials["number"].is_unique
+    _assert_resumed_with_every_told_trial(tmp_path, told)
+
+
+def test_repair_recovers_a_trial_whose_create_record_was_zeroed_and_no_other_runs_trials(tmp_path):
+    """The hole is a trial's own create record (its key and params gone from the journal); the
+    store also holds another run of the same study name (another seed: another journal), whose
+    trials must not come in."""
+    _write_study(tmp_path)
+    other = yaml.safe_load((tmp_path / "study.yaml").read_text())
+    other["sampler"]["seed"] = 5
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(other))
+    assert _run(tmp_path).returncode == 0
+    (first,) = (tmp_path / "results/.store/journals").glob("*.log")
+    _write_study(tmp_path)
+    assert _run(tmp_path).returncode == 0
+    (journal,) = set((tmp_path / "results/.store/journals").glob("*.log")) - {first}
+    told = _told(journal)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    creates = [i for i, line in enumerate(lines) if line.startswith(b'{"op_code":4')]
+    _zero(journal, creates[len(creates) // 2])
+
+    repair = _studyflow(tmp_path, "journal", "repair", str(journal))
+    assert repair.returncode == 0, repair.stderr
+    assert "could not" not in repair.stdout, repair.stdout
+    _assert_resumed_with_every_told_trial(tmp_path, told)
+
+
+def test_repair_reports_stored_trials_whose_distributions_it_cannot_know(tmp_path):
+    """A define-by-run study cut right after its study record: no kept trial and no search
+    space says what `x`, `n`, `kind` were drawn from, so the stored trials are named, not guessed."""
+    study = {"objective": "sf_objectives:quadratic", "sampler": {"name": "random", "seed": 3},
+             "budget": {"n_trials": 6}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert _run(tmp_path).returncode == 0
+    journal = _journal(tmp_path)
+    _zero(journal, 1)  # the first trial's create: the prefix is the study alone
+
+    repair = _studyflow(tmp_path, "journal", "repair", str(journal))
+    assert repair.returncode == 0, repair.stderr
+    assert "recovered 0 finished trials" in repair.stdout, repair.stdout
+    assert "could not re-add 6 stored trials: 0: distribution of kind, n, x unknown" in repair.stdout
 
 
 def _file_size_limit(limit: int):

@@ -208,10 +208,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_journal(args: argparse.Namespace) -> int:
     """check: list a journal's unreadable records (exit 1 if any); repair: keep the readable
-    prefix, after a copy to <path>.bak (under the study's lock, so not while it runs)."""
+    prefix, after a copy to <path>.bak (under the study's lock, so not while it runs), then
+    re-add from the trial store the finished trials the cut records held."""
     from studyflow.driver._lock import StudyLock
     from studyflow.optuna_ext import repair_journal
     from studyflow.optuna_ext import scan_journal
+    from studyflow.optuna_ext._journal_recover import describe as describe_recovery
+    from studyflow.optuna_ext._journal_recover import recover as recover_trials
+    from studyflow.optuna_ext._journal_recover import store_of
 
     path = Path(args.path)
     if not path.is_file():
@@ -226,11 +230,19 @@ def cmd_journal(args: argparse.Namespace) -> int:
         elif found.bad:
             sys.stdout.write(f"  `studyflow journal repair {path}` keeps the first {found.prefix_records} records\n")
         return 1 if found.bad else 0
+    store = Path(args.store) if args.store else store_of(path)
+    if store is not None and not (store / "results").is_dir():
+        raise StudyflowError(f"{store}: no trial store here (no results/ folder); check --store")
     with StudyLock(path.with_suffix(".lock"), wait_s=0):
         found, backup = repair_journal(path)
-    dropped = found.lines - found.prefix_records
-    sys.stdout.write(f"{path}: kept the first {found.prefix_records} records ({found.prefix_bytes} bytes), "
-                     f"dropped {dropped} lines from line {found.bad[0].line} on; the old file is {backup}\n")
+        dropped = found.lines - found.prefix_records
+        sys.stdout.write(f"{path}: kept the first {found.prefix_records} records ({found.prefix_bytes} bytes), "
+                         f"dropped {dropped} lines from line {found.bad[0].line} on; the old file is {backup}\n")
+        if store is None:
+            sys.stdout.write("no trial store next to it: the trials told after the hole are not re-added "
+                             "(--store <results>/.store re-adds the ones it holds)\n")
+            return 0
+        sys.stdout.write(describe_recovery(recover_trials(path, backup, store)) + "\n")
     return 0
 
 
@@ -304,8 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--results", default="results")
     jo = sub.add_parser("journal", help="check or repair a study journal")
     jo.add_argument("action", choices=["check", "repair"],
-                    help="check: list unreadable records; repair: keep the readable prefix (old file to .bak)")
+                    help="check: list unreadable records; repair: keep the readable prefix (old file to .bak) "
+                         "and re-add the finished trials after it from the trial store")
     jo.add_argument("path", help="the journal, e.g. results/.store/journals/<study>-<hash>.log")
+    jo.add_argument("--store", default=None,
+                    help="repair: the trial store (default: the .store folder the journal lies in)")
     return parser
 
 

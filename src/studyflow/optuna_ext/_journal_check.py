@@ -5,7 +5,8 @@ reader skips it too). An unreadable record anywhere else (a partial write on a f
 the study went on after, a block zeroed by a crash, a stray edit) is damage: cutting there
 would silently drop every later trial, so opening stops instead and `studyflow journal
 check|repair` deal with it. Optuna's journal is an operation log (a trial's tell refers to its
-create), so a repair keeps the readable prefix, not the readable records after a hole.
+create), so a repair keeps the readable prefix, not the readable records after a hole; the
+finished trials those held come back from the trial store (`_journal_recover`).
 """
 
 from __future__ import annotations
