@@ -207,6 +207,26 @@ def test_repair_recovers_a_trial_whose_create_record_was_zeroed_and_no_other_run
     _assert_resumed_with_every_told_trial(tmp_path, told)
 
 
+def test_failed_trials_after_the_hole_leave_gaps_and_every_complete_one_keeps_its_number(tmp_path):
+    """Failed trials are not in the store: the numbers they had become trials marked not run
+    (left out of the table and the counts), so the stored ones after them keep their numbers."""
+    study = {"objective": "sf_objectives:raises_when_large", "search_space": {"x": {"type": "float", "low": 0,
+             "high": 1}}, "sampler": {"name": "random", "seed": 3}, "budget": {"n_trials": N_TRIALS},
+             "prefetch": 0}  # each trial created as it is asked: failed ones after the hole are gaps
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert _run(tmp_path).returncode == 0
+    journal = _journal(tmp_path)
+    told = _told(journal)
+    creates = [i for i, line in enumerate(journal.read_bytes().splitlines()) if line.startswith(b'{"op_code":4')]
+    _zero(journal, creates[1])  # trial 1's create: the seed's failed trials (1, 4, 5 of 23) are after it
+
+    repair = _studyflow(tmp_path, "journal", "repair", str(journal))
+    assert repair.returncode == 0, repair.stderr
+    assert "numbers between them had no stored result (marked not run)" in repair.stdout, repair.stdout
+    trials = _assert_resumed_with_every_told_trial(tmp_path, told)
+    assert (trials["error"].fillna("").str.startswith("Lost:")).sum() == 0  # placeholders stay out
+
+
 def test_repair_reports_stored_trials_whose_distributions_it_cannot_know(tmp_path):
     """A define-by-run study cut right after its study record: no kept trial and no search
     space says what `x`, `n`, `kind` were drawn from, so the stored trials are named, not guessed."""
