@@ -37,7 +37,8 @@ JOURNAL_MEMBERS = {"_thread_lock", "_sync_with_backend", "_replay_result"}
 
 def _private_names_taken(tree: ast.AST) -> set[str]:
     """Private names imported from optuna/distributed, or read as `obj._name` off anything but
-    `self`/`cls` (an object of studyflow's own never has its privates read from outside)."""
+    `self`/`cls` (an object of studyflow's own never has its privates read from outside) or
+    `os` (whose `os._exit` is public, documented API)."""
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("optuna", "distributed"):
@@ -46,7 +47,7 @@ def _private_names_taken(tree: ast.AST) -> set[str]:
                 names.add(node.module)  # a private module, named whole
         if isinstance(node, ast.Attribute) and re.match(r"^_[a-z]", node.attr):
             owner = node.value
-            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls", "os")):
                 names.add(node.attr)
     return names
 
