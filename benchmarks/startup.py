@@ -3,10 +3,12 @@
 Every row is a fresh process timed from launch to exit (median of --repeats), and checks its
 own trial count. Rows:
   one trial     `studyflow run` of a 1-trial study on 2 and 8 local workers.
-  instant       5,000 instant trials, random search, 2 workers: `studyflow run`; Optuna with a
-                JournalFileBackend shared by 2 processes; Optuna in one process, in memory.
-  tpe           800 TPE trials of 0.1 s on Hartmann-6, 8 workers (ideal 10.0 s): `studyflow run`;
-                Optuna with a JournalFileBackend shared by 8 processes.
+  instant       5,000 instant trials, random search, 2 workers: `studyflow run` with the space in
+                the study file, and define-by-run; Optuna with a JournalFileBackend shared by 2
+                processes; Optuna in one process, in memory.
+  tpe           800 TPE trials of 0.1 s on Hartmann-6, 8 workers (ideal 10.0 s): `studyflow run`
+                with the space in the study file, and define-by-run (each suggest asks the
+                server); Optuna with a JournalFileBackend shared by 8 processes.
   snakemake     the default workflow (`snakemake -c8`, 40 HGB trials) in a fresh copy of the repo.
 With --before REF the studyflow rows also run at that commit (a git worktree), for before/after.
 
@@ -100,7 +102,8 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        logs = "".join(f"\n--- {log}\n{log.read_text()[-2000:]}" for log in sorted(cwd.glob("logs/**/*.log")))
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}{logs}")
     return wall, proc.stdout
 
 
@@ -118,6 +121,10 @@ class Bench:
         (work / "journal_runner.py").write_text(JOURNAL_RUNNER)
         (work / "in_memory.py").write_text(IN_MEMORY)
         self.rows: list[tuple[str, str, float, str]] = []
+        self.shims = work / "bin"
+        self.shims.mkdir()
+        (self.shims / "studyflow").write_text(f"#!/bin/sh\nexec {sys.executable} -m studyflow.cli \"$@\"\n")
+        (self.shims / "studyflow").chmod(0o755)
 
     def env(self, src: Path | None = None) -> dict[str, str]:
         paths = [str(self.work)] + ([str(src)] if src else [])
@@ -138,7 +145,7 @@ class Bench:
             n = _complete(results, name)
             assert n == study["budget"]["n_trials"], f"{label}: {n} COMPLETE"
             walls.append(wall)
-        self.rows.append((case, label, statistics.median(walls), f"{study['budget']['n_trials']} COMPLETE"))
+        self.add((case, label, statistics.median(walls), f"{study['budget']['n_trials']} COMPLETE"))
 
     def script(self, case: str, label: str, cmd: list[str], expect: int) -> None:
         walls = []
@@ -148,21 +155,29 @@ class Bench:
             wall, out = _timed(cmd, self.work, self.env())
             assert int(out.split()[-1]) == expect, f"{label}: {out.strip()}"
             walls.append(wall)
-        self.rows.append((case, label, statistics.median(walls), f"{expect} COMPLETE"))
+        self.add((case, label, statistics.median(walls), f"{expect} COMPLETE"))
 
     def snakemake(self, label: str, repo: Path) -> None:
         walls = []
         for i in range(self.repeats):
-            copy = self.work / f"wf-{label.split()[0]}-{i}"
+            copy = self.work / f"wf-{len(self.rows)}-{i}"
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(
                 ".git", ".venv", "results", "logs", ".snakemake", "tests", "benchmarks", "*.out", "__pycache__"))
-            env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+            # the workflow's `studyflow` commands run the version under test, whatever the
+            # console script installed in this environment points at
+            env = {**os.environ, "PYTHONPATH": str(repo / "src"),
+                   "PATH": f"{self.shims}{os.pathsep}{os.environ['PATH']}"}
             wall, _ = _timed(["snakemake", "-c8", "--quiet"], copy, env)
             n = _complete(copy / "results", "hgb_breast_cancer")
             assert n == 40 and (copy / "results" / "reports" / "hgb_breast_cancer.html").is_file(), n
             walls.append(wall)
-        self.rows.append(("default `snakemake -c8`", label, statistics.median(walls), "40 COMPLETE, card written"))
+        self.add(("default `snakemake -c8`", label, statistics.median(walls), "40 COMPLETE, card written"))
+
+    def add(self, row: tuple[str, str, float, str]) -> None:
+        """Keep a row, and show it at once (a later row that fails loses nothing measured)."""
+        self.rows.append(row)
+        print(f"{row[0]} | {row[1]}: {row[2]:.2f} s", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -189,12 +204,19 @@ def main() -> None:
                         bench.studyflow(f"1-trial study, {workers} workers", label,
                                         {**instant, "budget": {"n_trials": 1}}, workers, src)
                 if "instant" in rows:
-                    bench.studyflow("5,000 instant trials, 2 workers", label,
+                    bench.studyflow("5,000 instant trials, 2 workers", f"{label}, search_space",
+                                    {**instant, "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+                                     "budget": {"n_trials": 5000}}, 2, src)
+                    bench.studyflow("5,000 instant trials, 2 workers", f"{label}, define-by-run",
                                     {**instant, "budget": {"n_trials": 5000}}, 2, src)
                 if "tpe" in rows:
-                    bench.studyflow("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)", label,
-                                    {"objective": "bench_objectives:hartmann6_100ms", "sampler": {"name": "tpe"},
-                                     "budget": {"n_trials": 800}}, 8, src)
+                    tpe = {"objective": "bench_objectives:hartmann6_100ms", "sampler": {"name": "tpe"},
+                           "budget": {"n_trials": 800}}
+                    space = {f"x{i}": {"type": "float", "low": 0, "high": 1} for i in range(6)}
+                    bench.studyflow("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)", f"{label}, search_space",
+                                    {**tpe, "search_space": space}, 8, src)
+                    bench.studyflow("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)", f"{label}, define-by-run",
+                                    tpe, 8, src)
                 if "snakemake" in rows:
                     bench.snakemake(label, REPO if src is None else src.parent)
             runner = [sys.executable, "journal_runner.py", str(work / "journal.log")]
