@@ -131,6 +131,15 @@ def bowl(trial):
     return x * x + y * y
 
 
+def narrowing(trial):
+    """The bowl whose `x` range narrows from trial 10 on, suggested after `y`: a suggest that no
+    longer asks for the distribution the shared space was sampled from."""
+    y = trial.suggest_float("y", -10, 10)
+    bound = 10 if trial.number < 10 else 5
+    x = trial.suggest_float("x", -bound, bound)
+    return x * x + y * y
+
+
 def conditional(trial):
     """A conditional space: which parameters exist depends on the first one."""
     kind = trial.suggest_categorical("kind", ["tree", "linear"])

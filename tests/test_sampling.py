@@ -34,6 +34,7 @@ SPACES = {  # (objective, search_space in the study file)
     "declared": ("bowl", BOWL_SPACE),
     "define-by-run": ("bowl", {}),
     "conditional": ("conditional", {}),
+    "narrowing": ("narrowing", {}),  # a suggest unlike the shared space's: the server answers it
 }
 N_TRIALS = {"gp": 14}  # GP's asks take a few tenths of a second: past its 10 start-up trials
 
@@ -72,6 +73,31 @@ def test_a_declared_branch_with_define_by_run_leaves_gives_plain_optunas_trials(
              "budget": {"n_trials": 24}, "concurrency": 1, "prefetch": 0}
     result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
     assert _params_in_order(result.study, list(range(24))) == [t.params for t in plain.trials]
+
+
+def _suggests_served(dask_scheduler) -> int:
+    plugin = dask_scheduler.plugins.get("studyflow")  # registered by the first study driven
+    return plugin.suggests_served if plugin is not None else 0
+
+
+def test_define_by_run_suggests_of_the_shared_space_cost_no_round_trip(client4, tmp_path):
+    """Multivariate TPE samples a trial's shared space at the ask, as Optuna does at its first
+    suggest: a define-by-run objective's suggests of it are answered on the worker, so a trial
+    costs its exchange, not also one round trip per parameter; what it used is recorded."""
+    before = client4.run_on_scheduler(_suggests_served)
+    study = {"objective": "sf_objectives:bowl", "sampler": {"name": "tpe", "seed": 3,
+                                                           "options": {"multivariate": True}},
+             "budget": {"n_trials": 60}, "concurrency": 2}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    served = client4.run_on_scheduler(_suggests_served) - before
+    trials = result.study.get_trials(deepcopy=False)
+    assert len(trials) == 60 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(set(t.params) == {"x", "y"} and set(t.distributions) == {"x", "y"} for t in trials)
+    assert all(t.value == t.params["x"] ** 2 + t.params["y"] ** 2 for t in trials)
+    # TPE's 10 start-up trials are sampled independently, at each suggest, as in Optuna; so are
+    # the few asked while they ran. Every later trial's 2 suggests are answered on the worker
+    # (120 round trips before relative parameters travelled with the lease).
+    assert served <= 2 * (10 + 8), served
 
 
 def _late_median(client, tmp_path, name: str, **fields) -> float:

@@ -44,6 +44,11 @@ class TrialLease(_Message):
     artifact_dir: str | None  # where the objective may write files
     distributions: dict[str, str] = field(default_factory=dict)  # {param: Optuna's JSON}
     datetime_start: str | None = None  # ISO format, the server trial's start
+    # the sampler's relative parameters for names the objective suggests itself (define-by-run),
+    # sampled at the ask as Optuna samples them at the first suggest: {param: value}, and
+    # {param: Optuna's JSON} of the distribution a suggest must ask for to get the value
+    relative: dict[str, Any] = field(default_factory=dict)
+    relative_distributions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +64,9 @@ class TrialOutcome(_Message):
     duration_s: float | None = None  # the objective's own run time
     artifacts: bool = False  # the objective asked for its artifact folder
     system_attrs: dict[str, Any] = field(default_factory=dict)  # constraints, artifact records
+    # suggests the loop answered from the lease's relative parameters, in call order:
+    # [method, name, kwargs], replayed on the server's trial before the tell records them
+    suggested: list[list[Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -46,6 +46,11 @@ INVALID_STUDY = "invalid study: "
 LOOP_SEEN_S = 30.0  # a loop that exchanged this recently still runs (for shares of a cluster)
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (what travels over msgpack)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
 class Asking:
     """The asking half of `ServedStudy`."""
 
@@ -136,6 +141,16 @@ class Asking:
         fresh_trials_view(self.study)
         return getattr(self.leases[number].trial, method)(name, **kwargs)
 
+    def replay_suggested(self, trial: optuna.Trial, suggested: list[list[Any]]) -> None:
+        """Record the suggests a loop answered from its lease's relative parameters, in its
+        call order, through Optuna's own `suggest_*` (which takes the same relative value)."""
+        if suggested:
+            self.define_by_run = True
+        for method, name, kwargs in suggested:
+            if method not in ("suggest_float", "suggest_int", "suggest_categorical"):
+                raise ValueError(f"studyflow: {method!r} is not a suggest method")
+            getattr(trial, method)(name, **kwargs)
+
     def should_prune(self, number: int) -> bool:
         """The pruner's verdict on a leased trial, from the study as it is now."""
         fresh_trials_view(self.study)
@@ -174,16 +189,36 @@ class Asking:
                 if not self.define_by_run and self.leases.leased_keys[key]:
                     self.same_key.follow(key, trial)
                     continue
-            attempt = int(storage_of(self.study).get_trial_system_attrs(trial_id_of(trial)).get(ATTEMPT_ATTR, 0))
+            system_attrs = storage_of(self.study).get_trial_system_attrs(trial_id_of(trial))
+            attempt = int(system_attrs.get(ATTEMPT_ATTR, 0))
             lease = Lease(trial, key, worker, attempt, loop)
             if self.leases.add(lease):
                 self._mark_started(lease)
             params = trial.params
             started = trial.datetime_start
+            relative, relative_json = self._relative(trial, system_attrs)
             return TrialLease(trial.number, params, key, trial_seed(key), self.store.staging_path(key, trial.number),
                               # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers
                               self._distributions_json(trial, params),
-                              None if started is None else started.isoformat())
+                              None if started is None else started.isoformat(), relative, relative_json)
+
+    def _relative(self, trial: optuna.Trial, system_attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The relative parameters (a multivariate sampler's joint sample over the space every
+        finished trial shares) for the names the trial does not have yet, with their distributions.
+
+        Optuna samples them at a trial's first suggest; sampled here, in the batch, they travel
+        with the lease, and a define-by-run objective's suggests of them are answered on the
+        worker instead of one round trip each. Same history, same draws in the same order: a
+        study run one trial at a time still proposes plain Optuna's trials. None for a retry
+        (its fixed parameters come first) or under reproducible scheduling (whose refusal of an
+        undeclared name must see every suggest)."""
+        if self.one_record is not None or self.ordering.window or "fixed_params" in system_attrs:
+            return {}, {}
+        values = trial.relative_params  # evaluated once per trial; Optuna's suggests reuse it
+        space = trial.relative_search_space or {}
+        names = [name for name in values if name in space and name not in trial.params]
+        return ({name: _plain(values[name]) for name in names},
+                {name: distribution_to_json(space[name]) for name in names})
 
     def _sampler_failed(self, exc: Exception) -> None:
         """A failed ask: logged with its traceback, and the trial it left RUNNING settled.

@@ -39,6 +39,7 @@ from studyflow.server._lifecycle import close
 from studyflow.server._lifecycle import open_study
 from studyflow.server._malloc import keep_freed_memory
 from studyflow.server._service import Exchange
+from studyflow.server._service import inline_or_offloaded
 from studyflow.server._service import StudyService
 from studyflow.server._shares import water_fill
 from studyflow.server._study import ServedStudy
@@ -66,9 +67,11 @@ def _pickled_finished(served: ServedStudy, since: int) -> dict[str, Any]:
 
 
 def _suggested(served: ServedStudy, number: int, method: str, name: str,
-               kwargs: dict[str, Any]) -> dict[str, Any]:
+               kwargs: dict[str, Any], before: list[list[Any]]) -> dict[str, Any]:
     """A define-by-run parameter's value, with the distribution the server's trial keeps for
-    it (Optuna's JSON), for `trial.distributions` on the worker."""
+    it (Optuna's JSON), for `trial.distributions` on the worker; `before`: the suggests the
+    loop answered from the lease's relative parameters since, recorded first (call order)."""
+    served.replay_suggested(served.leases[number].trial, before)
     value = served.suggest(number, method, name, kwargs)
     distribution = served.leases[number].trial.distributions[name]
     return {"value": value, "distribution": distribution_to_json(distribution)}
@@ -104,6 +107,7 @@ class StudyServer(SchedulerPlugin):
     def __init__(self) -> None:
         self._studies: dict[str, ServedStudy] = {}  # {study_id: study}
         self._froze = False
+        self.suggests_served = 0  # define-by-run suggests that cost a round trip, all studies
 
     def _freeze_baseline(self, studies_open: bool) -> None:
         """A full garbage collection walks every object in the process, and a driver with a
@@ -226,24 +230,27 @@ class StudyServer(SchedulerPlugin):
         return ws is None or (worker_id is not None and ws.server_id != worker_id)
 
     async def suggest(
-        self, study_id: str, number: int, method: str, name: str, kwargs: dict[str, Any]
+        self, study_id: str, number: int, method: str, name: str, kwargs: dict[str, Any],
+        before: list[list[Any]] | None = None,
     ) -> dict[str, Any]:
         if method not in SUGGEST_METHODS:
             raise ValueError(f"studyflow: {method!r} is not a suggest method")
         served = self._get(study_id)
-        async with served.lock:
-            return await offload(_suggested, served, number, method, name, kwargs)
+        self.suggests_served += 1
+        async with served.lock:  # one parameter costs about one asked trial's sampling
+            return await inline_or_offloaded(served, 1, _suggested, served, number, method, name, kwargs,
+                                             before or [])
 
     async def report(self, study_id: str, number: int, value: float, step: int) -> dict[str, Any]:
         served = self._get(study_id)
         async with served.lock:
-            await offload(served.leases[number].trial.report, value, step)
+            await inline_or_offloaded(served, 1, served.leases[number].trial.report, value, step)
         return {"status": "ok"}
 
     async def should_prune(self, study_id: str, number: int) -> dict[str, Any]:
         served = self._get(study_id)
         async with served.lock:
-            prune = await offload(served.should_prune, number)
+            prune = await offload(served.should_prune, number)  # a pruner may read every trial
         return {"prune": bool(prune)}
 
     async def study_view(

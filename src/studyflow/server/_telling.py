@@ -59,6 +59,7 @@ class Telling:
         storage = storage_of(self.study)
         attrs: dict[str, Any] = {}
         try:
+            self.replay_suggested(trial, outcome.suggested)  # before the key is made of the params
             for key, value in user_attrs.items():
                 trial.set_user_attr(key, value)
             attrs = system_attrs_to_set(self.config, outcome.system_attrs, user_attrs, state)

@@ -234,7 +234,8 @@ def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
                objective_args: dict[str, Any], n_objectives: int) -> TrialOutcome:
     """Run one leased trial; its outcome, whatever the objective did."""
     trial = RemoteTrial(conn, lease.number, lease.params, data, objective_args, lease.key, lease.seed,
-                        lease.artifact_dir, lease.distributions, lease.datetime_start)
+                        lease.artifact_dir, lease.distributions, lease.datetime_start, lease.relative,
+                        lease.relative_distributions)
     state, values, error, tb = "COMPLETE", None, None, None
     started = time.perf_counter()
     try:
@@ -247,4 +248,5 @@ def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
         state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     return TrialOutcome(trial.number, state, values, trial.user_attrs, error, tb,
                         time.perf_counter() - started, trial.used_artifact_dir,
-                        trial.recorded_system_attrs)  # constraints and artifact records
+                        trial.recorded_system_attrs,  # constraints and artifact records
+                        trial.suggested)

@@ -1,8 +1,10 @@
 """What the objective receives on a worker: a trial that behaves like `optuna.Trial`.
 
 Parameters from the study file's search space arrive with the ask, so `trial.suggest_*` for
-them answers locally; a name not in the study file is suggested define-by-run, one RPC to the
-study server each. User attributes, constraints and artifact records travel with the tell.
+them answers locally; so do the sampler's relative parameters (a multivariate sampler's joint
+sample over the space every finished trial shares), when the suggest asks for the same
+distribution: they travel back with the tell. Any other name is suggested define-by-run, one
+RPC to the study server each. User attributes, constraints and artifact records travel with the tell.
 `trial.study` is a read-only view of the study the server holds, fetched when read, and
 `trial.storage` records what Optuna's helpers write to the trial (both in `_study_view`).
 """
@@ -23,6 +25,9 @@ from typing import Any
 import optuna
 from distributed import get_worker
 from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
 from optuna.distributions import json_to_distribution
 
 from studyflow._attrs import CONSTRAINT_PREFIX
@@ -84,6 +89,8 @@ class RemoteTrial(optuna.trial.Trial):
         artifact_dir: str | None = None,
         distributions: dict[str, str] | None = None,
         datetime_start: str | None = None,
+        relative: dict[str, Any] | None = None,
+        relative_distributions: dict[str, str] | None = None,
     ) -> None:
         self._conn = conn
         self._number = number
@@ -92,6 +99,9 @@ class RemoteTrial(optuna.trial.Trial):
         # Optuna's JSON per parameter, decoded when first read (most objectives never do)
         self._distribution_json = dict(distributions or {})
         self._decoded: dict[str, BaseDistribution] = {}
+        self._relative = dict(relative or {})
+        self._relative_json = dict(relative_distributions or {})
+        self.suggested: list[list[Any]] = []  # answered from `_relative`, not yet on the server
         self._datetime_start = datetime_start
         self.key = key  # the trial's content address in the trial store
         self.seed = seed  # derived from the key: seed your model with it for reproducible trials
@@ -182,8 +192,14 @@ class RemoteTrial(optuna.trial.Trial):
     def _remote_suggest(self, method: str, name: str, **kwargs: Any) -> Any:
         if name in self._params:  # from the study file's space, or suggested before
             return self._params[name]
+        if name in self._relative and _same_distribution(method, kwargs, self._relative_json[name]):
+            self._params[name] = self._relative.pop(name)
+            self._distribution_json[name] = self._relative_json[name]
+            self.suggested.append([method, name, kwargs])
+            return self._params[name]
+        before, self.suggested = self.suggested, []  # the server records them first, in order
         reply = self._conn.call("suggest", number=self._number, method=method, name=name,
-                                kwargs=kwargs)
+                                kwargs=kwargs, before=before)
         self._params[name] = reply["value"]
         if reply.get("distribution") is not None:
             self._distribution_json[name] = reply["distribution"]
@@ -257,6 +273,23 @@ _MISSING_HINTS = {
     "relative_search_space": "relative sampling runs on the study server when the trial is "
                              "asked; trial.distributions has every parameter's distribution",
 }
+
+
+def _same_distribution(method: str, kwargs: dict[str, Any], relative_json: str) -> bool:
+    """Whether a suggest asks for exactly the distribution a relative parameter was sampled
+    from (as `optuna.Trial.suggest_*` builds it). Anything else (a compatible but different
+    range, invalid arguments) goes to the server, where Optuna decides as it always does."""
+    try:
+        if method == "suggest_float":
+            wanted: BaseDistribution = FloatDistribution(kwargs["low"], kwargs["high"], log=kwargs["log"],
+                                                         step=kwargs["step"])
+        elif method == "suggest_int":
+            wanted = IntDistribution(kwargs["low"], kwargs["high"], log=kwargs["log"], step=kwargs["step"])
+        else:
+            wanted = CategoricalDistribution(kwargs["choices"])
+    except Exception:  # noqa: BLE001  the server's Optuna raises the user's error itself
+        return False
+    return not wanted.single() and wanted == json_to_distribution(relative_json)
 
 
 def _as_float(value: Any) -> float:
