@@ -24,6 +24,7 @@ import re
 import site
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,19 @@ def _followed(module: str) -> bool:
     return module.partition(".")[0] != ENGINE or f"{module}.".startswith(f"{ENGINE_OBJECTIVES}.")
 
 
+# CPython 3.11's AST constructor is not thread-safe: two drivers started together in one
+# process (threads) parsing at once failed with "SystemError: AST constructor recursion depth
+# mismatch". Parsing is a small part of hashing the code: one at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 def _imports(module: str, path: Path) -> set[str]:
     """Every module an `import` in the file names, with the packages above it (importing
     `a.b.c` runs `a` and `a.b` first); relative imports resolved against `module`'s package."""
+    source = path.read_bytes()
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
+        with _PARSE_LOCK:
+            tree = ast.parse(source, filename=str(path))
     except (SyntaxError, ValueError):
         return set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
