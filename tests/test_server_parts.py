@@ -202,3 +202,41 @@ def test_a_drop_from_a_loop_that_does_not_hold_the_lease_is_refused_and_logged(t
     _exchange(served, "b/1", outcomes=[_complete(1, 0.5)], want=0)
     served.ordering.apply_all()
     assert served.study.trials[1].state == TrialState.COMPLETE and served.study.trials[1].value == 0.5
+
+
+def test_a_define_by_run_trial_asked_in_tpes_start_up_and_run_after_it_gets_optunas_multivariate_sample(tmp_path):
+    """Trial 10 is handed out while trial 9 (the 10th) still runs, and runs once it has
+    finished: like Optuna, whose trials sample their relative parameters at the first suggest,
+    it gets the multivariate TPE sample, not the start-up's independent one it would have got
+    at its ask."""
+    from studyflow.server._lifecycle import StudySpec
+    from studyflow.server._lifecycle import open_study
+
+    cfg = _config(search_space={}, sampler={"name": "tpe", "seed": 4}, prefetch=1, budget={"n_trials": 30})
+    served = open_study(StudySpec("s-1", cfg, str(tmp_path / "journal.log"), str(tmp_path / "store"), "base",
+                                  concurrency=1))
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=4))
+    bound = {"low": -10.0, "high": 10.0, "step": None, "log": False}
+
+    def ours(number):
+        x, y = (served.suggest(number, "suggest_float", name, bound) for name in "xy")
+        return _complete(number, x * x + y * y)
+
+    def theirs(trial):
+        x, y = (trial.suggest_float(name, -10, 10) for name in "xy")
+        return x * x + y * y
+
+    for number in range(9):
+        (lease,) = _exchange(served, "a/1").trials
+        _exchange(served, "a/1", outcomes=[ours(lease.number)], want=0)
+        trial = plain.ask()
+        plain.tell(trial, theirs(trial))
+    held = _exchange(served, "a/1", want=2).trials
+    assert [t.number for t in held] == [9, 10]
+    nine, ten = plain.ask(), plain.ask()
+    _exchange(served, "a/1", outcomes=[ours(9)], want=0)
+    plain.tell(nine, theirs(nine))
+    _exchange(served, "a/1", outcomes=[ours(10)], want=0)
+    plain.tell(ten, theirs(ten))
+    served.ordering.apply_all()
+    assert [t.params for t in served.study.trials[:11]] == [t.params for t in plain.trials]

@@ -132,4 +132,13 @@ def fresh_trials_view(study: optuna.Study) -> None:
     study._thread_local.cached_all_trials = None
 
 
+def forget_relative_params(trial: optuna.Trial) -> None:
+    """Let Optuna sample a trial's relative parameters again at its first suggest, as it does
+    by default (`Trial._relative_params`, evaluated lazily "to get as latest search space as
+    possible"): the study server evaluates them at the ask, and an empty answer (a sampler in
+    its start-up, no shared space yet) must not stick to a trial that runs after the start-up."""
+    trial._relative_params = None
+    trial.relative_search_space = None
+
+
 check_versions()
