@@ -101,3 +101,33 @@ def test_chromium_opens_the_card_draws_the_plots_and_sorts_the_table(finished):
         print(f"screenshot: {shot}")
         browser.close()
     assert errors == []
+
+
+def test_a_workers_importances_give_the_same_card_and_spare_the_report_importing_sklearn(client4, tmp_path):
+    """An sklearn objective's workers have scikit-learn loaded: the optimize step computes the
+    card's parameter importances there, so the report does not import it (Optuna's importance
+    module would); the card is the same as when the report computes them itself."""
+    import importlib
+    import subprocess
+    import sys
+
+    client4.run(importlib.import_module, "sklearn")  # as an sklearn objective's workers have it
+    study = {"objective": "sf_objectives:instant", "search_space": SPACE, "name": "imp",
+             "sampler": {"name": "random", "seed": 2}, "budget": {"n_trials": 20}}
+    study_dir = tmp_path / "results/studies/imp"
+    optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False).write(study_dir)
+    assert (study_dir / "importances.json").is_file()
+    render = ("import sys; from studyflow.outputs import write_report; "
+              "write_report(sys.argv[1], sys.argv[2]); print('sklearn' in sys.modules)")
+
+    def report(out: str) -> bool:
+        done = subprocess.run([sys.executable, "-c", render, str(study_dir), str(tmp_path / out)],
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip() == "True"
+
+    assert report("from_worker.html") is False
+    (study_dir / "importances.json").unlink()
+    assert report("from_report.html") is True
+    card = (tmp_path / "from_worker.html").read_text()
+    assert 'id="plot-importance"' in card
+    assert card == (tmp_path / "from_report.html").read_text()

@@ -50,8 +50,10 @@ from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
 from studyflow.optuna_ext import check_sampler_options
 from studyflow.optuna_ext import warm_trials
+from studyflow.outputs import IMPORTANCES_FILE
 from studyflow.outputs import FinalTables
 from studyflow.outputs import Progress
+from studyflow.outputs import scores_if_loaded
 from studyflow.outputs import trials_frame
 from studyflow.outputs import write_parquet
 from studyflow.server import INVALID_STUDY
@@ -73,6 +75,7 @@ from studyflow.worker import search_paths
 
 _logger = logging.getLogger(__name__)
 POLL_S = 0.2
+IMPORTANCE_TIMEOUT_S = 10.0  # a worker's share of the study card, else the report's
 WORKER_WAIT_S = 60.0  # how long a study waits for a cluster with no worker up (see `_workers`)
 
 
@@ -110,6 +113,7 @@ class StudyResult:
     stop_reason: str | None
     data_sha256: str | None = None
     best_trials: dict[str, Any] = field(default_factory=dict)  # as `best_of` gives them
+    importances: dict[str, Any] | None = None  # the card's, when a worker computed them cheaply
     _study: optuna.Study | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -137,8 +141,13 @@ class StudyResult:
         return out | (self.best_trials or best_of(self.study))
 
     def write(self, out_dir: str | Path) -> None:
-        """Write trials.parquet, best.json and resolved.yaml, each atomically."""
+        """Write trials.parquet, best.json and resolved.yaml, each atomically, and the card's
+        parameter importances when there are some (else none from an earlier run is left)."""
         out = Path(out_dir)
+        if self.importances is not None:
+            write_json(out / IMPORTANCES_FILE, self.importances)
+        else:
+            (out / IMPORTANCES_FILE).unlink(missing_ok=True)
         write_parquet(self.trials, out / "trials.parquet")
         write_json(out / "best.json", self.best())
         write_text(out / "resolved.yaml", self.config.to_yaml())
@@ -362,7 +371,21 @@ def _run(
     wall = time.monotonic() - started
     _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(
         {k: status[k] for k in ("complete", "pruned", "failed", "best_value", "best_number")}))
-    return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed.best)
+    return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed.best,
+                       _importances_on_a_worker(client, trials, cfg))
+
+
+def _importances_on_a_worker(client: Client, trials: pd.DataFrame, cfg: StudyConfig) -> dict[str, Any] | None:
+    """The study card's parameter importances from a worker that computes them without
+    importing scikit-learn (`outputs._importance`), while the cluster is still up: the report
+    then skips that import. None when no worker is up or it fails: the report computes them."""
+    if not client.scheduler_info(n_workers=-1)["workers"]:
+        return None
+    try:
+        return client.submit(scores_if_loaded, trials, cfg, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001  the report computes them itself
+        _logger.debug("importances on a worker: %s", exc)
+        return None
 
 
 def _load_journal(cfg: StudyConfig, journal: Path) -> optuna.Study:

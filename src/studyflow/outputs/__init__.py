@@ -6,6 +6,8 @@ driver or a worker that only writes tables never loads it.
 
 from typing import Any
 
+from studyflow.outputs._importance import IMPORTANCES_FILE
+from studyflow.outputs._importance import scores_if_loaded
 from studyflow.outputs._progress import Progress
 from studyflow.outputs._tables import FinalTables
 from studyflow.outputs._tables import summarize
@@ -28,8 +30,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "IMPORTANCES_FILE",
     "FinalTables",
     "Progress",
+    "scores_if_loaded",
     "summarize",
     "trials_frame",
     "write_index",

@@ -6,32 +6,21 @@ objective where two are needed...), which the card shows as a placeholder.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import optuna
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from studyflow.config import StudyConfig
-from studyflow.optuna_ext import distribution
+from studyflow.outputs._importance import Scores
+from studyflow.outputs._importance import complete
+from studyflow.outputs._importance import importance_scores
+from studyflow.outputs._importance import param_columns
 
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line per card
-MIN_TRIALS_FOR_IMPORTANCE = 5
 STATE_COLOURS = {"COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e76f51", "TIMEOUT": "#9b2226",
                  "CACHED": "#8ecae6", "RUNNING": "#adb5bd"}
 _LAYOUT = dict(height=380, margin=dict(t=30, l=60, r=20, b=50), template="plotly_white")
 
 Figure = go.Figure | str
-
-
-def param_columns(trials: pd.DataFrame) -> list[str]:
-    return [c for c in trials.columns if c.startswith("params_")]
-
-
-def complete(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials["state"] == "COMPLETE"].sort_values("number")
 
 
 def history(trials: pd.DataFrame, direction: str) -> Figure:
@@ -62,59 +51,16 @@ def pareto(trials: pd.DataFrame, directions: list[str], front: set[int]) -> Figu
     return fig
 
 
-def importances(trials: pd.DataFrame, cfg: StudyConfig) -> Figure:
-    """Optuna's PED-ANOVA importances (fast enough for thousands of trials)."""
-    done = complete(trials)
-    params = param_columns(trials)
-    if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not params:
-        return (f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials and one "
-                f"parameter; this study has {len(done)} completed trial(s).")
-    if len(params) < 2:
-        return "Parameter importances need at least two parameters."
-    study = _in_memory_study(done, params, cfg)
-    value = (lambda t: t.values[0]) if len(cfg.study_directions) > 1 else None
-    try:
-        scores = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=value)
-    except (RuntimeError, ValueError) as exc:
-        return f"Parameter importances could not be computed: {exc}"
+def importances(trials: pd.DataFrame, cfg: StudyConfig, scores: Scores | None = None) -> Figure:
+    """Optuna's PED-ANOVA importances (`_importance`): `scores` computed elsewhere, or here."""
+    scores = importance_scores(trials, cfg) if scores is None else scores
+    if isinstance(scores, str):
+        return scores
     names = list(scores)[::-1]
     fig = go.Figure(go.Bar(x=[scores[n] for n in names], y=names, orientation="h", marker_color="#457b9d"))
-    title = "importance" + (" (objective 0)" if value else "")
+    title = "importance" + (" (objective 0)" if len(cfg.study_directions) > 1 else "")
     fig.update_layout(xaxis_title=title, **_LAYOUT)
     return fig
-
-
-def _in_memory_study(done: pd.DataFrame, params: list[str], cfg: StudyConfig) -> optuna.Study:
-    dists = {}
-    for col in params:
-        name = col.removeprefix("params_")
-        if name in cfg.search_space:
-            dists[name] = distribution(cfg.search_space[name])
-        elif pd.api.types.is_numeric_dtype(done[col]):
-            low, high = float(done[col].min()), float(done[col].max())
-            dists[name] = optuna.distributions.FloatDistribution(low, high if high > low else low + 1)
-        else:
-            dists[name] = optuna.distributions.CategoricalDistribution(sorted(done[col].dropna().astype(str).unique()))
-    value_cols = ["value"] if "value" in done.columns else [c for c in done.columns if c.startswith("values_")]
-    study = optuna.create_study(directions=cfg.study_directions)
-    trials = []
-    for row in done.to_dict("records"):
-        present = {c.removeprefix("params_"): _native(row[c]) for c in params if not _missing(row[c])}
-        trials.append(optuna.trial.create_trial(
-            params=present, distributions={k: dists[k] for k in present},
-            values=[row[c] for c in value_cols], state=optuna.trial.TrialState.COMPLETE,
-        ))
-    study.add_trials(trials)
-    return study
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-def _native(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def parallel_coordinates(trials: pd.DataFrame, value_col: str) -> Figure:

@@ -18,6 +18,9 @@ from studyflow._io import write_text
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
 from studyflow.outputs import _figures as figures
+from studyflow.outputs._importance import IMPORTANCES_FILE
+from studyflow.outputs._importance import Scores
+from studyflow.outputs._importance import stored_scores
 
 _TABLE_JS = """
 document.querySelectorAll('table.trials th').forEach(function (th, col) {
@@ -60,8 +63,9 @@ table.facts th { text-align: left; padding-right: 1em; font-weight: normal; colo
 """
 
 
-def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig) -> str:
-    """Build the study card's HTML from the optimize rule's outputs."""
+def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig, scores: Scores | None = None) -> str:
+    """Build the study card's HTML from the optimize rule's outputs (`scores`: the parameter
+    importances, when the optimize step computed them)."""
     from plotly.offline import get_plotlyjs
 
     directions = best["directions"]
@@ -71,7 +75,7 @@ def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig) -> str:
     sections = [
         ("pareto", "Pareto front", figures.pareto(trials, directions, front)) if multi
         else ("history", "Optimization history", figures.history(trials, directions[0])),
-        ("importance", "Parameter importances", figures.importances(trials, cfg)),
+        ("importance", "Parameter importances", figures.importances(trials, cfg, scores)),
         ("parallel", "Parallel coordinates", figures.parallel_coordinates(trials, value_col)),
         ("slices", "Slices", figures.slices(trials, value_col)),
         ("timeline", "Timeline of trials per worker", figures.timeline(trials)),
@@ -193,7 +197,9 @@ def write_report(study_dir: str | Path, out: str | Path, study_file: StudyConfig
     cfg = load_study(study_dir / "resolved.yaml")
     if study_file is not None:
         cfg.report = dict(study_file.report)
-    return write_text(out, render(trials, best, cfg))
+    stored = study_dir / IMPORTANCES_FILE
+    scores = stored_scores(json.loads(stored.read_text()) if stored.is_file() else None, trials)
+    return write_text(out, render(trials, best, cfg, scores))
 
 
 def write_index(study_dirs: list[Path], out: str | Path, pages: dict[str, str] | None = None) -> Path:

@@ -1,0 +1,107 @@
+"""Parameter importances for the study card (Optuna's PED-ANOVA), without plotly.
+
+Importing `optuna.importance` imports scikit-learn when it is installed (Optuna's fANOVA
+module loads it at import): about 1 s of a 2.5 s report, though PED-ANOVA needs none of it.
+So the driver asks a worker that has scikit-learn loaded already (an sklearn objective's
+workers do) for the scores (`scores_if_loaded`) and writes them beside the trials
+(`IMPORTANCES_FILE`); the report draws them when they describe the same completed trials, and
+computes them itself otherwise. The same function computes them either way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from studyflow.config import StudyConfig
+from studyflow.optuna_ext import distribution
+
+IMPORTANCES_FILE = "importances.json"
+MIN_TRIALS_FOR_IMPORTANCE = 5
+Scores = dict[str, float] | str  # {param: normalised importance}, or why there are none
+
+
+def param_columns(trials: pd.DataFrame) -> list[str]:
+    return [c for c in trials.columns if c.startswith("params_")]
+
+
+def complete(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["state"] == "COMPLETE"].sort_values("number")
+
+
+def importance_scores(trials: pd.DataFrame, cfg: StudyConfig) -> Scores:
+    """PED-ANOVA importances of the completed trials (of objective 0 when there are several)."""
+    done = complete(trials)
+    params = param_columns(trials)
+    if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not params:
+        return (f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials and one "
+                f"parameter; this study has {len(done)} completed trial(s).")
+    if len(params) < 2:
+        return "Parameter importances need at least two parameters."
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line
+    study = _in_memory_study(done, params, cfg)
+    value = (lambda t: t.values[0]) if len(cfg.study_directions) > 1 else None
+    try:
+        scores = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=value)
+    except (RuntimeError, ValueError) as exc:
+        return f"Parameter importances could not be computed: {exc}"
+    return {name: float(score) for name, score in scores.items()}
+
+
+def scores_if_loaded(trials: pd.DataFrame, cfg: StudyConfig) -> dict[str, Any] | None:
+    """On a worker: what `IMPORTANCES_FILE` holds, when computing it imports no scikit-learn
+    there (it is loaded already, or not installed); else None, and the report computes them."""
+    if "sklearn" not in sys.modules and importlib.util.find_spec("sklearn") is not None:
+        return None
+    scores = importance_scores(trials, cfg)  # in order, most important first: kept as pairs
+    return {"complete": _numbers(trials), "scores": scores if isinstance(scores, str) else list(scores.items())}
+
+
+def stored_scores(stored: dict[str, Any] | None, trials: pd.DataFrame) -> Scores | None:
+    """The scores `IMPORTANCES_FILE` holds, if they are of these trials' completed ones."""
+    if stored is None or stored.get("complete") != _numbers(trials):
+        return None
+    scores = stored["scores"]
+    return scores if isinstance(scores, str) else {name: float(score) for name, score in scores}
+
+
+def _numbers(trials: pd.DataFrame) -> list[int]:
+    return [int(n) for n in complete(trials)["number"]]
+
+
+def _in_memory_study(done: pd.DataFrame, params: list[str], cfg: StudyConfig) -> optuna.Study:
+    dists = {}
+    for col in params:
+        name = col.removeprefix("params_")
+        if name in cfg.search_space:
+            dists[name] = distribution(cfg.search_space[name])
+        elif pd.api.types.is_numeric_dtype(done[col]):
+            low, high = float(done[col].min()), float(done[col].max())
+            dists[name] = optuna.distributions.FloatDistribution(low, high if high > low else low + 1)
+        else:
+            dists[name] = optuna.distributions.CategoricalDistribution(sorted(done[col].dropna().astype(str).unique()))
+    value_cols = ["value"] if "value" in done.columns else [c for c in done.columns if c.startswith("values_")]
+    study = optuna.create_study(directions=cfg.study_directions)
+    trials = []
+    for row in done.to_dict("records"):
+        present = {c.removeprefix("params_"): _native(row[c]) for c in params if not _missing(row[c])}
+        trials.append(optuna.trial.create_trial(
+            params=present, distributions={k: dists[k] for k in present},
+            values=[row[c] for c in value_cols], state=optuna.trial.TrialState.COMPLETE,
+        ))
+    study.add_trials(trials)
+    return study
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _native(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
