@@ -17,6 +17,8 @@ from typing import ClassVar
 # Reply.status: "run" (trials leased), "ok" (nothing wanted), "wait" (none leasable yet: ask
 # again), "stop" (the study is over: the loop returns)
 STATUSES = ("run", "ok", "wait", "stop")
+# what a loop may ask the server to suggest (`studyflow_suggest`, `TrialOutcome.suggested`)
+SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
 
 
 class _Message:

@@ -33,6 +33,7 @@ from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
 from studyflow.config import REPRODUCIBLE_ONLY
 from studyflow.errors import JournalWriteError
+from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
 from studyflow.server._budget import STUDY_FAILED
@@ -148,7 +149,7 @@ class Asking:
         if suggested:
             self.define_by_run = True
         for method, name, kwargs in suggested:
-            if method not in ("suggest_float", "suggest_int", "suggest_categorical"):
+            if method not in SUGGEST_METHODS:
                 raise ValueError(f"studyflow: {method!r} is not a suggest method")
             getattr(trial, method)(name, **kwargs)
 

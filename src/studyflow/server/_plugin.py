@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from studyflow._compat import offload
 from studyflow.outputs import FinalTables
 from studyflow.outputs import trials_frame
+from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import ExchangeRequest
 from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._lifecycle import ClosedStudy
@@ -46,7 +47,6 @@ from studyflow.server._study import ServedStudy
 
 _logger = logging.getLogger(__name__)
 
-SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
 # What `trial.study` on a worker may read (`worker._study_view.StudyView`); "summary": what never changes
 STUDY_VIEW_ATTRS = ("summary", "best_trial", "best_trials", "best_value", "best_params",
                     "user_attrs", "trials")
