@@ -18,6 +18,15 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/matrix.smk"
 
 
+# Snakemake's scheduler leaves a 1 s timer that the interpreter waits for at exit.
+onsuccess:
+    release_rate_timers()
+
+
+onerror:
+    release_rate_timers()
+
+
 rule all:
     input:
         final_outputs(),

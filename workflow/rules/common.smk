@@ -10,6 +10,7 @@ from studyflow.config import check_storage_plugins
 from studyflow.config import config_hash_file
 from studyflow.config import job_runtime_minutes
 from studyflow.config import optimize_job_threads
+from studyflow.config import release_rate_timers
 from studyflow.config import report_settings_file
 from studyflow.config import run_config_file
 from studyflow.config import storage_plugin
