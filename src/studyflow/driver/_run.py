@@ -53,6 +53,7 @@ from studyflow.optuna_ext import warm_trials
 from studyflow.outputs import IMPORTANCES_FILE
 from studyflow.outputs import FinalTables
 from studyflow.outputs import Progress
+from studyflow.outputs import scores_are_cheap
 from studyflow.outputs import scores_if_loaded
 from studyflow.outputs import trials_frame
 from studyflow.outputs import write_parquet
@@ -378,10 +379,13 @@ def _run(
 def _importances_on_a_worker(client: Client, trials: pd.DataFrame, cfg: StudyConfig) -> dict[str, Any] | None:
     """The study card's parameter importances from a worker that computes them without
     importing scikit-learn (`outputs._importance`), while the cluster is still up: the report
-    then skips that import. None when no worker is up or it fails: the report computes them."""
+    then skips that import. None when no worker is up, none would compute them cheaply (asked
+    first, so the trials table travels only where it is used) or it fails: the report computes them."""
     if not client.scheduler_info(n_workers=-1)["workers"]:
         return None
     try:
+        if not client.submit(scores_are_cheap, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S):
+            return None
         return client.submit(scores_if_loaded, trials, cfg, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001  the report computes them itself
         _logger.debug("importances on a worker: %s", exc)

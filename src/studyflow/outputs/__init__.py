@@ -7,6 +7,7 @@ driver or a worker that only writes tables never loads it.
 from typing import Any
 
 from studyflow.outputs._importance import IMPORTANCES_FILE
+from studyflow.outputs._importance import scores_are_cheap
 from studyflow.outputs._importance import scores_if_loaded
 from studyflow.outputs._progress import Progress
 from studyflow.outputs._tables import FinalTables
@@ -33,6 +34,7 @@ __all__ = [
     "IMPORTANCES_FILE",
     "FinalTables",
     "Progress",
+    "scores_are_cheap",
     "scores_if_loaded",
     "summarize",
     "trials_frame",

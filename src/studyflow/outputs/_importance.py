@@ -54,10 +54,16 @@ def importance_scores(trials: pd.DataFrame, cfg: StudyConfig) -> Scores:
     return {name: float(score) for name, score in scores.items()}
 
 
+def scores_are_cheap() -> bool:
+    """Whether computing the scores here imports no scikit-learn (it is loaded already, or not
+    installed): asked of a worker before the trials are shipped to it."""
+    return "sklearn" in sys.modules or importlib.util.find_spec("sklearn") is None
+
+
 def scores_if_loaded(trials: pd.DataFrame, cfg: StudyConfig) -> dict[str, Any] | None:
-    """On a worker: what `IMPORTANCES_FILE` holds, when computing it imports no scikit-learn
-    there (it is loaded already, or not installed); else None, and the report computes them."""
-    if "sklearn" not in sys.modules and importlib.util.find_spec("sklearn") is not None:
+    """On a worker: what `IMPORTANCES_FILE` holds, when `scores_are_cheap()` there; else None,
+    and the report computes them."""
+    if not scores_are_cheap():
         return None
     scores = importance_scores(trials, cfg)  # in order, most important first: kept as pairs
     return {"complete": _numbers(trials), "scores": scores if isinstance(scores, str) else list(scores.items())}
