@@ -56,3 +56,29 @@ def test_a_variable_set_after_the_first_cluster_still_reaches_the_next_clusters_
     with connect(1) as client:
         seen = client.run(lambda: os.environ.get("SF_SET_LATER"))
     assert list(seen.values()) == ["seen"]
+
+
+PANDAS_PROBE = textwrap.dedent('''
+    import sys
+
+
+    def objective(trial):
+        trial.set_user_attr("pandas_loaded", "pandas" in sys.modules)
+        return trial.suggest_float("x", 0, 1)
+''')
+
+
+def test_a_study_without_data_starts_its_driver_and_workers_without_importing_pandas(tmp_path, write_study):
+    """pandas and pyarrow are ~0.4 s of CPU per process; a study with no table to read loads
+    them only in the driver, once its tables are built at the end."""
+    (tmp_path / "no_tables.py").write_text(PANDAS_PROBE)
+    study = write_study("no_tables", objective="no_tables:objective", budget={"n_trials": 4})
+    run = _run(tmp_path, str(study), "--workers", "2")
+    assert run.returncode == 0, run.stderr
+    trials = pd.read_parquet(tmp_path / "results" / "studies" / "no_tables" / "trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == 4
+    assert not trials["user_attrs_pandas_loaded"].any()  # in the workers, from the forkserver on
+    driver = subprocess.run([sys.executable, "-c", "import sys, studyflow.cli, studyflow.driver, studyflow.outputs; "
+                             "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))"],
+                            capture_output=True, text=True, timeout=120)
+    assert driver.stdout.strip() == "[]", driver.stderr  # up to the tables: cluster, server, study

@@ -32,11 +32,11 @@ ONE_THREAD_ENV = {
 
 # What a trial loop imports; a module missing here is skipped by the forkserver. The last one
 # imports the study's objective module (named in PRELOAD_ENV_VAR), so a worker's first trial does
-# not pay for its imports (scikit-learn: ~0.5 s per worker) either.
-WORKER_MODULES = [
-    "distributed", "numpy", "pandas", "pyarrow", "pyarrow.parquet", "optuna", "studyflow.worker", "studyflow.cli",
-    "studyflow._preload",
-]
+# not pay for its imports (scikit-learn: ~0.5 s per worker) either. pandas and pyarrow (~0.4 s of
+# CPU, while the driver imports on the other core) only for a study that reads a staged table
+# (`TABLE_MODULES`); an objective that uses them imports them through its own module.
+WORKER_MODULES = ["distributed", "numpy", "optuna", "studyflow.worker", "studyflow.cli", "studyflow._preload"]
+TABLE_MODULES = ["pandas", "pyarrow", "pyarrow.parquet"]
 PRELOAD_ENV_VAR = "STUDYFLOW_PRELOAD"
 
 START_METHOD = "forkserver"
@@ -56,14 +56,16 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = old
 
 
-def warm_forkserver(objective_modules: list[str] | None = None) -> None:
-    """Start this process's forkserver now, importing `WORKER_MODULES` (and the objective's
-    modules, found on this process's `sys.path`) with one BLAS/OpenMP thread in its environment.
-    Idempotent: a running forkserver keeps what it imported. Returns at once (the server imports
-    in the background; the first fork waits for it)."""
+def warm_forkserver(objective_modules: list[str] | None = None, tables: bool = False) -> None:
+    """Start this process's forkserver now, importing `WORKER_MODULES` (`TABLE_MODULES` too
+    with `tables`: the study reads a staged table; and the objective's modules, found on this
+    process's `sys.path`) with one BLAS/OpenMP thread in its environment. Idempotent: a running
+    forkserver keeps what it imported. Returns at once (the server imports in the background;
+    the first fork waits for it)."""
     from multiprocessing import forkserver
 
-    multiprocessing.get_context(START_METHOD).set_forkserver_preload(WORKER_MODULES)
+    modules = WORKER_MODULES[:-1] + (TABLE_MODULES if tables else []) + WORKER_MODULES[-1:]
+    multiprocessing.get_context(START_METHOD).set_forkserver_preload(modules)
     with _environ({**ONE_THREAD_ENV, PRELOAD_ENV_VAR: ",".join(objective_modules or [])}):
         forkserver.ensure_running()
 

@@ -43,15 +43,16 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", default=None, help="also log to this file")
 
 
-def _warm_workers(study_file: str, objective: str) -> None:
+def _warm_workers(study_file: str, objective: str, tables: bool) -> None:
     """Start the local workers' forkserver before this process imports Dask and Optuna, so
-    its imports (the objective's module too) run on another core meanwhile."""
+    its imports (the objective's module too, and pandas when the study reads a staged table)
+    run on another core meanwhile."""
     from studyflow._processes import warm_forkserver
 
     for path in reversed([str(Path(study_file).resolve().parent), str(Path.cwd())]):
         if path not in sys.path:
             sys.path.insert(0, path)  # where the workers find the objective (worker.search_paths)
-    warm_forkserver([objective.partition(":")[0]])
+    warm_forkserver([objective.partition(":")[0]], tables=tables)
 
 
 def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
@@ -67,10 +68,9 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
         cfg = load_study(cfg)
     workflow.check_dataset(cfg)
     if not (args.dry_run or args.address) and cfg.cluster.mode == "local":
-        _warm_workers(args.study, cfg.objective)
-    from studyflow.driver import ResultsLayout  # Dask, Optuna, pandas: after the forkserver started
+        _warm_workers(args.study, cfg.objective, tables=cfg.data is not None)
+    from studyflow.driver import ResultsLayout  # Dask and Optuna: after the forkserver started
     from studyflow.driver import optimize
-    from studyflow.stage import stage
 
     if args.dry_run:
         from studyflow.driver import describe
@@ -86,6 +86,8 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
     default_log = f"logs/optimize/{cfg.name}.log" if stage_missing else None
     _setup_logging(args.log or default_log)
     if stage_missing and cfg.data is not None and not layout.data(cfg.data).is_file():
+        from studyflow.stage import stage
+
         stage(cfg.data, workflow.datasets[cfg.data], layout.data(cfg.data).parent)
     result = optimize(
         None, cfg, overrides=None, results_dir=args.results,

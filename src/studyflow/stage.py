@@ -8,14 +8,16 @@ import json
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
-
-import pandas as pd
 
 from studyflow._io import atomic_write
 from studyflow._io import write_json
 from studyflow.config import DatasetSpec
 from studyflow.errors import DataError
+
+if TYPE_CHECKING:  # imported where a table is read: the driver needs only the manifest helpers
+    import pandas as pd
 
 
 @dataclass
@@ -38,6 +40,8 @@ def sha256_file(path: str | Path) -> str:
 
 def read_source(name: str, spec: DatasetSpec) -> pd.DataFrame:
     """Read a dataset from its file (csv/parquet/json) or its loader ('module:function')."""
+    import pandas as pd
+
     if spec.path is not None:
         path = Path(spec.path)
         if not path.is_file():

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from dataclasses import field
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 import optuna
-import pandas as pd
-import pyarrow.parquet as pq
 from distributed import Client
 from distributed import wait
 from optuna.storages import JournalStorage
@@ -36,6 +35,8 @@ from studyflow.config import StudyConfig
 from studyflow.config import load_study
 from studyflow.driver._cluster import connect
 from studyflow.driver._cluster import supervisor_for
+from studyflow.driver._data import is_frame
+from studyflow.driver._data import resolve_data
 from studyflow.driver._hooks import Callback
 from studyflow.driver._hooks import Hooks
 from studyflow.driver._hooks import ProgressCallback
@@ -45,25 +46,20 @@ from studyflow.driver._lock import StudyLock
 from studyflow.driver._parent import is_alive
 from studyflow.driver._parent import parent_pids
 from studyflow.errors import ConfigError
-from studyflow.errors import DataError
 from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
 from studyflow.optuna_ext import check_sampler_options
 from studyflow.optuna_ext import warm_trials
+from studyflow import outputs
 from studyflow.outputs import IMPORTANCES_FILE
-from studyflow.outputs import FinalTables
 from studyflow.outputs import Progress
 from studyflow.outputs import scores_are_cheap
 from studyflow.outputs import scores_if_loaded
-from studyflow.outputs import trials_frame
-from studyflow.outputs import write_parquet
 from studyflow.server import INVALID_STUDY
 from studyflow.server import STUDY_FAILED
 from studyflow.server import StudyServer
 from studyflow.server import StudySpec
 from studyflow.server import best_of
-from studyflow.stage import read_manifest
-from studyflow.stage import sha256_file
 from studyflow.store import TrialStore
 from studyflow.store import code_version
 from studyflow.store import store_in_use
@@ -73,6 +69,9 @@ from studyflow.worker import check_signature
 from studyflow.worker import import_objective
 from studyflow.worker import run_trial_loop
 from studyflow.worker import search_paths
+
+if TYPE_CHECKING:  # pandas and pyarrow load where a table is built or read, not at start
+    import pandas as pd
 
 _logger = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -149,7 +148,7 @@ class StudyResult:
             write_json(out / IMPORTANCES_FILE, self.importances)
         else:
             (out / IMPORTANCES_FILE).unlink(missing_ok=True)
-        write_parquet(self.trials, out / "trials.parquet")
+        outputs.write_parquet(self.trials, out / "trials.parquet")
         write_json(out / "best.json", self.best())
         write_text(out / "resolved.yaml", self.config.to_yaml())
 
@@ -196,7 +195,7 @@ def optimize(
     hooks = Hooks(cfg, callbacks, progress_callback)
     warm = warm_trials(cfg)  # read now: a bad warm_start fails before any cluster starts
     layout = ResultsLayout(Path(results_dir))
-    data_arg, data_sha = _resolve_data(cfg, data, layout)
+    data_arg, data_sha = resolve_data(cfg, data, layout.data(cfg.data or ""))
     key_base = _key_base(cfg, objective, fn, data_sha)
     journal = layout.journal(cfg, key_base)
     # the store too, shared: `studyflow store gc` refuses while the study runs (store/_gc.py)
@@ -245,40 +244,6 @@ def _workers(client: Client) -> list[dict[str, Any]]:
     return list(client.scheduler_info(n_workers=-1)["workers"].values())
 
 
-def _resolve_data(
-    cfg: StudyConfig, data: pd.DataFrame | str | Path | None, layout: ResultsLayout
-) -> tuple[Any, str | None]:
-    """The data argument for the trial loops, and its sha256 when it is staged."""
-    if isinstance(data, pd.DataFrame):
-        _check_columns(cfg, list(data.columns), "the DataFrame given as data")
-        rows = pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes()
-        return data, sha256_text(canonical_json(list(map(str, data.columns))) + rows.hex())
-    if data is None and cfg.data is None:
-        if cfg.data_columns:
-            raise ConfigError(cfg.source or "<study>", "data_columns", "set, but the study has no data")
-        return None, None
-    path = Path(data) if data is not None else layout.data(cfg.data or "")
-    if not path.is_file():
-        what = "data file" if data is not None else f"staged data for dataset {cfg.data!r}"
-        raise DataError(f"{path}: {what} not found" + ("" if data is not None else " (run the stage rule)"))
-    try:
-        columns = pq.read_schema(path).names
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable parquet file: {type(exc).__name__}: {exc}") from exc
-    _check_columns(cfg, columns, str(path))
-    sha = read_manifest(path)["sha256"] if data is None else sha256_file(path)
-    return str(path.resolve()), sha
-
-
-def _check_columns(cfg: StudyConfig, columns: list[str], where: str) -> None:
-    missing = [c for c in cfg.data_columns if c not in columns]
-    if missing:
-        raise ConfigError(
-            cfg.source or "<study>", "data_columns",
-            f"{where} lacks column(s) {missing} that the objective needs (it has {columns[:20]})",
-        )
-
-
 def _run(
     cfg: StudyConfig,
     objective: ObjectiveFn | None,
@@ -310,7 +275,7 @@ def _run(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
         cfg.name, slots, concurrency, journal, opened["resumed"],
     )
-    if isinstance(data, pd.DataFrame):
+    if is_frame(data):
         data = client.scatter(data, broadcast=True)
     loop_args = (
         study_id,
@@ -366,8 +331,9 @@ def _run(
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
     if closed is None:  # the scheduler lost the study (restarted?): the journal has it all
         loaded = _load_journal(cfg, journal)
-        closed = FinalTables(trials_frame(loaded.get_trials(deepcopy=False), len(cfg.study_directions),
-                                          TrialStore(store)), best_of(loaded))
+        closed = outputs.FinalTables(outputs.trials_frame(loaded.get_trials(deepcopy=False),
+                                                          len(cfg.study_directions), TrialStore(store)),
+                                     best_of(loaded))
     trials = closed.trials
     wall = time.monotonic() - started
     _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(

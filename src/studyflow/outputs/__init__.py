@@ -1,32 +1,32 @@
 """What a study leaves behind: trials tables, the HTML study card and its figures, progress.
 
-The study card (`write_report`, `write_index`) needs plotly: it is imported on first use, so a
-driver or a worker that only writes tables never loads it.
+The tables need pandas and the study card (`write_report`, `write_index`) plotly: each is
+imported on first use of a name that needs it, so a driver starting its cluster, or a worker
+asked whether its scores are cheap, loads neither.
 """
 
+import importlib
 from typing import Any
 
 from studyflow.outputs._importance import IMPORTANCES_FILE
 from studyflow.outputs._importance import scores_are_cheap
 from studyflow.outputs._importance import scores_if_loaded
 from studyflow.outputs._progress import Progress
-from studyflow.outputs._tables import FinalTables
-from studyflow.outputs._tables import summarize
-from studyflow.outputs._tables import trials_frame
-from studyflow.outputs._tables import write_parquet
 
-_REPORT = ("write_index", "write_report")
+_LAZY = {  # name: the module that has it, imported on first use
+    "FinalTables": "_tables",
+    "summarize": "_tables",
+    "trials_frame": "_tables",
+    "write_parquet": "_tables",
+    "write_index": "_report",
+    "write_report": "_report",
+    "write_matrix": "_matrix",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _REPORT:
-        from studyflow.outputs import _report
-
-        return getattr(_report, name)
-    if name == "write_matrix":
-        from studyflow.outputs import _matrix
-
-        return _matrix.write_matrix
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"studyflow.outputs.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'studyflow.outputs' has no attribute {name!r}")
 
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
 import optuna
-import pandas as pd
 
 from studyflow.config import StudyConfig
 from studyflow.optuna_ext import distribution
+
+if TYPE_CHECKING:  # the trials arrive as a DataFrame; `scores_are_cheap` alone needs no pandas
+    import pandas as pd
 
 IMPORTANCES_FILE = "importances.json"
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -82,6 +85,8 @@ def _numbers(trials: pd.DataFrame) -> list[int]:
 
 
 def _in_memory_study(done: pd.DataFrame, params: list[str], cfg: StudyConfig) -> optuna.Study:
+    import pandas as pd
+
     dists = {}
     for col in params:
         name = col.removeprefix("params_")

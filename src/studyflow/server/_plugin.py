@@ -28,8 +28,7 @@ from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
 
 from studyflow._compat import offload
-from studyflow.outputs import FinalTables
-from studyflow.outputs import trials_frame
+from studyflow import outputs
 from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import ExchangeRequest
 from studyflow.server._budget import STUDY_FAILED
@@ -57,8 +56,8 @@ def _final_tables(served: ServedStudy, closed: ClosedStudy) -> bytes:
     """The closed study's trials table and best, pickled for its driver. A table pickles as a
     few arrays; the trials themselves would be thousands of objects to pickle here and unpickle
     in the driver."""
-    table = trials_frame(closed.trials, len(served.config.study_directions), served.store)
-    return pickle.dumps(FinalTables(table, closed.best), protocol=5)
+    table = outputs.trials_frame(closed.trials, len(served.config.study_directions), served.store)
+    return pickle.dumps(outputs.FinalTables(table, closed.best), protocol=5)
 
 
 def _pickled_finished(served: ServedStudy, since: int) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from functools import lru_cache
 from typing import Any
 
 import optuna
-import pandas as pd
 
 from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
@@ -37,7 +36,9 @@ from studyflow.worker._trial import check_result
 
 
 @lru_cache(maxsize=4)
-def _read_parquet(path: str, mtime_ns: int) -> pd.DataFrame:
+def _read_parquet(path: str, mtime_ns: int) -> Any:
+    import pandas as pd  # here: a study without data never loads it (nor does the forkserver)
+
     return pd.read_parquet(path)
 
 

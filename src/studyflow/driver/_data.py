@@ -1,0 +1,64 @@
+"""The data a study's trial loops get: a DataFrame, a parquet file, or the study's staged
+dataset, checked for the columns the objective needs and fingerprinted for the trial keys.
+pandas and pyarrow are imported only where a table is given or read."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+from studyflow._hashing import canonical_json
+from studyflow._hashing import sha256_text
+from studyflow.config import StudyConfig
+from studyflow.errors import ConfigError
+from studyflow.errors import DataError
+from studyflow.stage import read_manifest
+from studyflow.stage import sha256_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def resolve_data(cfg: StudyConfig, data: pd.DataFrame | str | Path | None, staged: Path) -> tuple[Any, str | None]:
+    """The data argument for the trial loops, and its sha256: `data` as given, else the study's
+    dataset as staged at `staged`."""
+    if is_frame(data):
+        import pandas as pd
+
+        _check_columns(cfg, list(data.columns), "the DataFrame given as data")
+        rows = pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes()
+        return data, sha256_text(canonical_json(list(map(str, data.columns))) + rows.hex())
+    if data is None and cfg.data is None:
+        if cfg.data_columns:
+            raise ConfigError(cfg.source or "<study>", "data_columns", "set, but the study has no data")
+        return None, None
+    path = Path(data) if data is not None else staged
+    if not path.is_file():
+        what = "data file" if data is not None else f"staged data for dataset {cfg.data!r}"
+        raise DataError(f"{path}: {what} not found" + ("" if data is not None else " (run the stage rule)"))
+    import pyarrow.parquet as pq
+
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable parquet file: {type(exc).__name__}: {exc}") from exc
+    _check_columns(cfg, columns, str(path))
+    sha = read_manifest(path)["sha256"] if data is None else sha256_file(path)
+    return str(path.resolve()), sha
+
+
+def is_frame(data: Any) -> bool:
+    """Whether `data` is a pandas DataFrame (pandas is loaded once anyone made one)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(data, pandas.DataFrame)
+
+
+def _check_columns(cfg: StudyConfig, columns: list[str], where: str) -> None:
+    missing = [c for c in cfg.data_columns if c not in columns]
+    if missing:
+        raise ConfigError(
+            cfg.source or "<study>", "data_columns",
+            f"{where} lacks column(s) {missing} that the objective needs (it has {columns[:20]})",
+        )
