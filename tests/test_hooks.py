@@ -161,7 +161,7 @@ def test_a_bad_warm_start_fails_naming_the_key_before_any_cluster_starts(
     def no_cluster(*args, **kwargs):
         raise AssertionError("a cluster was started")
 
-    monkeypatch.setattr(studyflow.driver._run, "connect", no_cluster)
+    monkeypatch.setattr(studyflow.driver._run, "connecting", no_cluster)
     path = tmp_path / "earlier"
     if kind == "not a journal":
         path.write_text("these are not Optuna's records\n")

@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from distributed.utils import offload  # noqa: F401  (run blocking work off the event loop)
-from distributed.utils import sync  # noqa: F401  (call a coroutine on a loop from a thread)
 from optuna._transform import _SearchSpaceTransform as SearchSpaceTransform  # noqa: F401
 from optuna.samplers import TPESampler
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator as ParzenEstimator  # noqa: F401
@@ -142,3 +140,18 @@ def forget_relative_params(trial: optuna.Trial) -> None:
 
 
 check_versions()
+
+
+def offload(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """distributed's `offload`: run blocking work off the event loop (awaitable). distributed
+    is imported on first use: a report or a journal tool that imports this module loads none of it."""
+    from distributed.utils import offload as off_the_loop
+
+    return off_the_loop(fn, *args, **kwargs)
+
+
+def sync(loop: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """distributed's `sync`: call a coroutine function on `loop` from another thread, and wait."""
+    from distributed.utils import sync as on_the_loop
+
+    return on_the_loop(loop, fn, *args, **kwargs)

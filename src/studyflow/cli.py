@@ -9,10 +9,9 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from studyflow._io import atomic_write
-from studyflow.config import DEFAULT_CONFIG
-from studyflow.config import WorkflowConfig
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger("studyflow.cli")
@@ -36,11 +35,19 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study file (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study setting (OmegaConf dot-list), repeatable")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="workflow config with the datasets")
+    p.add_argument("--config", default=None, help="workflow config with the datasets (config/config.yaml)")
     p.add_argument("--results", default="results", help="results folder")
     p.add_argument("--workers", type=int, default=None, help="local worker processes")
     p.add_argument("--address", default=None, help="attach to this Dask scheduler instead")
     p.add_argument("--log", default=None, help="also log to this file")
+
+
+def _workflow_config(path: str | None) -> Any:
+    """The workflow config (`--config`, else the default file). studyflow.config is imported
+    here, not with this module: the workers' forkserver imports this module, and they need none of it."""
+    from studyflow.config import WorkflowConfig
+
+    return WorkflowConfig.from_file(path) if path else WorkflowConfig.from_file()
 
 
 def _warm_workers(study_file: str, objective: str, tables: bool) -> None:
@@ -58,7 +65,7 @@ def _warm_workers(study_file: str, objective: str, tables: bool) -> None:
 def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
     from studyflow.config import load_study
 
-    workflow = WorkflowConfig.from_file(args.config)
+    workflow = _workflow_config(args.config)
     cfg = load_study(args.study, args.overrides, defaults=workflow.study_defaults())
     if getattr(args, "reference", None):  # a matrix problem's reference, for every trial
         from studyflow.reference import REFERENCE_ARG
@@ -106,7 +113,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if args.spec:
         spec = dataset_spec(args.dataset, json.loads(args.spec), "--spec")
     else:
-        spec = WorkflowConfig.from_file(args.config).datasets[args.dataset]
+        spec = _workflow_config(args.config).datasets[args.dataset]
     manifest = stage(args.dataset, spec, args.out)
     _logger.info("staged %s: %d rows, sha256 %s", args.dataset, manifest.rows, manifest.sha256)
     return 0
@@ -279,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stage", help="stage a dataset to parquet + manifest")
     st.add_argument("dataset")
     st.add_argument("--spec", default=None, help="dataset spec as JSON (else read from --config)")
-    st.add_argument("--config", default=DEFAULT_CONFIG)
+    st.add_argument("--config", default=None)
     st.add_argument("--out", default="results/data")
     sm = sub.add_parser("summarize", help="compare finished studies")
     sm.add_argument("study_dirs", nargs="+")

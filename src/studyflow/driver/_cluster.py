@@ -7,8 +7,12 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import ExitStack
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -274,6 +278,53 @@ def connect(
     ) as local, Client(local, security=security) as client:
         _logger.info("local cluster: %d workers at %s", n, local.scheduler_address)
         yield client
+
+
+@contextmanager
+def connecting(n_workers: int | None = 1, address: str | None = None, cluster: ClusterConfig | None = None,
+               **kwargs: Any) -> Iterator[Callable[[], Client]]:
+    """`connect`, begun now on another thread when it starts a local cluster, so the caller's
+    own start-up work runs while the workers start; yields `started()`, which waits for the
+    client (raising what the start raised). Attaching and SLURM connect at the first
+    `started()`, on the caller's thread. Whatever started is closed on exit, also when the
+    caller's work failed. The thread that starts the client also closes it (a client is
+    entered and left in one context)."""
+    cfg = cluster or ClusterConfig()
+    if cfg.mode != "local" or address is not None:
+        with ExitStack() as stack:
+            clients: list[Client] = []
+
+            def connected() -> Client:
+                if not clients:
+                    clients.append(stack.enter_context(connect(n_workers, address, cluster=cfg, **kwargs)))
+                return clients[0]
+
+            yield connected
+        return
+    client: Future = Future()
+    done = threading.Event()
+    closing: list[BaseException] = []  # what closing the cluster raised
+
+    def run() -> None:
+        try:
+            with connect(n_workers, address, cluster=cfg, **kwargs) as started:
+                client.set_result(started)
+                done.wait()
+        except BaseException as exc:  # noqa: BLE001  raised on the caller's thread
+            if client.done():
+                closing.append(exc)
+            else:
+                client.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="studyflow-cluster-start", daemon=True)
+    thread.start()
+    try:
+        yield client.result
+    finally:
+        done.set()
+        thread.join()
+    if closing:
+        raise closing[0]
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import logging
 import pickle
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from dataclasses import field
@@ -33,7 +34,7 @@ from studyflow._io import write_json
 from studyflow._io import write_text
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
-from studyflow.driver._cluster import connect
+from studyflow.driver._cluster import connecting
 from studyflow.driver._cluster import supervisor_for
 from studyflow.driver._data import is_frame
 from studyflow.driver._data import resolve_data
@@ -46,6 +47,7 @@ from studyflow.driver._lock import StudyLock
 from studyflow.driver._parent import is_alive
 from studyflow.driver._parent import parent_pids
 from studyflow.errors import ConfigError
+from studyflow.errors import ObjectiveError
 from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
 from studyflow.optuna_ext import check_sampler_options
@@ -62,11 +64,14 @@ from studyflow.server import StudySpec
 from studyflow.server import best_of
 from studyflow.store import TrialStore
 from studyflow.store import code_version
+from studyflow.store import objective_code_version
 from studyflow.store import store_in_use
 from studyflow.worker import ObjectiveFn
 from studyflow.worker import add_search_paths
+from studyflow.worker import check_findable
 from studyflow.worker import check_signature
 from studyflow.worker import import_objective
+from studyflow.worker import objective_problem
 from studyflow.worker import run_trial_loop
 from studyflow.worker import search_paths
 
@@ -189,31 +194,53 @@ def optimize(
     label = cfg.source or cfg.name or "<study>"
     paths = search_paths(cfg.source)
     add_search_paths(paths)
-    fn = objective if objective is not None else import_objective(cfg.objective, label)
-    check_signature(fn, cfg.objective_args, label)
+    if objective is None:
+        check_findable(cfg.objective, label)  # a misspelt module fails before any cluster starts
     check_sampler_options(cfg)
     hooks = Hooks(cfg, callbacks, progress_callback)
     warm = warm_trials(cfg)  # read now: a bad warm_start fails before any cluster starts
     layout = ResultsLayout(Path(results_dir))
     data_arg, data_sha = resolve_data(cfg, data, layout.data(cfg.data or ""))
-    key_base = _key_base(cfg, objective, fn, data_sha)
-    journal = layout.journal(cfg, key_base)
-    # the store too, shared: `studyflow store gc` refuses while the study runs (store/_gc.py)
-    with StudyLock(journal.with_suffix(".lock")), store_in_use(layout.store):
-        context = nullcontext(client) if client is not None else connect(
-            n_workers or cfg.concurrency, address, cluster=cfg.cluster,
-            tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources)
-        with context as active:
-            return _run(cfg, objective, active, data_arg, data_sha, journal, layout.store, key_base,
+    starting = nullcontext(lambda: client) if client is not None else connecting(
+        n_workers or cfg.concurrency, address, cluster=cfg.cluster,
+        tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources)
+    with starting as started:  # a local cluster starts meanwhile
+        local = client is None and address is None and cfg.cluster.mode == "local"
+        code = _checked_code(cfg, objective, label, paths, started if local else None)
+        key_base = _key_base(cfg, objective, code, data_sha)
+        journal = layout.journal(cfg, key_base)
+        # the store too, shared: `studyflow store gc` refuses while the study runs (store/_gc.py)
+        with StudyLock(journal.with_suffix(".lock")), store_in_use(layout.store):
+            return _run(cfg, objective, started(), data_arg, data_sha, journal, layout.store, key_base,
                         paths, progress, watch_parent, hooks, warm)
 
 
-def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, fn: ObjectiveFn, data_sha: str | None) -> str:
+def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, paths: list[str],
+                  workers: Callable[[], Client] | None) -> str:
+    """The objective's code version, once it is known to import and to take what studyflow
+    passes (else one line, `ObjectiveError`, with nothing written). With `workers` (the local
+    cluster being started), whose processes import the objective's module anyway, one of them
+    checks it and the version is read from the source files: the driver never imports it
+    (scikit-learn ~1 s of CPU while the workers start, torch more). Else it is imported here."""
+    if objective is None and workers is not None:
+        code = objective_code_version(cfg.objective, cfg.objective_version, cfg.code.packages)
+        if code is not None:
+            problem = workers().submit(objective_problem, cfg.objective, list(cfg.objective_args), paths,
+                                       pure=False).result()
+            if problem is not None:
+                raise ObjectiveError(label, "objective", problem)
+            return code
+    fn = objective if objective is not None else import_objective(cfg.objective, label)
+    check_signature(fn, cfg.objective_args, label)
+    return code_version(fn, cfg.objective_version, cfg.code.packages)
+
+
+def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, code: str, data_sha: str | None) -> str:
     """What every trial key of this study shares: objective identity and code, data, settings."""
-    identity = cfg.objective if objective is None else f"{fn.__module__}:{fn.__qualname__}"
+    identity = cfg.objective if objective is None else f"{objective.__module__}:{objective.__qualname__}"
     return canonical_json({
         "objective": identity,
-        "code": code_version(fn, cfg.objective_version, cfg.code.packages),
+        "code": code,
         "data_sha256": data_sha,
         "objective_args": cfg.objective_args,
         "n_objectives": len(cfg.study_directions),

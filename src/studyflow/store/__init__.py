@@ -1,6 +1,7 @@
 """The content-addressed trial store: one result per distinct trial, artifacts by key."""
 
 from studyflow.store._code import code_version
+from studyflow.store._code import objective_code_version
 from studyflow.store._code import package_versions
 from studyflow.store._code import source_fingerprint
 from studyflow.store._gc import gc
@@ -14,6 +15,7 @@ __all__ = [
     "StoredResult",
     "TrialStore",
     "code_version",
+    "objective_code_version",
     "package_versions",
     "source_fingerprint",
     "gc",

@@ -20,6 +20,7 @@ import hashlib
 import importlib.machinery
 import importlib.metadata
 import inspect
+import linecache
 import re
 import site
 import sys
@@ -42,6 +43,17 @@ def code_version(fn: Any, explicit: str | None = None, packages: Iterable[str] =
     (see the module docstring); plus the installed versions of `packages` when any are named
     (they count with `objective_version` too: a library's version is not the user's code)."""
     version = f"explicit:{explicit}" if explicit else _source_version(fn)
+    versions = package_versions(packages)
+    return version if not versions else f"{version}|packages:{canonical_json(versions)}"
+
+
+def objective_code_version(objective: str, explicit: str | None = None, packages: Iterable[str] = ()) -> str | None:
+    """`code_version` of the objective named `module:function`, read from its source files
+    without importing it (the driver of a local cluster leaves that to the workers); None when
+    its module has no source file to read (import it and ask `code_version`)."""
+    version = f"explicit:{explicit}" if explicit else _module_version(objective.partition(":")[0])
+    if version is None:
+        return None
     versions = package_versions(packages)
     return version if not versions else f"{version}|packages:{canonical_json(versions)}"
 
@@ -79,13 +91,24 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
 
 def _source_version(fn: Any) -> str:
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    root = _source_file(module)
-    if module is None or root is None:
-        return _single_source(module, fn)
-    files = _project_files(module.__name__, root)
-    if len(files) == 1:  # one module, nothing of the project imported: the key it always had
-        return _single_source(module, fn)
-    return "source:" + sha256_text(canonical_json(files))
+    version = _module_version(module.__name__, module) if module is not None else None
+    return version if version is not None else _single_source(module, fn)
+
+
+def _module_version(name: str, module: Any = None) -> str | None:
+    """The source version of module `name` from its files, imported or not; None without a
+    source file. One module importing no project module keeps the key it always had: the hash
+    of its text as `inspect.getsource` reads it (through linecache, as read here)."""
+    module = module if module is not None else sys.modules.get(name)
+    root = _source_file(module) if module is not None else _find_source(name)
+    if root is None:
+        return None
+    files = _project_files(name, root)
+    if len(files) > 1:
+        return "source:" + sha256_text(canonical_json(files))
+    linecache.checkcache(str(root))
+    text = "".join(linecache.getlines(str(root)))
+    return "source:" + sha256_text(text) if text else None
 
 
 def _single_source(module: Any, fn: Any) -> str:

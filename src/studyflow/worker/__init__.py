@@ -4,8 +4,10 @@ objective's import."""
 from studyflow.worker._loop import run_trial_loop
 from studyflow.worker._objective import ObjectiveFn
 from studyflow.worker._objective import add_search_paths
+from studyflow.worker._objective import check_findable
 from studyflow.worker._objective import check_signature
 from studyflow.worker._objective import import_objective
+from studyflow.worker._objective import objective_problem
 from studyflow.worker._objective import search_paths
 from studyflow.worker._trial import CONSTRAINT_PREFIX
 from studyflow.worker._trial import RemoteTrial
@@ -17,8 +19,10 @@ __all__ = [
     "RemoteTrial",
     "WORKER_SYSTEM_ATTRS",
     "add_search_paths",
+    "check_findable",
     "check_signature",
     "import_objective",
+    "objective_problem",
     "run_trial_loop",
     "search_paths",
 ]

@@ -9,6 +9,7 @@ Two signatures are accepted, so a plain Optuna objective runs unchanged:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
@@ -48,6 +49,31 @@ def import_objective(ref: str, label: str = "<study>") -> ObjectiveFn:
     if not callable(fn):
         raise ObjectiveError(label, "objective", f"{ref!r} is not callable")
     return fn
+
+
+def check_findable(ref: str, label: str = "<study>") -> None:
+    """Fail as `import_objective` would when the objective's top-level module is not there,
+    without importing anything (the driver imports the module while its cluster starts)."""
+    module_name = ref.partition(":")[0]
+    top = module_name.partition(".")[0]
+    try:
+        found = top in sys.modules or importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = True  # let the import itself say what is wrong
+    if not found:
+        raise ObjectiveError(label, "objective", f"cannot import module {module_name!r}: "
+                             f"ModuleNotFoundError: No module named {top!r}")
+
+
+def objective_problem(ref: str, arg_names: list[str], paths: list[str]) -> str | None:
+    """On a worker: why the objective named `ref` cannot be imported or called as studyflow
+    will call it (what `import_objective` or `check_signature` would say), or None."""
+    add_search_paths(paths)
+    try:
+        check_signature(import_objective(ref), dict.fromkeys(arg_names))
+    except ObjectiveError as exc:
+        return exc.message
+    return None
 
 
 def wants_data(fn: ObjectiveFn) -> bool:
