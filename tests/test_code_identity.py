@@ -157,3 +157,22 @@ def test_an_unknown_package_in_code_packages_is_one_line_naming_the_file_and_key
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"studyflow: error: {study}: code.packages: 'no-such-distribution-sf'")
     assert not (tmp_path / "results").exists()
+
+
+def test_the_code_version_read_from_source_files_is_the_one_of_the_imported_objective(tmp_path, monkeypatch):
+    """A local cluster's driver reads the version without importing the module: the keys must
+    not change with that (a store would stop answering its own trials)."""
+    from studyflow.store import objective_code_version
+    from studyflow.worker import import_objective
+
+    pkg = tmp_path / "vproj"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("def scale(x):\n    return x\n")
+    (pkg / "objective.py").write_text("from vproj.helpers import scale\n\ndef objective(trial):\n    return 0.0\n")
+    (tmp_path / "single_vmod.py").write_text("def objective(trial):\n    return 1.0")  # no final newline
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for ref in ("vproj.objective:objective", "single_vmod:objective", "studyflow.objectives.hgb:objective"):
+        from_source = objective_code_version(ref, None, ["optuna"])
+        assert from_source == code_version(import_objective(ref), None, ["optuna"]), ref
+    assert objective_code_version("vproj.objective:objective", "v7") == "explicit:v7"

@@ -82,3 +82,34 @@ def test_a_study_without_data_starts_its_driver_and_workers_without_importing_pa
                              "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))"],
                             capture_output=True, text=True, timeout=120)
     assert driver.stdout.strip() == "[]", driver.stderr  # up to the tables: cluster, server, study
+
+
+IMPORT_PROBE = textwrap.dedent('''
+    import os
+
+    with open(os.environ["SF_IMPORTED_BY"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+
+
+    def objective(trial):
+        return trial.suggest_float("x", 0, 1)
+''')
+
+
+def test_the_objective_module_is_imported_by_the_workers_not_by_the_driver_of_a_local_cluster(tmp_path, write_study):
+    """The workers import it anyway (their forkserver does, once); in the driver it was only a
+    check, and scikit-learn's import alone is a second of CPU taken from the workers' start."""
+    import os
+
+    (tmp_path / "heavy.py").write_text(IMPORT_PROBE)
+    study = write_study("heavy", objective="heavy:objective", budget={"n_trials": 4})
+    imported_by = tmp_path / "imported_by.txt"
+    driver = subprocess.Popen([sys.executable, "-m", "studyflow.cli", "run", str(study), "--workers", "2"],
+                              cwd=tmp_path, env={**os.environ, "SF_IMPORTED_BY": str(imported_by)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err
+    trials = pd.read_parquet(tmp_path / "results" / "studies" / "heavy" / "trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == 4
+    pids = {int(line) for line in imported_by.read_text().split()}
+    assert pids and driver.pid not in pids
