@@ -1,7 +1,7 @@
 """Whole processes, start to exit: what a user waits for, cluster start and close included.
 
 Every row is a fresh process timed from launch to exit (median of --repeats), and checks its
-own trial count. Rows:
+own trial count; the runners of a case take turns within each repeat. Rows:
   one trial     `studyflow run` of a 1-trial study on 2 and 8 local workers.
   instant       5,000 instant trials, random search, 2 workers: `studyflow run` with the space in
                 the study file, and define-by-run; Optuna with a JournalFileBackend shared by 2
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +115,14 @@ def _complete(results: Path, study: str) -> int:
     return int((trials["state"] == "COMPLETE").sum())
 
 
+Runner = tuple[str, Callable[[], float], str]  # (label, one measured run, what it checked)
+
+
 class Bench:
+    """Each case's runners take turns within every repeat (A, B, C, A, B, C, ...), so a
+    stretch where the machine runs slower, which on this kind of machine lasts minutes, falls
+    on all of them alike rather than on whichever ran then."""
+
     def __init__(self, work: Path, repeats: int) -> None:
         self.work, self.repeats = work, repeats
         (work / "bench_objectives.py").write_text(OBJECTIVES)
@@ -125,18 +133,28 @@ class Bench:
         self.shims.mkdir()
         (self.shims / "studyflow").write_text(f"#!/bin/sh\nexec {sys.executable} -m studyflow.cli \"$@\"\n")
         (self.shims / "studyflow").chmod(0o755)
+        self.studies = 0
 
     def env(self, src: Path | None = None) -> dict[str, str]:
         paths = [str(self.work)] + ([str(src)] if src else [])
         return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
-    def studyflow(self, case: str, label: str, study: dict, workers: int, src: Path | None = None) -> None:
+    def case(self, case: str, runners: list[Runner]) -> None:
+        walls: dict[str, list[float]] = {label: [] for label, _, _ in runners}
+        for _ in range(self.repeats):
+            for label, run, _ in runners:
+                walls[label].append(run())
+        for label, _, checked in runners:
+            self.add((case, label, statistics.median(walls[label]), checked))
+
+    def studyflow(self, label: str, study: dict, workers: int, src: Path | None = None) -> Runner:
         import yaml
 
-        name = f"s{len(self.rows)}"
+        name = f"s{self.studies}"
+        self.studies += 1
         (self.work / f"{name}.yaml").write_text(yaml.safe_dump({**study, "name": name}))
-        walls = []
-        for _ in range(self.repeats):
+
+        def run() -> float:
             results = self.work / f"results-{name}"
             shutil.rmtree(results, ignore_errors=True)
             cmd = [sys.executable, "-m", "studyflow.cli", "run", f"{name}.yaml", "--workers", str(workers),
@@ -144,24 +162,25 @@ class Bench:
             wall, _ = _timed(cmd, self.work, self.env(src))
             n = _complete(results, name)
             assert n == study["budget"]["n_trials"], f"{label}: {n} COMPLETE"
-            walls.append(wall)
-        self.add((case, label, statistics.median(walls), f"{study['budget']['n_trials']} COMPLETE"))
+            return wall
 
-    def script(self, case: str, label: str, cmd: list[str], expect: int) -> None:
-        walls = []
-        for _ in range(self.repeats):
+        return label, run, f"{study['budget']['n_trials']} COMPLETE"
+
+    def script(self, label: str, cmd: list[str], expect: int) -> Runner:
+        def run() -> float:
             for stale in self.work.glob("journal*.log*"):
                 stale.unlink()
             wall, out = _timed(cmd, self.work, self.env())
             assert int(out.split()[-1]) == expect, f"{label}: {out.strip()}"
-            walls.append(wall)
-        self.add((case, label, statistics.median(walls), f"{expect} COMPLETE"))
+            return wall
 
-    def snakemake(self, label: str, repo: Path) -> None:
-        walls = []
-        for i in range(self.repeats):
-            copy = self.work / f"wf-{len(self.rows)}-{i}"
-            shutil.rmtree(copy, ignore_errors=True)
+        return label, run, f"{expect} COMPLETE"
+
+    def snakemake(self, label: str, repo: Path) -> Runner:
+        copies = iter(range(10**6))
+
+        def run() -> float:
+            copy = self.work / f"wf-{label.replace(' ', '-')}-{next(copies)}"
             shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(
                 ".git", ".venv", "results", "logs", ".snakemake", "tests", "benchmarks", "*.out", "__pycache__"))
             # the workflow's `studyflow` commands run the version under test, whatever the
@@ -171,11 +190,13 @@ class Bench:
             wall, _ = _timed(["snakemake", "-c8", "--quiet"], copy, env)
             n = _complete(copy / "results", "hgb_breast_cancer")
             assert n == 40 and (copy / "results" / "reports" / "hgb_breast_cancer.html").is_file(), n
-            walls.append(wall)
-        self.add(("default `snakemake -c8`", label, statistics.median(walls), "40 COMPLETE, card written"))
+            shutil.rmtree(copy)
+            return wall
+
+        return label, run, "40 COMPLETE, card written"
 
     def add(self, row: tuple[str, str, float, str]) -> None:
-        """Keep a row, and show it at once (a later row that fails loses nothing measured)."""
+        """Keep a row, and show it at once (a later case that fails loses nothing measured)."""
         self.rows.append(row)
         print(f"{row[0]} | {row[1]}: {row[2]:.2f} s", file=sys.stderr, flush=True)
 
@@ -196,46 +217,42 @@ def main() -> None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
                            check=True, capture_output=True)
             versions.append((f"studyflow at {args.before}", before / "src"))
+        runner = [sys.executable, "journal_runner.py", str(work / "journal.log")]
         try:
             instant = {"objective": "bench_objectives:instant", "sampler": {"name": "random", "seed": 0}}
-            for label, src in versions:
-                if "one" in rows:
-                    for workers in (2, 8):
-                        bench.studyflow(f"1-trial study, {workers} workers", label,
-                                        {**instant, "budget": {"n_trials": 1}}, workers, src)
-                if "instant" in rows:
-                    bench.studyflow("5,000 instant trials, 2 workers", f"{label}, search_space",
-                                    {**instant, "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
-                                     "budget": {"n_trials": 5000}}, 2, src)
-                    bench.studyflow("5,000 instant trials, 2 workers", f"{label}, define-by-run",
-                                    {**instant, "budget": {"n_trials": 5000}}, 2, src)
-                if "tpe" in rows:
-                    tpe = {"objective": "bench_objectives:hartmann6_100ms", "sampler": {"name": "tpe"},
-                           "budget": {"n_trials": 800}}
-                    space = {f"x{i}": {"type": "float", "low": 0, "high": 1} for i in range(6)}
-                    bench.studyflow("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)", f"{label}, search_space",
-                                    {**tpe, "search_space": space}, 8, src)
-                    bench.studyflow("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)", f"{label}, define-by-run",
-                                    tpe, 8, src)
-                if "snakemake" in rows:
-                    bench.snakemake(label, REPO if src is None else src.parent)
-            runner = [sys.executable, "journal_runner.py", str(work / "journal.log")]
             if "one" in rows:
-                bench.script("1-trial study, 2 workers", "Optuna, one process, journal file",
-                             [*runner, "1", "1", "random", "instant"], 1)
+                for workers in (2, 8):
+                    one = {**instant, "budget": {"n_trials": 1}}
+                    bench.case(f"1-trial study, {workers} workers", [
+                        *(bench.studyflow(label, one, workers, src) for label, src in versions),
+                        *([bench.script("Optuna, one process, journal file", [*runner, "1", "1", "random", "instant"], 1)]
+                          if workers == 2 else [])])
             if "instant" in rows:
-                bench.script("5,000 instant trials, 2 workers", "Optuna, journal file shared by 2 processes",
-                             [*runner, "2", "5000", "random", "instant"], 5000)
-                bench.script("5,000 instant trials, 2 workers", "Optuna in one process, in memory",
-                             [sys.executable, "in_memory.py", "5000"], 5000)
+                space = {"x": {"type": "float", "low": 0, "high": 1}}
+                bench.case("5,000 instant trials, 2 workers", [
+                    *(run for label, src in versions for run in (
+                        bench.studyflow(f"{label}, search_space",
+                                        {**instant, "search_space": space, "budget": {"n_trials": 5000}}, 2, src),
+                        bench.studyflow(f"{label}, define-by-run", {**instant, "budget": {"n_trials": 5000}}, 2, src))),
+                    bench.script("Optuna, journal file shared by 2 processes", [*runner, "2", "5000", "random", "instant"], 5000),
+                    bench.script("Optuna in one process, in memory", [sys.executable, "in_memory.py", "5000"], 5000)])
             if "tpe" in rows:
-                bench.script("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)",
-                             "Optuna, journal file shared by 8 processes",
-                             [*runner, "8", "800", "tpe", "hartmann6_100ms"], 800)
+                tpe = {"objective": "bench_objectives:hartmann6_100ms", "sampler": {"name": "tpe"},
+                       "budget": {"n_trials": 800}}
+                space = {f"x{i}": {"type": "float", "low": 0, "high": 1} for i in range(6)}
+                bench.case("800 x 0.1 s TPE trials, 8 workers (ideal 10.0 s)", [
+                    *(run for label, src in versions for run in (
+                        bench.studyflow(f"{label}, search_space", {**tpe, "search_space": space}, 8, src),
+                        bench.studyflow(f"{label}, define-by-run", tpe, 8, src))),
+                    bench.script("Optuna, journal file shared by 8 processes", [*runner, "8", "800", "tpe", "hartmann6_100ms"], 800)])
+            if "snakemake" in rows:
+                bench.case("default `snakemake -c8`", [
+                    bench.snakemake(label, REPO if src is None else src.parent) for label, src in versions])
         finally:
             if args.before:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")])
-    print(f"\nwhole processes, launch to exit, median of {args.repeats}; {os.cpu_count()} cores\n")
+    print(f"\nwhole processes, launch to exit, median of {args.repeats}, runners of a case in turns; "
+          f"{os.cpu_count()} cores\n")
     print("| case | runner | wall s | checked |")
     print("| --- | --- | ---: | --- |")
     for case, label, wall, checked in sorted(bench.rows, key=lambda r: r[0]):
