@@ -298,6 +298,7 @@ def _run(
     spec.warm_trials, spec.track_finished, spec.release_idle = warm, hooks.track_finished, bool(adaptive)
     spec.results_root = str(store.parent.resolve())  # the server opens nothing outside it
     opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
+    outputs.import_tables_meanwhile()
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
         cfg.name, slots, concurrency, journal, opened["resumed"],
