@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial
 from studyflow._hashing import canonical_json
 from studyflow._hashing import sha256_text
 from studyflow._io import write_json
+from studyflow._processes import warm_forkserver
 from studyflow._io import write_text
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
@@ -201,11 +202,14 @@ def optimize(
     warm = warm_trials(cfg)  # read now: a bad warm_start fails before any cluster starts
     layout = ResultsLayout(Path(results_dir))
     data_arg, data_sha = resolve_data(cfg, data, layout.data(cfg.data or ""))
+    local = client is None and address is None and cfg.cluster.mode == "local"
+    if local:  # what the CLI did before its own imports (then a no-op): a Python caller's workers fork warm too
+        module = cfg.objective.partition(":")[0] if objective is None else objective.__module__
+        warm_forkserver([module] if module != "__main__" else [], tables=data_arg is not None)
     starting = nullcontext(lambda: client) if client is not None else connecting(
         n_workers or cfg.concurrency, address, cluster=cfg.cluster,
         tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources)
     with starting as started:  # a local cluster starts meanwhile
-        local = client is None and address is None and cfg.cluster.mode == "local"
         code = _checked_code(cfg, objective, label, paths, started if local else None)
         key_base = _key_base(cfg, objective, code, data_sha)
         journal = layout.journal(cfg, key_base)
