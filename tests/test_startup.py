@@ -26,13 +26,23 @@ def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def _completed(tmp_path, write_study, name: str, source: str, n_trials: int,
+               env: dict[str, str] | None = None) -> tuple[pd.DataFrame, int]:
+    """`studyflow run` (2 workers) of a study of module `name` (`source`, with an `objective`):
+    its trials table, every trial checked COMPLETE, and the driver's pid."""
+    (tmp_path / f"{name}.py").write_text(source)
+    study = write_study(name, objective=f"{name}:objective", budget={"n_trials": n_trials})
+    driver = subprocess.Popen([sys.executable, "-m", "studyflow.cli", "run", str(study), "--workers", "2"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err
+    trials = pd.read_parquet(tmp_path / "results" / "studies" / name / "trials.parquet")
+    assert (trials["state"] == "COMPLETE").sum() == n_trials
+    return trials, driver.pid
+
+
 def test_workers_start_with_the_objective_module_already_imported(tmp_path, write_study):
-    (tmp_path / "probe.py").write_text(PROBE)
-    study = write_study("probe", objective="probe:objective", budget={"n_trials": 8})
-    run = _run(tmp_path, str(study), "--workers", "2")
-    assert run.returncode == 0, run.stderr
-    trials = pd.read_parquet(tmp_path / "results" / "studies" / "probe" / "trials.parquet")
-    assert (trials["state"] == "COMPLETE").sum() == 8
+    trials, _ = _completed(tmp_path, write_study, "probe", PROBE, 8)
     assert trials["user_attrs_imported_before_the_worker_started"].all()
 
 
@@ -71,12 +81,7 @@ PANDAS_PROBE = textwrap.dedent('''
 def test_a_study_without_data_starts_its_driver_and_workers_without_importing_pandas(tmp_path, write_study):
     """pandas and pyarrow are ~0.4 s of CPU per process; a study with no table to read loads
     them only in the driver, once its tables are built at the end."""
-    (tmp_path / "no_tables.py").write_text(PANDAS_PROBE)
-    study = write_study("no_tables", objective="no_tables:objective", budget={"n_trials": 4})
-    run = _run(tmp_path, str(study), "--workers", "2")
-    assert run.returncode == 0, run.stderr
-    trials = pd.read_parquet(tmp_path / "results" / "studies" / "no_tables" / "trials.parquet")
-    assert (trials["state"] == "COMPLETE").sum() == 4
+    trials, _ = _completed(tmp_path, write_study, "no_tables", PANDAS_PROBE, 4)
     assert not trials["user_attrs_pandas_loaded"].any()  # in the workers, from the forkserver on
     driver = subprocess.run([sys.executable, "-c", "import sys, studyflow.cli, studyflow.driver, studyflow.outputs; "
                              "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))"],
@@ -101,15 +106,8 @@ def test_the_objective_module_is_imported_by_the_workers_not_by_the_driver_of_a_
     check, and scikit-learn's import alone is a second of CPU taken from the workers' start."""
     import os
 
-    (tmp_path / "heavy.py").write_text(IMPORT_PROBE)
-    study = write_study("heavy", objective="heavy:objective", budget={"n_trials": 4})
     imported_by = tmp_path / "imported_by.txt"
-    driver = subprocess.Popen([sys.executable, "-m", "studyflow.cli", "run", str(study), "--workers", "2"],
-                              cwd=tmp_path, env={**os.environ, "SF_IMPORTED_BY": str(imported_by)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = driver.communicate(timeout=300)
-    assert driver.returncode == 0, err
-    trials = pd.read_parquet(tmp_path / "results" / "studies" / "heavy" / "trials.parquet")
-    assert (trials["state"] == "COMPLETE").sum() == 4
+    _, driver = _completed(tmp_path, write_study, "heavy", IMPORT_PROBE, 4,
+                           env={**os.environ, "SF_IMPORTED_BY": str(imported_by)})
     pids = {int(line) for line in imported_by.read_text().split()}
-    assert pids and driver.pid not in pids
+    assert pids and driver not in pids

@@ -28,11 +28,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
+from studyflow import outputs
 from studyflow._hashing import canonical_json
 from studyflow._hashing import sha256_text
 from studyflow._io import write_json
-from studyflow._processes import warm_forkserver
 from studyflow._io import write_text
+from studyflow._processes import warm_forkserver
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
 from studyflow.driver._cluster import connecting
@@ -53,7 +54,6 @@ from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
 from studyflow.optuna_ext import check_sampler_options
 from studyflow.optuna_ext import warm_trials
-from studyflow import outputs
 from studyflow.outputs import IMPORTANCES_FILE
 from studyflow.outputs import Progress
 from studyflow.outputs import scores_are_cheap
@@ -204,8 +204,8 @@ def optimize(
     data_arg, data_sha = resolve_data(cfg, data, layout.data(cfg.data or ""))
     local = client is None and address is None and cfg.cluster.mode == "local"
     if local:  # what the CLI did before its own imports (then a no-op): a Python caller's workers fork warm too
-        module = cfg.objective.partition(":")[0] if objective is None else objective.__module__
-        warm_forkserver([module] if module != "__main__" else [], tables=data_arg is not None)
+        module = cfg.objective.partition(":")[0] if objective is None else getattr(objective, "__module__", None)
+        warm_forkserver([module] if module and module != "__main__" else [], tables=data_arg is not None)
     starting = nullcontext(lambda: client) if client is not None else connecting(
         n_workers or cfg.concurrency, address, cluster=cfg.cluster,
         tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources)
