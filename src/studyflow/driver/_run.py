@@ -379,8 +379,8 @@ def _importances_on_a_worker(client: Client, trials: pd.DataFrame, cfg: StudyCon
     importing scikit-learn (`outputs._importance`), while the cluster is still up: the report
     then skips that import. None when no worker is up, none would compute them cheaply (asked
     first, so the trials table travels only where it is used) or it fails: the report computes them."""
-    if not client.scheduler_info(n_workers=-1)["workers"]:
-        return None
+    if outputs.why_no_scores(trials) is not None or not client.scheduler_info(n_workers=-1)["workers"]:
+        return None  # too few trials or parameters: the report says so without computing anything
     try:
         if not client.submit(scores_are_cheap, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S):
             return None

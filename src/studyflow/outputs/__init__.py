@@ -12,6 +12,7 @@ from typing import Any
 from studyflow.outputs._importance import IMPORTANCES_FILE
 from studyflow.outputs._importance import scores_are_cheap
 from studyflow.outputs._importance import scores_if_loaded
+from studyflow.outputs._importance import why_no_scores
 from studyflow.outputs._progress import Progress
 
 _LAZY = {  # name: the module that has it, imported on first use
@@ -57,6 +58,7 @@ __all__ = [
     "scores_if_loaded",
     "summarize",
     "trials_frame",
+    "why_no_scores",
     "write_index",
     "write_matrix",
     "write_parquet",

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import optuna
 
-from studyflow.config import StudyConfig
-from studyflow.optuna_ext import distribution
-
-if TYPE_CHECKING:  # the trials arrive as a DataFrame; `scores_are_cheap` alone needs no pandas
+if TYPE_CHECKING:  # a worker asked `scores_are_cheap` imports none of these for it
     import pandas as pd
+
+    from studyflow.config import StudyConfig
 
 IMPORTANCES_FILE = "importances.json"
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -37,15 +36,24 @@ def complete(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["state"] == "COMPLETE"].sort_values("number")
 
 
-def importance_scores(trials: pd.DataFrame, cfg: StudyConfig) -> Scores:
-    """PED-ANOVA importances of the completed trials (of objective 0 when there are several)."""
-    done = complete(trials)
-    params = param_columns(trials)
+def why_no_scores(trials: pd.DataFrame) -> str | None:
+    """Why these trials have no importances (too few completed trials or parameters), if so:
+    known without Optuna's importance module, so nobody is asked to compute them."""
+    done, params = complete(trials), param_columns(trials)
     if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not params:
         return (f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials and one "
                 f"parameter; this study has {len(done)} completed trial(s).")
     if len(params) < 2:
         return "Parameter importances need at least two parameters."
+    return None
+
+
+def importance_scores(trials: pd.DataFrame, cfg: StudyConfig) -> Scores:
+    """PED-ANOVA importances of the completed trials (of objective 0 when there are several)."""
+    reason = why_no_scores(trials)
+    if reason is not None:
+        return reason
+    done, params = complete(trials), param_columns(trials)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line
     study = _in_memory_study(done, params, cfg)
     value = (lambda t: t.values[0]) if len(cfg.study_directions) > 1 else None
@@ -86,6 +94,8 @@ def _numbers(trials: pd.DataFrame) -> list[int]:
 
 def _in_memory_study(done: pd.DataFrame, params: list[str], cfg: StudyConfig) -> optuna.Study:
     import pandas as pd
+
+    from studyflow.optuna_ext import distribution
 
     dists = {}
     for col in params:
