@@ -53,7 +53,8 @@ def import_objective(ref: str, label: str = "<study>") -> ObjectiveFn:
 
 def check_findable(ref: str, label: str = "<study>") -> None:
     """Fail as `import_objective` would when the objective's top-level module is not there,
-    without importing anything (the driver imports the module while its cluster starts)."""
+    without importing anything: before any cluster starts, while the module itself is imported
+    later (for a local cluster by a worker, `objective_problem`; else by the driver)."""
     module_name = ref.partition(":")[0]
     top = module_name.partition(".")[0]
     try:
