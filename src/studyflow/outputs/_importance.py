@@ -39,21 +39,24 @@ def complete(trials: pd.DataFrame) -> pd.DataFrame:
 def why_no_scores(trials: pd.DataFrame) -> str | None:
     """Why these trials have no importances (too few completed trials or parameters), if so:
     known without Optuna's importance module, so nobody is asked to compute them."""
-    done, params = complete(trials), param_columns(trials)
-    if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not params:
+    return _why_none(len(complete(trials)), len(param_columns(trials)))
+
+
+def _why_none(n_done: int, n_params: int) -> str | None:
+    if n_done < MIN_TRIALS_FOR_IMPORTANCE or not n_params:
         return (f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials and one "
-                f"parameter; this study has {len(done)} completed trial(s).")
-    if len(params) < 2:
+                f"parameter; this study has {n_done} completed trial(s).")
+    if n_params < 2:
         return "Parameter importances need at least two parameters."
     return None
 
 
 def importance_scores(trials: pd.DataFrame, cfg: StudyConfig) -> Scores:
     """PED-ANOVA importances of the completed trials (of objective 0 when there are several)."""
-    reason = why_no_scores(trials)
+    done, params = complete(trials), param_columns(trials)
+    reason = _why_none(len(done), len(params))
     if reason is not None:
         return reason
-    done, params = complete(trials), param_columns(trials)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line
     study = _in_memory_study(done, params, cfg)
     value = (lambda t: t.values[0]) if len(cfg.study_directions) > 1 else None
