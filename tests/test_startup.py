@@ -111,3 +111,25 @@ def test_the_objective_module_is_imported_by_the_workers_not_by_the_driver_of_a_
                            env={**os.environ, "SF_IMPORTED_BY": str(imported_by)})
     pids = {int(line) for line in imported_by.read_text().split()}
     assert pids and driver not in pids
+
+
+def test_the_driver_checks_its_data_while_pandas_is_half_imported_on_the_table_thread():
+    """The driver imports pandas on a thread while its study runs; asking meanwhile whether the
+    study's data is a DataFrame must not trip over the half-imported module (CI caught it)."""
+    probe = textwrap.dedent('''
+        import sys, threading
+        from studyflow.driver._data import is_frame
+
+        assert "pandas" not in sys.modules
+        threading.Thread(target=lambda: __import__("pandas"), daemon=True).start()
+        seen_half = 0
+        while not hasattr(sys.modules.get("pandas"), "DataFrame"):
+            seen_half += "pandas" in sys.modules
+            assert is_frame(None) is False and is_frame("data.parquet") is False
+        import pandas
+        assert is_frame(pandas.DataFrame({"x": [1]})) is True
+        print("half-imported pandas seen", seen_half, "times")
+    ''')
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "seen 0 times" not in out.stdout, "the probe never caught pandas half-imported"

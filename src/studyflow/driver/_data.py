@@ -4,7 +4,7 @@ pandas and pyarrow are imported only where a table is given or read."""
 
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
@@ -50,9 +50,14 @@ def resolve_data(cfg: StudyConfig, data: pd.DataFrame | str | Path | None, stage
 
 
 def is_frame(data: Any) -> bool:
-    """Whether `data` is a pandas DataFrame (pandas is loaded once anyone made one)."""
-    pandas = sys.modules.get("pandas")
-    return pandas is not None and isinstance(data, pandas.DataFrame)
+    """Whether `data` is a pandas DataFrame. No data or a path answers without pandas; anything
+    else imports it, which waits for an import under way on another thread (the driver's table
+    thread) instead of reading a half-imported module from `sys.modules`."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return False
+    import pandas as pd
+
+    return isinstance(data, pd.DataFrame)
 
 
 def _check_columns(cfg: StudyConfig, columns: list[str], where: str) -> None:
