@@ -155,3 +155,16 @@ def sync(loop: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
     from distributed.utils import sync as on_the_loop
 
     return on_the_loop(loop, fn, *args, **kwargs)
+
+
+def keep_own_forkserver_preload() -> None:
+    """Stop distributed's `get_mp_context` from importing, on its first call, every package it
+    knows of (pandas, lz4, ...: ~0.4 s of the driver's CPU while its workers start) to name them
+    as the forkserver's preload. studyflow starts the forkserver itself, with its own list
+    (`_processes.warm_forkserver`), so that list would never be used. The flag exists from
+    distributed 2024.8, the lowest version supported."""
+    import distributed.utils
+
+    if not hasattr(distributed.utils, "_forkserver_preload_set"):
+        raise RuntimeError("distributed.utils._forkserver_preload_set is gone: see studyflow._compat")
+    distributed.utils._forkserver_preload_set = True

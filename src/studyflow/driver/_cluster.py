@@ -21,6 +21,7 @@ import dask
 from distributed import Client
 from distributed import LocalCluster
 
+from studyflow._compat import keep_own_forkserver_preload
 from studyflow._processes import ONE_THREAD_ENV
 from studyflow._processes import forked_workers_config
 from studyflow._processes import worker_env
@@ -49,7 +50,9 @@ SLURM_LOG_DIRECTORY = "logs/slurm-workers"
 
 
 def local_worker_config() -> dict[str, Any]:
-    """Dask settings for local workers: no stack profiling, forked from a warm forkserver."""
+    """Dask settings for local workers: no stack profiling, forked from a warm forkserver
+    (whose preload is studyflow's own)."""
+    keep_own_forkserver_preload()
     parsed = dask.config.collect_env({PROFILE_ENV_VAR: os.environ.get(PROFILE_ENV_VAR, "False")})
     return {"distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"]["enabled"],
             **forked_workers_config()}
