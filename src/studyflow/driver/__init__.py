@@ -6,8 +6,8 @@ from studyflow.driver import _standing as standing
 from studyflow.driver._cluster import PROFILE_ENV_VAR
 from studyflow.driver._cluster import connect
 from studyflow.driver._cluster import describe
-from studyflow.driver._run import ResultsLayout
-from studyflow.driver._run import StudyResult
+from studyflow.driver._result import ResultsLayout
+from studyflow.driver._result import StudyResult
 from studyflow.driver._run import optimize
 
 __all__ = [

@@ -14,25 +14,16 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
-from dataclasses import field
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
-import optuna
 from distributed import Client
 from distributed import wait
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
 from studyflow import outputs
 from studyflow._hashing import canonical_json
-from studyflow._hashing import sha256_text
-from studyflow._io import write_json
-from studyflow._io import write_text
 from studyflow._processes import warm_forkserver
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
@@ -48,13 +39,15 @@ from studyflow.driver._loops import eligible_slots
 from studyflow.driver._lock import StudyLock
 from studyflow.driver._parent import is_alive
 from studyflow.driver._parent import parent_pids
+from studyflow.driver._result import ResultsLayout
+from studyflow.driver._result import StudyResult
+from studyflow.driver._result import load_journal
 from studyflow.errors import ConfigError
 from studyflow.errors import ObjectiveError
 from studyflow.errors import StudyAbortedError
 from studyflow.errors import StudyflowError
 from studyflow.optuna_ext import check_sampler_options
 from studyflow.optuna_ext import warm_trials
-from studyflow.outputs import IMPORTANCES_FILE
 from studyflow.outputs import Progress
 from studyflow.outputs import scores_are_cheap
 from studyflow.outputs import scores_if_loaded
@@ -78,85 +71,12 @@ from studyflow.worker import search_paths
 
 if TYPE_CHECKING:  # pandas and pyarrow load where a table is built or read, not at start
     import pandas as pd
+    import pyarrow as pa
 
 _logger = logging.getLogger(__name__)
 POLL_S = 0.2
 IMPORTANCE_TIMEOUT_S = 10.0  # a worker's share of the study card, else the report's
 WORKER_WAIT_S = 60.0  # how long a study waits for a cluster with no worker up (see `_workers`)
-
-
-@dataclass
-class ResultsLayout:
-    """Where a run's files live, relative to one results folder."""
-
-    root: Path
-
-    def data(self, dataset: str) -> Path:
-        return self.root / "data" / f"{dataset}.parquet"
-
-    def study_dir(self, study: str) -> Path:
-        return self.root / "studies" / study
-
-    @property
-    def store(self) -> Path:
-        return self.root / ".store"
-
-    def journal(self, cfg: StudyConfig, key_base: str) -> Path:
-        """One journal per study identity, objective code version and data version."""
-        digest = sha256_text(cfg.identity_hash() + key_base)[:16]
-        return self.store / "journals" / f"{cfg.name}-{digest}.log"
-
-
-@dataclass
-class StudyResult:
-    """A finished study: its trials table, its best trial(s), and the Optuna study on demand."""
-
-    config: StudyConfig
-    trials: pd.DataFrame
-    journal: Path
-    wall_time_s: float
-    workers: int
-    stop_reason: str | None
-    data_sha256: str | None = None
-    best_trials: dict[str, Any] = field(default_factory=dict)  # as `best_of` gives them
-    importances: dict[str, Any] | None = None  # the card's, when a worker computed them cheaply
-    _study: optuna.Study | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def study(self) -> optuna.Study:
-        """The Optuna study, read from its journal on first use: the table and `best()` come
-        from the server, so a run that only writes its outputs never replays the journal."""
-        if self._study is None:
-            self._study = _load_journal(self.config, self.journal)
-        return self._study
-
-    def best(self) -> dict[str, Any]:
-        """What `best.json` holds."""
-        out: dict[str, Any] = {
-            "study": self.config.name,
-            "directions": self.config.study_directions,
-            "n_trials": self.config.budget.n_trials,
-            "stop_reason": self.stop_reason,
-            "wall_time_s": round(self.wall_time_s, 3),
-            "workers": self.workers,
-            "data_sha256": self.data_sha256,
-            "journal": str(self.journal),
-            "config_hash": self.config.config_hash(),
-            "versions": {p: version(p) for p in ("studyflow", "optuna", "distributed")},
-        }
-        return out | (self.best_trials or best_of(self.study))
-
-    def write(self, out_dir: str | Path) -> None:
-        """Write trials.parquet, best.json and resolved.yaml, each atomically, and the card's
-        parameter importances when there are some (else none from an earlier run is left)."""
-        out = Path(out_dir)
-        if self.importances is not None:
-            write_json(out / IMPORTANCES_FILE, self.importances)
-        else:
-            (out / IMPORTANCES_FILE).unlink(missing_ok=True)
-        outputs.write_parquet(self.trials, out / "trials.parquet")
-        write_json(out / "best.json", self.best())
-        write_text(out / "resolved.yaml", self.config.to_yaml())
 
 
 def optimize(
@@ -362,8 +282,8 @@ def _run(
     if reason and reason.startswith(("too many failures", STUDY_FAILED)):
         raise StudyAbortedError(f"study {cfg.name} ({cfg.source}): {reason}; see the log for tracebacks")
     if closed is None:  # the scheduler lost the study (restarted?): the journal has it all
-        loaded = _load_journal(cfg, journal)
-        closed = outputs.FinalTables(outputs.trials_frame(loaded.get_trials(deepcopy=False),
+        loaded = load_journal(cfg, journal)
+        closed = outputs.FinalTables(outputs.trials_table(loaded.get_trials(deepcopy=False),
                                                           len(cfg.study_directions), TrialStore(store)),
                                      best_of(loaded))
     trials = closed.trials
@@ -374,7 +294,7 @@ def _run(
                        _importances_on_a_worker(client, trials, cfg))
 
 
-def _importances_on_a_worker(client: Client, trials: pd.DataFrame, cfg: StudyConfig) -> dict[str, Any] | None:
+def _importances_on_a_worker(client: Client, trials: pa.Table, cfg: StudyConfig) -> dict[str, Any] | None:
     """The study card's parameter importances from a worker that computes them without
     importing scikit-learn (`outputs._importance`), while the cluster is still up: the report
     then skips that import. None when no worker is up, none would compute them cheaply (asked
@@ -388,7 +308,3 @@ def _importances_on_a_worker(client: Client, trials: pd.DataFrame, cfg: StudyCon
     except Exception as exc:  # noqa: BLE001  the report computes them itself
         _logger.debug("importances on a worker: %s", exc)
         return None
-
-
-def _load_journal(cfg: StudyConfig, journal: Path) -> optuna.Study:
-    return optuna.load_study(study_name=cfg.name, storage=JournalStorage(JournalFileBackend(str(journal))))

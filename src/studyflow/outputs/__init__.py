@@ -1,8 +1,9 @@
 """What a study leaves behind: trials tables, the HTML study card and its figures, progress.
 
-The tables need pandas and the study card (`write_report`, `write_index`) plotly: each is
-imported on first use of a name that needs it, so a driver starting its cluster, or a worker
-asked whether its scores are cheap, loads neither.
+A study's trials table needs pyarrow (`trials_table`, `write_table`), the summaries pandas and
+the study card (`write_report`, `write_index`) plotly: each is imported on first use of a name
+that needs it, so a driver starting its cluster, or a worker asked whether its scores are
+cheap, loads none of them, and `studyflow run` never loads pandas or plotly.
 """
 
 import importlib
@@ -16,7 +17,9 @@ from studyflow.outputs._importance import why_no_scores
 from studyflow.outputs._progress import Progress
 
 _LAZY = {  # name: the module that has it, imported on first use
-    "FinalTables": "_tables",
+    "FinalTables": "_trials_table",
+    "trials_table": "_trials_table",
+    "write_table": "_trials_table",
     "summarize": "_tables",
     "trials_frame": "_tables",
     "write_parquet": "_tables",
@@ -27,14 +30,14 @@ _LAZY = {  # name: the module that has it, imported on first use
 
 
 def import_tables_meanwhile() -> None:
-    """Import the tables' modules (pandas, pyarrow: ~0.4 s of CPU) on a thread now. The driver
-    calls it once its study runs, when it mostly waits, so the import is off the path from the
-    study's last trial to the written tables. (Begun with the cluster's start it slowed the
+    """Import the trials table's modules (pyarrow and its parquet writer: ~0.1 s of CPU) on a
+    thread now. The driver calls it once its study runs, when it mostly waits, so the import is
+    off the path from the study's last trial to the written tables. (Begun with the cluster's start it slowed the
     start: the driver's event loop is busy then.) An import that fails here fails again where
     the tables are built, and says so there."""
 
     def load() -> None:
-        for name in ("studyflow.outputs._tables", "pyarrow.parquet"):
+        for name in ("studyflow.outputs._trials_table", "pyarrow.parquet"):
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001  raised again where it is used
@@ -58,9 +61,11 @@ __all__ = [
     "scores_if_loaded",
     "summarize",
     "trials_frame",
+    "trials_table",
     "why_no_scores",
     "write_index",
     "write_matrix",
     "write_parquet",
     "write_report",
+    "write_table",
 ]

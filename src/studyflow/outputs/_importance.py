@@ -20,6 +20,7 @@ import optuna
 
 if TYPE_CHECKING:  # a worker asked `scores_are_cheap` imports none of these for it
     import pandas as pd
+    import pyarrow as pa
 
     from studyflow.config import StudyConfig
 
@@ -36,9 +37,13 @@ def complete(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["state"] == "COMPLETE"].sort_values("number")
 
 
-def why_no_scores(trials: pd.DataFrame) -> str | None:
-    """Why these trials have no importances (too few completed trials or parameters), if so:
-    known without Optuna's importance module, so nobody is asked to compute them."""
+def why_no_scores(trials: pd.DataFrame | pa.Table) -> str | None:
+    """Why these trials (a DataFrame, or the Arrow table a driver gets) have no importances
+    (too few completed trials or parameters), if so: known without Optuna's importance module,
+    so nobody is asked to compute them."""
+    if hasattr(trials, "column_names"):  # Arrow: counted without pandas
+        n_done = trials.column("state").to_pylist().count("COMPLETE")
+        return _why_none(n_done, sum(name.startswith("params_") for name in trials.column_names))
     return _why_none(len(complete(trials)), len(param_columns(trials)))
 
 
@@ -74,11 +79,13 @@ def scores_are_cheap() -> bool:
     return "sklearn" in sys.modules or importlib.util.find_spec("sklearn") is None
 
 
-def scores_if_loaded(trials: pd.DataFrame, cfg: StudyConfig) -> dict[str, Any] | None:
+def scores_if_loaded(trials: pd.DataFrame | pa.Table, cfg: StudyConfig) -> dict[str, Any] | None:
     """On a worker: what `IMPORTANCES_FILE` holds, when `scores_are_cheap()` there; else None,
     and the report computes them."""
     if not scores_are_cheap():
         return None
+    if hasattr(trials, "to_pandas"):  # the driver's Arrow table
+        trials = trials.to_pandas()
     scores = importance_scores(trials, cfg)  # in order, most important first: kept as pairs
     return {"complete": _numbers(trials), "scores": scores if isinstance(scores, str) else list(scores.items())}
 
