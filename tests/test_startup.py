@@ -83,8 +83,8 @@ def test_a_study_without_data_runs_start_to_end_without_importing_pandas(tmp_pat
     in the workers (from the forkserver on), nor in the driver, whose trials table is built and
     written with pyarrow alone (`outputs._trials_table`). With 6 trials of 2 parameters the
     driver also asks a worker for the card's importances."""
-    (tmp_path / "no_tables.py").write_text(PANDAS_PROBE.replace(
-        'return trial.suggest_float("x", 0, 1)', 'return trial.suggest_float("x", 0, 1) + trial.suggest_float("y", 0, 1)'))
+    two_params = 'return trial.suggest_float("x", 0, 1) + trial.suggest_float("y", 0, 1)'
+    (tmp_path / "no_tables.py").write_text(PANDAS_PROBE.replace('return trial.suggest_float("x", 0, 1)', two_params))
     study = write_study("no_tables", objective="no_tables:objective", budget={"n_trials": 6})
     whole_run = ("import sys; from studyflow.cli import main; code = main(sys.argv[1:]); "
                  "print(sorted({'pandas'} & set(sys.modules))); sys.exit(code)")

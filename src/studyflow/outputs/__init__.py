@@ -32,9 +32,9 @@ _LAZY = {  # name: the module that has it, imported on first use
 def import_tables_meanwhile() -> None:
     """Import the trials table's modules (pyarrow and its parquet writer: ~0.1 s of CPU) on a
     thread now. The driver calls it once its study runs, when it mostly waits, so the import is
-    off the path from the study's last trial to the written tables. (Begun with the cluster's start it slowed the
-    start: the driver's event loop is busy then.) An import that fails here fails again where
-    the tables are built, and says so there."""
+    off the path from the study's last trial to the written tables. (Begun with the cluster's
+    start it slowed the start: the driver's event loop is busy then.) An import that fails here
+    fails again where the tables are built, and says so there."""
 
     def load() -> None:
         for name in ("studyflow.outputs._trials_table", "pyarrow.parquet"):

@@ -188,8 +188,9 @@ def _from_buffers(kind: pa.DataType, valid: np.ndarray, *buffers: pa.Buffer) -> 
 
 
 def _pandas_metadata(names: list[str], dtypes: list[str]) -> str:
-    """pandas' parquet metadata for a table without an index (the `pandas` schema key,
-    https://pandas.pydata.org/docs/development/developer.html#storing-pandas-dataframe-objects-in-apache-parquet-format)."""
+    """pandas' parquet metadata for a table without an index: the `pandas` schema key, as
+    pandas' developer guide documents it ("Storing pandas DataFrame objects in Apache Parquet
+    format"). Readers take extension dtypes (`string`, `Int64`) from `numpy_type`."""
     return json.dumps({
         "index_columns": [], "column_indexes": [],
         "columns": [{"name": name, "field_name": name, "pandas_type": _PANDAS_TYPE[dtype], "numpy_type": dtype,
