@@ -36,6 +36,7 @@ def _completed(tmp_path, write_study, name: str, source: str, n_trials: int,
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
+    assert "RuntimeWarning" not in err, err  # the workers re-run `python -m studyflow.cli` as their main
     trials = pd.read_parquet(tmp_path / "results" / "studies" / name / "trials.parquet")
     assert (trials["state"] == "COMPLETE").sum() == n_trials
     return trials, driver.pid
