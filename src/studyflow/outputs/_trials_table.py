@@ -10,6 +10,7 @@ by pandas would have had: `string` text columns, a nullable `Int64` `retry_of`.
 
 from __future__ import annotations
 
+import functools
 import json
 import numbers
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ TEXT = ("state", "worker", "error", "key", "artifacts")  # pandas' nullable `str
 # metadata); values, params, user attrs and constraints are typed from their values.
 FIXED = {
     "number": ("int", "int64"),
-    "datetime_start": ("datetime", "datetime64[us]"),
-    "datetime_complete": ("datetime", "datetime64[us]"),
+    "datetime_start": ("datetime", "datetime64"),  # the unit pandas would use
+    "datetime_complete": ("datetime", "datetime64"),
     "duration_s": ("float", "float64"),
     "attempt": ("int", "int64"),
     "retry_of": ("int", "Int64"),
@@ -80,8 +81,8 @@ def trials_table(trials: list[FrozenTrial], n_objectives: int, store: TrialStore
         values = [row.get(name) for row in rows]
         if name in FIXED:
             kind, dtype = FIXED[name]
-            if kind == "datetime" and not rows:
-                dtype = "datetime64[ns]"  # what pandas gives a column of no datetimes
+            if kind == "datetime":  # what pandas made of the trials' datetimes (none: ns)
+                dtype = f"datetime64[{_pandas_datetime_unit() if rows else 'ns'}]"
         elif name in value_cols:
             kind, dtype = "float", "float64"
         else:  # params_, user_attrs_, constraints_: typed by their values
@@ -185,6 +186,13 @@ def _from_buffers(kind: pa.DataType, valid: np.ndarray, *buffers: pa.Buffer) -> 
     nulls = len(valid) - int(valid.sum())
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
     return pa.Array.from_buffers(kind, len(valid), [bitmap, *buffers], null_count=nulls)
+
+
+@functools.cache
+def _pandas_datetime_unit() -> str:
+    """The unit pandas gives a column of Python datetimes: microseconds from pandas 3, before
+    it nanoseconds."""
+    return "us" if int(version("pandas").split(".")[0]) >= 3 else "ns"
 
 
 def _pandas_metadata(names: list[str], dtypes: list[str]) -> str:
