@@ -56,6 +56,24 @@ def test_an_objective_module_that_fails_to_import_still_fails_in_one_line(tmp_pa
     assert last.startswith("studyflow: error:") and "broken" in last and "no licence server" in last, run.stderr
 
 
+def test_an_objective_module_that_crashes_its_process_at_import_fails_in_one_line(tmp_path, write_study):
+    """A native crash at import (a broken C extension, a CUDA library) kills the workers'
+    forkserver, which imports the module first, or, when it was started again meanwhile, each
+    worker Dask tries the check on: one line naming the study file, the key and the module,
+    not Dask's KilledWorker or "Nanny failed to start" traceback."""
+    (tmp_path / "crashes.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    study = write_study("crashes", objective="crashes:objective", budget={"n_trials": 4})
+    run = _run(tmp_path, str(study), "--workers", "2")
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("studyflow: error:") and "crashes.yaml" in last and "objective" in last, run.stderr
+    assert "'crashes'" in last and "killed" in last, run.stderr
+    # the driver raised no traceback of its own (a worker that Dask restarted meanwhile may
+    # still log its teardown), whichever process the crash took down first
+    assert "KilledWorker" not in run.stderr and "Nanny failed to start" not in run.stderr, run.stderr
+    assert not (tmp_path / "results" / "studies" / "crashes").exists()  # nothing written
+
+
 def test_a_variable_set_after_the_first_cluster_still_reaches_the_next_clusters_workers(monkeypatch):
     import os
 

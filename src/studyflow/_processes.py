@@ -40,6 +40,33 @@ TABLE_MODULES = ["pandas", "pyarrow", "pyarrow.parquet"]
 PRELOAD_ENV_VAR = "STUDYFLOW_PRELOAD"
 
 START_METHOD = "forkserver"
+_preloaded: list[list[str]] = []  # the objective modules the first forkserver was asked to import
+
+
+class ForkserverDiedError(RuntimeError):
+    """The local workers' forkserver died while a nanny asked it for a worker: importing what
+    workers preload (the objective's module, native code at import) crashed it, each time it
+    was started again."""
+
+    def __init__(self, objective_modules: list[str]) -> None:
+        self.objective_modules = objective_modules
+        super().__init__(f"the workers' forkserver died importing what they preload: {objective_modules}")
+
+
+def forkserver_died(exc: BaseException) -> bool:
+    """Whether `exc` (a nanny's or a cluster's failure to start) came of the forkserver
+    closing its socket under a request: multiprocessing's `EOFError('unexpected EOF')`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, EOFError) and "unexpected EOF" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def preloaded_objective_modules() -> list[str]:
+    """The objective modules this process's forkserver was first asked to import."""
+    return list(_preloaded[0]) if _preloaded else []
 
 
 @contextmanager
@@ -64,6 +91,8 @@ def warm_forkserver(objective_modules: list[str] | None = None, tables: bool = F
     the first fork waits for it)."""
     from multiprocessing import forkserver
 
+    if not _preloaded:
+        _preloaded.append(list(objective_modules or []))
     modules = WORKER_MODULES[:-1] + (TABLE_MODULES if tables else []) + WORKER_MODULES[-1:]
     multiprocessing.get_context(START_METHOD).set_forkserver_preload(modules)
     with _environ({**ONE_THREAD_ENV, PRELOAD_ENV_VAR: ",".join(objective_modules or [])}):

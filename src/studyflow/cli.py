@@ -59,6 +59,10 @@ def _warm_workers(study_file: str, objective: str, tables: bool) -> None:
     for path in reversed([str(Path(study_file).resolve().parent), str(Path.cwd())]):
         if path not in sys.path:
             sys.path.insert(0, path)  # where the workers find the objective (worker.search_paths)
+    # The command ends in `os._exit`; when workers could not start (their forkserver crashed),
+    # multiprocessing's resource tracker, started now with these options, would warn after the
+    # command's one-line error about the semaphores of nannies that never ran.
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     warm_forkserver([objective.partition(":")[0]], tables=tables)
 
 

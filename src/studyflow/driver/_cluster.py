@@ -23,7 +23,10 @@ from distributed import LocalCluster
 
 from studyflow._compat import keep_own_forkserver_preload
 from studyflow._processes import ONE_THREAD_ENV
+from studyflow._processes import ForkserverDiedError
+from studyflow._processes import forkserver_died
 from studyflow._processes import forked_workers_config
+from studyflow._processes import preloaded_objective_modules
 from studyflow._processes import worker_env
 from studyflow.config import ClusterConfig
 from studyflow.config._validate import check_job_fields
@@ -266,7 +269,7 @@ def connect(
             yield client
         return
     n = local_workers(n_workers)
-    with dask.config.set(local_worker_config()), LocalCluster(
+    with dask.config.set(local_worker_config()), _local_cluster(
         n_workers=n,
         threads_per_worker=1,
         processes=True,
@@ -281,6 +284,17 @@ def connect(
     ) as local, Client(local, security=security) as client:
         _logger.info("local cluster: %d workers at %s", n, local.scheduler_address)
         yield client
+
+
+def _local_cluster(**kwargs: Any) -> LocalCluster:
+    """`LocalCluster(**kwargs)`; `ForkserverDiedError` when the workers' forkserver died
+    under a nanny asking it for a worker (what it imports first crashed it)."""
+    try:
+        return LocalCluster(**kwargs)
+    except Exception as exc:
+        if forkserver_died(exc):
+            raise ForkserverDiedError(preloaded_objective_modules()) from None
+        raise
 
 
 @contextmanager

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from distributed import Client
+from distributed import KilledWorker
 from distributed import wait
 from optuna.trial import FrozenTrial
 
 from studyflow import outputs
 from studyflow._hashing import canonical_json
+from studyflow._processes import ForkserverDiedError
 from studyflow._processes import warm_forkserver
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
@@ -149,8 +151,15 @@ def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, p
     if objective is None and workers is not None:
         code = objective_code_version(cfg.objective, cfg.objective_version, cfg.code.packages)
         if code is not None:
-            problem = workers().submit(objective_problem, cfg.objective, list(cfg.objective_args), paths,
-                                       pure=False).result()
+            module = cfg.objective.partition(":")[0]
+            try:
+                problem = workers().submit(objective_problem, cfg.objective, list(cfg.objective_args), paths,
+                                           pure=False).result()
+            except (KilledWorker, ForkserverDiedError) as exc:  # a native crash at import, in each process
+                what = "each worker process that tried it" if isinstance(exc, KilledWorker) else "the workers' forkserver"
+                raise ObjectiveError(label, "objective", (
+                    f"importing module {module!r} killed {what} (a crash in native code at import?); "
+                    f"`python -c 'import {module}'` shows it")) from None
             if problem is not None:
                 raise ObjectiveError(label, "objective", problem)
             return code
