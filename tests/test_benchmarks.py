@@ -56,3 +56,13 @@ def test_load_prints_a_row_per_loop_count_with_the_budget_checked():
     _, rows = run_script("load.py", "--trials", "400", "--loops", "4,16", "--workers", "2")
     assert [row.split("|")[1].strip() for row in rows[1:]] == ["4", "16"]
     assert all(row.split("|")[5].strip() == "yes" for row in rows[1:])
+
+
+def test_startup_times_whole_studyflow_runs_beside_the_journal_runner_each_checking_its_trials():
+    _, rows = run_script("startup.py", "--rows", "one", "--repeats", "1")
+    table = [[cell.strip() for cell in row.split("|")[1:-1]] for row in rows[1:]]
+    assert [(case, runner) for case, runner, _, _ in table] == [
+        ("1-trial study, 2 workers", "studyflow"),
+        ("1-trial study, 2 workers", "Optuna, one process, journal file"),
+        ("1-trial study, 8 workers", "studyflow")]
+    assert all(float(wall) > 0 and checked == "1 COMPLETE" for _, _, wall, checked in table)
