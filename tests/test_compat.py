@@ -102,6 +102,13 @@ def test_the_subclasses_use_only_the_parent_members_compat_declares():
     assert journal_used & set(vars(parent)) | (journal_used & set(dir(type(parent)))) <= JOURNAL_MEMBERS
 
 
+def test_the_forkserver_preload_flag_compat_sets_is_still_distributeds():
+    """`keep_own_forkserver_preload` sets it; without it the driver imports pandas again."""
+    import distributed.utils
+
+    assert isinstance(distributed.utils._forkserver_preload_set, bool)
+
+
 def test_distributed_names_come_through_compat():
     import asyncio
     import threading

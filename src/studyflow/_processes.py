@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from studyflow.errors import StudyflowError
+
 # Snakemake exports these as the rule's threads (8 with -c8), so every worker would run that many
 # BLAS/OpenMP threads and the workers together would oversubscribe the cores many times over.
 # One worker slot, one thread. The forkserver imports numpy with them set, which is when
@@ -43,7 +45,7 @@ START_METHOD = "forkserver"
 _preloaded: list[list[str]] = []  # the objective modules the first forkserver was asked to import
 
 
-class ForkserverDiedError(RuntimeError):
+class ForkserverDiedError(StudyflowError):
     """The local workers' forkserver died while a nanny asked it for a worker: importing what
     workers preload (the objective's module, native code at import) crashed it, each time it
     was started again."""
