@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from distributed import Client
-from distributed import KilledWorker
 from distributed import wait
 from optuna.trial import FrozenTrial
 
@@ -153,10 +152,9 @@ def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, p
         if code is not None:
             module = cfg.objective.partition(":")[0]
             try:
-                problem = workers().submit(objective_problem, cfg.objective, list(cfg.objective_args), paths,
-                                           pure=False).result()
-            except (KilledWorker, ForkserverDiedError) as exc:  # a native crash at import, in each process
-                what = "each worker process that tried it" if isinstance(exc, KilledWorker) else "the workers' forkserver"
+                problem = _on_one_worker(workers(), objective_problem, cfg.objective, list(cfg.objective_args), paths)
+            except (WorkerDiedError, ForkserverDiedError) as exc:  # a native crash at import
+                what = "the worker process that tried it" if isinstance(exc, WorkerDiedError) else "the workers' forkserver"
                 raise ObjectiveError(label, "objective", (
                     f"importing module {module!r} killed {what} (a crash in native code at import?); "
                     f"`python -c 'import {module}'` shows it")) from None
@@ -166,6 +164,21 @@ def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, p
     fn = objective if objective is not None else import_objective(cfg.objective, label)
     check_signature(fn, cfg.objective_args, label)
     return code_version(fn, cfg.objective_version, cfg.code.packages)
+
+
+class WorkerDiedError(StudyflowError):
+    """The worker running a quick check (`_on_one_worker`) died under it."""
+
+
+def _on_one_worker(client: Client, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on one worker, as an RPC (`Client.run`): 2-4 ms here, where a task's submit
+    and result took 16-46 ms, on the path of every local run's start. For quick calls only: it
+    runs on the worker's event loop. `WorkerDiedError` when the worker died under it."""
+    worker = next(iter(client.scheduler_info(n_workers=-1)["workers"]))
+    try:
+        return client.run(fn, *args, workers=[worker])[worker]
+    except (OSError, KeyError) as exc:  # the comm to it closed, or it left the broadcast's answer
+        raise WorkerDiedError(f"worker {worker} died running {getattr(fn, '__name__', fn)}") from exc
 
 
 def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, code: str, data_sha: str | None) -> str:
@@ -311,7 +324,7 @@ def _importances_on_a_worker(client: Client, trials: pa.Table, cfg: StudyConfig)
     if outputs.why_no_scores(trials) is not None or not client.scheduler_info(n_workers=-1)["workers"]:
         return None  # too few trials or parameters: the report says so without computing anything
     try:
-        if not client.submit(scores_are_cheap, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S):
+        if not _on_one_worker(client, scores_are_cheap):
             return None
         return client.submit(scores_if_loaded, trials, cfg, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001  the report computes them itself
