@@ -66,7 +66,7 @@ from studyflow.worker import add_search_paths
 from studyflow.worker import check_findable
 from studyflow.worker import check_signature
 from studyflow.worker import import_objective
-from studyflow.worker import objective_problem
+from studyflow.worker import objective_problem_in_a_thread
 from studyflow.worker import run_trial_loop
 from studyflow.worker import search_paths
 
@@ -152,7 +152,8 @@ def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, p
         if code is not None:
             module = cfg.objective.partition(":")[0]
             try:
-                problem = _on_one_worker(workers(), objective_problem, cfg.objective, list(cfg.objective_args), paths)
+                problem = _on_one_worker(workers(), objective_problem_in_a_thread, cfg.objective,
+                                         list(cfg.objective_args), paths)
             except (WorkerDiedError, ForkserverDiedError) as exc:  # a native crash at import
                 what = "the worker process that tried it" if isinstance(exc, WorkerDiedError) else "the workers' forkserver"
                 raise ObjectiveError(label, "objective", (
@@ -172,8 +173,9 @@ class WorkerDiedError(StudyflowError):
 
 def _on_one_worker(client: Client, fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` on one worker, as an RPC (`Client.run`): 2-4 ms here, where a task's submit
-    and result took 16-46 ms, on the path of every local run's start. For quick calls only: it
-    runs on the worker's event loop. `WorkerDiedError` when the worker died under it."""
+    and result took 16-46 ms, on the path of every local run's start. `fn` runs on the worker's
+    event loop (a coroutine function there hands its work to a thread). `WorkerDiedError` when
+    the worker died under it."""
     worker = next(iter(client.scheduler_info(n_workers=-1)["workers"]))
     try:
         return client.run(fn, *args, workers=[worker])[worker]
@@ -324,7 +326,7 @@ def _importances_on_a_worker(client: Client, trials: pa.Table, cfg: StudyConfig)
     if outputs.why_no_scores(trials) is not None or not client.scheduler_info(n_workers=-1)["workers"]:
         return None  # too few trials or parameters: the report says so without computing anything
     try:
-        if not _on_one_worker(client, scores_are_cheap):
+        if not client.submit(scores_are_cheap, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S):
             return None
         return client.submit(scores_if_loaded, trials, cfg, pure=False).result(timeout=IMPORTANCE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001  the report computes them itself

@@ -8,6 +8,7 @@ from studyflow.worker._objective import check_findable
 from studyflow.worker._objective import check_signature
 from studyflow.worker._objective import import_objective
 from studyflow.worker._objective import objective_problem
+from studyflow.worker._objective import objective_problem_in_a_thread
 from studyflow.worker._objective import search_paths
 from studyflow.worker._trial import CONSTRAINT_PREFIX
 from studyflow.worker._trial import RemoteTrial
@@ -23,6 +24,7 @@ __all__ = [
     "check_signature",
     "import_objective",
     "objective_problem",
+    "objective_problem_in_a_thread",
     "run_trial_loop",
     "search_paths",
 ]

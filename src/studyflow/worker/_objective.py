@@ -8,6 +8,7 @@ Two signatures are accepted, so a plain Optuna objective runs unchanged:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -75,6 +76,13 @@ def objective_problem(ref: str, arg_names: list[str], paths: list[str]) -> str |
     except ObjectiveError as exc:
         return exc.message
     return None
+
+
+async def objective_problem_in_a_thread(ref: str, arg_names: list[str], paths: list[str]) -> str | None:
+    """`objective_problem` for `Client.run`, which runs a function on the worker's event loop:
+    on a thread, so an import that takes long, or that starts an event loop of its own, runs
+    as it would in a trial loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, objective_problem, ref, arg_names, paths)
 
 
 def wants_data(fn: ObjectiveFn) -> bool:
