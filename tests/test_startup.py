@@ -47,30 +47,31 @@ def test_workers_start_with_the_objective_module_already_imported(tmp_path, writ
     assert trials["user_attrs_imported_before_the_worker_started"].all()
 
 
-def test_an_objective_module_that_fails_to_import_still_fails_in_one_line(tmp_path, write_study):
-    (tmp_path / "broken.py").write_text("raise RuntimeError('no licence server')\n")
-    study = write_study("broken", objective="broken:objective", budget={"n_trials": 4})
+def _last_error_line(tmp_path, write_study, name: str, source: str) -> tuple[str, str]:
+    """`studyflow run` (2 workers) of a study of module `name` (`source`), which must fail:
+    the last line of its stderr, and the whole of it."""
+    (tmp_path / f"{name}.py").write_text(source)
+    study = write_study(name, objective=f"{name}:objective", budget={"n_trials": 4})
     run = _run(tmp_path, str(study), "--workers", "2")
-    assert run.returncode == 1
-    last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("studyflow: error:") and "broken" in last and "no licence server" in last, run.stderr
+    assert run.returncode == 1, run.stderr
+    return run.stderr.strip().splitlines()[-1], run.stderr
+
+
+def test_an_objective_module_that_fails_to_import_still_fails_in_one_line(tmp_path, write_study):
+    last, err = _last_error_line(tmp_path, write_study, "broken", "raise RuntimeError('no licence server')\n")
+    assert last.startswith("studyflow: error:") and "broken" in last and "no licence server" in last, err
 
 
 def test_an_objective_module_that_crashes_its_process_at_import_fails_in_one_line(tmp_path, write_study):
     """A native crash at import (a broken C extension, a CUDA library) kills the workers'
-    forkserver, which imports the module first, or, when it was started again meanwhile, each
-    worker Dask tries the check on: one line naming the study file, the key and the module,
-    not Dask's KilledWorker or "Nanny failed to start" traceback."""
-    (tmp_path / "crashes.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
-    study = write_study("crashes", objective="crashes:objective", budget={"n_trials": 4})
-    run = _run(tmp_path, str(study), "--workers", "2")
-    assert run.returncode == 1
-    last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("studyflow: error:") and "crashes.yaml" in last and "objective" in last, run.stderr
-    assert "'crashes'" in last and "killed" in last, run.stderr
-    # the driver raised no traceback of its own (a worker that Dask restarted meanwhile may
-    # still log its teardown), whichever process the crash took down first
-    assert "KilledWorker" not in run.stderr and "Nanny failed to start" not in run.stderr, run.stderr
+    forkserver, which imports the module first, or, when multiprocessing started it again
+    without that preload, the worker that checks the objective: one line naming the study
+    file, the key and the module, not Dask's KilledWorker or "Nanny failed to start" traceback."""
+    crash = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    last, err = _last_error_line(tmp_path, write_study, "crashes", crash)
+    assert last.startswith("studyflow: error:") and "crashes.yaml" in last and "objective" in last, err
+    assert "'crashes'" in last and "killed" in last, err
+    assert "KilledWorker" not in err and "Nanny failed to start" not in err, err
     assert not (tmp_path / "results" / "studies" / "crashes").exists()  # nothing written
 
 
