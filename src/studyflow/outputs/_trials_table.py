@@ -189,10 +189,15 @@ def _from_buffers(kind: pa.DataType, valid: np.ndarray, *buffers: pa.Buffer) -> 
 
 
 @functools.cache
+def _pandas_version() -> str:
+    """The installed pandas' version, read from its metadata once (pandas itself not imported)."""
+    return version("pandas")
+
+
 def _pandas_datetime_unit() -> str:
     """The unit pandas gives a column of Python datetimes: microseconds from pandas 3, before
     it nanoseconds."""
-    return "us" if int(version("pandas").split(".")[0]) >= 3 else "ns"
+    return "us" if int(_pandas_version().split(".")[0]) >= 3 else "ns"
 
 
 def _pandas_metadata(names: list[str], dtypes: list[str]) -> str:
@@ -203,7 +208,7 @@ def _pandas_metadata(names: list[str], dtypes: list[str]) -> str:
         "index_columns": [], "column_indexes": [],
         "columns": [{"name": name, "field_name": name, "pandas_type": _PANDAS_TYPE[dtype], "numpy_type": dtype,
                      "metadata": None} for name, dtype in zip(names, dtypes)],
-        "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": version("pandas"),
+        "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": _pandas_version(),
     })
 
 
