@@ -263,13 +263,15 @@ def connect(
         return
     if cfg.gpus is not None:
         ids = gpu_ids(cfg.gpus)
-        with dask.config.set(local_worker_config()), gpu_cluster(ids, worker_env(), security, dashboard=False) as local, \
+        with dask.config.set(local_worker_config()), \
+                _forked(gpu_cluster, ids, worker_env(), security, dashboard=False) as local, \
                 Client(local, security=security) as client:
             _logger.info("local cluster: one worker per GPU %s at %s", ids, local.scheduler_address)
             yield client
         return
     n = local_workers(n_workers)
-    with dask.config.set(local_worker_config()), _local_cluster(
+    with dask.config.set(local_worker_config()), _forked(
+        LocalCluster,
         n_workers=n,
         threads_per_worker=1,
         processes=True,
@@ -286,11 +288,12 @@ def connect(
         yield client
 
 
-def _local_cluster(**kwargs: Any) -> LocalCluster:
-    """`LocalCluster(**kwargs)`; `ForkserverDiedError` when the workers' forkserver died
-    under a nanny asking it for a worker (what it imports first crashed it)."""
+def _forked(start: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`start(*args, **kwargs)`, a cluster whose workers fork from the local forkserver (one
+    per slot, or per GPU); `ForkserverDiedError` when the forkserver died under a nanny asking
+    it for a worker (what it imports first crashed it)."""
     try:
-        return LocalCluster(**kwargs)
+        return start(*args, **kwargs)
     except Exception as exc:
         if forkserver_died(exc):
             raise ForkserverDiedError(preloaded_objective_modules()) from None
