@@ -23,7 +23,7 @@ SRC = Path(studyflow.__file__).parent
 # imported from one, or an attribute read off an object.
 PINNED = {
     "optuna._transform", "optuna.samplers._tpe.parzen_estimator", "optuna.samplers._tpe.sampler",
-    "optuna.study._tell",
+    "optuna.study._tell", "optuna.storages.journal._storage",
     "_SearchSpaceTransform", "_ParzenEstimator", "_split_trials", "_get_infeasible_trial_score",
     "_tell_with_warning", "_storage", "_study_id", "_trial_id", "_rng", "_replay_result",
     "_trials", "_study_id_to_trial_ids", "_thread_local", "_relative_params",
@@ -35,6 +35,9 @@ TPE_MEMBERS = {
     "_parzen_estimator_cls", "_parzen_estimator_parameters",
 }
 JOURNAL_MEMBERS = {"_thread_lock", "_sync_with_backend", "_replay_result"}
+# the replay result's members OwnWritesJournalStorage changes as the replay does
+REPLAY_MEMBERS = {"_studies", "_trials", "_study_id_to_trial_ids", "_trial_id_to_study_id",
+                  "_worker_id_to_owned_trial_id"}
 
 
 def _private_names_taken(tree: ast.AST) -> set[str]:
@@ -74,12 +77,14 @@ def test_the_private_names_compat_takes_are_the_pinned_set():
     assert taken - _own_private_names() == PINNED
     assert set(_compat.TPE_SAMPLER_MEMBERS) == TPE_MEMBERS
     assert set(_compat.JOURNAL_STORAGE_MEMBERS) == JOURNAL_MEMBERS
+    assert set(_compat.JOURNAL_REPLAY_MEMBERS) == REPLAY_MEMBERS | {"log_number_read", "worker_id"}
 
 
 def test_no_other_module_takes_a_private_optuna_or_distributed_name():
     own = _own_private_names()
     # a subclass reaches its parent's members, declared in _compat
-    parents = {"_tpe.py": TPE_MEMBERS, "_journal.py": JOURNAL_MEMBERS}
+    parents = {"_tpe.py": TPE_MEMBERS, "_journal.py": JOURNAL_MEMBERS,
+               "_own_writes.py": JOURNAL_MEMBERS | REPLAY_MEMBERS | {"_last_created_trial_id_by_this_process"}}
     for path in sorted(SRC.rglob("*.py")):
         if path.name == "_compat.py":
             continue
@@ -97,9 +102,13 @@ def test_the_remote_trial_sets_only_the_trial_member_compat_declares():
 def test_the_subclasses_use_only_the_parent_members_compat_declares():
     tpe_used = set(re.findall(r"(?:self|TPESampler)\.(_\w+)", (SRC / "optuna_ext/_tpe.py").read_text()))
     assert tpe_used & set(dir(TPESampler(seed=0))) <= TPE_MEMBERS | {"_sample"}
-    journal_used = set(re.findall(r"self\.(_\w+)", (SRC / "optuna_ext/_journal.py").read_text()))
     parent = _compat.JournalStorage(_compat._EmptyJournal())
-    assert journal_used & set(vars(parent)) | (journal_used & set(dir(type(parent)))) <= JOURNAL_MEMBERS
+    for subclass in ("_journal.py", "_own_writes.py"):
+        journal_used = set(re.findall(r"self\.(_\w+)", (SRC / "optuna_ext" / subclass).read_text()))
+        assert journal_used & set(vars(parent)) | (journal_used & set(dir(type(parent)))) <= JOURNAL_MEMBERS
+    replay_used = set(re.findall(r"replay\.(_?\w+)", (SRC / "optuna_ext/_own_writes.py").read_text()))
+    assert replay_used <= set(dir(parent._replay_result)) | {"_last_created_trial_id_by_this_process"}
+    assert replay_used - {"_last_created_trial_id_by_this_process"} <= set(_compat.JOURNAL_REPLAY_MEMBERS)
 
 
 def test_the_forkserver_preload_flag_compat_sets_is_still_distributeds():

@@ -123,3 +123,84 @@ def test_random_search_trials_made_in_one_record_are_the_trials_study_ask_would_
     # Not for samplers that look at trials, nor where Optuna draws nothing (one-valued ranges)
     assert not RandomInOneRecord.applies(optuna.create_study(sampler=optuna.samplers.TPESampler()), space)
     assert not RandomInOneRecord.applies(served, space | {"c": optuna.distributions.IntDistribution(3, 3)})
+
+
+def _story(study: optuna.Study) -> None:
+    """Every write the server makes, and the rest of Optuna's: asks, tells in every state,
+    enqueued and added trials, user and system attributes, reports, define-by-run suggests."""
+    _play(study, 2)
+    trial = study.ask()
+    trial.suggest_int("n", 1, 9)
+    trial.suggest_categorical("kind", ["a", "b", None])
+    trial.set_user_attr("note", {"a": [1, 2]})
+    study._storage.set_trial_system_attr(trial._trial_id, "studyflow:worker", "tcp://w")
+    trial.report(0.5, 1)
+    study.tell(trial, 1.0)
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.3}, value=0.3, user_attrs={"u": 1},
+                                              system_attrs={"s": 2},
+                                              distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                                              intermediate_values={1: 0.1}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": {"x": 0.9}}))
+    study.tell(study.ask(), state=TrialState.FAIL)
+
+
+def _records(path) -> list[dict]:
+    """The journal's records, without what differs between two runs (times, thread ids)."""
+    import json
+
+    masked = ("worker_id", "datetime_start", "datetime_complete")
+    return [{k: ("..." if k in masked and v is not None else v) for k, v in json.loads(line).items()}
+            for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def not_utc(monkeypatch):
+    """A local time zone that is not UTC (the journal's), as on most users' machines."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_the_server_journal_writes_optunas_records_and_holds_the_trials_optuna_replays(tmp_path, not_utc):
+    """The server applies its own writes instead of replaying them: the file must be what
+    Optuna writes, and its trials what Optuna reads back, to the microsecond."""
+    theirs_path, ours_path = tmp_path / "optuna.log", tmp_path / "server.log"
+    theirs = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(theirs_path))), study_name="s",
+                                 sampler=optuna.samplers.RandomSampler(seed=5))
+    ours = optuna.create_study(storage=ServerJournalStorage(SingleWriterJournal(ours_path)), study_name="s",
+                               sampler=optuna.samplers.RandomSampler(seed=5))
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for study in (theirs, ours):
+        _story(study)
+        two = optuna.create_study(storage=study._storage, study_name="two", directions=["minimize", "maximize"],
+                                  sampler=optuna.samplers.RandomSampler(seed=6))
+        two.tell(two.ask(space), [1.0, 2.0])
+        two.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=space, values=[3.0, 4.0]))
+    # one-record random trials, as the server makes them, on both storages
+    for study in (theirs, ours):
+        maker = RandomInOneRecord(study, space)
+        study.tell(maker.create(maker.sample(), {"key": "k"}), 0.25)
+    ours._storage._backend.flush()
+
+    assert _records(ours_path) == _records(theirs_path)
+    replayed = JournalStorage(JournalFileBackend(str(ours_path)))
+    for study_id in (0, 1):
+        held = ours._storage.get_all_trials(study_id, deepcopy=False)
+        assert held == replayed.get_all_trials(study_id) and len(held) > 1
+    assert [t.state for t in ours.trials] == [t.state for t in theirs.trials]
+
+    # A write Optuna's replay refuses raises the same error, and writes nothing
+    finished = ours.trials[-1]
+    size = ours_path.stat().st_size
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        ours._storage.set_trial_system_attr(finished._trial_id, "late", 1)
+    with pytest.raises(KeyError):
+        ours._storage.set_trial_user_attr(10_000, "nobody", 1)
+    with pytest.raises(TypeError):  # not JSON: refused before the trial changes
+        ours._storage.set_trial_user_attr(ours.ask()._trial_id, "bad", object())
+    ours._storage._backend.flush()
+    assert "bad" not in ours.trials[-1].user_attrs
+    assert len(_records(ours_path)) == len(_records(theirs_path)) + 1  # the ask only
+    assert ours_path.stat().st_size > size

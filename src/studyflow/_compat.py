@@ -5,8 +5,9 @@ reaches them only through this module, which checks at import that the installed
 ones the code was written and tested against, and fails with one line naming the supported
 range otherwise. Three classes extend Optuna's own and so use their parents' private members:
 `optuna_ext._tpe.CachedFitTPESampler` (`TPE_SAMPLER_MEMBERS`),
-`optuna_ext._journal.ServerJournalStorage` (`JOURNAL_STORAGE_MEMBERS`), both checked at import
-too, and `worker._trial.RemoteTrial` (`TRIAL_MEMBERS`).
+`optuna_ext._journal.ServerJournalStorage` (`JOURNAL_STORAGE_MEMBERS`, and through its parent
+`optuna_ext._own_writes.OwnWritesJournalStorage` its replay result's `JOURNAL_REPLAY_MEMBERS`),
+all checked at import too, and `worker._trial.RemoteTrial` (`TRIAL_MEMBERS`).
 `tests/test_compat.py` pins all of it.
 """
 
@@ -29,6 +30,9 @@ from optuna.samplers._tpe.sampler import default_gamma_multiobjective  # noqa: F
 from optuna.storages import BaseStorage
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
+from optuna.storages.journal._storage import NOT_FOUND_MSG as JOURNAL_NOT_FOUND_MSG  # noqa: F401
+from optuna.storages.journal._storage import UNUPDATABLE_MSG as JOURNAL_UNUPDATABLE_MSG  # noqa: F401
+from optuna.storages.journal._storage import JournalOperation  # noqa: F401
 from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -43,6 +47,10 @@ TPE_SAMPLER_MEMBERS = (
 )
 # What ServerJournalStorage uses of JournalStorage beyond its public API.
 JOURNAL_STORAGE_MEMBERS = ("_thread_lock", "_sync_with_backend", "_replay_result")
+# What OwnWritesJournalStorage reads and changes of a JournalStorage's replay result, as the
+# replay does (`_last_created_trial_id_by_this_process`, set only once a trial is created, too).
+JOURNAL_REPLAY_MEMBERS = ("log_number_read", "worker_id", "_studies", "_trials", "_study_id_to_trial_ids",
+                          "_trial_id_to_study_id", "_worker_id_to_owned_trial_id")
 # What RemoteTrial sets of optuna.Trial without calling its constructor: the id that
 # `optuna.artifacts.upload_artifact` passes to the trial's storage.
 TRIAL_MEMBERS = ("_trial_id",)
@@ -64,7 +72,8 @@ def check_versions() -> None:
                               f"change between releases); {name} {found} is installed")
     tpe = TPESampler(seed=0)
     journal = JournalStorage(_EmptyJournal())
-    for owner, members in ((tpe, TPE_SAMPLER_MEMBERS), (journal, JOURNAL_STORAGE_MEMBERS)):
+    for owner, members in ((tpe, TPE_SAMPLER_MEMBERS), (journal, JOURNAL_STORAGE_MEMBERS),
+                           (journal._replay_result, JOURNAL_REPLAY_MEMBERS)):
         missing = [m for m in members if not hasattr(owner, m)]
         if missing:
             raise ImportError(f"studyflow: optuna {version('optuna')}'s {type(owner).__name__} lacks "

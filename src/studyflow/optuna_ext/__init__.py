@@ -1,5 +1,5 @@
-"""What studyflow adds to Optuna: the server's journal, a faster TPE, one-record random
-search, samplers and pruners from a study file, warm-start history."""
+"""What studyflow adds to Optuna: the server's journal (which applies its own writes), a faster TPE,
+one-record random search, samplers and pruners from a study file, warm-start history."""
 
 from studyflow.optuna_ext._journal import ServerJournalStorage
 from studyflow.optuna_ext._journal import SingleWriterJournal

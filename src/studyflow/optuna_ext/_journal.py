@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -34,6 +33,7 @@ from studyflow._compat import replayed_trials
 from studyflow._compat import trial_id_of
 from studyflow.errors import JournalWriteError
 from studyflow.optuna_ext._journal_check import load_records
+from studyflow.optuna_ext._own_writes import OwnWritesJournalStorage
 
 _logger = logging.getLogger(__name__)
 # At most one background fsync per this many seconds: even on its own thread each one slows the
@@ -82,6 +82,19 @@ class SingleWriterJournal(BaseJournalBackend):
         return list(self._logs)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._write(logs)
+        self._logs.extend(logs)
+
+    def append_applied(self, log: dict[str, Any], n_read: int) -> None:
+        """Write a record that its reader applied itself, having read the `n_read` before it
+        (`OwnWritesJournalStorage`): counted as read, not kept for `read_logs`."""
+        if n_read != self._n_read + len(self._logs):
+            raise ValueError(f"{self.path}: a record applied by its writer must follow every record read")
+        self._write([log])
+        self._logs.clear()
+        self._n_read = n_read + 1
+
+    def _write(self, logs: list[dict[str, Any]]) -> None:
         # Buffered: the server calls `flush` once at the end of each ask or tell (one write
         # syscall for all its records), before any worker hears about it.
         if self._write_failed is not None:
@@ -91,7 +104,6 @@ class SingleWriterJournal(BaseJournalBackend):
             self._file.write(text.encode("utf-8"))
         except OSError as exc:
             raise self._write_error(exc) from None
-        self._logs.extend(logs)
 
     def flush(self) -> None:
         """Hand what was appended to the OS: it then survives this process being killed."""
@@ -180,8 +192,9 @@ class SingleWriterJournal(BaseJournalBackend):
         raise TypeError("SingleWriterJournal lives in one process and is not pickled")
 
 
-class ServerJournalStorage(JournalStorage):
-    """`JournalStorage` for the server, the journal's only writer.
+class ServerJournalStorage(OwnWritesJournalStorage):
+    """`JournalStorage` for the server, the journal's only writer (which applies its own
+    writes: `OwnWritesJournalStorage`).
 
     Optuna filters every trial by state on each `get_all_trials(states=...)`: samplers ask for
     the finished trials on every ask (TPE twice), and `ask` for WAITING ones (an enqueued

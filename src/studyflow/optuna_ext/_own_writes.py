@@ -1,0 +1,179 @@
+"""A journal storage that applies its own writes instead of replaying them.
+
+Optuna's `JournalStorage` writes each change as a record, then replays the record to change
+its trials: it parses the datetimes and distributions back from their JSON form and copies
+the trial, to reach what it had in hand. The study server is its journal's only writer, and
+makes four or five such writes for every trial. Here the writes on that path (a new trial, a
+system or user attribute, a finished state) build the same record, write it, count it as
+read, and make the change from the objects in hand. Invariant: the replayed state is what
+replaying the record would leave (tests compare it with a fresh `JournalStorage` reading the
+same file), and the file is byte for byte what Optuna would write. A write that Optuna's
+replay would refuse (an unknown trial, a finished one) raises the same error before anything
+is written; every other write (taking a WAITING trial, study records) is Optuna's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from datetime import timezone
+from typing import TYPE_CHECKING
+from typing import Any
+
+from optuna.distributions import BaseDistribution
+from optuna.distributions import distribution_to_json
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import JournalStorage
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from studyflow._compat import JOURNAL_NOT_FOUND_MSG
+from studyflow._compat import JOURNAL_UNUPDATABLE_MSG
+from studyflow._compat import JournalOperation
+
+if TYPE_CHECKING:
+    from studyflow.optuna_ext._journal import SingleWriterJournal
+
+_DISTRIBUTION_JSON_KEPT = 1024  # distributions whose JSON is remembered (a fixed space reuses its own)
+
+
+def _copied(trial: FrozenTrial) -> FrozenTrial:
+    """A shallow copy, as `copy.copy` makes it (the replay copies a trial before changing it:
+    lists handed out earlier keep the trial as it was), without its generic protocol."""
+    new = FrozenTrial.__new__(FrozenTrial)
+    new.__dict__.update(trial.__dict__)
+    return new
+
+
+def _as_replayed(moment: datetime) -> datetime:
+    """A datetime as the replay reads it back from the record: local time, naive, to the
+    microsecond (what the record's ISO text holds)."""
+    return moment.astimezone(timezone.utc).astimezone().replace(tzinfo=None)
+
+
+class OwnWritesJournalStorage(JournalStorage):
+    """`JournalStorage` over a `SingleWriterJournal`, applying its hot writes itself."""
+
+    def __init__(self, backend: SingleWriterJournal) -> None:
+        super().__init__(backend)
+        self._writer = backend
+        self._distribution_json: dict[int, tuple[BaseDistribution, str]] = {}  # id -> (it, its JSON)
+
+    # --- the writes on every trial's path ---
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        now = datetime.now(tz=timezone.utc)
+        log: dict[str, Any] = {"study_id": study_id, "datetime_start": now.isoformat(timespec="microseconds")}
+        start: datetime | None = _as_replayed(now)
+        complete = None
+        template = template_trial
+        if template is not None:  # the fields, in the order, `JournalStorage.create_new_trial` writes
+            log["state"] = template.state
+            if template.values is not None and len(template.values) > 1:
+                log["value"], log["values"] = None, template.values
+            else:
+                log["value"], log["values"] = template.value, None
+            start = None if template.datetime_start is None else _as_replayed(template.datetime_start)
+            log["datetime_start"] = (None if template.datetime_start is None else
+                                     template.datetime_start.astimezone(timezone.utc).isoformat(timespec="microseconds"))
+            if template.datetime_complete:
+                complete = _as_replayed(template.datetime_complete)
+                log["datetime_complete"] = template.datetime_complete.astimezone(timezone.utc).isoformat(
+                    timespec="microseconds")
+            distributions = template.distributions
+            log["distributions"] = {k: self._json_of(d) for k, d in distributions.items()}
+            log["params"] = internal = {k: distributions[k].to_internal_repr(p) for k, p in template.params.items()}
+            log["user_attrs"] = template.user_attrs
+            log["system_attrs"] = template.system_attrs
+            log["intermediate_values"] = template.intermediate_values
+        with self._thread_lock:
+            self._sync_with_backend()
+            replay = self._replay_result
+            if study_id not in replay._studies:
+                raise KeyError(JOURNAL_NOT_FOUND_MSG)
+            self._write_applied(JournalOperation.CREATE_TRIAL, log)
+            trial_id = len(replay._trials)
+            numbers = replay._study_id_to_trial_ids[study_id]
+            if template is None:
+                trial = FrozenTrial(number=len(numbers), state=TrialState.RUNNING, value=None, datetime_start=start,
+                                    datetime_complete=None, params={}, distributions={}, user_attrs={},
+                                    system_attrs={}, intermediate_values={}, trial_id=trial_id)
+            else:
+                trial = FrozenTrial(
+                    number=len(numbers), state=TrialState(template.state), value=log["value"],
+                    values=log["values"], datetime_start=start, datetime_complete=complete,
+                    params={k: distributions[k].to_external_repr(p) for k, p in internal.items()},
+                    distributions=dict(distributions), user_attrs=template.user_attrs,
+                    system_attrs=template.system_attrs,
+                    intermediate_values={int(k): v for k, v in template.intermediate_values.items()},
+                    trial_id=trial_id)
+            replay._trials[trial_id] = trial
+            numbers.append(trial_id)
+            replay._trial_id_to_study_id[trial_id] = study_id
+            replay._last_created_trial_id_by_this_process = trial_id
+            if trial.state == TrialState.RUNNING:
+                replay._worker_id_to_owned_trial_id[replay.worker_id] = trial_id
+            return trial_id
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        with self._thread_lock:
+            trial = self._updatable(trial_id)
+            self._write_applied(JournalOperation.SET_TRIAL_SYSTEM_ATTR, {"trial_id": trial_id, "system_attr": {key: value}})
+            trial.system_attrs = {**trial.system_attrs, key: value}
+            self._replay_result._trials[trial_id] = trial
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        with self._thread_lock:
+            trial = self._updatable(trial_id)
+            self._write_applied(JournalOperation.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {key: value}})
+            trial.user_attrs = {**trial.user_attrs, key: value}
+            self._replay_result._trials[trial_id] = trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state == TrialState.RUNNING:  # taking an enqueued trial: Optuna's checks, its own way
+            return super().set_trial_state_values(trial_id, state, values)
+        now = datetime.now(tz=timezone.utc)
+        log: dict[str, Any] = {"trial_id": trial_id, "state": state, "values": values}
+        if state.is_finished():
+            log["datetime_complete"] = now.isoformat(timespec="microseconds")
+        with self._thread_lock:
+            trial = self._updatable(trial_id)
+            self._write_applied(JournalOperation.SET_TRIAL_STATE_VALUES, log)
+            if state.is_finished():
+                trial.datetime_complete = _as_replayed(now)
+            trial.state = state
+            if values is not None:
+                trial.values = values
+            self._replay_result._trials[trial_id] = trial
+        return True
+
+    # --- helpers ---
+
+    def _updatable(self, trial_id: int) -> FrozenTrial:
+        """A copy of the trial to change, after any records not applied yet; the replay's
+        errors for a write it would refuse (nothing is written then)."""
+        self._sync_with_backend()
+        trial = self._replay_result._trials.get(trial_id)
+        if trial is None:
+            raise KeyError(JOURNAL_NOT_FOUND_MSG)
+        if trial.state.is_finished():
+            raise UpdateFinishedTrialError(JOURNAL_UNUPDATABLE_MSG.format(trial_number=trial.number))
+        return _copied(trial)
+
+    def _write_applied(self, op: JournalOperation, fields: dict[str, Any]) -> None:
+        """Write a record as `JournalStorage._write_log` does and count it as read: the caller
+        applies it. Under `_thread_lock`, after `_sync_with_backend`; if the write raises
+        (a full disk, a value that is not JSON), nothing is applied."""
+        replay = self._replay_result
+        self._writer.append_applied({"op_code": op, "worker_id": replay.worker_id, **fields}, replay.log_number_read)
+        replay.log_number_read += 1
+
+    def _json_of(self, distribution: BaseDistribution) -> str:
+        kept = self._distribution_json.get(id(distribution))
+        if kept is not None and kept[0] is distribution:
+            return kept[1]
+        if len(self._distribution_json) >= _DISTRIBUTION_JSON_KEPT:
+            self._distribution_json.clear()
+        text = distribution_to_json(distribution)
+        self._distribution_json[id(distribution)] = (distribution, text)
+        return text
