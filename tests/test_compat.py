@@ -24,7 +24,7 @@ SRC = Path(studyflow.__file__).parent
 PINNED = {
     "optuna._transform", "optuna.samplers._tpe.parzen_estimator", "optuna.samplers._tpe.sampler",
     "optuna.study._tell", "optuna.storages.journal._storage",
-    "_SearchSpaceTransform", "_ParzenEstimator", "_split_trials", "_get_infeasible_trial_score",
+    "_SearchSpaceTransform", "_untransform_numerical_param", "_ParzenEstimator", "_split_trials", "_get_infeasible_trial_score",
     "_tell_with_warning", "_storage", "_study_id", "_trial_id", "_rng", "_replay_result",
     "_trials", "_study_id_to_trial_ids", "_thread_local", "_relative_params",
     "_forkserver_preload_set",

@@ -120,6 +120,13 @@ def test_random_search_trials_made_in_one_record_are_the_trials_study_ask_would_
     assert [t.params for t in theirs] == expected
     assert [t.system_attrs for t in theirs] == [{"key": i} for i in range(200)]
     assert {t.state for t in theirs} == {TrialState.RUNNING}
+    # Small spaces draw one number at a time: still the numbers Study.ask draws
+    for small in ({"x": space["x"]}, {"lr": space["lr"], "m": space["m"]}, {"kind": space["kind"]},
+                  {"s": space["s"], "n": space["n"], "x": space["x"]}):
+        plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+        ours = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+        maker = RandomInOneRecord(ours, small)
+        assert [maker.sample() for _ in range(300)] == [plain.ask(small).params for _ in range(300)]
     # Not for samplers that look at trials, nor where Optuna draws nothing (one-valued ranges)
     assert not RandomInOneRecord.applies(optuna.create_study(sampler=optuna.samplers.TPESampler()), space)
     assert not RandomInOneRecord.applies(served, space | {"c": optuna.distributions.IntDistribution(3, 3)})

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna._transform import _SearchSpaceTransform as SearchSpaceTransform  # noqa: F401
+from optuna._transform import _untransform_numerical_param as untransform_numerical_param  # noqa: F401
 from optuna.samplers import TPESampler
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator as ParzenEstimator  # noqa: F401
 from optuna.samplers._tpe.sampler import _get_infeasible_trial_score as infeasible_trial_score  # noqa: F401

@@ -14,6 +14,7 @@ is written; every other write (taking a WAITING trial, study records) is Optuna'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from datetime import timezone
@@ -45,10 +46,19 @@ def _copied(trial: FrozenTrial) -> FrozenTrial:
     return new
 
 
-def _as_replayed(moment: datetime) -> datetime:
-    """A datetime as the replay reads it back from the record: local time, naive, to the
-    microsecond (what the record's ISO text holds)."""
-    return moment.astimezone(timezone.utc).astimezone().replace(tzinfo=None)
+def _stamped(moment: datetime) -> tuple[str, datetime]:
+    """A datetime as the record holds it (UTC, ISO, to the microsecond) and as the replay reads
+    that back (local time, naive)."""
+    utc = moment.astimezone(timezone.utc)
+    return utc.isoformat(timespec="microseconds"), utc.astimezone().replace(tzinfo=None)
+
+
+def _stamped_now() -> tuple[str, datetime]:
+    """Now, as `_stamped` gives it, from one clock reading: both datetimes round it alike, so
+    no conversion between time zones is needed (three of them per trial, otherwise)."""
+    moment = time.time()
+    return (datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="microseconds"),
+            datetime.fromtimestamp(moment))
 
 
 class OwnWritesJournalStorage(JournalStorage):
@@ -62,24 +72,22 @@ class OwnWritesJournalStorage(JournalStorage):
     # --- the writes on every trial's path ---
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        now = datetime.now(tz=timezone.utc)
-        log: dict[str, Any] = {"study_id": study_id, "datetime_start": now.isoformat(timespec="microseconds")}
-        start: datetime | None = _as_replayed(now)
-        complete = None
         template = template_trial
-        if template is not None:  # the fields, in the order, `JournalStorage.create_new_trial` writes
-            log["state"] = template.state
+        complete = None
+        if template is None:
+            text, start = _stamped_now()
+            log: dict[str, Any] = {"study_id": study_id, "datetime_start": text}
+        else:  # the fields, in the order, `JournalStorage.create_new_trial` writes
+            log = {"study_id": study_id, "datetime_start": None, "state": template.state}
             if template.values is not None and len(template.values) > 1:
                 log["value"], log["values"] = None, template.values
             else:
                 log["value"], log["values"] = template.value, None
-            start = None if template.datetime_start is None else _as_replayed(template.datetime_start)
-            log["datetime_start"] = (None if template.datetime_start is None else
-                                     template.datetime_start.astimezone(timezone.utc).isoformat(timespec="microseconds"))
+            start = None
+            if template.datetime_start is not None:
+                log["datetime_start"], start = _stamped(template.datetime_start)
             if template.datetime_complete:
-                complete = _as_replayed(template.datetime_complete)
-                log["datetime_complete"] = template.datetime_complete.astimezone(timezone.utc).isoformat(
-                    timespec="microseconds")
+                log["datetime_complete"], complete = _stamped(template.datetime_complete)
             distributions = template.distributions
             log["distributions"] = {k: self._json_of(d) for k, d in distributions.items()}
             log["params"] = internal = {k: distributions[k].to_internal_repr(p) for k, p in template.params.items()}
@@ -132,15 +140,15 @@ class OwnWritesJournalStorage(JournalStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         if state == TrialState.RUNNING:  # taking an enqueued trial: Optuna's checks, its own way
             return super().set_trial_state_values(trial_id, state, values)
-        now = datetime.now(tz=timezone.utc)
         log: dict[str, Any] = {"trial_id": trial_id, "state": state, "values": values}
-        if state.is_finished():
-            log["datetime_complete"] = now.isoformat(timespec="microseconds")
+        finished = state.is_finished()
+        if finished:
+            log["datetime_complete"], complete = _stamped_now()
         with self._thread_lock:
             trial = self._updatable(trial_id)
             self._write_applied(JournalOperation.SET_TRIAL_STATE_VALUES, log)
-            if state.is_finished():
-                trial.datetime_complete = _as_replayed(now)
+            if finished:
+                trial.datetime_complete = complete
             trial.state = state
             if values is not None:
                 trial.values = values

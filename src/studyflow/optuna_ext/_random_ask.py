@@ -14,10 +14,12 @@ the same parameters as `Study.ask` (tests/test_journal.py checks both).
 from __future__ import annotations
 
 from datetime import datetime
+from datetime import timezone
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
@@ -25,6 +27,13 @@ from studyflow._compat import SearchSpaceTransform
 from studyflow._compat import sampler_rng
 from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
+from studyflow._compat import untransform_numerical_param
+
+
+# Spaces of up to this many transformed columns draw one scalar `uniform` per column: numpy's
+# legacy `uniform` computes every element of an array call with the same one-number routine,
+# so the numbers are the same, without the array call's checks (a third of the cost).
+SCALAR_DRAWS_UP_TO = 4
 
 
 class RandomInOneRecord:
@@ -35,6 +44,9 @@ class RandomInOneRecord:
         self.space = space
         self._transform = SearchSpaceTransform(space)  # what RandomSampler builds per parameter
         self._low, self._high = self._transform.bounds[:, 0], self._transform.bounds[:, 1]
+        self._bounds = list(zip(self._low.tolist(), self._high.tolist()))
+        self._columns = [(name, dist, [int(c) for c in columns]) for (name, dist), columns
+                         in zip(space.items(), self._transform.column_to_encoded_columns)]
 
     @staticmethod
     def applies(study: optuna.Study, space: dict[str, BaseDistribution]) -> bool:
@@ -46,11 +58,20 @@ class RandomInOneRecord:
     def sample(self) -> dict[str, Any]:
         """The parameters `Study.ask(space)` would draw next, if no WAITING trial (an enqueued
         retry, which `Study.ask` pops instead) is left."""
-        return self._transform.untransform(sampler_rng(self.study.sampler).uniform(self._low, self._high))
+        rng = sampler_rng(self.study.sampler)
+        if len(self._bounds) > SCALAR_DRAWS_UP_TO:
+            return self._transform.untransform(rng.uniform(self._low, self._high))
+        drawn = [rng.uniform(low, high) for low, high in self._bounds]
+        # as `untransform` reads them: a categorical takes its highest column (the first of
+        # equals), a number is mapped back from its one column
+        return {name: dist.to_external_repr(max(range(len(columns)), key=lambda i: drawn[columns[i]]))
+                if isinstance(dist, CategoricalDistribution)
+                else untransform_numerical_param(drawn[columns[0]], dist, True)
+                for name, dist, columns in self._columns}
 
     def create(self, params: dict[str, Any], system_attrs: dict[str, Any]) -> optuna.Trial:
         """A new RUNNING trial with these parameters and system attributes, in one record."""
-        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(timezone.utc),
                                datetime_complete=None, params=params, distributions=dict(self.space),
                                user_attrs={}, system_attrs=system_attrs, intermediate_values={}, trial_id=-1)
         study = self.study
