@@ -7,9 +7,13 @@ import json
 from typing import Any
 
 
+# one encoder for every call: `json.dumps` with options builds a new one each time
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def canonical_json(data: Any) -> str:
     """The same text for the same content: sorted keys, no spaces."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return _CANONICAL.encode(data)
 
 
 def sha256_text(text: str) -> str:

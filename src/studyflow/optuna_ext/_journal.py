@@ -82,7 +82,7 @@ class SingleWriterJournal(BaseJournalBackend):
         return list(self._logs)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        self._write(logs)
+        self._write_text("".join(_ENCODER.encode(log) + "\n" for log in logs))
         self._logs.extend(logs)
 
     def append_applied(self, log: dict[str, Any], n_read: int) -> None:
@@ -90,16 +90,15 @@ class SingleWriterJournal(BaseJournalBackend):
         (`OwnWritesJournalStorage`): counted as read, not kept for `read_logs`."""
         if n_read != self._n_read + len(self._logs):
             raise ValueError(f"{self.path}: a record applied by its writer must follow every record read")
-        self._write([log])
+        self._write_text(_ENCODER.encode(log) + "\n")
         self._logs.clear()
         self._n_read = n_read + 1
 
-    def _write(self, logs: list[dict[str, Any]]) -> None:
+    def _write_text(self, text: str) -> None:
         # Buffered: the server calls `flush` once at the end of each ask or tell (one write
         # syscall for all its records), before any worker hears about it.
         if self._write_failed is not None:
             raise self._write_error()
-        text = "".join(_ENCODER.encode(log) + "\n" for log in logs)
         try:
             self._file.write(text.encode("utf-8"))
         except OSError as exc:

@@ -43,9 +43,12 @@ def trial_key(key_base: str, params: dict[str, Any]) -> str:
     return sha256_text(key_base + "|" + canonical_json(params))[:32]
 
 
+_RESULT_ENCODER = json.JSONEncoder(sort_keys=True, default=str)  # one per call otherwise
+
+
 def _encode(result: StoredResult) -> str:
     # its fields as they are: `asdict` would deep-copy params and user attrs only to read them
-    return json.dumps(vars(result), sort_keys=True, default=str) + "\n"
+    return _RESULT_ENCODER.encode(vars(result)) + "\n"
 
 
 def trial_seed(key: str) -> int:
