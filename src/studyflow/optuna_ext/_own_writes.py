@@ -48,9 +48,10 @@ def _copied(trial: FrozenTrial) -> FrozenTrial:
 
 def _stamped(moment: datetime) -> tuple[str, datetime]:
     """A datetime as the record holds it (UTC, ISO, to the microsecond) and as the replay reads
-    that back (local time, naive)."""
-    utc = moment.astimezone(timezone.utc)
-    return utc.isoformat(timespec="microseconds"), utc.astimezone().replace(tzinfo=None)
+    that back (local time, naive: its POSIX time, exact to well under a microsecond as a float,
+    read back as local time rounds to the same microsecond)."""
+    utc = moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)
+    return utc.isoformat(timespec="microseconds"), datetime.fromtimestamp(utc.timestamp())
 
 
 def _stamped_now() -> tuple[str, datetime]:
