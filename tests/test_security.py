@@ -228,3 +228,18 @@ def test_tls_false_warns_once(caplog):
             assert _security.run_security(ClusterConfig(mode="slurm", tls=False)) is None
     warned = [r for r in caplog.records if "plain TCP" in r.getMessage()]
     assert len(warned) == 1 and "cluster.tls: false" in warned[0].getMessage()
+
+
+def test_a_runs_tls_settings_build_each_context_once_and_a_worker_gets_them_without_contexts():
+    """distributed builds a TLS context per connection and listener (1-4 ms each, written to
+    a temporary folder first); a run's settings keep one per direction and role."""
+    from studyflow.driver._security import run_credentials
+
+    security = run_credentials()
+    first = security.get_connection_args("worker")
+    again = security.get_connection_args("worker")
+    assert again["ssl_context"] is first["ssl_context"] and again is not first
+    assert security.get_listen_args("worker")["ssl_context"] is not first["ssl_context"]
+    received = pickle.loads(pickle.dumps(security))  # what a worker process is handed
+    assert received.get_tls_config_for_role("worker") == security.get_tls_config_for_role("worker")
+    assert received.get_connection_args("worker")["ssl_context"] is not first["ssl_context"]

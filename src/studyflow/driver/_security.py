@@ -49,7 +49,8 @@ def run_credentials() -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    from distributed.security import Security
+
+    from studyflow._tls import RunSecurity
 
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -62,9 +63,10 @@ def run_credentials() -> Any:
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
             .sign(key, hashes.SHA256()))
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    return Security(require_encryption=True, tls_ca_file=cert_pem,
-                    **{f"tls_{role}_{part}": pem for role in ("client", "scheduler", "worker")
-                       for part, pem in (("key", key_pem), ("cert", cert_pem))})
+    return RunSecurity(require_encryption=True, tls_ca_file=cert_pem,
+                       **{f"tls_{role}_{part}": pem for role in ("client", "scheduler", "worker")
+                          for part, pem in (("key", key_pem), ("cert", cert_pem))})
+
 
 
 def credentials_path(scheduler_file: str | Path) -> Path:
