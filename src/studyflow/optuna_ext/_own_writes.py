@@ -125,17 +125,18 @@ class OwnWritesJournalStorage(JournalStorage):
             return trial_id
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        with self._thread_lock:
-            trial = self._updatable(trial_id)
-            self._write_applied(JournalOperation.SET_TRIAL_SYSTEM_ATTR, {"trial_id": trial_id, "system_attr": {key: value}})
-            trial.system_attrs = {**trial.system_attrs, key: value}
-            self._replay_result._trials[trial_id] = trial
+        self._set_attr(trial_id, JournalOperation.SET_TRIAL_SYSTEM_ATTR, "system_attr", key, value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._set_attr(trial_id, JournalOperation.SET_TRIAL_USER_ATTR, "user_attr", key, value)
+
+    def _set_attr(self, trial_id: int, op: JournalOperation, field: str, key: str, value: Any) -> None:
+        """One attribute: the record's `field` ("system_attr", "user_attr") and the trial's
+        `<field>s` dict, a new one with the key (lists handed out earlier keep the old)."""
         with self._thread_lock:
             trial = self._updatable(trial_id)
-            self._write_applied(JournalOperation.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {key: value}})
-            trial.user_attrs = {**trial.user_attrs, key: value}
+            self._write_applied(op, {"trial_id": trial_id, field: {key: value}})
+            setattr(trial, f"{field}s", {**getattr(trial, f"{field}s"), key: value})
             self._replay_result._trials[trial_id] = trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
