@@ -31,6 +31,10 @@ class RunSecurity(Security):
         return dict(kept[key])  # the caller's own dict around the shared context
 
     def __getstate__(self) -> Any:
-        # (this object's own attributes, the parent's slots): the settings, without contexts
-        own, slots = super().__getstate__()
-        return {k: v for k, v in (own or {}).items() if k != "_contexts"} or None, slots
+        # the settings without the contexts: (own attributes, the parent's slots) while
+        # `Security` has slots, else one dict
+        state = super().__getstate__()
+        if isinstance(state, tuple):
+            own, slots = state
+            return {k: v for k, v in (own or {}).items() if k != "_contexts"} or None, slots
+        return {k: v for k, v in (state or {}).items() if k != "_contexts"}

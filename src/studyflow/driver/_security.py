@@ -68,7 +68,6 @@ def run_credentials() -> Any:
                           for part, pem in (("key", key_pem), ("cert", cert_pem))})
 
 
-
 def credentials_path(scheduler_file: str | Path) -> Path:
     """Where `studyflow cluster up` leaves a client's TLS credentials: beside the scheduler file."""
     return Path(f"{scheduler_file}.tls")

@@ -7,9 +7,10 @@ makes four or five such writes for every trial. Here the writes on that path (a 
 system or user attribute, a finished state) build the same record, write it, count it as
 read, and make the change from the objects in hand. Invariant: the replayed state is what
 replaying the record would leave (tests compare it with a fresh `JournalStorage` reading the
-same file), and the file is byte for byte what Optuna would write. A write that Optuna's
-replay would refuse (an unknown trial, a finished one) raises the same error before anything
-is written; every other write (taking a WAITING trial, study records) is Optuna's own.
+same file), and the file holds the records Optuna would write, field for field. A write that
+Optuna's replay would refuse (an unknown trial, a finished one) raises the same error before
+anything is written; every other write (taking a WAITING trial, a parameter, an intermediate
+value, study records) is Optuna's own.
 """
 
 from __future__ import annotations
