@@ -8,6 +8,8 @@ import sys
 import textwrap
 
 import pandas as pd
+import pytest
+import tornado.netutil
 
 PROBE = textwrap.dedent('''
     import os
@@ -45,6 +47,35 @@ def _completed(tmp_path, write_study, name: str, source: str, n_trials: int,
 def test_workers_start_with_the_objective_module_already_imported(tmp_path, write_study):
     trials, _ = _completed(tmp_path, write_study, "probe", PROBE, 8)
     assert trials["user_attrs_imported_before_the_worker_started"].all()
+
+
+TLS_PROBE = textwrap.dedent('''
+    import os
+
+    import tornado.netutil
+
+    IMPORTED_IN = os.getpid()
+    # read where this module is imported: in the forkserver, before any worker is forked from it
+    TLS_DEFAULTS_BUILT = tornado.netutil._client_ssl_defaults.cache_info().currsize == 1
+
+
+    def objective(trial):
+        trial.set_user_attr("imported_before_the_worker_started", IMPORTED_IN != os.getpid())
+        trial.set_user_attr("tls_defaults_built_before_the_worker_started", TLS_DEFAULTS_BUILT)
+        return trial.suggest_float("x", 0, 1)
+''')
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(
+    getattr(tornado.netutil, "_client_ssl_defaults", None), "cache_info"),
+    reason="built in the forkserver on Linux, with a tornado that builds it lazily")
+def test_workers_start_with_tornados_default_tls_context_already_built(tmp_path, write_study):
+    """tornado builds it (the system's CA bundle, ~30 ms of CPU) at a process's first accepted
+    TLS connection, the one that checks the objective on the first worker too; a worker
+    forked from studyflow's forkserver has it already."""
+    trials, _ = _completed(tmp_path, write_study, "tls_probe", TLS_PROBE, 4)
+    assert trials["user_attrs_imported_before_the_worker_started"].all()
+    assert trials["user_attrs_tls_defaults_built_before_the_worker_started"].all()
 
 
 def _last_error_line(tmp_path, write_study, name: str, source: str) -> tuple[str, str]:

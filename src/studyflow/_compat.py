@@ -178,3 +178,17 @@ def keep_own_forkserver_preload() -> None:
 
     if hasattr(distributed.utils, "_forkserver_preload_set"):
         distributed.utils._forkserver_preload_set = True
+
+
+def build_tls_defaults() -> None:
+    """Build tornado's default client TLS context now, off the path of the first connection.
+    tornado (6.5 on) builds it lazily, loading the system's CA bundle (~30 ms of CPU), when a
+    process accepts its first TLS connection: its server wraps the socket with distributed's
+    own context, then makes an `SSLIOStream` that asks for the default and never uses it.
+    Built in the workers' forkserver, every worker inherits it; on a thread of the driver,
+    OpenSSL loads the bundle without holding the GIL. Older tornado built it at import."""
+    import tornado.netutil
+
+    build = getattr(tornado.netutil, "_client_ssl_defaults", None)
+    if callable(build):
+        build()

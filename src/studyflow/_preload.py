@@ -7,13 +7,21 @@ the error as it always does (a forkserver that died of it would start no worker 
 
 import importlib
 import os
+import sys
 import warnings
+
+from studyflow._compat import build_tls_defaults
 
 # Under `python -m studyflow.cli`, each forked worker runs that module again as its
 # `__mp_main__` (multiprocessing does, for a `-m` main), and runpy warns that it is imported
 # already: it is, on purpose, by this forkserver (`_processes.WORKER_MODULES`). Workers inherit
 # this filter; the warning said nothing a user can act on.
 warnings.filterwarnings("ignore", message="'studyflow.cli' found in sys.modules", category=RuntimeWarning)
+
+# Each worker accepts TLS connections; forked from here, it inherits tornado's default context
+# built once. On Linux only: elsewhere loading the CA store may start threads, unsafe to fork.
+if sys.platform.startswith("linux"):
+    build_tls_defaults()
 
 for _name in filter(None, os.environ.get("STUDYFLOW_PRELOAD", "").split(",")):
     try:
