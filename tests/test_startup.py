@@ -6,8 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import pandas as pd
+import psutil
 import pytest
 import tornado.netutil
 
@@ -76,6 +78,46 @@ def test_workers_start_with_tornados_default_tls_context_already_built(tmp_path,
     trials, _ = _completed(tmp_path, write_study, "tls_probe", TLS_PROBE, 4)
     assert trials["user_attrs_imported_before_the_worker_started"].all()
     assert trials["user_attrs_tls_defaults_built_before_the_worker_started"].all()
+
+
+EXIT_PROBE = textwrap.dedent('''
+    import atexit
+    import os
+    from pathlib import Path
+
+    # imported by the forkserver: this handler runs when the forkserver ends
+    atexit.register(lambda: Path("atexit_ran_in").open("a").write(f"{os.getpid()}\\n"))
+
+
+    def objective(trial):
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("forked_from", os.getppid())
+        return trial.suggest_float("x", 0, 1)
+''')
+
+
+def _gone(pids: set[int], within_s: float) -> set[int]:
+    """Those of `pids` still running (not zombies) after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = {pid for pid in pids if psutil.pid_exists(pid)
+                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def test_the_command_leaves_no_worker_behind_though_it_does_not_wait_to_close_the_cluster(
+        tmp_path, write_study):
+    """`studyflow run` exits once its outputs are written, without closing its local cluster:
+    its workers and their forkserver end with it, and the forkserver still runs the objective
+    module's atexit handlers."""
+    trials, _ = _completed(tmp_path, write_study, "exit_probe", EXIT_PROBE, 6)
+    workers = set(trials["user_attrs_pid"])
+    forkservers = set(trials["user_attrs_forked_from"])
+    assert len(workers) == 2 and len(forkservers) == 1
+    assert not _gone(workers | forkservers, within_s=10)
+    assert [int(pid) for pid in (tmp_path / "atexit_ran_in").read_text().split()] == list(forkservers)
 
 
 def _last_error_line(tmp_path, write_study, name: str, source: str) -> tuple[str, str]:

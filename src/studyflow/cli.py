@@ -66,7 +66,7 @@ def _warm_workers(study_file: str, objective: str, tables: bool) -> None:
     warm_forkserver([objective.partition(":")[0]], tables=tables)
 
 
-def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
+def cmd_optimize(args: argparse.Namespace, stage_missing: bool, exiting: bool = False) -> int:
     from studyflow.config import load_study
 
     workflow = _workflow_config(args.config)
@@ -102,7 +102,7 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool) -> int:
         stage(cfg.data, workflow.datasets[cfg.data], layout.data(cfg.data).parent)
     result = optimize(
         None, cfg, overrides=None, results_dir=args.results,
-        n_workers=args.workers, address=args.address, watch_parent=not stage_missing,
+        n_workers=args.workers, address=args.address, watch_parent=not stage_missing, exiting=exiting,
     )
     result.write(layout.study_dir(cfg.name))
     _logger.info("wrote %s", layout.study_dir(cfg.name))
@@ -343,7 +343,9 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exiting: bool = False) -> int:
+    """Run one command; `exiting`: the process ends right after (`run`), so a study's local
+    cluster is left to end with it (`driver.optimize`'s `exiting`)."""
     args = build_parser().parse_args(argv)
     # Snakemake and SLURM stop jobs with SIGTERM: clean up as for Ctrl-C (running trials are
     # marked and re-enqueued in the journal, no output is written).
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command in ("run", "optimize"):
-            return cmd_optimize(args, stage_missing=args.command == "run")
+            return cmd_optimize(args, stage_missing=args.command == "run", exiting=exiting)
         if args.command == "journal":
             return cmd_journal(args)
         commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store,
@@ -372,7 +374,7 @@ def run() -> None:
     closed by then (outputs are written atomically, the journal is closed with the study), so
     the interpreter's teardown (joining Dask's and multiprocessing's threads and helpers, which
     took 0.3-0.8 s after a run) does nothing anyone waits for."""
-    code = main()
+    code = main(exiting=True)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -305,13 +305,18 @@ def _forked(start: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 @contextmanager
 def connecting(n_workers: int | None = 1, address: str | None = None, cluster: ClusterConfig | None = None,
-               **kwargs: Any) -> Iterator[Callable[[], Client]]:
+               exiting: bool = False, **kwargs: Any) -> Iterator[Callable[[], Client]]:
     """`connect`, begun now on another thread when it starts a local cluster, so the caller's
     own start-up work runs while the workers start; yields `started()`, which waits for the
     client (raising what the start raised). Attaching and SLURM connect at the first
     `started()`, on the caller's thread. Whatever started is closed on exit, also when the
     caller's work failed. The thread that starts the client also closes it (a client is
-    entered and left in one context)."""
+    entered and left in one context).
+
+    `exiting`: the caller ends its process right after (the CLI, with `os._exit`), so a local
+    cluster is left to end with it, not closed (60-100 ms of the command): each worker process
+    exits at once when its nanny's process does (distributed's parent-alive pipe), the forkserver
+    too, and the next local cluster purges their scratch folders. SLURM jobs are always closed."""
     cfg = cluster or ClusterConfig()
     if cfg.mode != "local" or address is not None:
         with ExitStack() as stack:
@@ -344,8 +349,9 @@ def connecting(n_workers: int | None = 1, address: str | None = None, cluster: C
     try:
         yield client.result
     finally:
-        done.set()
-        thread.join()
+        if not exiting:
+            done.set()
+            thread.join()
     if closing:
         raise closing[0]
 

@@ -94,6 +94,7 @@ def optimize(
     watch_parent: bool = False,
     callbacks: list[Callback] | None = None,
     progress_callback: ProgressCallback | None = None,
+    exiting: bool = False,
 ) -> StudyResult:
     """Run a study on Dask and return it when its budget is spent.
 
@@ -109,6 +110,8 @@ def optimize(
         callbacks: Optuna-style `cb(study, frozen_trial)`, called in this process once per
             finished trial (COMPLETE, PRUNED or FAIL) in finish order (see `driver._hooks`).
         progress_callback: `cb(done, total)`, called once per COMPLETE or PRUNED trial.
+        exiting: the caller ends the process right after (the CLI): a local cluster started
+            here is left to end with it instead of being closed (`connecting`).
     """
     if objective is not None and isinstance(study, dict) and "objective" not in study:
         study = {**study, "objective": f"{objective.__module__}:{objective.__qualname__}"}
@@ -129,7 +132,7 @@ def optimize(
         warm_forkserver([module] if module and module != "__main__" else [], tables=data_arg is not None)
     starting = nullcontext(lambda: client) if client is not None else connecting(
         n_workers or cfg.concurrency, address, cluster=cfg.cluster,
-        tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources)
+        tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources, exiting=exiting)
     with starting as started:  # a local cluster starts meanwhile
         code = _checked_code(cfg, objective, label, paths, started if local else None)
         key_base = _key_base(cfg, objective, code, data_sha)
