@@ -27,7 +27,7 @@ PINNED = {
     "_SearchSpaceTransform", "_untransform_numerical_param", "_ParzenEstimator", "_split_trials", "_get_infeasible_trial_score",
     "_tell_with_warning", "_storage", "_study_id", "_trial_id", "_rng", "_replay_result",
     "_trials", "_study_id_to_trial_ids", "_thread_local", "_relative_params",
-    "_forkserver_preload_set",
+    "_forkserver_preload_set", "_get_latest_trial", "_filter_study",
 }
 TPE_MEMBERS = {
     "_sample", "_build_parzen_estimator", "_compare", "_compute_acquisition_func", "_get_params",

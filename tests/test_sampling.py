@@ -101,6 +101,36 @@ def test_define_by_run_suggests_of_the_shared_space_cost_no_round_trip(client4, 
     assert served <= 2 * (10 + 8), served
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe-independent"])
+def test_define_by_run_suggests_of_a_sampler_without_relative_sampling_cost_no_round_trip(
+        client4, tmp_path, sampler):
+    """Random search and TPE without `multivariate` draw each parameter at its suggest. With
+    trials in flight together, the server draws the shared space's at the ask instead (as it
+    samples a declared space), so they travel with the trial; a suggest of another
+    distribution (`narrowing`'s x from trial 10 on) is still drawn from that one."""
+    section, _ = SAMPLERS[sampler]
+    for objective in ("bowl", "narrowing"):
+        before = client4.run_on_scheduler(_suggests_served)
+        study = {"name": f"{objective}-{sampler}", "objective": f"sf_objectives:{objective}",
+                 "sampler": {**section, "seed": 4}, "budget": {"n_trials": 60}, "concurrency": 2,
+                 "prefetch": 0}
+        result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+        served = client4.run_on_scheduler(_suggests_served) - before
+        trials = result.study.get_trials(deepcopy=False)
+        assert len(trials) == 60 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        assert all(t.value == t.params["x"] * t.params["x"] + t.params["y"] * t.params["y"] for t in trials)
+        bounds = {t.number: t.distributions["x"].high for t in trials}
+        if objective == "bowl":
+            assert set(bounds.values()) == {10}
+            # the 2 trials asked before any had finished ask for both; none after that
+            assert served <= 2 * 2, served
+        else:
+            assert all(bounds[n] == (10 if n < 10 else 5) for n in bounds)
+            assert all(abs(t.params["x"]) <= bounds[t.number] for t in trials)
+            # x from trial 10 on: one round trip each (its y, answered on the worker, goes with it)
+            assert served <= 2 * 2 + 50, served
+
+
 def _late_median(client, tmp_path, name: str, **fields) -> float:
     """Median value of trials 100-199 of a 200-trial TPE study on the bowl, 4 at a time."""
     study = {"objective": "sf_objectives:bowl", "sampler": {"name": "tpe", "seed": 1},

@@ -149,6 +149,27 @@ def forget_relative_params(trial: optuna.Trial) -> None:
     trial.relative_search_space = None
 
 
+def draw_independent(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+    """Sample `space` for `trial` now, one `sample_independent` each, as its suggests would
+    (Optuna's `Trial._suggest`), and keep the draws as the trial's relative parameters: Optuna's
+    own suggest of one then takes the drawn value (`Trial._is_relative_param`), as it takes a
+    multivariate sampler's. A draw the trial does not use must be dropped before a suggest of
+    that name with another distribution (`drop_drawn`)."""
+    frozen = trial._get_latest_trial()
+    study = optuna.pruners._filter_study(trial.study, frozen)
+    values = {name: trial.study.sampler.sample_independent(study, frozen, name, distribution)
+              for name, distribution in space.items()}
+    trial._relative_params = values
+    trial.relative_search_space = dict(space)
+    return values
+
+
+def drop_drawn(trial: optuna.Trial, name: str) -> None:
+    """Forget `draw_independent`'s draw of `name`: Optuna samples it anew at its suggest."""
+    if trial._relative_params:
+        trial._relative_params.pop(name, None)
+
+
 check_versions()
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import distribution_to_json
+from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
@@ -26,6 +27,8 @@ from studyflow._attrs import ATTEMPT_ATTR
 from studyflow._attrs import KEY_ATTR
 from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import STARTED_ATTR
+from studyflow._compat import draw_independent
+from studyflow._compat import drop_drawn
 from studyflow._compat import forget_relative_params
 from studyflow._compat import fresh_trials_view
 from studyflow._compat import storage_of
@@ -33,6 +36,7 @@ from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
 from studyflow.config import REPRODUCIBLE_ONLY
 from studyflow.errors import JournalWriteError
+from studyflow.optuna_ext import CachedFitTPESampler
 from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
@@ -141,7 +145,10 @@ class Asking:
             raise ValueError(self.budget.stop_reason)
         self.define_by_run = True
         fresh_trials_view(self.study)
-        return getattr(self.leases[number].trial, method)(name, **kwargs)
+        trial = self.leases[number].trial
+        if self._draws_ahead():
+            drop_drawn(trial, name)  # asked, not answered on the worker: its draw went unused
+        return getattr(trial, method)(name, **kwargs)
 
     def replay_suggested(self, trial: optuna.Trial, suggested: list[list[Any]]) -> None:
         """Record the suggests a loop answered from its lease's relative parameters, in its
@@ -222,14 +229,39 @@ class Asking:
             # again at the first suggest, which may come after the start-up has ended. Kept,
             # the empty answer made every such trial's parameters independent (define-by-run
             # TPE with 8 in flight on Hartmann-6 fell from 86% to 65-79% of sequential TPE's gain).
+            independent = not trial.relative_search_space
             forget_relative_params(trial)
-            return {}, {}
+            return self._drawn(trial) if independent and self._draws_ahead() else ({}, {})
         space = trial.relative_search_space or {}
         names = [name for name in values if name in space and name not in trial.params]
         # With its constant liar, Optuna's TPE shares them with the other asks itself (in the
         # trial's system attributes), so a running trial counts with them.
         return ({name: _plain(values[name]) for name in names},
                 {name: distribution_to_json(space[name]) for name in names})
+
+    def _draws_ahead(self) -> bool:
+        """Whether define-by-run parameters of the shared space are drawn at the ask (`_drawn`):
+        for samplers that draw each parameter on its own at its suggest (random search, TPE
+        without `multivariate`), with more than one trial in flight. One trial at a time, a
+        trial that does not suggest a drawn name would shift the sampler's random stream away
+        from plain Optuna's trials; in flight together, trials have no such order to keep."""
+        return self.spec.concurrency > 1 and type(self.study.sampler) in (
+            optuna.samplers.RandomSampler, CachedFitTPESampler)
+
+    def _drawn(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, str]]:
+        """The shared space's parameters (every finished trial has them) drawn for `trial` now,
+        each as its suggest would draw it, from the study as it is at the ask (as a declared
+        space is sampled), with their distributions; they travel with the lease like relative
+        parameters, so a define-by-run objective's suggests of them cost no round trip."""
+        if self._shared_space is None:
+            self._shared_space = IntersectionSearchSpace(include_pruned=True)
+        space = {name: dist for name, dist in self._shared_space.calculate(self.study).items()
+                 if name not in trial.params and not dist.single()}
+        if not space:
+            return {}, {}
+        values = draw_independent(trial, space)
+        return ({name: _plain(values[name]) for name in space},
+                {name: distribution_to_json(space[name]) for name in space})
 
     def _sampler_failed(self, exc: Exception) -> None:
         """A failed ask: logged with its traceback, and the trial it left RUNNING settled.
