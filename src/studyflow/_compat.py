@@ -159,9 +159,14 @@ def draw_independent(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, An
     study = optuna.pruners._filter_study(trial.study, frozen)
     values = {name: trial.study.sampler.sample_independent(study, frozen, name, distribution)
               for name, distribution in space.items()}
-    trial._relative_params = values
-    trial.relative_search_space = dict(space)
+    keep_drawn(trial, values, space)
     return values
+
+
+def keep_drawn(trial: optuna.Trial, values: dict[str, Any], space: dict[str, Any]) -> None:
+    """Keep `values`, drawn from `space`, as the trial's relative parameters (`draw_independent`)."""
+    trial._relative_params = dict(values)
+    trial.relative_search_space = dict(space)
 
 
 def drop_drawn(trial: optuna.Trial, name: str) -> None:

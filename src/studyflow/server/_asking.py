@@ -29,6 +29,7 @@ from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import STARTED_ATTR
 from studyflow._compat import draw_independent
 from studyflow._compat import drop_drawn
+from studyflow._compat import keep_drawn
 from studyflow._compat import forget_relative_params
 from studyflow._compat import fresh_trials_view
 from studyflow._compat import storage_of
@@ -37,6 +38,7 @@ from studyflow._compat import trial_id_of
 from studyflow.config import REPRODUCIBLE_ONLY
 from studyflow.errors import JournalWriteError
 from studyflow.optuna_ext import CachedFitTPESampler
+from studyflow.optuna_ext import RandomInOneRecord
 from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
@@ -253,15 +255,32 @@ class Asking:
         each as its suggest would draw it, from the study as it is at the ask (as a declared
         space is sampled), with their distributions; they travel with the lease like relative
         parameters, so a define-by-run objective's suggests of them cost no round trip."""
-        if self._shared_space is None:
-            self._shared_space = IntersectionSearchSpace(include_pruned=True)
-        space = {name: dist for name, dist in self._shared_space.calculate(self.study).items()
-                 if name not in trial.params and not dist.single()}
+        shared, draw = self._shared_space()
+        space = {name: dist for name, dist in shared.items() if name not in trial.params}
         if not space:
             return {}, {}
-        values = draw_independent(trial, space)
+        if draw is not None and len(space) == len(shared):
+            values = draw.sample()  # random search: the same draws, one call for the space
+            keep_drawn(trial, values, space)
+        else:
+            values = draw_independent(trial, space)
         return ({name: _plain(values[name]) for name in space},
                 {name: distribution_to_json(space[name]) for name in space})
+
+    def _shared_space(self) -> tuple[dict[str, Any], RandomInOneRecord | None]:
+        """The parameters every finished trial has, with the same distribution (Optuna's
+        `IntersectionSearchSpace`, pruned trials included), worked out again only once a trial
+        has finished since (it reads every trial); and for a random search, its drawer."""
+        kept = self._shared
+        if kept is not None and kept[0] == self.budget.finished:
+            return kept[1], kept[2]
+        if kept is None:
+            self._shared = kept = (-1, {}, None, IntersectionSearchSpace(include_pruned=True))
+        space = {name: dist for name, dist in kept[3].calculate(self.study).items() if not dist.single()}
+        draw = kept[2] if kept[2] is not None and kept[2].space == space else (
+            RandomInOneRecord(self.study, space) if RandomInOneRecord.applies(self.study, space) else None)
+        self._shared = (self.budget.finished, space, draw, kept[3])
+        return space, draw
 
     def _sampler_failed(self, exc: Exception) -> None:
         """A failed ask: logged with its traceback, and the trial it left RUNNING settled.

@@ -67,7 +67,9 @@ class ServedStudy(Asking, Telling):
     sampler_failures: int = 0  # failed asks in a row (`Asking._sampler_failed`)
     broken: bool = False  # its service task died: done at once, whatever loops still hold
     active_saved: float = field(default_factory=time.monotonic)  # when `save_active_time` last wrote
-    _shared_space: Any = None  # define-by-run draws at the ask: the finished trials' space (`Asking._drawn`)
+    # define-by-run draws at the ask (`Asking._shared_space`): (finished trials when worked out,
+    # the space they share, its random-search drawer, Optuna's IntersectionSearchSpace)
+    _shared: tuple[int, dict[str, Any], Any, Any] | None = None
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.config, self.n_trials)
