@@ -2,8 +2,9 @@
 
 Parameters from the study file's search space arrive with the ask, so `trial.suggest_*` for
 them answers locally; so do the sampler's relative parameters (a multivariate sampler's joint
-sample over the space every finished trial shares), when the suggest asks for the same
-distribution: they travel back with the tell. Any other name is suggested define-by-run, one
+sample over the space every finished trial shares, or that space drawn at the ask for a sampler
+that draws each parameter on its own), when the suggest asks for the same distribution: they
+travel back with the tell. Any other name is suggested define-by-run, one
 RPC to the study server each. User attributes, constraints and artifact records travel with the tell.
 `trial.study` is a read-only view of the study the server holds, fetched when read, and
 `trial.storage` records what Optuna's helpers write to the trial (both in `_study_view`).
