@@ -80,6 +80,26 @@ def test_workers_start_with_tornados_default_tls_context_already_built(tmp_path,
     assert trials["user_attrs_tls_defaults_built_before_the_worker_started"].all()
 
 
+GC_PROBE = textwrap.dedent('''
+    import gc
+
+
+    def objective(trial):
+        trial.set_user_attr("collects", gc.isenabled())
+        trial.set_user_attr("frozen", gc.get_freeze_count())
+        return trial.suggest_float("x", 0, 1)
+''')
+
+
+def test_workers_collect_garbage_as_usual_but_skip_what_their_forkserver_imported(tmp_path, write_study):
+    """The forkserver imports with collection off (no 30 ms full collections mid-import) and
+    freezes what it imported before it forks: a worker's collections skip those objects (and
+    leave their memory pages shared), and a worker collects its own garbage as usual."""
+    trials, _ = _completed(tmp_path, write_study, "gc_probe", GC_PROBE, 4)
+    assert trials["user_attrs_collects"].all()
+    assert (trials["user_attrs_frozen"] > 100_000).all()  # Dask's, numpy's and Optuna's objects
+
+
 EXIT_PROBE = textwrap.dedent('''
     import atexit
     import os

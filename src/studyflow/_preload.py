@@ -12,6 +12,7 @@ from it but never run atexit handlers: a forked child ends in `os._exit`.
 """
 
 import atexit
+import gc
 import importlib
 import os
 import sys
@@ -47,3 +48,8 @@ for _name in filter(None, os.environ.get("STUDYFLOW_PRELOAD", "").split(",")):
         importlib.import_module(_name)
     except BaseException:  # noqa: BLE001  a user's module may raise anything, even SystemExit
         pass
+
+# Collection was off for the imports (`_preload_begin`): what they made is kept out of every
+# collection from now on, here and in the workers forked from here, which collect as usual.
+gc.freeze()
+gc.enable()

@@ -1,0 +1,12 @@
+"""The first module the workers' forkserver imports (`_processes.WORKER_MODULES`): garbage
+collection is off while it imports Dask, numpy, Optuna and the objective's modules, which
+allocate a great many long-lived objects and no garbage worth a collection (full collections
+of 30 ms and more while they load). `_preload`, the last module, freezes what they made and
+turns collection back on before any worker forks, as Python's `gc.freeze` documentation
+advises for a parent that forks: the workers' collections then skip those objects, and do
+not write to their memory pages (which stay shared with the forkserver's).
+"""
+
+import gc
+
+gc.disable()
