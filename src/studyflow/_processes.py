@@ -32,10 +32,11 @@ ONE_THREAD_ENV = {
     )
 }
 
-# What a trial loop imports; a module missing here is skipped by the forkserver. The first turns
-# garbage collection off for the imports, the last freezes what they made and turns it on again
-# (`_preload_begin`), and imports the study's objective module (named in PRELOAD_ENV_VAR), so a worker's first trial does
-# not pay for its imports (scikit-learn: ~0.5 s per worker) either. pandas and pyarrow (~0.4 s of
+# What a trial loop imports; a module missing here is skipped by the forkserver. The first one
+# turns garbage collection off for the imports (`_preload_begin`). The last one imports the
+# study's objective module (named in PRELOAD_ENV_VAR), so a worker's first trial does not pay for
+# its imports (scikit-learn: ~0.5 s per worker) either, then freezes what the imports made and
+# turns collection on again. pandas and pyarrow (~0.4 s of
 # CPU, while the driver imports on the other core) only for a study that reads a staged table
 # (`TABLE_MODULES`); an objective that uses them imports them through its own module.
 WORKER_MODULES = ["studyflow._preload_begin", "distributed", "numpy", "optuna", "studyflow.worker", "studyflow.cli",

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from typing import Any
+from typing import NamedTuple
 
 import optuna
 from optuna.distributions import distribution_to_json
@@ -52,6 +53,15 @@ _logger = logging.getLogger(__name__)
 # A stop reason that is the study file's fault: the driver raises it as a ConfigError.
 INVALID_STUDY = "invalid study: "
 LOOP_SEEN_S = 30.0  # a loop that exchanged this recently still runs (for shares of a cluster)
+
+
+class SharedSpace(NamedTuple):
+    """What `Asking._shared_space` worked out, and when."""
+
+    finished: int  # the study's finished trials then
+    space: dict[str, Any]  # the parameters they all have, with the same distribution
+    draw: RandomInOneRecord | None  # a random search's drawer for that space
+    intersection: IntersectionSearchSpace  # Optuna's, which reads only the trials new to it
 
 
 def _plain(value: Any) -> Any:
@@ -147,10 +157,10 @@ class Asking:
             raise ValueError(self.budget.stop_reason)
         self.define_by_run = True
         fresh_trials_view(self.study)
-        trial = self.leases[number].trial
-        if self._draws_ahead():
-            drop_drawn(trial, name)  # asked, not answered on the worker: its draw went unused
-        return getattr(trial, method)(name, **kwargs)
+        lease = self.leases[number]
+        if lease.drawn:
+            drop_drawn(lease.trial, name)  # asked, not answered on the worker: its draw went unused
+        return getattr(lease.trial, method)(name, **kwargs)
 
     def replay_suggested(self, trial: optuna.Trial, suggested: list[list[Any]]) -> None:
         """Record the suggests a loop answered from its lease's relative parameters, in its
@@ -207,22 +217,25 @@ class Asking:
                 self._mark_started(lease)
             params = trial.params
             started = trial.datetime_start
-            relative, relative_json = self._relative(trial, system_attrs)
+            relative, relative_json = self._relative(lease, system_attrs)
             return TrialLease(trial.number, params, key, trial_seed(key), self.store.staging_path(key, trial.number),
                               # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers
                               self._distributions_json(trial, params),
                               None if started is None else started.isoformat(), relative, relative_json)
 
-    def _relative(self, trial: optuna.Trial, system_attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def _relative(self, lease: Lease, system_attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """The relative parameters (a multivariate sampler's joint sample over the space every
         finished trial shares) for the names the trial does not have yet, with their distributions.
 
         Optuna samples them at a trial's first suggest; sampled here, in the batch, they travel
         with the lease, and a define-by-run objective's suggests of them are answered on the
         worker instead of one round trip each. Same history, same draws in the same order: a
-        study run one trial at a time still proposes plain Optuna's trials. None for a retry
-        (its fixed parameters come first) or under reproducible scheduling (whose refusal of an
-        undeclared name must see every suggest)."""
+        study run one trial at a time still proposes plain Optuna's trials. For a sampler that
+        draws each parameter on its own, the shared space drawn at the ask (`_drawn`, marked on
+        the lease) while trials are in flight together. None for a retry (its fixed parameters
+        come first) or under reproducible scheduling (whose refusal of an undeclared name must
+        see every suggest)."""
+        trial = lease.trial
         if self.one_record is not None or self.ordering.window or "fixed_params" in system_attrs:
             return {}, {}
         values = trial.relative_params  # evaluated once per trial; Optuna's suggests reuse it
@@ -233,7 +246,11 @@ class Asking:
             # TPE with 8 in flight on Hartmann-6 fell from 86% to 65-79% of sequential TPE's gain).
             independent = not trial.relative_search_space
             forget_relative_params(trial)
-            return self._drawn(trial) if independent and self._draws_ahead() else ({}, {})
+            if not (independent and self._draws_ahead()):
+                return {}, {}
+            drawn = self._drawn(trial)
+            lease.drawn = bool(drawn[0])
+            return drawn
         space = trial.relative_search_space or {}
         names = [name for name in values if name in space and name not in trial.params]
         # With its constant liar, Optuna's TPE shares them with the other asks itself (in the
@@ -244,9 +261,10 @@ class Asking:
     def _draws_ahead(self) -> bool:
         """Whether define-by-run parameters of the shared space are drawn at the ask (`_drawn`):
         for samplers that draw each parameter on its own at its suggest (random search, TPE
-        without `multivariate`), with more than one trial in flight. One trial at a time, a
-        trial that does not suggest a drawn name would shift the sampler's random stream away
-        from plain Optuna's trials; in flight together, trials have no such order to keep."""
+        without `multivariate`, whose relative search space is empty), with more than one trial
+        in flight. One trial at a time, a trial that does not suggest a drawn name would shift
+        the sampler's random stream away from plain Optuna's trials; in flight together, trials
+        have no such order to keep."""
         return self.spec.concurrency > 1 and type(self.study.sampler) in (
             optuna.samplers.RandomSampler, CachedFitTPESampler)
 
@@ -272,14 +290,14 @@ class Asking:
         `IntersectionSearchSpace`, pruned trials included), worked out again only once a trial
         has finished since (it reads every trial); and for a random search, its drawer."""
         kept = self._shared
-        if kept is not None and kept[0] == self.budget.finished:
-            return kept[1], kept[2]
+        if kept is not None and kept.finished == self.budget.finished:
+            return kept.space, kept.draw
         if kept is None:
-            self._shared = kept = (-1, {}, None, IntersectionSearchSpace(include_pruned=True))
-        space = {name: dist for name, dist in kept[3].calculate(self.study).items() if not dist.single()}
-        draw = kept[2] if kept[2] is not None and kept[2].space == space else (
+            kept = SharedSpace(-1, {}, None, IntersectionSearchSpace(include_pruned=True))
+        space = {name: dist for name, dist in kept.intersection.calculate(self.study).items() if not dist.single()}
+        draw = kept.draw if kept.draw is not None and kept.draw.space == space else (
             RandomInOneRecord(self.study, space) if RandomInOneRecord.applies(self.study, space) else None)
-        self._shared = (self.budget.finished, space, draw, kept[3])
+        self._shared = SharedSpace(self.budget.finished, space, draw, kept.intersection)
         return space, draw
 
     def _sampler_failed(self, exc: Exception) -> None:

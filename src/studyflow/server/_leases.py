@@ -29,6 +29,7 @@ class Lease:
     attempt: int
     loop: str = ""
     started: float | None = None  # when its loop began it, as far as the server knows
+    drawn: bool = False  # its relative parameters are the server's draws at the ask (`Asking._drawn`)
 
 
 @dataclass

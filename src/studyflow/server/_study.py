@@ -31,6 +31,7 @@ from studyflow.optuna_ext import distributions
 from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
 from studyflow.server._asking import Asking
+from studyflow.server._asking import SharedSpace
 from studyflow.server._budget import ACTIVE_S_ATTR
 from studyflow.server._budget import Budget
 from studyflow.server._finish_log import FinishLog
@@ -67,9 +68,7 @@ class ServedStudy(Asking, Telling):
     sampler_failures: int = 0  # failed asks in a row (`Asking._sampler_failed`)
     broken: bool = False  # its service task died: done at once, whatever loops still hold
     active_saved: float = field(default_factory=time.monotonic)  # when `save_active_time` last wrote
-    # define-by-run draws at the ask (`Asking._shared_space`): (finished trials when worked out,
-    # the space they share, its random-search drawer, Optuna's IntersectionSearchSpace)
-    _shared: tuple[int, dict[str, Any], Any, Any] | None = None
+    _shared: SharedSpace | None = None  # for define-by-run draws at the ask (`Asking._shared_space`)
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.config, self.n_trials)
