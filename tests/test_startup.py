@@ -116,12 +116,18 @@ EXIT_PROBE = textwrap.dedent('''
 ''')
 
 
-def _gone(pids: set[int], within_s: float) -> set[int]:
-    """Those of `pids` still running (not zombies) after `within_s`."""
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _still_running(pids: set[int], within_s: float) -> set[int]:
+    """Those of `pids` still running (not zombies) after up to `within_s`."""
     deadline = time.monotonic() + within_s
     while True:
-        alive = {pid for pid in pids if psutil.pid_exists(pid)
-                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+        alive = {pid for pid in pids if _running(pid)}
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)
@@ -135,8 +141,8 @@ def test_the_command_leaves_no_worker_behind_though_it_does_not_wait_to_close_th
     trials, _ = _completed(tmp_path, write_study, "exit_probe", EXIT_PROBE, 6)
     workers = set(trials["user_attrs_pid"])
     forkservers = set(trials["user_attrs_forked_from"])
-    assert len(workers) == 2 and len(forkservers) == 1
-    assert not _gone(workers | forkservers, within_s=10)
+    assert workers and len(forkservers) == 1
+    assert not _still_running(workers | forkservers, within_s=10)
     assert [int(pid) for pid in (tmp_path / "atexit_ran_in").read_text().split()] == list(forkservers)
 
 
