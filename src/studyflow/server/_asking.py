@@ -30,9 +30,9 @@ from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import STARTED_ATTR
 from studyflow._compat import draw_independent
 from studyflow._compat import drop_drawn
-from studyflow._compat import keep_drawn
 from studyflow._compat import forget_relative_params
 from studyflow._compat import fresh_trials_view
+from studyflow._compat import keep_drawn
 from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
 from studyflow._compat import trial_id_of
@@ -60,6 +60,7 @@ class SharedSpace(NamedTuple):
 
     finished: int  # the study's finished trials then
     space: dict[str, Any]  # the parameters they all have, with the same distribution
+    json: dict[str, str]  # those distributions as the lease carries them
     draw: RandomInOneRecord | None  # a random search's drawer for that space
     intersection: IntersectionSearchSpace  # Optuna's, which reads only the trials new to it
 
@@ -273,32 +274,36 @@ class Asking:
         each as its suggest would draw it, from the study as it is at the ask (as a declared
         space is sampled), with their distributions; they travel with the lease like relative
         parameters, so a define-by-run objective's suggests of them cost no round trip."""
-        shared, draw = self._shared_space()
-        space = {name: dist for name, dist in shared.items() if name not in trial.params}
+        shared = self._shared_space()
+        space = {name: dist for name, dist in shared.space.items() if name not in trial.params}
         if not space:
             return {}, {}
-        if draw is not None and len(space) == len(shared):
-            values = draw.sample()  # random search: the same draws, one call for the space
+        if shared.draw is not None and len(space) == len(shared.space):
+            values = shared.draw.sample()  # random search: the same draws, one call for the space
             keep_drawn(trial, values, space)
         else:
             values = draw_independent(trial, space)
-        return ({name: _plain(values[name]) for name in space},
-                {name: distribution_to_json(space[name]) for name in space})
+        return ({name: _plain(values[name]) for name in space}, {name: shared.json[name] for name in space})
 
-    def _shared_space(self) -> tuple[dict[str, Any], RandomInOneRecord | None]:
+    def _shared_space(self) -> SharedSpace:
         """The parameters every finished trial has, with the same distribution (Optuna's
         `IntersectionSearchSpace`, pruned trials included), worked out again only once a trial
-        has finished since (it reads every trial); and for a random search, its drawer."""
+        has finished since (it reads every trial); their JSON and, for a random search, its
+        drawer are made again only when the space changed."""
         kept = self._shared
         if kept is not None and kept.finished == self.budget.finished:
-            return kept.space, kept.draw
+            return kept
         if kept is None:
-            kept = SharedSpace(-1, {}, None, IntersectionSearchSpace(include_pruned=True))
+            kept = SharedSpace(-1, {}, {}, None, IntersectionSearchSpace(include_pruned=True))
         space = {name: dist for name, dist in kept.intersection.calculate(self.study).items() if not dist.single()}
-        draw = kept.draw if kept.draw is not None and kept.draw.space == space else (
-            RandomInOneRecord(self.study, space) if RandomInOneRecord.applies(self.study, space) else None)
-        self._shared = SharedSpace(self.budget.finished, space, draw, kept.intersection)
-        return space, draw
+        if space == kept.space:
+            self._shared = kept._replace(finished=self.budget.finished)
+        else:
+            draw = RandomInOneRecord(self.study, space) if RandomInOneRecord.applies(self.study, space) else None
+            self._shared = SharedSpace(self.budget.finished, space,
+                                       {name: distribution_to_json(dist) for name, dist in space.items()},
+                                       draw, kept.intersection)
+        return self._shared
 
     def _sampler_failed(self, exc: Exception) -> None:
         """A failed ask: logged with its traceback, and the trial it left RUNNING settled.
