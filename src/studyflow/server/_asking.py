@@ -297,12 +297,11 @@ class Asking:
             kept = SharedSpace(-1, {}, {}, None, IntersectionSearchSpace(include_pruned=True))
         space = {name: dist for name, dist in kept.intersection.calculate(self.study).items() if not dist.single()}
         if space == kept.space:
-            self._shared = kept._replace(finished=self.budget.finished)
+            json, draw = kept.json, kept.draw
         else:
+            json = {name: distribution_to_json(dist) for name, dist in space.items()}
             draw = RandomInOneRecord(self.study, space) if RandomInOneRecord.applies(self.study, space) else None
-            self._shared = SharedSpace(self.budget.finished, space,
-                                       {name: distribution_to_json(dist) for name, dist in space.items()},
-                                       draw, kept.intersection)
+        self._shared = SharedSpace(self.budget.finished, space, json, draw, kept.intersection)
         return self._shared
 
     def _sampler_failed(self, exc: Exception) -> None:
