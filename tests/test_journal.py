@@ -74,6 +74,49 @@ def test_server_journal_answers_state_queries_as_optuna_reads_the_same_file(tmp_
         assert _numbers_by_state_query(reopened._storage, study_id) == _numbers_by_state_query(optunas, study_id)
 
 
+def test_waiting_trials_are_found_as_optuna_finds_them_while_retries_come_and_go(tmp_path):
+    # `Study.ask` asks for the WAITING trials on every ask (the server's asks): answered from
+    # the trials known to wait, not the state index; checked after every step against Optuna
+    # reading the same file, fresh and resumed.
+    path = tmp_path / "journal.log"
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def waiting(storage, study_id: int = 0) -> list[int]:
+        return [t.number for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))]
+
+    def same_as_optunas(study: optuna.Study) -> list[int]:
+        study._storage._backend.flush()
+        ours = waiting(study._storage)
+        assert ours == waiting(JournalStorage(JournalFileBackend(str(path))))
+        return ours
+
+    served = optuna.create_study(storage=ServerJournalStorage(SingleWriterJournal(path)), study_name="s",
+                                 sampler=optuna.samplers.RandomSampler(seed=1))
+    assert same_as_optunas(served) == []  # first use, before any trial
+    held = [served.ask(space) for _ in range(3)]
+    served.enqueue_trial({"x": 0.25})
+    served.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": {"x": 0.9}}))
+    assert same_as_optunas(served) == [3, 4]
+    assert served.ask(space).params == {"x": 0.25}  # takes the first
+    assert same_as_optunas(served) == [4]
+    served.tell(held[0], 0.5)
+    served.enqueue_trial({"x": 0.75})
+    assert same_as_optunas(served) == [4, 5]
+    served._storage._backend.close()
+
+    resumed = optuna.load_study(storage=ServerJournalStorage(SingleWriterJournal(path)), study_name="s",
+                                sampler=optuna.samplers.RandomSampler(seed=2))
+    assert same_as_optunas(resumed) == [4, 5]  # found by the first use's scan of the replayed file
+    assert resumed.ask(space).params == {"x": 0.9}
+    resumed.enqueue_trial({"x": 0.5})
+    assert same_as_optunas(resumed) == [5, 6]
+    resumed.ask(space), resumed.ask(space)
+    assert same_as_optunas(resumed) == []
+    resumed.ask(space)  # none left: a new trial
+    assert same_as_optunas(resumed) == []
+    assert [t.state for t in resumed.trials].count(TrialState.WAITING) == 0
+
+
 def test_a_journal_whose_disk_refuses_fsync_says_so_at_the_next_batch_instead_of_going_on():
     # /dev/null takes every write and refuses fsync (EINVAL): the fsync fails on its thread,
     # after the batch's records were handed to the OS and the batch's replies could leave

@@ -240,3 +240,51 @@ def test_a_define_by_run_trial_asked_in_tpes_start_up_and_run_after_it_gets_optu
     plain.tell(ten, theirs(ten))
     served.ordering.apply_all()
     assert [t.params for t in served.study.trials[:11]] == [t.params for t in plain.trials]
+
+
+def test_a_random_search_trial_names_its_worker_in_its_one_record_and_a_trial_answered_from_the_store_names_none(tmp_path):
+    """The worker that runs a random-search trial is journaled with the trial's one record when
+    it is leased, so its tell writes no record for it; Optuna reads every trial's worker as the
+    one that ran it, also for a trial that moved to another loop, and none for a trial that
+    no worker ran (answered from the store)."""
+    import json
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from studyflow._attrs import CACHED_ATTR
+    from studyflow._attrs import WORKER_ATTR
+    from studyflow._compat import JournalOperation
+    from studyflow.server._lifecycle import StudySpec
+    from studyflow.server._lifecycle import open_study
+
+    served = _served(tmp_path)
+    _a_trial_moved_to_another_loop(served)  # 0 failed with loop a's worker, 1 went from a to b
+    (retry,) = _exchange(served, "b/1", outcomes=[_complete(1, 0.5)]).trials
+    (new,) = _exchange(served, "b/1", outcomes=[_complete(retry.number, 0.25)]).trials
+    _exchange(served, "b/1", outcomes=[_complete(new.number, 0.75)], want=0)
+    assert (retry.number, new.number) == (2, 3)  # 2 retries 0 (enqueued, taken by the ask)
+    served.backend.flush()
+    journal = tmp_path / "journal.log"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    created = [r for r in records if r["op_code"] == JournalOperation.CREATE_TRIAL]
+    worker_records = [(r["trial_id"], r["system_attr"][WORKER_ATTR]) for r in records
+                      if r["op_code"] == JournalOperation.SET_TRIAL_SYSTEM_ATTR and WORKER_ATTR in r["system_attr"]]
+    assert [r["system_attrs"].get(WORKER_ATTR) for r in created] == ["tcp://a/1", "tcp://a/1", None, "tcp://b/1"]
+    # the lost one, the moved one, the retry: none for 3, named in its one record
+    assert worker_records == [(0, "tcp://a/1"), (1, "tcp://b/1"), (2, "tcp://b/1")]
+    theirs = JournalStorage(JournalFileBackend(str(journal))).get_all_trials(0)
+    assert [t.system_attrs.get(WORKER_ATTR) for t in theirs] == ["tcp://a/1", "tcp://b/1", "tcp://b/1", "tcp://b/1"]
+    assert [t.state for t in theirs] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+
+    # A new journal over the same store and seed draws the same first trials: answered from the
+    # store, they name no worker; the first new one names the worker it is leased to.
+    cfg = served.config
+    again = open_study(StudySpec("s-2", cfg, str(tmp_path / "again.log"), str(tmp_path / "store"), "base",
+                                 concurrency=2))
+    (lease,) = _exchange(again, "c/1").trials
+    again.backend.flush()
+    trials = JournalStorage(JournalFileBackend(str(tmp_path / "again.log"))).get_all_trials(0)
+    cached = [t for t in trials if t.system_attrs.get(CACHED_ATTR)]
+    assert len(cached) == 3 and all(WORKER_ATTR not in t.system_attrs for t in cached)
+    assert trials[lease.number].system_attrs[WORKER_ATTR] == "tcp://c/1"

@@ -208,18 +208,24 @@ class ServerJournalStorage(OwnWritesJournalStorage):
         self._state_of: dict[int, TrialState] = {}  # each indexed trial's state in `_ids`
         self._study_of: dict[int, int] = {}  # trial id -> study id, for trials indexed or created
         self._changed: set[int] = set()  # trials whose state may differ from `_state_of`
+        self._maybe_waiting: dict[int, set[int]] = {}  # {study id: ids WAITING when last seen, or since}
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)
         self._study_of[trial_id] = study_id
         self._changed.add(trial_id)
+        if template_trial is not None and template_trial.state == TrialState.WAITING:
+            self._note_waiting(study_id, trial_id)
         return trial_id
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         try:
-            return super().set_trial_state_values(trial_id, state, values)
+            updated = super().set_trial_state_values(trial_id, state, values)
         finally:
             self._changed.add(trial_id)
+        if state == TrialState.WAITING:
+            self._note_waiting(self.get_study_id_from_trial_id(trial_id), trial_id)
+        return updated
 
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -237,12 +243,33 @@ class ServerJournalStorage(OwnWritesJournalStorage):
             alone = len(ids_of_study) == len(trials)
             if states is None:
                 return list(trials.values()) if alone else [trials[i] for i in ids_of_study]
+            if tuple(states) == (TrialState.WAITING,):
+                return self._waiting(study_id, trials)
             by_state = self._indexed(study_id)
             lists = [by_state[s] for s in set(states) if by_state.get(s)]
             if alone and sum(map(len, lists)) == len(trials):
                 return list(trials.values())
             ids = lists[0] if len(lists) == 1 else sorted(itertools.chain(*lists))
             return list(map(trials.__getitem__, ids))
+
+    def _note_waiting(self, study_id: int, trial_id: int) -> None:
+        known = self._maybe_waiting.get(study_id)
+        if known is not None:  # (else the first `_waiting` finds it in its scan)
+            known.add(trial_id)
+
+    def _waiting(self, study_id: int, trials: dict[int, FrozenTrial]) -> list[FrozenTrial]:
+        """The study's WAITING trials in id order, for the WAITING-only query that `Study.ask`
+        (the server's every ask) makes: only the trials found WAITING by one scan at first use,
+        or made WAITING since, are looked at, without bringing the state index up to date."""
+        known = self._maybe_waiting.get(study_id)
+        if known is None:  # first use: one scan
+            known = self._maybe_waiting[study_id] = {
+                trial_id_of(t) for t in self._replay_result.get_all_trials(study_id, (TrialState.WAITING,))}
+        if not known:
+            return []
+        waiting = sorted(i for i in known if trials[i].state == TrialState.WAITING)
+        known.intersection_update(waiting)  # those taken since are let go
+        return [trials[i] for i in waiting]
 
     def _indexed(self, study_id: int) -> dict[TrialState, list[int]]:
         by_state = self._ids.get(study_id)

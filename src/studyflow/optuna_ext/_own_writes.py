@@ -3,7 +3,7 @@
 Optuna's `JournalStorage` writes each change as a record, then replays the record to change
 its trials: it parses the datetimes and distributions back from their JSON form and copies
 the trial, to reach what it had in hand. The study server is its journal's only writer, and
-makes four or five such writes for every trial. Here the writes on that path (a new trial, a
+makes three to five such writes for every trial. Here the writes on that path (a new trial, a
 system or user attribute, a finished state) build the same record, write it, count it as
 read, and make the change from the objects in hand. Invariant: the replayed state is what
 replaying the record would leave (tests compare it with a fresh `JournalStorage` reading the

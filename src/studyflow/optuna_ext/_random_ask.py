@@ -6,8 +6,8 @@ sampler's hooks around them; and `RandomSampler` builds a search-space transform
 parameter of every trial. In a random search of instant trials that was a large share of the
 server's work per trial. A `RandomSampler` looks at neither the history nor the trial, so here the
 server draws every parameter from the sampler's own random state in one call (the same numbers,
-in the same order, as its per-parameter draws) and writes the trial with its parameters and key
-in one record, as `Study.add_trial` does. The journal reads the same to Optuna, and a seed gives
+in the same order, as its per-parameter draws) and writes the trial with its parameters, key and
+worker in one record, as `Study.add_trial` does. The journal reads the same to Optuna, and a seed gives
 the same parameters as `Study.ask` (tests/test_journal.py checks both).
 """
 

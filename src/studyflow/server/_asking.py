@@ -28,6 +28,7 @@ from studyflow._attrs import ATTEMPT_ATTR
 from studyflow._attrs import KEY_ATTR
 from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import STARTED_ATTR
+from studyflow._attrs import WORKER_ATTR
 from studyflow._compat import draw_independent
 from studyflow._compat import drop_drawn
 from studyflow._compat import forget_relative_params
@@ -189,7 +190,7 @@ class Asking:
             if self.same_key.ready:
                 trial = self.same_key.ready.pop(0)
                 key = self._key(trial)
-                if not self.define_by_run and self.leases.leased_keys[key]:
+                if self._key_runs(key):
                     self.same_key.follow(key, trial)  # another ready one runs its key now: wait for it
                     continue
             else:
@@ -197,23 +198,23 @@ class Asking:
                     self.ordering.apply_received(self._in_flight_numbers,
                                                  upto=self._next_number() - self.ordering.window)
                 try:
-                    trial, key = self._new_trial()
+                    trial, key = self._new_trial(worker)
                 except JournalWriteError:
                     raise  # the journal's disk, not the sampler
                 except Exception as exc:  # the sampler's: the study fails with it, not the loops
                     self._sampler_failed(exc)
                     return None
                 self.sampler_failures = 0
-                stored = None if self.define_by_run else self.store.get(key)
-                if stored is not None and stored.state == "COMPLETE":
+                stored = self._stored(key)
+                if stored is not None:
                     self._answer_from_store(trial, stored)
                     continue
-                if not self.define_by_run and self.leases.leased_keys[key]:
+                if self._key_runs(key):
                     self.same_key.follow(key, trial)
                     continue
             system_attrs = storage_of(self.study).get_trial_system_attrs(trial_id_of(trial))
             attempt = int(system_attrs.get(ATTEMPT_ATTR, 0))
-            lease = Lease(trial, key, worker, attempt, loop)
+            lease = Lease(trial, key, worker, attempt, loop, journaled_worker=system_attrs.get(WORKER_ATTR))
             if self.leases.add(lease):
                 self._mark_started(lease)
             params = trial.params
@@ -345,12 +346,27 @@ class Asking:
         return {name: space[name] if name in space
                 else distribution_to_json(trial.distributions[name]) for name in params}
 
-    def _new_trial(self) -> tuple[optuna.Trial, str]:
-        """A newly sampled trial and its key (journaled with it)."""
+    def _stored(self, key: str) -> Any:
+        """The store's COMPLETE result for a new trial's key (None: the trial runs, or waits for
+        its key); define-by-run trials are keyed at the tell, and run."""
+        stored = None if self.define_by_run else self.store.get(key)
+        return stored if stored is not None and stored.state == "COMPLETE" else None
+
+    def _key_runs(self, key: str) -> bool:
+        """Whether a new trial with this key waits for the leased trial that runs it already."""
+        return not self.define_by_run and bool(self.leases.leased_keys[key])
+
+    def _new_trial(self, worker: str) -> tuple[optuna.Trial, str]:
+        """A newly sampled trial and its key (journaled with it). A random-search trial goes in
+        one record, with the worker it is leased to when it will run there (its key neither
+        stored nor running): the tell then has one record fewer to write (`Lease.journaled_worker`)."""
         if self.one_record is not None and not self._waiting():
             params = self.one_record.sample()
             key = trial_key(self.spec.key_base, params)
-            return self.one_record.create(params, {KEY_ATTR: key}), key
+            attrs = {KEY_ATTR: key}
+            if self._stored(key) is None and not self._key_runs(key):
+                attrs[WORKER_ATTR] = worker
+            return self.one_record.create(params, attrs), key
         trial = self.study.ask(self.space)
         key = trial_key(self.spec.key_base, trial.params)
         storage_of(self.study).set_trial_system_attr(trial_id_of(trial), KEY_ATTR, key)

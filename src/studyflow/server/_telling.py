@@ -65,7 +65,8 @@ class Telling:
             attrs = system_attrs_to_set(self.config, outcome.system_attrs, user_attrs, state)
             for key, value in attrs.items():
                 storage.set_trial_system_attr(trial_id, key, value)
-            storage.set_trial_system_attr(trial_id, WORKER_ATTR, worker)
+            if worker != lease.journaled_worker:
+                storage.set_trial_system_attr(trial_id, WORKER_ATTR, worker)
             if duration_s is not None:
                 storage.set_trial_system_attr(trial_id, DURATION_ATTR, duration_s)
             if error:
