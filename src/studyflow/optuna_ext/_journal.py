@@ -253,14 +253,16 @@ class ServerJournalStorage(OwnWritesJournalStorage):
             return list(map(trials.__getitem__, ids))
 
     def _note_waiting(self, study_id: int, trial_id: int) -> None:
-        known = self._maybe_waiting.get(study_id)
-        if known is not None:  # (else the first `_waiting` finds it in its scan)
-            known.add(trial_id)
+        with self._thread_lock:  # as `_waiting` reads and prunes them
+            known = self._maybe_waiting.get(study_id)
+            if known is not None:  # (else the first `_waiting` finds it in its scan)
+                known.add(trial_id)
 
     def _waiting(self, study_id: int, trials: dict[int, FrozenTrial]) -> list[FrozenTrial]:
         """The study's WAITING trials in id order, for the WAITING-only query that `Study.ask`
         (the server's every ask) makes: only the trials found WAITING by one scan at first use,
-        or made WAITING since, are looked at, without bringing the state index up to date."""
+        or made WAITING since, are looked at, without bringing the state index up to date.
+        Under `_thread_lock`."""
         known = self._maybe_waiting.get(study_id)
         if known is None:  # first use: one scan
             known = self._maybe_waiting[study_id] = {
