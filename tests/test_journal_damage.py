@@ -26,8 +26,11 @@ from studyflow.optuna_ext import repair_journal
 from studyflow.optuna_ext import scan_journal
 
 N_TRIALS = 20
-LIMIT = 200_000  # bytes a file may grow to in the disk-full run
-FILLED_TRIALS = 400
+# Bytes a file may grow to in the disk-full run, and its study's size: each loop is leased up to
+# 257 random trials at once, each journaled when leased (~0.5 kB), so the journal holds several
+# such batches and many told trials before it fills (~0.8 kB a trial in all).
+LIMIT = 1_000_000
+FILLED_TRIALS = 4000
 RECORD = {"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}
 
 
@@ -270,7 +273,7 @@ def test_a_disk_that_fills_mid_study_stops_it_in_one_line_and_a_resume_keeps_eve
     journal = _journal(tmp_path)
     assert f"{journal}: cannot write the study journal (File too large); the study stops" in error
     assert journal.stat().st_size <= LIMIT
-    assert 10 < len(told) < FILLED_TRIALS  # the journal (~0.4 kB a record) filled mid-study
+    assert 100 < len(told) < FILLED_TRIALS  # the journal filled mid-study
 
     resumed = _run(tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
