@@ -148,11 +148,12 @@ def test_studies_share_a_clusters_slots_by_water_filling():
 
 # --- a served study on its own (a real journal and store, no cluster): who may end a lease ---
 
-def _served(tmp_path, n_trials=10, **fields):
+def _served(tmp_path, n_trials=10, search_space=None, **fields):
     from studyflow.server._lifecycle import StudySpec
     from studyflow.server._lifecycle import open_study
 
-    cfg = _config(search_space={"x": {"type": "float", "low": 0, "high": 1}}, sampler={"name": "random", "seed": 3},
+    space = {"x": {"type": "float", "low": 0, "high": 1}} if search_space is None else search_space
+    cfg = _config(search_space=space, sampler={"name": "random", "seed": 3},
                   prefetch=1, budget={"n_trials": n_trials, "max_failures": 100}, **fields)
     spec = StudySpec("s-1", cfg, str(tmp_path / "journal.log"), str(tmp_path / "store"), "base", concurrency=2)
     return open_study(spec)
@@ -288,3 +289,33 @@ def test_a_random_search_trial_names_its_worker_in_its_one_record_and_a_trial_an
     cached = [t for t in trials if t.system_attrs.get(CACHED_ATTR)]
     assert len(cached) == 3 and all(WORKER_ATTR not in t.system_attrs for t in cached)
     assert trials[lease.number].system_attrs[WORKER_ATTR] == "tcp://c/1"
+
+
+def test_a_define_by_run_trial_is_keyed_once_by_the_parameters_it_suggested(tmp_path):
+    """A define-by-run trial's key is known at its tell: it is journaled then, once, as the
+    content address of the parameters the objective suggested; a lease moved to another loop
+    before it began is keyed the same way."""
+    import json
+
+    from studyflow._attrs import KEY_ATTR
+    from studyflow._compat import JournalOperation
+    from studyflow.store import trial_key
+
+    served = _served(tmp_path, search_space={})
+    bound = {"low": 0.0, "high": 1.0, "step": None, "log": False}
+    _a_trial_moved_to_another_loop(served)  # 0 failed with loop a's worker, 1 went from a to b
+    suggested = {}
+    number = 1
+    for _ in range(4):
+        x = served.suggest(number, "suggest_float", "x", bound)
+        suggested[number] = {"x": x}
+        reply = _exchange(served, "b/1", outcomes=[_complete(number, x)])
+        number = reply.trials[0].number
+    served.backend.flush()
+    records = [json.loads(line) for line in (tmp_path / "journal.log").read_text().splitlines()]
+    keys = [(r["trial_id"], r["system_attr"][KEY_ATTR]) for r in records
+            if r["op_code"] == JournalOperation.SET_TRIAL_SYSTEM_ATTR and KEY_ATTR in r["system_attr"]]
+    # told on b: 1 (moved from a), 2 (trial 0's retry, taken by the ask), 3, 4; none keyed at the ask
+    assert list(suggested) == [1, 2, 3, 4]
+    assert keys == [(n, trial_key(served.spec.key_base, p)) for n, p in suggested.items()]
+    assert all(served.study.trials[n].system_attrs[KEY_ATTR] == k for n, k in keys)

@@ -214,7 +214,8 @@ class Asking:
                     continue
             system_attrs = storage_of(self.study).get_trial_system_attrs(trial_id_of(trial))
             attempt = int(system_attrs.get(ATTEMPT_ATTR, 0))
-            lease = Lease(trial, key, worker, attempt, loop, journaled_worker=system_attrs.get(WORKER_ATTR))
+            lease = Lease(trial, key, worker, attempt, loop, journaled_key=system_attrs.get(KEY_ATTR),
+                          journaled_worker=system_attrs.get(WORKER_ATTR))
             if self.leases.add(lease):
                 self._mark_started(lease)
             params = trial.params
@@ -369,7 +370,8 @@ class Asking:
             return self.one_record.create(params, attrs), key
         trial = self.study.ask(self.space)
         key = trial_key(self.spec.key_base, trial.params)
-        storage_of(self.study).set_trial_system_attr(trial_id_of(trial), KEY_ATTR, key)
+        if not self.define_by_run:  # else it is keyed at its tell, by the parameters it suggested
+            storage_of(self.study).set_trial_system_attr(trial_id_of(trial), KEY_ATTR, key)
         return trial, key
 
     def _waiting(self) -> list[FrozenTrial]:
@@ -378,7 +380,10 @@ class Asking:
                                                      states=(TrialState.WAITING,))
 
     def _key(self, trial: optuna.Trial) -> str:
-        return storage_of(self.study).get_trial_system_attrs(trial_id_of(trial))[KEY_ATTR]
+        """A waiting trial's key: journaled, else (a define-by-run trial, keyed at its tell) its
+        parameters' as they are now."""
+        journaled = storage_of(self.study).get_trial_system_attrs(trial_id_of(trial)).get(KEY_ATTR)
+        return journaled if journaled is not None else trial_key(self.spec.key_base, trial.params)
 
     def _mark_started(self, lease: Lease) -> None:
         """Journaled, so a resume after a hard kill retries a begun trial and drops a held one."""

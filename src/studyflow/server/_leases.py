@@ -30,6 +30,7 @@ class Lease:
     loop: str = ""
     started: float | None = None  # when its loop began it, as far as the server knows
     drawn: bool = False  # its relative parameters are the server's draws at the ask (`Asking._drawn`)
+    journaled_key: str | None = None  # the key its journal records hold already (none: define-by-run)
     journaled_worker: str | None = None  # the worker its journal records name already (`Asking._new_trial`)
 
 

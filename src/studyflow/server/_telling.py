@@ -81,7 +81,7 @@ class Telling:
             params = storage.get_trial_params(trial_id)
             # define-by-run params join the key; else they are the asked ones, keyed at the ask
             key = trial_key(self.spec.key_base, params) if self.define_by_run else lease.key
-            if key != lease.key:
+            if key != lease.journaled_key:
                 storage.set_trial_system_attr(trial_id, KEY_ATTR, key)
             self.store.put_later(StoredResult(key, state, values, dict(user_attrs), duration_s, params,
                                               self.config.name, number, attrs),
