@@ -46,6 +46,7 @@ from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
 from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._leases import Lease
+from studyflow.store import StoredResult
 from studyflow.store import trial_key
 from studyflow.store import trial_seed
 
@@ -347,7 +348,7 @@ class Asking:
         return {name: space[name] if name in space
                 else distribution_to_json(trial.distributions[name]) for name in params}
 
-    def _stored(self, key: str) -> Any:
+    def _stored(self, key: str) -> StoredResult | None:
         """The store's COMPLETE result for a new trial's key (None: the trial runs, or waits for
         its key); define-by-run trials are keyed at the tell, and run."""
         stored = None if self.define_by_run else self.store.get(key)
