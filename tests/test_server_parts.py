@@ -154,7 +154,7 @@ def _served(tmp_path, n_trials=10, search_space=None, **fields):
 
     space = {"x": {"type": "float", "low": 0, "high": 1}} if search_space is None else search_space
     cfg = _config(search_space=space, sampler={"name": "random", "seed": 3},
-                  prefetch=1, budget={"n_trials": n_trials, "max_failures": 100}, **fields)
+                  budget={"n_trials": n_trials, "max_failures": 100}, **({"prefetch": 1} | fields))
     spec = StudySpec("s-1", cfg, str(tmp_path / "journal.log"), str(tmp_path / "store"), "base", concurrency=2)
     return open_study(spec)
 
@@ -319,3 +319,19 @@ def test_a_define_by_run_trial_is_keyed_once_by_the_parameters_it_suggested(tmp_
     assert list(suggested) == [1, 2, 3, 4]
     assert keys == [(n, trial_key(served.spec.key_base, p)) for n, p in suggested.items()]
     assert all(served.study.trials[n].system_attrs[KEY_ATTR] == k for n, k in keys)
+
+
+def test_a_random_search_alone_on_its_cluster_leases_big_batches_and_beside_other_studies_small_ones(tmp_path):
+    """Instant random trials come to a loop 257 at a time while the study is alone on its
+    cluster (fewer exchanges); once another study is open (its share set), 65 at a time, so the
+    other study's exchanges never wait long behind a batch on the server's one thread."""
+    served = _served(tmp_path, n_trials=5000, prefetch=None)
+    alone = _exchange(served, "a/1", want=1000)
+    assert len(alone.trials) == 257 and alone.policy == {"mode": "fill", "cap": 256}
+    served.loop_quota = 2  # another study opened: the plugin splits the slots (`_reshare`)
+    told = [_complete(t.number, 0.5) for t in alone.trials]
+    shared = [_exchange(served, "a/1", outcomes=told, want=1000), _exchange(served, "b/1", want=1000)]
+    assert [len(r.trials) for r in shared] == [65, 65]
+    assert all(r.policy == {"mode": "fill", "cap": 64} for r in shared)
+    served.loop_quota = None  # it closed
+    assert len(_exchange(served, "b/1", want=1000).trials) == 257 - 65

@@ -82,12 +82,18 @@ class ServedStudy(Asking, Telling):
             self.study, self.space) else None
         window = self.spec.concurrency if self.config.scheduling == "reproducible" else 0
         self.ordering = Ordering(self.study, window)
-        self.policy = prefetch_policy(self.config)
+        self._policies = (prefetch_policy(self.config), prefetch_policy(self.config, shared=True))
         self.loops = self.spec.loops or self.spec.concurrency
 
     @property
     def config(self) -> StudyConfig:
         return self.spec.config
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        """The prefetch policy (`_prefetch`): the shared one while other studies are open on
+        the cluster (`loop_quota` set), which every reply carries to its loop."""
+        return self._policies[self.loop_quota is not None]
 
     @property
     def stop_reason(self) -> str | None:
