@@ -199,14 +199,13 @@ class Asking:
                     self.ordering.apply_received(self._in_flight_numbers,
                                                  upto=self._next_number() - self.ordering.window)
                 try:
-                    trial, key = self._new_trial(worker)
+                    trial, key, stored = self._new_trial(worker)
                 except JournalWriteError:
                     raise  # the journal's disk, not the sampler
                 except Exception as exc:  # the sampler's: the study fails with it, not the loops
                     self._sampler_failed(exc)
                     return None
                 self.sampler_failures = 0
-                stored = self._stored(key)
                 if stored is not None:
                     self._answer_from_store(trial, stored)
                     continue
@@ -358,22 +357,24 @@ class Asking:
         """Whether a new trial with this key waits for the leased trial that runs it already."""
         return not self.define_by_run and bool(self.leases.leased_keys[key])
 
-    def _new_trial(self, worker: str) -> tuple[optuna.Trial, str]:
-        """A newly sampled trial and its key (journaled with it). A random-search trial goes in
-        one record, with the worker it is leased to when it will run there (its key neither
-        stored nor running): the tell then has one record fewer to write (`Lease.journaled_worker`)."""
+    def _new_trial(self, worker: str) -> tuple[optuna.Trial, str, StoredResult | None]:
+        """A newly sampled trial, its key (journaled with it) and the store's result for it
+        (`_stored`). A random-search trial goes in one record, with the worker it is leased to
+        when it will run there (its key neither stored nor running): the tell then has one
+        record fewer to write (`Lease.journaled_worker`)."""
         if self.one_record is not None and not self._waiting():
             params = self.one_record.sample()
             key = trial_key(self.spec.key_base, params)
+            stored = self._stored(key)
             attrs = {KEY_ATTR: key}
-            if self._stored(key) is None and not self._key_runs(key):
+            if stored is None and not self._key_runs(key):
                 attrs[WORKER_ATTR] = worker
-            return self.one_record.create(params, attrs), key
+            return self.one_record.create(params, attrs), key, stored
         trial = self.study.ask(self.space)
         key = trial_key(self.spec.key_base, trial.params)
         if not self.define_by_run:  # else it is keyed at its tell, by the parameters it suggested
             storage_of(self.study).set_trial_system_attr(trial_id_of(trial), KEY_ATTR, key)
-        return trial, key
+        return trial, key, self._stored(key)
 
     def _waiting(self) -> list[FrozenTrial]:
         """Enqueued retries, which `Study.ask` hands out before sampling anew."""
