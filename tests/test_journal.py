@@ -254,3 +254,31 @@ def test_the_server_journal_writes_optunas_records_and_holds_the_trials_optuna_r
     assert "bad" not in ours.trials[-1].user_attrs
     assert len(_records(ours_path)) == len(_records(theirs_path)) + 1  # the ask only
     assert ours_path.stat().st_size > size
+
+
+@pytest.mark.parametrize("options", [{}, {"sort_keys": True, "default": str},
+                                     {"separators": (", ", ": "), "sort_keys": True, "default": str}])
+def test_the_reused_encoder_writes_the_text_json_dumps_writes(options):
+    """The journal, the store and trial keys encode with one reused C encoder (`_json`): the
+    same text as `json.dumps` for what they hold: enums, numpy scalars, NaN and infinities,
+    unicode, nesting, and (with a default) objects JSON has no type for."""
+    import json
+
+    import numpy as np
+
+    from studyflow._json import reused_encoder
+
+    encode = reused_encoder(**options)
+    assert encode.__qualname__ == "reused_encoder.<locals>.encode"  # the fast path, on this Python
+    values = [
+        {"op_code": optuna.storages.journal._storage.JournalOperation.CREATE_TRIAL, "state": TrialState.COMPLETE,
+         "values": [0.1, float("nan"), float("inf"), -float("inf"), np.float64(2.5)], "n": np.int64(3) if options else 3,
+         "params": {"é": "q\"\\\n", "b": [True, False, None]}, "nested": {"z": {"y": [], "x": {}}}},
+        "text", 1.5, [],
+    ]
+    if options.get("default"):
+        values.append({"when": time.gmtime(0), "obj": object.__new__(object), "path": __import__("pathlib").Path("/a")})
+    for value in values:
+        expected = json.dumps(value, separators=options.get("separators", (",", ":")),
+                              sort_keys=options.get("sort_keys", False), default=options.get("default"))
+        assert encode(value) == expected

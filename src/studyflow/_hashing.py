@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
+from studyflow._json import reused_encoder
 
-# one encoder for every call: `json.dumps` with options builds a new one each time
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+_CANONICAL = reused_encoder(sort_keys=True, default=str)
 
 
 def canonical_json(data: Any) -> str:
     """The same text for the same content: sorted keys, no spaces."""
-    return _CANONICAL.encode(data)
+    return _CANONICAL(data)
 
 
 def sha256_text(text: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import logging
 import os
 import threading
@@ -31,6 +30,7 @@ from optuna.trial import TrialState
 
 from studyflow._compat import replayed_trials
 from studyflow._compat import trial_id_of
+from studyflow._json import reused_encoder
 from studyflow.errors import JournalWriteError
 from studyflow.optuna_ext._journal_check import load_records
 from studyflow.optuna_ext._own_writes import OwnWritesJournalStorage
@@ -40,7 +40,7 @@ _logger = logging.getLogger(__name__)
 # serving thread by a fair share of what a fast trial costs it, so one per batch was too many; a
 # machine crash loses at most the outcomes told in the last interval.
 SYNC_INTERVAL_S = 0.05
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call otherwise
+_encode = reused_encoder()  # the records as `json.dumps(record, separators=(",", ":"))` writes them
 
 
 class SingleWriterJournal(BaseJournalBackend):
@@ -82,7 +82,7 @@ class SingleWriterJournal(BaseJournalBackend):
         return list(self._logs)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        self._write_text("".join(_ENCODER.encode(log) + "\n" for log in logs))
+        self._write_text("".join(_encode(log) + "\n" for log in logs))
         self._logs.extend(logs)
 
     def append_applied(self, log: dict[str, Any], n_read: int) -> None:
@@ -90,7 +90,7 @@ class SingleWriterJournal(BaseJournalBackend):
         (`OwnWritesJournalStorage`): counted as read, not kept for `read_logs`."""
         if n_read != self._n_read + len(self._logs):
             raise ValueError(f"{self.path}: a record applied by its writer must follow every record read")
-        self._write_text(_ENCODER.encode(log) + "\n")
+        self._write_text(_encode(log) + "\n")
         self._logs.clear()
         self._n_read = n_read + 1
 

@@ -35,6 +35,7 @@ from typing import TextIO
 from studyflow._hashing import canonical_json
 from studyflow._hashing import sha256_text
 from studyflow._io import write_text
+from studyflow._json import reused_encoder
 
 _logger = logging.getLogger(__name__)
 
@@ -43,12 +44,12 @@ def trial_key(key_base: str, params: dict[str, Any]) -> str:
     return sha256_text(key_base + "|" + canonical_json(params))[:32]
 
 
-_RESULT_ENCODER = json.JSONEncoder(sort_keys=True, default=str)  # one per call otherwise
+_RESULT_ENCODER = reused_encoder((", ", ": "), sort_keys=True, default=str)
 
 
 def _encode(result: StoredResult) -> str:
     # its fields as they are: `asdict` would deep-copy params and user attrs only to read them
-    return _RESULT_ENCODER.encode(vars(result)) + "\n"
+    return _RESULT_ENCODER(vars(result)) + "\n"
 
 
 def trial_seed(key: str) -> int:
