@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from datetime import datetime
+from datetime import timezone
 
 import optuna
 import pytest
@@ -228,10 +230,15 @@ def test_the_server_journal_writes_optunas_records_and_holds_the_trials_optuna_r
                                   sampler=optuna.samplers.RandomSampler(seed=6))
         two.tell(two.ask(space), [1.0, 2.0])
         two.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=space, values=[3.0, 4.0]))
-    # one-record random trials, as the server makes them, on both storages
-    for study in (theirs, ours):
-        maker = RandomInOneRecord(study, space)
-        study.tell(maker.create(maker.sample(), {"key": "k"}), 0.25)
+    # a one-record random trial as the server makes it (`create_running_trial`), and as Optuna
+    # makes the same trial from a template (`create_new_trial`, as `Study.add_trial` calls it)
+    maker = RandomInOneRecord(ours, space)
+    ours.tell(maker.create(maker.sample(), {"key": "k"}), 0.25)
+    template = optuna.trial.FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(timezone.utc),
+        datetime_complete=None, params=RandomInOneRecord(theirs, space).sample(), distributions=space,
+        user_attrs={}, system_attrs={"key": "k"}, intermediate_values={}, trial_id=-1)
+    theirs.tell(optuna.Trial(theirs, theirs._storage.create_new_trial(theirs._study_id, template_trial=template)), 0.25)
     ours._storage._backend.flush()
 
     assert _records(ours_path) == _records(theirs_path)

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import threading
+from collections.abc import Callable
 from collections.abc import Container
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,11 +211,11 @@ class ServerJournalStorage(OwnWritesJournalStorage):
         self._changed: set[int] = set()  # trials whose state may differ from `_state_of`
         self._maybe_waiting: dict[int, set[int]] = {}  # {study id: ids WAITING when last seen, or since}
 
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        trial_id = super().create_new_trial(study_id, template_trial)
+    def _append_trial(self, study_id: int, log: dict[str, Any], build: Callable[[int, int], FrozenTrial]) -> int:
+        trial_id = super()._append_trial(study_id, log, build)
         self._study_of[trial_id] = study_id
         self._changed.add(trial_id)
-        if template_trial is not None and template_trial.state == TrialState.WAITING:
+        if log.get("state") == TrialState.WAITING:
             self._note_waiting(study_id, trial_id)
         return trial_id
 

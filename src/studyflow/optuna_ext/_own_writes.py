@@ -16,6 +16,7 @@ value, study records) is Optuna's own.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from collections.abc import Sequence
 from datetime import datetime
 from datetime import timezone
@@ -75,27 +76,55 @@ class OwnWritesJournalStorage(JournalStorage):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         template = template_trial
-        complete = None
         if template is None:
             text, start = _stamped_now()
-            log: dict[str, Any] = {"study_id": study_id, "datetime_start": text}
-        else:  # the fields, in the order, `JournalStorage.create_new_trial` writes
-            log = {"study_id": study_id, "datetime_start": None, "state": template.state}
-            if template.values is not None and len(template.values) > 1:
-                log["value"], log["values"] = None, template.values
-            else:
-                log["value"], log["values"] = template.value, None
-            start = None
-            if template.datetime_start is not None:
-                log["datetime_start"], start = _stamped(template.datetime_start)
-            if template.datetime_complete:
-                log["datetime_complete"], complete = _stamped(template.datetime_complete)
-            distributions = template.distributions
-            log["distributions"] = {k: self._json_of(d) for k, d in distributions.items()}
-            log["params"] = internal = {k: distributions[k].to_internal_repr(p) for k, p in template.params.items()}
-            log["user_attrs"] = template.user_attrs
-            log["system_attrs"] = template.system_attrs
-            log["intermediate_values"] = template.intermediate_values
+            return self._append_trial(study_id, {"study_id": study_id, "datetime_start": text}, lambda number, trial_id:
+                                      FrozenTrial(number=number, state=TrialState.RUNNING, value=None,
+                                                  datetime_start=start, datetime_complete=None, params={},
+                                                  distributions={}, user_attrs={}, system_attrs={},
+                                                  intermediate_values={}, trial_id=trial_id))
+        # the fields, in the order, `JournalStorage.create_new_trial` writes
+        log: dict[str, Any] = {"study_id": study_id, "datetime_start": None, "state": template.state}
+        if template.values is not None and len(template.values) > 1:
+            log["value"], log["values"] = None, template.values
+        else:
+            log["value"], log["values"] = template.value, None
+        start = complete = None
+        if template.datetime_start is not None:
+            log["datetime_start"], start = _stamped(template.datetime_start)
+        if template.datetime_complete:
+            log["datetime_complete"], complete = _stamped(template.datetime_complete)
+        distributions = template.distributions
+        log["distributions"] = {k: self._json_of(d) for k, d in distributions.items()}
+        log["params"] = internal = {k: distributions[k].to_internal_repr(p) for k, p in template.params.items()}
+        log["user_attrs"] = template.user_attrs
+        log["system_attrs"] = template.system_attrs
+        log["intermediate_values"] = template.intermediate_values
+        return self._append_trial(study_id, log, lambda number, trial_id: FrozenTrial(
+            number=number, state=TrialState(template.state), value=log["value"], values=log["values"],
+            datetime_start=start, datetime_complete=complete,
+            params={k: distributions[k].to_external_repr(p) for k, p in internal.items()},
+            distributions=dict(distributions), user_attrs=template.user_attrs, system_attrs=template.system_attrs,
+            intermediate_values={int(k): v for k, v in template.intermediate_values.items()}, trial_id=trial_id))
+
+    def create_running_trial(self, study_id: int, params: dict[str, Any], distributions: dict[str, BaseDistribution],
+                             system_attrs: dict[str, Any]) -> int:
+        """A new RUNNING trial, started now, with these parameters and system attributes: the
+        record and the trial `create_new_trial` makes of such a template, without building the
+        template and converting its start time (every trial of a random search, `RandomInOneRecord`)."""
+        text, start = _stamped_now()
+        internal = {k: distributions[k].to_internal_repr(p) for k, p in params.items()}
+        log = {"study_id": study_id, "datetime_start": text, "state": TrialState.RUNNING, "value": None,
+               "values": None, "distributions": {k: self._json_of(d) for k, d in distributions.items()},
+               "params": internal, "user_attrs": {}, "system_attrs": system_attrs, "intermediate_values": {}}
+        return self._append_trial(study_id, log, lambda number, trial_id: FrozenTrial(
+            number=number, state=TrialState.RUNNING, value=None, datetime_start=start, datetime_complete=None,
+            params={k: distributions[k].to_external_repr(v) for k, v in internal.items()},
+            distributions=dict(distributions), user_attrs={}, system_attrs=system_attrs, intermediate_values={},
+            trial_id=trial_id))
+
+    def _append_trial(self, study_id: int, log: dict[str, Any], build: Callable[[int, int], FrozenTrial]) -> int:
+        """Write a new trial's record and add `build(number, trial_id)` to the replayed trials."""
         with self._thread_lock:
             self._sync_with_backend()
             replay = self._replay_result
@@ -104,19 +133,7 @@ class OwnWritesJournalStorage(JournalStorage):
             self._write_applied(JournalOperation.CREATE_TRIAL, log)
             trial_id = len(replay._trials)
             numbers = replay._study_id_to_trial_ids[study_id]
-            if template is None:
-                trial = FrozenTrial(number=len(numbers), state=TrialState.RUNNING, value=None, datetime_start=start,
-                                    datetime_complete=None, params={}, distributions={}, user_attrs={},
-                                    system_attrs={}, intermediate_values={}, trial_id=trial_id)
-            else:
-                trial = FrozenTrial(
-                    number=len(numbers), state=TrialState(template.state), value=log["value"],
-                    values=log["values"], datetime_start=start, datetime_complete=complete,
-                    params={k: distributions[k].to_external_repr(p) for k, p in internal.items()},
-                    distributions=dict(distributions), user_attrs=template.user_attrs,
-                    system_attrs=template.system_attrs,
-                    intermediate_values={int(k): v for k, v in template.intermediate_values.items()},
-                    trial_id=trial_id)
+            trial = build(len(numbers), trial_id)
             replay._trials[trial_id] = trial
             numbers.append(trial_id)
             replay._trial_id_to_study_id[trial_id] = study_id

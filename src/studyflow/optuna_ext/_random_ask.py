@@ -13,15 +13,11 @@ the same parameters as `Study.ask` (tests/test_journal.py checks both).
 
 from __future__ import annotations
 
-from datetime import datetime
-from datetime import timezone
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import FrozenTrial
-from optuna.trial import TrialState
 
 from studyflow._compat import SearchSpaceTransform
 from studyflow._compat import sampler_rng
@@ -71,8 +67,6 @@ class RandomInOneRecord:
 
     def create(self, params: dict[str, Any], system_attrs: dict[str, Any]) -> optuna.Trial:
         """A new RUNNING trial with these parameters and system attributes, in one record."""
-        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(timezone.utc),
-                               datetime_complete=None, params=params, distributions=dict(self.space),
-                               user_attrs={}, system_attrs=system_attrs, intermediate_values={}, trial_id=-1)
         study = self.study
-        return optuna.Trial(study, storage_of(study).create_new_trial(study_id_of(study), template_trial=template))
+        return optuna.Trial(study, storage_of(study).create_running_trial(study_id_of(study), params, self.space,
+                                                                          system_attrs))

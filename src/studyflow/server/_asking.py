@@ -212,14 +212,15 @@ class Asking:
                 if self._key_runs(key):
                     self.same_key.follow(key, trial)
                     continue
-            system_attrs = storage_of(self.study).get_trial_system_attrs(trial_id_of(trial))
+            # the trial as journaled, read once: later writes replace its dicts, never change
+            # them, so its parameters go out without the deep copy `Trial.params` makes
+            journaled = storage_of(self.study).get_trial(trial_id_of(trial))
+            system_attrs, params, started = journaled.system_attrs, journaled.params, journaled.datetime_start
             attempt = int(system_attrs.get(ATTEMPT_ATTR, 0))
             lease = Lease(trial, key, worker, attempt, loop, journaled_key=system_attrs.get(KEY_ATTR),
                           journaled_worker=system_attrs.get(WORKER_ATTR))
             if self.leases.add(lease):
                 self._mark_started(lease)
-            params = trial.params
-            started = trial.datetime_start
             relative, relative_json = self._relative(lease, system_attrs)
             return TrialLease(trial.number, params, key, trial_seed(key), self.store.staging_path(key, trial.number),
                               # for `trial.distributions`, `trial.datetime_start` and Optuna's helpers
