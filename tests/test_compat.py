@@ -27,7 +27,7 @@ PINNED = {
     "_SearchSpaceTransform", "_untransform_numerical_param", "_ParzenEstimator", "_split_trials", "_get_infeasible_trial_score",
     "_tell_with_warning", "_storage", "_study_id", "_trial_id", "_rng", "_replay_result",
     "_trials", "_study_id_to_trial_ids", "_thread_local", "_relative_params",
-    "_forkserver_preload_set", "_get_latest_trial", "_filter_study",
+    "_forkserver_preload_set", "_get_latest_trial", "_filter_study", "_init_msg_interval",
 }
 TPE_MEMBERS = {
     "_sample", "_build_parzen_estimator", "_compare", "_compute_acquisition_func", "_get_params",
@@ -116,6 +116,19 @@ def test_the_forkserver_preload_flag_compat_sets_is_still_distributeds():
     import distributed.utils
 
     assert isinstance(distributed.utils._forkserver_preload_set, bool)
+
+
+def test_the_nanny_poll_interval_compat_sets_is_still_distributeds_and_a_local_cluster_uses_it():
+    """`hear_worker_starts_soon` sets it: without it a local cluster is up 0-50 ms after its
+    last worker started (`benchmarks/startup.py` measures the start)."""
+    from distributed.nanny import WorkerProcess
+
+    from studyflow.driver import connect
+
+    assert isinstance(WorkerProcess._init_msg_interval, float)
+    with connect(1) as client:
+        assert WorkerProcess._init_msg_interval == _compat.WORKER_START_POLL_S
+        assert len(client.scheduler_info()["workers"]) == 1
 
 
 def test_distributed_names_come_through_compat():

@@ -22,6 +22,7 @@ from distributed import Client
 from distributed import LocalCluster
 
 from studyflow._compat import build_tls_defaults
+from studyflow._compat import hear_worker_starts_soon
 from studyflow._compat import keep_own_forkserver_preload
 from studyflow._processes import ONE_THREAD_ENV
 from studyflow._processes import ForkserverDiedError
@@ -262,6 +263,7 @@ def connect(
         with _slurm(cfg, tls_dir, search_paths, resources, security) as client:
             yield client
         return
+    hear_worker_starts_soon()  # the cluster is up as soon as its last worker is
     if security is not None:  # loads the CA bundle without the GIL while the scheduler starts
         threading.Thread(target=build_tls_defaults, name="studyflow-tls-defaults", daemon=True).start()
     if cfg.gpus is not None:
