@@ -56,8 +56,9 @@ SLURM_LOG_DIRECTORY = "logs/slurm-workers"
 
 def local_worker_config() -> dict[str, Any]:
     """Dask settings for local workers: no stack profiling, forked from a warm forkserver
-    (whose preload is studyflow's own)."""
+    (whose preload is studyflow's own), heard by their nannies as soon as they start."""
     keep_own_forkserver_preload()
+    hear_worker_starts_soon()
     parsed = dask.config.collect_env({PROFILE_ENV_VAR: os.environ.get(PROFILE_ENV_VAR, "False")})
     return {"distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"]["enabled"],
             **forked_workers_config()}
@@ -263,7 +264,6 @@ def connect(
         with _slurm(cfg, tls_dir, search_paths, resources, security) as client:
             yield client
         return
-    hear_worker_starts_soon()  # the cluster is up as soon as its last worker is
     if security is not None:  # loads the CA bundle without the GIL while the scheduler starts
         threading.Thread(target=build_tls_defaults, name="studyflow-tls-defaults", daemon=True).start()
     if cfg.gpus is not None:
@@ -312,8 +312,7 @@ def connecting(n_workers: int | None = 1, address: str | None = None, cluster: C
     own start-up work runs while the workers start; yields `started()`, which waits for the
     client (raising what the start raised). Attaching and SLURM connect at the first
     `started()`, on the caller's thread. Whatever started is closed on exit, also when the
-    caller's work failed. The thread that starts the client also closes it (a client is
-    entered and left in one context).
+    caller's work failed, by the thread that started it (a client is entered and left in one context).
 
     `exiting`: the caller ends its process right after (the CLI, with `os._exit`), so a local
     cluster is left to end with it, not closed (60-100 ms of the command): each worker process
