@@ -255,10 +255,13 @@ def test_the_server_journal_writes_optunas_records_and_holds_the_trials_optuna_r
         ours._storage.set_trial_system_attr(finished._trial_id, "late", 1)
     with pytest.raises(KeyError):
         ours._storage.set_trial_user_attr(10_000, "nobody", 1)
+    asked = ours.ask()._trial_id
     with pytest.raises(TypeError):  # not JSON: refused before the trial changes
-        ours._storage.set_trial_user_attr(ours.ask()._trial_id, "bad", object())
+        ours._storage.set_trial_user_attr(asked, "bad", object())
+    with pytest.raises(ValueError, match="different distribution kind"):  # "n" is an int in earlier trials
+        ours._storage.set_trial_param(asked, "n", 0.5, optuna.distributions.FloatDistribution(0, 1))
     ours._storage._backend.flush()
-    assert "bad" not in ours.trials[-1].user_attrs
+    assert "bad" not in ours.trials[-1].user_attrs and "n" not in ours.trials[-1].params
     assert len(_records(ours_path)) == len(_records(theirs_path)) + 1  # the ask only
     assert ours_path.stat().st_size > size
 

@@ -4,13 +4,15 @@ Optuna's `JournalStorage` writes each change as a record, then replays the recor
 its trials: it parses the datetimes and distributions back from their JSON form and copies
 the trial, to reach what it had in hand. The study server is its journal's only writer, and
 makes three to five such writes for every trial. Here the writes on that path (a new trial, a
-system or user attribute, a finished state) build the same record, write it, count it as
-read, and make the change from the objects in hand. Invariant: the replayed state is what
-replaying the record would leave (tests compare it with a fresh `JournalStorage` reading the
-same file), and the file holds the records Optuna would write, field for field. A write that
-Optuna's replay would refuse (an unknown trial, a finished one) raises the same error before
-anything is written; every other write (taking a WAITING trial, a parameter, an intermediate
-value, study records) is Optuna's own.
+define-by-run parameter, a system or user attribute, a finished state) build the same record,
+write it, count it as read, and make the change from the objects in hand. Invariant: the
+replayed state is what replaying the record would leave (tests compare it with a fresh
+`JournalStorage` reading the same file), and the file holds the records Optuna would write,
+field for field. A write that Optuna's replay would refuse (an unknown trial, a finished one,
+a parameter whose distribution the first earlier trial with its name contradicts) raises the
+same error before anything is written (Optuna writes a refused parameter's record, then
+raises); every other write (taking a WAITING trial, an intermediate value, study records) is
+Optuna's own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from optuna.distributions import BaseDistribution
+from optuna.distributions import check_distribution_compatibility
 from optuna.distributions import distribution_to_json
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage
@@ -141,6 +144,25 @@ class OwnWritesJournalStorage(JournalStorage):
             if trial.state == TrialState.RUNNING:
                 replay._worker_id_to_owned_trial_id[replay.worker_id] = trial_id
             return trial_id
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: BaseDistribution) -> None:
+        """A define-by-run suggest: refused, as the replay refuses it, when the first earlier
+        trial with this name has an incompatible distribution."""
+        log = {"trial_id": trial_id, "param_name": param_name, "param_value_internal": param_value_internal,
+               "distribution": self._json_of(distribution)}
+        with self._thread_lock:
+            trial = self._updatable(trial_id)
+            replay = self._replay_result
+            for earlier in replay._study_id_to_trial_ids[replay._trial_id_to_study_id[trial_id]]:
+                distributions = replay._trials[earlier].distributions
+                if param_name in distributions:
+                    check_distribution_compatibility(distributions[param_name], distribution)
+                    break
+            self._write_applied(JournalOperation.SET_TRIAL_PARAM, log)
+            trial.params = {**trial.params, param_name: distribution.to_external_repr(param_value_internal)}
+            trial.distributions = {**trial.distributions, param_name: distribution}
+            replay._trials[trial_id] = trial
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._set_attr(trial_id, JournalOperation.SET_TRIAL_SYSTEM_ATTR, "system_attr", key, value)
