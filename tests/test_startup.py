@@ -83,10 +83,13 @@ def test_workers_start_with_tornados_default_tls_context_already_built(tmp_path,
 GC_PROBE = textwrap.dedent('''
     import gc
 
+    import yaml
+
 
     def objective(trial):
         trial.set_user_attr("collects", gc.isenabled())
         trial.set_user_attr("frozen", gc.get_freeze_count())
+        trial.set_user_attr("plain_yaml", yaml.safe_load.__module__ == "yaml")
         return trial.suggest_float("x", 0, 1)
 ''')
 
@@ -98,6 +101,27 @@ def test_workers_collect_garbage_as_usual_but_skip_what_their_forkserver_importe
     trials, _ = _completed(tmp_path, write_study, "gc_probe", GC_PROBE, 4)
     assert trials["user_attrs_collects"].all()
     assert (trials["user_attrs_frozen"] > 100_000).all()  # Dask's, numpy's and Optuna's objects
+    assert trials["user_attrs_plain_yaml"].all()  # libyaml parsed Dask's settings only (`_yaml`)
+
+
+def test_dask_settings_parsed_with_libyaml_are_the_ones_pyyaml_parses():
+    """The driver and the forkserver import Dask with `yaml.safe_load` on libyaml (`_yaml`):
+    the same settings from the files Dask reads, and PyYAML's own function back afterwards."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from studyflow._yaml import libyaml_safe_load
+
+    plain = yaml.safe_load
+    for package, name in (("dask", "dask.yaml"), ("distributed", "distributed.yaml")):
+        text = (Path(importlib.util.find_spec(package).origin).parent / name).read_text()
+        with libyaml_safe_load():
+            assert yaml.__with_libyaml__ and yaml.safe_load is not plain
+            parsed = yaml.safe_load(text)
+        assert parsed == plain(text) and len(parsed) > 0
+    assert yaml.safe_load is plain
 
 
 EXIT_PROBE = textwrap.dedent('''

@@ -18,7 +18,9 @@ import os
 import sys
 import warnings
 
+from studyflow import _preload_begin
 from studyflow._compat import build_tls_defaults
+from studyflow._yaml import restore
 
 # Under `python -m studyflow.cli`, each forked worker runs that module again as its
 # `__mp_main__` (multiprocessing does, for a `-m` main), and runpy warns that it is imported
@@ -53,3 +55,4 @@ for _name in filter(None, os.environ.get("STUDYFLOW_PRELOAD", "").split(",")):
 # collection from now on, here and in the workers forked from here, which collect as usual.
 gc.freeze()
 gc.enable()
+restore(_preload_begin.PLAIN_SAFE_LOAD)  # Dask's settings are parsed: PyYAML as it was

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from studyflow._io import atomic_write
+from studyflow._yaml import libyaml_safe_load
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger("studyflow.cli")
@@ -87,9 +88,9 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool, exiting: bool = 
     workflow.check_dataset(cfg)
     if not (args.dry_run or args.address) and cfg.cluster.mode == "local":
         _warm_workers(args.study, cfg.objective, tables=cfg.data is not None)
-    from studyflow.driver import ResultsLayout  # Dask and Optuna: after the forkserver started
-    from studyflow.driver import optimize
-
+    with libyaml_safe_load():  # Dask's settings: after the forkserver started
+        from studyflow.driver import ResultsLayout
+        from studyflow.driver import optimize
     if exiting:
         gc.freeze()
         gc.enable()
