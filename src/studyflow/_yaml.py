@@ -25,6 +25,7 @@ def use_libyaml() -> Any:
 
 
 def restore(plain: Any) -> None:
+    """Put back the `yaml.safe_load` that `use_libyaml` replaced."""
     if plain is not None:
         import yaml
 

@@ -212,8 +212,9 @@ class Asking:
                 if self._key_runs(key):
                     self.same_key.follow(key, trial)
                     continue
-            # the trial as journaled, read once: later writes replace its dicts, never change
-            # them, so its parameters go out without the deep copy `Trial.params` makes
+            # the trial as journaled, read once; its parameters go out without the deep copy
+            # `Trial.params` makes: storage writes replace a trial's dicts, and the one change
+            # in place (Optuna's `Trial._suggest`, to its cached trial) comes after the lease left
             journaled = storage_of(self.study).get_trial(trial_id_of(trial))
             system_attrs, params, started = journaled.system_attrs, journaled.params, journaled.datetime_start
             attempt = int(system_attrs.get(ATTEMPT_ATTR, 0))
