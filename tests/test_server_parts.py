@@ -291,6 +291,31 @@ def test_a_random_search_trial_names_its_worker_in_its_one_record_and_a_trial_an
     assert trials[lease.number].system_attrs[WORKER_ATTR] == "tcp://c/1"
 
 
+def test_the_trials_one_exchange_finishes_and_leases_carry_the_time_the_server_took_it_up(tmp_path):
+    """The server reads the clock once for a batch of exchanges: the outcomes in it arrived
+    together, and the trials it leases are leased together. Optuna reads the same times."""
+    import datetime
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    served = _served(tmp_path, n_trials=20, prefetch=3)
+    first = _exchange(served, "a/1", want=4).trials
+    before = datetime.datetime.now()
+    second = _exchange(served, "a/1", outcomes=[_complete(t.number, 0.5) for t in first], want=4).trials
+    after = datetime.datetime.now()
+    assert len(first) == len(second) == 4
+    trials = served.study.get_trials(deepcopy=False)
+    told = {trials[t.number].datetime_complete for t in first}
+    started = {trials[t.number].datetime_start for t in second}
+    assert len(told) == 1 and told == started and before <= told.pop() <= after
+    assert len({trials[t.number].datetime_start for t in first}) == 1
+    served.backend.flush()
+    theirs = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))).get_all_trials(0)
+    assert [(t.datetime_start, t.datetime_complete) for t in theirs] == [
+        (t.datetime_start, t.datetime_complete) for t in trials]
+
+
 def test_a_define_by_run_trial_is_keyed_once_by_the_parameters_it_suggested(tmp_path):
     """A define-by-run trial's key is known at its tell: it is journaled then, once, as the
     content address of the parameters the objective suggested; a lease moved to another loop

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from datetime import timezone
 from typing import TYPE_CHECKING
@@ -74,13 +76,29 @@ class OwnWritesJournalStorage(JournalStorage):
         super().__init__(backend)
         self._writer = backend
         self._distribution_json: dict[int, tuple[BaseDistribution, str]] = {}  # id -> (it, its JSON)
+        self._moment: tuple[str, datetime] | None = None  # `one_moment`'s, while it holds
+
+    @contextmanager
+    def one_moment(self) -> Iterator[None]:
+        """Stamp every trial started or finished meanwhile with the time this began: the
+        server holds one for each batch of exchanges, whose outcomes it heard of at once and
+        whose trials it leases at once (two clock readings and conversions a trial, ~8 us
+        of the server's ~100, otherwise)."""
+        self._moment = _stamped_now()
+        try:
+            yield
+        finally:
+            self._moment = None
+
+    def _now(self) -> tuple[str, datetime]:
+        return self._moment or _stamped_now()
 
     # --- the writes on every trial's path ---
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         template = template_trial
         if template is None:
-            text, start = _stamped_now()
+            text, start = self._now()
             return self._append_trial(study_id, {"study_id": study_id, "datetime_start": text}, lambda number, trial_id:
                                       FrozenTrial(number=number, state=TrialState.RUNNING, value=None,
                                                   datetime_start=start, datetime_complete=None, params={},
@@ -115,7 +133,7 @@ class OwnWritesJournalStorage(JournalStorage):
         """A new RUNNING trial, started now, with these parameters and system attributes: the
         record and the trial `create_new_trial` makes of such a template, without building the
         template and converting its start time (every trial of a random search, `RandomInOneRecord`)."""
-        text, start = _stamped_now()
+        text, start = self._now()
         internal = {k: distributions[k].to_internal_repr(p) for k, p in params.items()}
         log = {"study_id": study_id, "datetime_start": text, "state": TrialState.RUNNING, "value": None,
                "values": None, "distributions": {k: self._json_of(d) for k, d in distributions.items()},
@@ -185,7 +203,7 @@ class OwnWritesJournalStorage(JournalStorage):
         log: dict[str, Any] = {"trial_id": trial_id, "state": state, "values": values}
         finished = state.is_finished()
         if finished:
-            log["datetime_complete"], complete = _stamped_now()
+            log["datetime_complete"], complete = self._now()
         with self._thread_lock:
             trial = self._updatable(trial_id)
             self._write_applied(JournalOperation.SET_TRIAL_STATE_VALUES, log)

@@ -157,21 +157,23 @@ class ServedStudy(Asking, Telling):
         batch see the same history, so a sampler that caches its model fits it once per batch.
         Returns one reply per request (None: the loop wants a trial and none can be leased
         yet; the caller waits for a change). Every record is with the OS before it returns;
-        when `durable`, another thread fsyncs the batch's tells soon after (`sync_soon`).
+        when `durable`, another thread fsyncs the batch's tells soon after (`sync_soon`). The
+        trials it finishes and starts carry one time, when it began (`one_moment`).
         """
         try:
-            for r in requests:
-                for outcome in r.outcomes:
-                    self._tell_trial(outcome, r.worker, r.loop_id)
-                for number in r.dropped:
-                    self._release_unstarted(number, r.loop_id)
-                lease = self.leases.get(r.running) if r.running is not None else None
-                if lease is not None and lease.loop == r.loop_id and lease.started is None:
-                    self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
-            self.store.write_pending()  # results first: a resume completes a told trial from them
-            if durable:
-                self.backend.sync_soon()
-            return [self._lease_batch(r.loop_id, r.worker, r.want) for r in requests]
+            with storage_of(self.study).one_moment():
+                for r in requests:
+                    for outcome in r.outcomes:
+                        self._tell_trial(outcome, r.worker, r.loop_id)
+                    for number in r.dropped:
+                        self._release_unstarted(number, r.loop_id)
+                    lease = self.leases.get(r.running) if r.running is not None else None
+                    if lease is not None and lease.loop == r.loop_id and lease.started is None:
+                        self._mark_started(lease)  # the loop says it runs it (its timeout clock starts)
+                self.store.write_pending()  # results first: a resume completes a told trial from them
+                if durable:
+                    self.backend.sync_soon()
+                return [self._lease_batch(r.loop_id, r.worker, r.want) for r in requests]
         finally:
             self.store.write_pending()
             self.backend.flush()
