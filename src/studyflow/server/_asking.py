@@ -361,9 +361,9 @@ class Asking:
 
     def _new_trial(self, worker: str) -> tuple[optuna.Trial, str, StoredResult | None]:
         """A newly sampled trial, its key (journaled with it) and the store's result for it
-        (`_stored`). A random-search trial, and one of a study without a declared space (made
-        as `Study.ask` makes it), goes in one record with the worker it is leased to when it
-        will run there: the tell has one record fewer to write (`Lease.journaled_worker`)."""
+        (`_stored`). A random-search trial goes in one record, with the worker it is leased to
+        when it will run there (its key neither stored nor running): the tell then has one
+        record fewer to write (`Lease.journaled_worker`)."""
         if self.one_record is not None and not self._waiting():
             params = self.one_record.sample()
             key = trial_key(self.spec.key_base, params)
@@ -372,11 +372,6 @@ class Asking:
             if stored is None and not self._key_runs(key):
                 attrs[WORKER_ATTR] = worker
             return self.one_record.create(params, attrs), key, stored
-        if not self.space and not self._waiting():
-            fresh_trials_view(self.study)
-            storage = storage_of(self.study)
-            trial_id = storage.create_running_trial(study_id_of(self.study), {}, {}, {WORKER_ATTR: worker})
-            return optuna.Trial(self.study, trial_id), trial_key(self.spec.key_base, {}), None
         trial = self.study.ask(self.space)
         key = trial_key(self.spec.key_base, trial.params)
         if not self.define_by_run:  # else it is keyed at its tell, by the parameters it suggested
