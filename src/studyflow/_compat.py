@@ -213,9 +213,9 @@ def hear_worker_starts_soon() -> None:
     """Have this process's nannies read their worker process's start message every
     `WORKER_START_POLL_S`, not every 50 ms (distributed's `WorkerProcess._init_msg_interval`,
     a poll of a multiprocessing queue): a local cluster is up only once its last worker's
-    message is read, which came 0-50 ms after that worker had started. A worker takes ~0.1 s to
-    start, so this is ~20 more wake-ups of the event loop for each. A release without the
-    attribute only costs the wait again (`test_compat` says so)."""
+    message is read, which came 0-50 ms after that worker had started; a few more wake-ups of
+    the event loop while workers start cost far less. A release without the attribute only
+    costs the wait again (`test_compat` says so)."""
     from distributed.nanny import WorkerProcess
 
     if isinstance(getattr(WorkerProcess, "_init_msg_interval", None), float):

@@ -1,7 +1,7 @@
 """JSON text for the records the server writes for every trial (journal, store, keys).
 
-`JSONEncoder.encode` builds a new C encoder on every call, which costs as much as encoding a
-small record (~1.3 of ~4 us). `reused_encoder` builds one once and reuses it. Where the C
+`JSONEncoder.encode` builds a new C encoder on every call, about a third of what encoding a
+small record costs (benchmarks/RESULTS.md). `reused_encoder` builds one once and reuses it. Where the C
 encoder is missing, or does not give `JSONEncoder`'s text for a sample (its arguments are not
 a public API), it falls back to `JSONEncoder.encode`. Circular references are not checked: the
 records are built from plain values.

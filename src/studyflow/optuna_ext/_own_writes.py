@@ -82,8 +82,8 @@ class OwnWritesJournalStorage(JournalStorage):
     def one_moment(self) -> Iterator[None]:
         """Stamp every trial started or finished meanwhile with the time this began: the
         server holds one for each batch of exchanges, whose outcomes it heard of at once and
-        whose trials it leases at once (two clock readings and conversions a trial, ~8 us
-        of the server's ~100, otherwise)."""
+        whose trials it leases at once (else two clock readings and time zone conversions a
+        trial, a measurable share of the server's time per trial)."""
         self._moment = _stamped_now()
         try:
             yield
