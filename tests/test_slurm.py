@@ -3,6 +3,7 @@ study whose Dask workers are SLURM jobs, a worker job cancelled mid-study, and T
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -193,3 +194,24 @@ def test_an_adaptive_cluster_gives_back_worker_jobs_the_rest_of_the_budget_canno
     # before the study (sacct's times are whole seconds; the tail lasts 20 s)
     assert (first_end - tail_start).total_seconds() < 60, (tail_start, first_end)
     assert (study_end - first_end).total_seconds() > 5, (first_end, study_end)
+
+
+def test_a_job_slurms_accounting_has_not_seen_end_yet_is_quoted_once_it_has(tmp_path, monkeypatch):
+    """`squeue` drops an ended job before the accounting database (`sacct`) records its end:
+    the study's one-line error quotes the job's final state, not the "PENDING" read too early.
+    Here `sacct` is a script that answers as a lagging database does."""
+    from studyflow.driver._slurm_jobs import slurm_says
+
+    calls = tmp_path / "calls"
+    sacct = tmp_path / "bin" / "sacct"
+    sacct.parent.mkdir()
+    sacct.write_text(f"#!/bin/sh\necho x >> {calls}\n"
+                     f"[ $(wc -l < {calls}) -ge 3 ] && echo 'FAILED|None|1:0' || echo 'PENDING|None|0:0'\n")
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{sacct.parent}:{os.environ['PATH']}")
+    assert slurm_says("88") == "state FAILED, reason None, exit code 1:0"
+    assert len(calls.read_text().splitlines()) == 3
+    calls.write_text("")
+    started = time.monotonic()
+    assert slurm_says("88", wait_s=0.0) == "state PENDING, reason None, exit code 0:0"  # it gives up
+    assert time.monotonic() - started < 5

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -39,6 +38,8 @@ from studyflow.driver._security import key_folder
 from studyflow.driver._security import remove_key_folder
 from studyflow.driver._security import restrict_key_files
 from studyflow.driver._security import run_security
+from studyflow.driver._slurm_jobs import live_slurm_jobs
+from studyflow.driver._slurm_jobs import slurm_says
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class SlurmSupervisor(Supervisor):
             return
         self._last = time.monotonic()
         self._note_joined()
-        alive = _live_slurm_jobs()
+        alive = live_slurm_jobs()
         if alive is None:
             return
         dead = {name: job.job_id for name, job in list(self.cluster.workers.items())
@@ -114,7 +115,7 @@ class SlurmSupervisor(Supervisor):
             self.failed_starts = 0 if name in self.joined else self.failed_starts + 1
             if self.failed_starts >= self.MAX_FAILED_STARTS:
                 raise StudyflowError(f"{self.failed_starts} SLURM worker jobs in a row ended before their "
-                                     f"worker started; the last, job {job_id}: {_slurm_says(job_id)}")
+                                     f"worker started; the last, job {job_id}: {slurm_says(job_id)}")
         _logger.warning("SLURM worker job(s) %s ended; submitting replacements", list(dead))
         self.cluster.scale(jobs=self.jobs)
 
@@ -141,28 +142,6 @@ def supervisor_for(client: Client, adaptive: bool = False) -> Supervisor:
     if type(cluster).__name__ == "SLURMCluster" and not adaptive:
         return SlurmSupervisor(cluster, len(cluster.worker_spec))
     return Supervisor()
-
-
-def _slurm_says(job_id: str) -> str:
-    """SLURM's account of an ended job: its state, reason and exit code."""
-    try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "State,Reason,ExitCode"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "sacct gave no answer"
-    state, reason, code = (out.splitlines()[0].split("|") + ["", ""])[:3] if out else ("unknown", "", "")
-    return f"state {state}, reason {reason or 'none'}, exit code {code or '?'}"
-
-
-def _live_slurm_jobs() -> set[str] | None:
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "--me"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    live = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUED")
-    return {line.split()[0] for line in out.stdout.splitlines() if line.split()[-1] in live}
 
 
 def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = None,

@@ -1,0 +1,39 @@
+"""What SLURM says of the study's worker jobs: which are still queued or running (`squeue`),
+and how one that ended did (`sacct`), for `SlurmSupervisor`."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+ACCOUNTING_WAIT_S = 5.0  # how long an ended job's account may still read as not yet ended
+_NOT_ENDED = ("PENDING", "RUNNING")
+
+
+def slurm_says(job_id: str, wait_s: float = ACCOUNTING_WAIT_S) -> str:
+    """SLURM's account of an ended job: its state, reason and exit code. The accounting
+    database learns of a job's end after the controller does, so a job that `squeue` no longer
+    lists may still read as pending or running: asked again for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "State,Reason,ExitCode"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "sacct gave no answer"
+        state, reason, code = (out.splitlines()[0].split("|") + ["", ""])[:3] if out else ("unknown", "", "")
+        if state not in _NOT_ENDED or time.monotonic() > deadline:
+            return f"state {state}, reason {reason or 'none'}, exit code {code or '?'}"
+        time.sleep(0.25)
+
+
+def live_slurm_jobs() -> set[str] | None:
+    """The ids of this user's jobs SLURM still queues or runs (None: `squeue` gave no answer)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "--me"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    live = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUED")
+    return {line.split()[0] for line in out.stdout.splitlines() if line.split()[-1] in live}
