@@ -1,10 +1,10 @@
 """JSON text for the records the server writes for every trial (journal, store, keys).
 
 `JSONEncoder.encode` builds a new C encoder on every call, about a third of what encoding a
-small record costs (benchmarks/RESULTS.md). `reused_encoder` builds one once and reuses it. Where the C
-encoder is missing, or does not give `JSONEncoder`'s text for a sample (its arguments are not
-a public API), it falls back to `JSONEncoder.encode`. Circular references are not checked: the
-records are built from plain values.
+small record costs (benchmarks/RESULTS.md). `reused_encoder` builds one once and reuses it.
+Where the C encoder is missing, or does not give `JSONEncoder`'s text for a sample (its
+arguments are not a public API), it falls back to `JSONEncoder.encode`. Circular references
+are not checked: the records are built from plain values.
 """
 
 from __future__ import annotations

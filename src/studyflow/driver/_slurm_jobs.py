@@ -7,13 +7,13 @@ import subprocess
 import time
 
 ACCOUNTING_WAIT_S = 5.0  # how long an ended job's account may still read as not yet ended
-_NOT_ENDED = ("PENDING", "RUNNING")
+LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUED")
 
 
 def slurm_says(job_id: str, wait_s: float = ACCOUNTING_WAIT_S) -> str:
     """SLURM's account of an ended job: its state, reason and exit code. The accounting
     database learns of a job's end after the controller does, so a job that `squeue` no longer
-    lists may still read as pending or running: asked again for up to `wait_s`."""
+    lists may still read as live there (pending, running, ...): asked again for up to `wait_s`."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -22,7 +22,7 @@ def slurm_says(job_id: str, wait_s: float = ACCOUNTING_WAIT_S) -> str:
         except (OSError, subprocess.TimeoutExpired):
             return "sacct gave no answer"
         state, reason, code = (out.splitlines()[0].split("|") + ["", ""])[:3] if out else ("unknown", "", "")
-        if state not in _NOT_ENDED or time.monotonic() > deadline:
+        if state not in LIVE_STATES or time.monotonic() > deadline:
             return f"state {state}, reason {reason or 'none'}, exit code {code or '?'}"
         time.sleep(0.25)
 
@@ -35,5 +35,4 @@ def live_slurm_jobs() -> set[str] | None:
         return None
     if out.returncode != 0:
         return None
-    live = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUED")
-    return {line.split()[0] for line in out.stdout.splitlines() if line.split()[-1] in live}
+    return {line.split()[0] for line in out.stdout.splitlines() if line.split()[-1] in LIVE_STATES}
