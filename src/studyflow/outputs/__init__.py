@@ -30,18 +30,20 @@ _LAZY = {  # name: the module that has it, imported on first use
 
 
 def import_tables_meanwhile() -> None:
-    """Import the trials table's modules (pyarrow and its parquet writer: ~0.1 s of CPU) on a
-    thread now. The driver calls it once its study runs, when it mostly waits, so the import is
-    off the path from the study's last trial to the written tables. (Begun with the cluster's
-    start it slowed the start: the driver's event loop is busy then.) An import that fails here
-    fails again where the tables are built, and says so there."""
+    """Import the trials table's modules (pyarrow and its parquet writer: ~0.1 s of CPU), and
+    read the pandas version its metadata names (from pandas' package metadata), on a thread
+    now. The driver calls it once its study runs, when it mostly waits, so this is off the
+    path from the study's last trial to the written tables. (Begun with the cluster's start it
+    slowed the start: the driver's event loop is busy then.) What fails here fails again where
+    the tables are built, and says so there."""
 
     def load() -> None:
-        for name in ("studyflow.outputs._trials_table", "pyarrow.parquet"):
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001  raised again where it is used
-                return
+        try:
+            tables = importlib.import_module("studyflow.outputs._trials_table")
+            importlib.import_module("pyarrow.parquet")
+            tables.pandas_version()
+        except Exception:  # noqa: BLE001  raised again where it is used
+            return
 
     threading.Thread(target=load, name="studyflow-table-imports", daemon=True).start()
 
