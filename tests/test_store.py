@@ -169,6 +169,15 @@ def test_artifacts_are_kept_under_the_trials_key(client4, tmp_path):
     assert sorted(artifacts["key"]) == sorted(result.trials["key"])  # the summary lists them by key
 
 
+def test_the_staging_folder_a_lease_names_is_the_one_the_store_moves_from(tmp_path, monkeypatch):
+    from studyflow.store import TrialStore
+
+    monkeypatch.chdir(tmp_path)
+    for root in (tmp_path / ".store", Path("results/.store"), Path("./results/.store/")):
+        store = TrialStore(root)
+        assert store.staging_path("ab" + "0" * 30, 7) == str(store.staging_dir("ab" + "0" * 30, 7))
+
+
 def test_store_ls_and_gc(client4, tmp_path):
     study = {"objective": "sf_objectives:instant", "search_space": {"x": SPACE["x"]}, "budget": {"n_trials": 7}}
     optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
