@@ -9,7 +9,8 @@ own trial count; the runners of a case take turns within each repeat. Rows:
   tpe           800 TPE trials of 0.1 s on Hartmann-6, 8 workers (ideal 10.0 s): `studyflow run`
                 with the space in the study file, and define-by-run (each suggest asks the
                 server); Optuna with a JournalFileBackend shared by 8 processes.
-  snakemake     the default workflow (`snakemake -c8`, 40 HGB trials) in a fresh copy of the repo.
+  snakemake     the default workflow (`snakemake -c8`, 40 HGB trials) in a fresh copy of the repo;
+                with how long `scontrol show config` takes here (`slurm_config_wait`).
 With --before REF the studyflow rows also run at that commit (a git worktree), for before/after.
 
     python benchmarks/startup.py [--repeats 3] [--rows one,instant,tpe,snakemake] [--before efa012b]
@@ -208,6 +209,19 @@ class Bench:
         print(f"{row[0]} | {row[1]}: {row[2]:.2f} s", file=sys.stderr, flush=True)
 
 
+def slurm_config_wait() -> str:
+    """What every `snakemake` here waits for before it reads the workflow: while Snakemake loads
+    its executor plugins, snakemake-executor-plugin-slurm runs `scontrol show config` where SLURM
+    is installed (up to its 10 s timeout when the controller cannot be reached)."""
+    if shutil.which("scontrol") is None:
+        return "no `scontrol` here: the SLURM plugin loads without asking SLURM"
+    started = time.perf_counter()
+    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=30)
+    answer = "answered" if done.returncode == 0 else f"failed (exit {done.returncode})"
+    return f"`scontrol show config`, which the SLURM plugin runs as Snakemake starts, {answer} in " \
+           f"{time.perf_counter() - started:.2f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -253,6 +267,7 @@ def main() -> None:
                         bench.studyflow(f"{label}, define-by-run", tpe, 8, src))),
                     bench.script("Optuna, journal file shared by 8 processes", [*runner, "8", "800", "tpe", "hartmann6_100ms"], 800)])
             if "snakemake" in rows:
+                print(slurm_config_wait(), file=sys.stderr, flush=True)
                 bench.case("default `snakemake -c8`", [
                     bench.snakemake(label, REPO if src is None else src.parent) for label, src in versions])
         finally:
@@ -264,6 +279,8 @@ def main() -> None:
     print("| --- | --- | ---: | --- |")
     for case, label, wall, checked in sorted(bench.rows, key=lambda r: r[0]):
         print(f"| {case} | {label} | {wall:.2f} | {checked} |")
+    if "snakemake" in rows:
+        print(f"\n{slurm_config_wait()}")
 
 
 if __name__ == "__main__":
