@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from studyflow.config import load_study
 from studyflow.protocol import TrialLease
+from studyflow.server import best_of
 from studyflow.server._budget import Budget
 from studyflow.server._leases import Lease
 from studyflow.server._leases import LeaseTable
@@ -360,3 +361,19 @@ def test_a_random_search_alone_on_its_cluster_leases_big_batches_and_beside_othe
     assert all(r.policy == {"mode": "fill", "cap": 64} for r in shared)
     served.loop_quota = None  # it closed
     assert len(_exchange(served, "b/1", want=1000).trials) == 257 - 65
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_best_json_names_the_trial_optunas_best_trial_names(direction):
+    """Ties go to the first such trial, and a better infeasible trial is passed over, as
+    `Study.best_trial` has it (best.json's best is worked out in one pass over the trials)."""
+    study = optuna.create_study(direction=direction)
+    better = -100.0 if direction == "minimize" else 100.0
+    for value, attrs in [(3.0, {}), (1.0, {}), (5.0, {}), (better, {"constraints:0": 0.5}),
+                         (1.0, {"constraints:0": -1.0}), (5.0, {}), (None, {})]:
+        state = TrialState.FAIL if value is None else TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, system_attrs=attrs))
+    best = best_of(study)
+    assert best["best_number"] == study.best_trial.number == (1 if direction == "minimize" else 2)
+    assert (best["best_values"], best["best_params"]) == (study.best_trial.values, study.best_trial.params)
+    assert best_of(study, study.get_trials(deepcopy=False)) == best
