@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -175,7 +176,9 @@ def test_the_staging_folder_a_lease_names_is_the_one_the_store_moves_from(tmp_pa
     monkeypatch.chdir(tmp_path)
     for root in (tmp_path / ".store", Path("results/.store"), Path("./results/.store/")):
         store = TrialStore(root)
-        assert store.staging_path("ab" + "0" * 30, 7) == str(store.staging_dir("ab" + "0" * 30, 7))
+        key = "ab" + "0" * 30
+        assert store.staging_path(key, 7) == os.path.join(root, "trials", "ab", key, ".staging-7")
+        assert store.staging_dir(key, 7) == store.entry(key) / ".staging-7"
 
 
 def test_store_ls_and_gc(client4, tmp_path):

@@ -51,8 +51,8 @@ def _trials(n_objectives: int) -> list:
                {"studyflow:cached": True}),
         _trial(3, TrialState.COMPLETE, values(float("inf")), {"x": 0.2, "c": None, "n": 4},
                {"l": "t", "b": False, "u": 3, "m": 2, "s": "z", "nan": float("nan")}, {}),
-        _trial(4, TrialState.RUNNING, None, {"x": 0.4, "c": "a", "n": 1}, {"u": 4, "l": "t", "b": True, "m": 3, "s": "w"},
-               {}),  # interrupted: no datetime_complete
+        _trial(4, TrialState.RUNNING, None, {"x": 0.4, "c": "a", "n": 1},  # interrupted: no datetime_complete
+               {"u": 4, "l": "t", "b": True, "m": 3, "s": "w"}, {}),
     ]
 
 
@@ -101,10 +101,12 @@ def test_a_study_without_trials_still_has_its_columns_and_dtypes(tmp_path):
 def test_times_read_back_to_the_microsecond_and_an_aware_time_in_utc():
     """Optuna's times are naive (local); one with a time zone, which no Optuna storage gives,
     is still written, as numpy reads it: in UTC."""
-    naive = [_trial(0, TrialState.COMPLETE, [1.0], {"x": 0.5}, {}, {}), _trial(1, TrialState.RUNNING, None, {}, {}, {})]
+    naive = [_trial(0, TrialState.COMPLETE, [1.0], {"x": 0.5}, {}, {}),
+             _trial(1, TrialState.RUNNING, None, {}, {}, {})]
     naive[0].datetime_start = datetime(2026, 12, 4, 19, 6, 31, 123457)
     aware = _trial(2, TrialState.COMPLETE, [1.0], {"x": 0.5}, {}, {})
-    aware.datetime_start = aware.datetime_complete = datetime(2026, 12, 4, 20, 6, 31, 5, tzinfo=timezone(timedelta(hours=1)))
+    an_hour_east = timezone(timedelta(hours=1))
+    aware.datetime_start = aware.datetime_complete = datetime(2026, 12, 4, 20, 6, 31, 5, tzinfo=an_hour_east)
     starts = trials_table(naive, 1).column("datetime_start").to_pylist()
     assert starts[0] == datetime(2026, 12, 4, 19, 6, 31, 123457) and starts[1] == naive[1].datetime_start
     assert trials_table(naive, 1).column("datetime_complete").to_pylist()[1] is None

@@ -142,7 +142,7 @@ def _typed(values: list[Any]) -> tuple[str, list[Any]]:
     these follow what pandas made of the same values: ints (without gaps) stay ints, numbers
     become floats, bools stay bools, and any other mix, or a list or dict, becomes text (JSON
     for lists and dicts)."""
-    kinds = {_kind(kind) for kind in set(map(type, values)) if kind is not NoneType}
+    kinds = {_kind(value_type) for value_type in set(map(type, values)) if value_type is not NoneType}
     if not kinds:
         return "null", values
     if kinds == {"int"} and None not in values:
@@ -154,15 +154,15 @@ def _typed(values: list[Any]) -> tuple[str, list[Any]]:
     return "text", [None if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in values]
 
 
-def _kind(kind: type) -> str:
+def _kind(value_type: type) -> str:
     """The column kind of values of this type (a column's types are few: each checked once)."""
-    if issubclass(kind, (bool, np.bool_)):
+    if issubclass(value_type, (bool, np.bool_)):
         return "bool"
-    if issubclass(kind, numbers.Integral):
+    if issubclass(value_type, numbers.Integral):
         return "int"
-    if issubclass(kind, numbers.Real):
+    if issubclass(value_type, numbers.Real):
         return "float"
-    return "json" if issubclass(kind, (list, dict)) else "text"
+    return "json" if issubclass(value_type, (list, dict)) else "text"
 
 
 def _column(values: list[Any], kind: str, dtype: str) -> pa.Array:
@@ -186,7 +186,8 @@ def _column(values: list[Any], kind: str, dtype: str) -> pa.Array:
         return _from_buffers(pa.float64(), valid & ~np.isnan(data), pa.py_buffer(data))
     if kind == "datetime":
         unit = "ns" if dtype.endswith("[ns]") else "us"
-        return _from_buffers(pa.timestamp(unit), valid, pa.py_buffer(_wall_clock_us(values) * (1000 if unit == "ns" else 1)))
+        ticks = _wall_clock_us(values) * (1000 if unit == "ns" else 1)
+        return _from_buffers(pa.timestamp(unit), valid, pa.py_buffer(ticks))
     data = np.array([0 if v is None else v for v in values], dtype=np.int64)
     return _from_buffers(pa.int64(), valid, pa.py_buffer(data))
 
@@ -195,8 +196,12 @@ def _wall_clock_us(values: list[Any]) -> np.ndarray:
     """Datetimes as microseconds since 1970-01-01 (None: 0): a naive one (Optuna's) on its own
     clock, as numpy reads it, an aware one in UTC. An exact integer subtraction a trial, 4x
     quicker than numpy's conversion of datetime objects."""
-    return np.fromiter((0 if v is None else ((v if v.tzinfo is None else v.astimezone(timezone.utc).replace(tzinfo=None))
-                                             - _EPOCH) // _MICROSECOND for v in values), dtype=np.int64, count=len(values))
+    return np.fromiter((0 if v is None else (_naive(v) - _EPOCH) // _MICROSECOND for v in values),
+                       dtype=np.int64, count=len(values))
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _from_buffers(kind: pa.DataType, valid: np.ndarray, *buffers: pa.Buffer) -> pa.Array:
