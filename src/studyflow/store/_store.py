@@ -104,7 +104,9 @@ class TrialStore:
         return Path(self._entry_path(key))
 
     def _entry_path(self, key: str) -> str:
-        return os.path.join(self._trials_str, key[:2], key)
+        """`entry` as a string, built as one f-string (a `Path`'s string ends in no separator,
+        so it is `os.path.join`'s): the server names a staging folder in it per ask."""
+        return f"{self._trials_str}/{key[:2]}/{key}"
 
     def load_index(self) -> None:
         """Read every stored result once, so a lookup costs no file system call."""
@@ -237,9 +239,8 @@ class TrialStore:
         return Path(self.staging_path(key, number))
 
     def staging_path(self, key: str, number: int) -> str:
-        """`staging_dir` as a string, built as one f-string (a `Path`'s string ends in no
-        separator, so it is `os.path.join`'s): the server names one per ask."""
-        return f"{self._trials_str}/{key[:2]}/{key}/.staging-{number}"
+        """`staging_dir` as a string, built without pathlib: the server names one per ask."""
+        return f"{self._entry_path(key)}/.staging-{number}"
 
     def artifacts_dir(self, key: str) -> Path:
         return self.entry(key) / "artifacts"
