@@ -267,7 +267,8 @@ def main() -> None:
                         bench.studyflow(f"{label}, define-by-run", tpe, 8, src))),
                     bench.script("Optuna, journal file shared by 8 processes", [*runner, "8", "800", "tpe", "hartmann6_100ms"], 800)])
             if "snakemake" in rows:
-                print(slurm_config_wait(), file=sys.stderr, flush=True)
+                slurm_wait = slurm_config_wait()
+                print(slurm_wait, file=sys.stderr, flush=True)
                 bench.case("default `snakemake -c8`", [
                     bench.snakemake(label, REPO if src is None else src.parent) for label, src in versions])
         finally:
@@ -280,7 +281,7 @@ def main() -> None:
     for case, label, wall, checked in sorted(bench.rows, key=lambda r: r[0]):
         print(f"| {case} | {label} | {wall:.2f} | {checked} |")
     if "snakemake" in rows:
-        print(f"\n{slurm_config_wait()}")
+        print(f"\n{slurm_wait}")
 
 
 if __name__ == "__main__":
