@@ -1,6 +1,8 @@
 """What studyflow adds to Optuna: the server's journal (which applies its own writes), a faster TPE,
-one-record random search, samplers and pruners from a study file, warm-start history."""
+one-record random search, a grid search without quadratic tells, samplers and pruners from a
+study file, warm-start history."""
 
+from studyflow.optuna_ext._grid import IncrementalGridSampler
 from studyflow.optuna_ext._journal import ServerJournalStorage
 from studyflow.optuna_ext._journal import SingleWriterJournal
 from studyflow.optuna_ext._journal_check import JournalScan
@@ -20,6 +22,7 @@ from studyflow.optuna_ext._warm_start import warm_trials
 __all__ = [
     "CachedFitTPESampler",
     "HISTORY_FREE_SAMPLERS",
+    "IncrementalGridSampler",
     "JournalScan",
     "RandomInOneRecord",
     "ServerJournalStorage",

@@ -17,6 +17,7 @@ from studyflow._hashing import canonical_json
 from studyflow.config import ParamSpec
 from studyflow.config import StudyConfig
 from studyflow.errors import ConfigError
+from studyflow.optuna_ext._grid import IncrementalGridSampler
 from studyflow.optuna_ext._tpe import CachedFitTPESampler
 
 # Samplers whose proposals do not depend on finished trials: prefetching many costs nothing.
@@ -67,7 +68,7 @@ def make_sampler(cfg: StudyConfig, resumed_trials: int = 0) -> optuna.samplers.B
             return optuna.samplers.RandomSampler(seed=s.seed, **opts)
         if s.name == "grid":
             space = {name: grid_values(spec) for name, spec in cfg.search_space.items()}
-            return optuna.samplers.GridSampler(space, seed=s.seed, **opts)
+            return IncrementalGridSampler(space, seed=s.seed, **opts)
         if s.name == "qmc":
             return optuna.samplers.QMCSampler(seed=s.seed, **opts)
         if s.name == "cmaes":
