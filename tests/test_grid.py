@@ -88,3 +88,35 @@ def test_a_trial_of_another_grid_told_last_stops_the_study_as_optuna_does():
         tell(study, trials[2], [0.0])  # points: 0 visited, 1 running, 2 this trial's (another grid)
         stops.append(study._stop_flag)
     assert stops == [True, True]
+
+
+def test_grid_trials_made_in_one_record_are_the_trials_study_ask_would_make(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from studyflow.optuna_ext import GridInOneRecord
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    plain = optuna.create_study(sampler=optuna.samplers.GridSampler(SPACE, seed=4))
+    asked = [plain.ask(DISTRIBUTIONS) for _ in range(36)]
+    expected = [(t.params, storage_of(plain).get_trial_system_attrs(trial_id_of(t))) for t in asked]
+
+    path = tmp_path / "journal.log"
+    served = optuna.create_study(storage=ServerJournalStorage(SingleWriterJournal(path)), study_name="s",
+                                 sampler=IncrementalGridSampler(SPACE, seed=4))
+    assert GridInOneRecord.applies(served, DISTRIBUTIONS)
+    maker = GridInOneRecord(served, DISTRIBUTIONS)
+    served._storage._backend.flush()
+    records = len(path.read_bytes().splitlines())
+    made = [maker.create(maker.sample(), {"key": i}) for i in range(36)]
+    assert maker.sample() is None  # past the grid's first pass, `Study.ask` draws the point
+    served._storage._backend.flush()
+    assert len(path.read_bytes().splitlines()) - records == 36  # one record each
+    theirs = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path)))).trials
+    assert [(t.params, t.system_attrs) for t in theirs] == [
+        (params, {**attrs, "key": i}) for i, (params, attrs) in enumerate(expected)]
+    assert [list(t.params) for t in theirs] == [list(DISTRIBUTIONS)] * 36  # suggested in the space's order
+    assert [t.distributions for t in theirs] == [DISTRIBUTIONS] * 36 and [t.number for t in made] == list(range(36))
+    # Only for our grid sampler over exactly its names
+    assert not GridInOneRecord.applies(plain, DISTRIBUTIONS)
+    assert not GridInOneRecord.applies(served, {"x": DISTRIBUTIONS["x"]})

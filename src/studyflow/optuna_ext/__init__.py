@@ -2,6 +2,7 @@
 one-record random search, a grid search without quadratic tells, samplers and pruners from a
 study file, warm-start history."""
 
+from studyflow.optuna_ext._grid import GridInOneRecord
 from studyflow.optuna_ext._grid import IncrementalGridSampler
 from studyflow.optuna_ext._journal import ServerJournalStorage
 from studyflow.optuna_ext._journal import SingleWriterJournal
@@ -21,6 +22,7 @@ from studyflow.optuna_ext._warm_start import warm_trials
 
 __all__ = [
     "CachedFitTPESampler",
+    "GridInOneRecord",
     "HISTORY_FREE_SAMPLERS",
     "IncrementalGridSampler",
     "JournalScan",

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+import optuna
+from optuna.distributions import BaseDistribution
 from optuna.samplers import GridSampler
 from optuna.storages import JournalStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from studyflow._compat import fresh_trials_view
 from studyflow._compat import replayed_trials
 from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
@@ -67,6 +70,16 @@ def _trials_by_number(study: Study) -> Sequence[FrozenTrial]:
 class IncrementalGridSampler(GridSampler):
     """`GridSampler`, whose tells look only at the trials that may have changed."""
 
+    def point(self, number: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The parameters and system attributes a new trial numbered `number` gets from this
+        sampler (its grid point is its number until the grid's first pass is used up: then
+        None, a point drawn at random among those left)."""
+        if number >= self._n_min_trials:
+            return None
+        point = self._all_grids[number]
+        return ({name: point[i] for i, name in enumerate(self._param_names)},
+                {"search_space": self._search_space, "grid_id": number})
+
     def __init__(self, search_space: dict[str, Sequence[Any]], seed: int | None = None) -> None:
         super().__init__(search_space, seed=seed)
         self._points = set(range(self._n_min_trials))
@@ -74,20 +87,23 @@ class IncrementalGridSampler(GridSampler):
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        # Optuna stops when none, or only this trial's, is left of the points left to start
-        # (else of those left to finish): never while two or more are left
+        # Optuna stops when none, or only this trial's, is left of the points no trial has
+        # started (else of those no trial has finished): never while two or more are left, nor
+        # while one is left to start and this trial, running (told before its state is
+        # written), holds a point of this grid (so not that one)
         trials = _trials_by_number(study)
         if self._n_min_trials - len(trials) >= 2:  # each trial holds one point
             return
-        unstarted, unfinished = self._left(study, trials)
-        if unstarted >= 2 or (unstarted == 0 and unfinished >= 2):
+        visits = self._visits.setdefault((id(storage_of(study)), study_id_of(study)), _Visits())
+        unstarted, unfinished = self._left(visits, trials)
+        if unstarted >= 2 or (unstarted == 1 and self._point(visits, trial) is not _OFF) or (
+                unstarted == 0 and unfinished >= 2):
             return
         super().after_trial(study, trial, state, values)
 
-    def _left(self, study: Study, trials: Sequence[FrozenTrial]) -> tuple[int, int]:
+    def _left(self, visits: _Visits, trials: Sequence[FrozenTrial]) -> tuple[int, int]:
         """How many points no finished or running trial has, and how many no finished trial
         has: the sizes of the two sets `_get_unvisited_grid_ids` chooses between."""
-        visits = self._visits.setdefault((id(storage_of(study)), study_id_of(study)), _Visits())
         still_open, running = [], set()
         for number in itertools.chain(visits.open, range(visits.looked, len(trials))):
             trial = trials[number]
@@ -117,3 +133,40 @@ class IncrementalGridSampler(GridSampler):
         point = attrs["grid_id"] if self._same_search_space(attrs["search_space"]) else _OFF
         visits.point_of[trial.number] = point
         return point
+
+
+class GridInOneRecord:
+    """New trials of a grid search over a fixed space, created in one record each, as
+    `RandomInOneRecord` creates a random search's: `Study.ask(space)` writes a trial, then the
+    sampler's two system attributes, then one record per parameter, each replayed by Optuna. A
+    trial numbered below the grid's size has its number as its grid point, so all of it is
+    known before it exists. The journal reads the same to Optuna (tests/test_grid.py)."""
+
+    def __init__(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> None:
+        self.study, self.space = study, space
+        self._sampler: IncrementalGridSampler = study.sampler  # type: ignore[assignment]
+
+    @staticmethod
+    def applies(study: optuna.Study, space: dict[str, BaseDistribution]) -> bool:
+        """Our grid sampler, over exactly the space's names (else `Study.ask` raises, or
+        suggests names of its own)."""
+        sampler = study.sampler
+        return type(sampler) is IncrementalGridSampler and bool(space) and set(space) == set(sampler._search_space)
+
+    def sample(self) -> dict[str, Any] | None:
+        """The parameters `Study.ask(space)` would give the next trial, in the space's order;
+        None past the grid's first pass (`Study.ask` then draws a point)."""
+        point = self._next()
+        return None if point is None else {name: point[0][name] for name in self.space}
+
+    def create(self, params: dict[str, Any], system_attrs: dict[str, Any]) -> optuna.Trial:
+        """The next trial, RUNNING, with `sample`'s parameters and, first, the sampler's system attributes."""
+        point = self._next()
+        assert point is not None, "sampled past the grid's first pass"
+        study = self.study
+        fresh_trials_view(study)
+        return optuna.Trial(study, storage_of(study).create_running_trial(
+            study_id_of(study), params, self.space, {**point[1], **system_attrs}))
+
+    def _next(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        return self._sampler.point(len(_trials_by_number(self.study)))

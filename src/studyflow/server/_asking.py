@@ -361,11 +361,11 @@ class Asking:
 
     def _new_trial(self, worker: str) -> tuple[optuna.Trial, str, StoredResult | None]:
         """A newly sampled trial, its key (journaled with it) and the store's result for it
-        (`_stored`). A random-search trial goes in one record, with the worker it is leased to
-        when it will run there (its key neither stored nor running): the tell then has one
-        record fewer to write (`Lease.journaled_worker`)."""
-        if self.one_record is not None and not self._waiting():
-            params = self.one_record.sample()
+        (`_stored`). A random- or grid-search trial goes in one record, with the worker it is
+        leased to when it will run there (its key neither stored nor running): the tell then
+        has one record fewer to write (`Lease.journaled_worker`)."""
+        params = self.one_record.sample() if self.one_record is not None and not self._waiting() else None
+        if params is not None:
             key = trial_key(self.spec.key_base, params)
             stored = self._stored(key)
             attrs = {KEY_ATTR: key}

@@ -25,6 +25,7 @@ import optuna
 from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
 from studyflow.config import StudyConfig
+from studyflow.optuna_ext import GridInOneRecord
 from studyflow.optuna_ext import RandomInOneRecord
 from studyflow.optuna_ext import SingleWriterJournal
 from studyflow.optuna_ext import distributions
@@ -77,9 +78,9 @@ class ServedStudy(Asking, Telling):
         # trial's key; once the objective suggests a name of its own, the key is known at the
         # tell, and trials are stored but not answered from the store at the ask.
         self.define_by_run = not self.space
-        # random search: trials drawn and journaled in one step each (optuna_ext._random_ask)
-        self.one_record = RandomInOneRecord(self.study, self.space) if RandomInOneRecord.applies(
-            self.study, self.space) else None
+        # random and grid search: trials drawn and journaled in one step each (optuna_ext)
+        maker = next((m for m in (RandomInOneRecord, GridInOneRecord) if m.applies(self.study, self.space)), None)
+        self.one_record = maker(self.study, self.space) if maker is not None else None
         window = self.spec.concurrency if self.config.scheduling == "reproducible" else 0
         self.ordering = Ordering(self.study, window)
         self._policies = (prefetch_policy(self.config), prefetch_policy(self.config, shared=True))
