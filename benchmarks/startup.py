@@ -6,6 +6,9 @@ own trial count; the runners of a case take turns within each repeat. Rows:
   instant       5,000 instant trials, random search, 2 workers: `studyflow run` with the space in
                 the study file, and define-by-run; Optuna with a JournalFileBackend shared by 2
                 processes; Optuna in one process, in memory.
+  grid          a 5,000-point grid (50 x 100) of instant trials, 2 workers: `studyflow run`; Optuna's
+                GridSampler with a JournalFileBackend shared by 2 processes, and in one process, in
+                memory (its tells read every trial: quadratic in the grid's size).
   tpe           800 TPE trials of 0.1 s on Hartmann-6, 8 workers (ideal 10.0 s): `studyflow run`
                 with the space in the study file, and define-by-run (each suggest asks the
                 server); Optuna with a JournalFileBackend shared by 8 processes.
@@ -13,7 +16,7 @@ own trial count; the runners of a case take turns within each repeat. Rows:
                 with how long `scontrol show config` takes here (`slurm_config_wait`).
 With --before REF the studyflow rows also run at that commit (a git worktree), for before/after.
 
-    python benchmarks/startup.py [--repeats 3] [--rows one,instant,tpe,snakemake] [--before efa012b]
+    python benchmarks/startup.py [--repeats 3] [--rows one,instant,grid,tpe,snakemake] [--before efa012b]
 """
 
 from __future__ import annotations
@@ -42,10 +45,15 @@ OBJECTIVES = textwrap.dedent('''
     P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
                          [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
     ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+    GRID = {"x": list(range(1, 51)), "y": list(range(1, 101))}  # grid_point's, as Optuna's GridSampler takes it
 
 
     def instant(trial):
         return trial.suggest_float("x", 0, 1) ** 2
+
+
+    def grid_point(trial):
+        return trial.suggest_int("x", 1, 50) * 0.01 + trial.suggest_int("y", 1, 100)
 
 
     def hartmann6_100ms(trial):
@@ -68,6 +76,8 @@ JOURNAL_RUNNER = textwrap.dedent('''
         return JournalStorage(JournalFileBackend(path))
 
     def make_sampler():
+        if sampler == "grid":
+            return optuna.samplers.GridSampler(bench_objectives.GRID)
         return optuna.samplers.TPESampler() if sampler == "tpe" else optuna.samplers.RandomSampler()
 
     def work(n):
@@ -93,8 +103,12 @@ IN_MEMORY = textwrap.dedent('''
     import bench_objectives
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler())
-    study.optimize(bench_objectives.instant, n_trials=int(sys.argv[1]))
+    if sys.argv[2:] == ["grid"]:
+        study = optuna.create_study(sampler=optuna.samplers.GridSampler(bench_objectives.GRID))
+        study.optimize(bench_objectives.grid_point, n_trials=int(sys.argv[1]))
+    else:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler())
+        study.optimize(bench_objectives.instant, n_trials=int(sys.argv[1]))
     print(len(study.trials))
 ''')
 
@@ -225,7 +239,7 @@ def slurm_config_wait() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows", default="one,instant,tpe,snakemake")
+    parser.add_argument("--rows", default="one,instant,grid,tpe,snakemake")
     parser.add_argument("--before", default=None, help="also run the studyflow rows at this commit")
     args = parser.parse_args()
     rows = args.rows.split(",")
@@ -257,6 +271,15 @@ def main() -> None:
                         bench.studyflow(f"{label}, define-by-run", {**instant, "budget": {"n_trials": 5000}}, 2, src))),
                     bench.script("Optuna, journal file shared by 2 processes", [*runner, "2", "5000", "random", "instant"], 5000),
                     bench.script("Optuna in one process, in memory", [sys.executable, "in_memory.py", "5000"], 5000)])
+            if "grid" in rows:
+                grid = {"objective": "bench_objectives:grid_point", "sampler": {"name": "grid", "seed": 0},
+                        "search_space": {"x": {"type": "int", "low": 1, "high": 50},
+                                         "y": {"type": "int", "low": 1, "high": 100}},
+                        "budget": {"n_trials": 5000}}
+                bench.case("5,000-point grid of instant trials, 2 workers", [
+                    *(bench.studyflow(label, grid, 2, src) for label, src in versions),
+                    bench.script("Optuna, journal file shared by 2 processes", [*runner, "2", "5000", "grid", "grid_point"], 5000),
+                    bench.script("Optuna in one process, in memory", [sys.executable, "in_memory.py", "5000", "grid"], 5000)])
             if "tpe" in rows:
                 tpe = {"objective": "bench_objectives:hartmann6_100ms", "sampler": {"name": "tpe"},
                        "budget": {"n_trials": 800}}
