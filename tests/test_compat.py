@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from optuna.samplers import GridSampler
 from optuna.samplers import TPESampler
 
 import studyflow
@@ -34,6 +35,7 @@ TPE_MEMBERS = {
     "_get_internal_repr", "_gamma", "_constant_liar", "_rng", "_n_ei_candidates",
     "_parzen_estimator_cls", "_parzen_estimator_parameters",
 }
+GRID_MEMBERS = {"_n_min_trials", "_all_grids", "_param_names", "_search_space", "_same_search_space"}
 JOURNAL_MEMBERS = {"_thread_lock", "_sync_with_backend", "_replay_result"}
 # the replay result's members OwnWritesJournalStorage changes as the replay does
 REPLAY_MEMBERS = {"_studies", "_trials", "_study_id_to_trial_ids", "_trial_id_to_study_id",
@@ -76,6 +78,7 @@ def test_the_private_names_compat_takes_are_the_pinned_set():
     taken = _private_names_taken(ast.parse((SRC / "_compat.py").read_text()))
     assert taken - _own_private_names() == PINNED
     assert set(_compat.TPE_SAMPLER_MEMBERS) == TPE_MEMBERS
+    assert set(_compat.GRID_SAMPLER_MEMBERS) == GRID_MEMBERS
     assert set(_compat.JOURNAL_STORAGE_MEMBERS) == JOURNAL_MEMBERS
     assert set(_compat.JOURNAL_REPLAY_MEMBERS) == REPLAY_MEMBERS | {"log_number_read", "worker_id"}
 
@@ -83,7 +86,7 @@ def test_the_private_names_compat_takes_are_the_pinned_set():
 def test_no_other_module_takes_a_private_optuna_or_distributed_name():
     own = _own_private_names()
     # a subclass reaches its parent's members, declared in _compat
-    parents = {"_tpe.py": TPE_MEMBERS, "_journal.py": JOURNAL_MEMBERS,
+    parents = {"_tpe.py": TPE_MEMBERS, "_grid.py": GRID_MEMBERS, "_journal.py": JOURNAL_MEMBERS,
                "_own_writes.py": JOURNAL_MEMBERS | REPLAY_MEMBERS | {"_last_created_trial_id_by_this_process"}}
     for path in sorted(SRC.rglob("*.py")):
         if path.name == "_compat.py":
@@ -102,6 +105,8 @@ def test_the_remote_trial_sets_only_the_trial_member_compat_declares():
 def test_the_subclasses_use_only_the_parent_members_compat_declares():
     tpe_used = set(re.findall(r"(?:self|TPESampler)\.(_\w+)", (SRC / "optuna_ext/_tpe.py").read_text()))
     assert tpe_used & set(dir(TPESampler(seed=0))) <= TPE_MEMBERS | {"_sample"}
+    grid_used = set(re.findall(r"self\.(_\w+)", (SRC / "optuna_ext/_grid.py").read_text()))
+    assert grid_used & set(dir(GridSampler({"x": [0]}))) == GRID_MEMBERS
     parent = _compat.JournalStorage(_compat._EmptyJournal())
     for subclass in ("_journal.py", "_own_writes.py"):
         journal_used = set(re.findall(r"self\.(_\w+)", (SRC / "optuna_ext" / subclass).read_text()))

@@ -3,8 +3,9 @@
 Optuna and distributed do not promise these names between releases, so the rest of studyflow
 reaches them only through this module, which checks at import that the installed versions are
 ones the code was written and tested against, and fails with one line naming the supported
-range otherwise. Three classes extend Optuna's own and so use their parents' private members:
+range otherwise. Four classes extend Optuna's own and so use their parents' private members:
 `optuna_ext._tpe.CachedFitTPESampler` (`TPE_SAMPLER_MEMBERS`),
+`optuna_ext._grid.IncrementalGridSampler` (`GRID_SAMPLER_MEMBERS`),
 `optuna_ext._journal.ServerJournalStorage` (`JOURNAL_STORAGE_MEMBERS`, and through its parent
 `optuna_ext._own_writes.OwnWritesJournalStorage` its replay result's `JOURNAL_REPLAY_MEMBERS`),
 all checked at import too, and `worker._trial.RemoteTrial` (`TRIAL_MEMBERS`).
@@ -22,6 +23,7 @@ import numpy as np
 import optuna
 from optuna._transform import _SearchSpaceTransform as SearchSpaceTransform  # noqa: F401
 from optuna._transform import _untransform_numerical_param as untransform_numerical_param  # noqa: F401
+from optuna.samplers import GridSampler
 from optuna.samplers import TPESampler
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator as ParzenEstimator  # noqa: F401
 from optuna.samplers._tpe.sampler import _get_infeasible_trial_score as infeasible_trial_score  # noqa: F401
@@ -46,6 +48,8 @@ TPE_SAMPLER_MEMBERS = (
     "_get_internal_repr", "_gamma", "_constant_liar", "_rng", "_n_ei_candidates",
     "_parzen_estimator_cls", "_parzen_estimator_parameters",
 )
+# What IncrementalGridSampler uses of GridSampler beyond its public API.
+GRID_SAMPLER_MEMBERS = ("_n_min_trials", "_all_grids", "_param_names", "_search_space", "_same_search_space")
 # What ServerJournalStorage uses of JournalStorage beyond its public API.
 JOURNAL_STORAGE_MEMBERS = ("_thread_lock", "_sync_with_backend", "_replay_result")
 # What OwnWritesJournalStorage reads and changes of a JournalStorage's replay result, as the
@@ -72,8 +76,9 @@ def check_versions() -> None:
             raise ImportError(f"studyflow needs {name}{wanted} (it reaches into private names that "
                               f"change between releases); {name} {found} is installed")
     tpe = TPESampler(seed=0)
+    grid = GridSampler({"x": [0]})
     journal = JournalStorage(_EmptyJournal())
-    for owner, members in ((tpe, TPE_SAMPLER_MEMBERS), (journal, JOURNAL_STORAGE_MEMBERS),
+    for owner, members in ((tpe, TPE_SAMPLER_MEMBERS), (grid, GRID_SAMPLER_MEMBERS), (journal, JOURNAL_STORAGE_MEMBERS),
                            (journal._replay_result, JOURNAL_REPLAY_MEMBERS)):
         missing = [m for m in members if not hasattr(owner, m)]
         if missing:

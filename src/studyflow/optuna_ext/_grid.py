@@ -37,7 +37,7 @@ _UNKNOWN = object()
 
 @dataclass
 class _Visits:
-    """A study's trials as last looked at by `IncrementalGridSampler._unvisited`."""
+    """A study's trials as last looked at by `IncrementalGridSampler._left`."""
 
     looked: int = 0  # trials [0, looked) have been looked at
     open: list[int] = field(default_factory=list)  # the numbers among them not finished then
@@ -70,6 +70,16 @@ def _trials_by_number(study: Study) -> Sequence[FrozenTrial]:
 class IncrementalGridSampler(GridSampler):
     """`GridSampler`, whose tells look only at the trials that may have changed."""
 
+    def __init__(self, search_space: dict[str, Sequence[Any]], seed: int | None = None) -> None:
+        super().__init__(search_space, seed=seed)
+        self._points = set(range(self._n_min_trials))
+        self._visits: dict[tuple[int, int], _Visits] = {}  # (id of storage, study id) -> visits
+
+    @property
+    def param_names(self) -> list[str]:
+        """The grid's parameter names."""
+        return list(self._param_names)
+
     def point(self, number: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The parameters and system attributes a new trial numbered `number` gets from this
         sampler (its grid point is its number until the grid's first pass is used up: then
@@ -79,11 +89,6 @@ class IncrementalGridSampler(GridSampler):
         point = self._all_grids[number]
         return ({name: point[i] for i, name in enumerate(self._param_names)},
                 {"search_space": self._search_space, "grid_id": number})
-
-    def __init__(self, search_space: dict[str, Sequence[Any]], seed: int | None = None) -> None:
-        super().__init__(search_space, seed=seed)
-        self._points = set(range(self._n_min_trials))
-        self._visits: dict[tuple[int, int], _Visits] = {}  # (id of storage, study id) -> visits
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
@@ -119,7 +124,8 @@ class IncrementalGridSampler(GridSampler):
                 running.add(point)
         visits.open, visits.looked = still_open, len(trials)
         unfinished = self._n_min_trials - visits.visited_points
-        return unfinished - sum(1 for point in running if point in self._points and point not in visits.visited), unfinished
+        running_points = sum(1 for point in running if point in self._points and point not in visits.visited)
+        return unfinished - running_points, unfinished
 
     def _point(self, visits: _Visits, trial: FrozenTrial) -> Any:
         """The trial's grid id if it is on this grid (as Optuna decides it), else `_OFF`; kept
@@ -151,7 +157,7 @@ class GridInOneRecord:
         """Our grid sampler, over exactly the space's names (else `Study.ask` raises, or
         suggests names of its own)."""
         sampler = study.sampler
-        return type(sampler) is IncrementalGridSampler and bool(space) and set(space) == set(sampler._search_space)
+        return type(sampler) is IncrementalGridSampler and bool(space) and set(space) == set(sampler.param_names)
 
     def sample(self) -> dict[str, Any] | None:
         """The parameters `Study.ask(space)` would give the next trial, in the space's order;
