@@ -246,6 +246,8 @@ def test_the_server_journal_writes_optunas_records_and_holds_the_trials_optuna_r
     for study_id in (0, 1):
         held = ours._storage.get_all_trials(study_id, deepcopy=False)
         assert held == replayed.get_all_trials(study_id) and len(held) > 1
+        for state in (None, *TrialState):
+            assert ours._storage.get_n_trials(study_id, state) == replayed.get_n_trials(study_id, state)
     assert [t.state for t in ours.trials] == [t.state for t in theirs.trials]
 
     # A write Optuna's replay refuses raises the same error, and writes nothing

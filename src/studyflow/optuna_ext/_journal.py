@@ -253,6 +253,16 @@ class ServerJournalStorage(OwnWritesJournalStorage):
             ids = lists[0] if len(lists) == 1 else sorted(itertools.chain(*lists))
             return list(map(trials.__getitem__, ids))
 
+    def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
+        """The study's trial count from the replayed trials' index (Optuna's counts a copied list
+        of them: reproducible scheduling asks it on every ask)."""
+        if state is not None:
+            return super().get_n_trials(study_id, state)
+        with self._thread_lock:
+            self._sync_with_backend()
+            self._replay_result.get_study(study_id)  # KeyError for an unknown study, as Optuna's
+            return len(replayed_trials(self)[1][study_id])
+
     def _note_waiting(self, study_id: int, trial_id: int) -> None:
         with self._thread_lock:  # as `_waiting` reads and prunes them
             known = self._maybe_waiting.get(study_id)
