@@ -175,4 +175,5 @@ class GridInOneRecord:
             study_id_of(study), params, self.space, {**point[1], **system_attrs}))
 
     def _next(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        return self._sampler.point(len(_trials_by_number(self.study)))
+        """The sampler's point for the next trial, numbered by the study's trial count."""
+        return self._sampler.point(storage_of(self.study).get_n_trials(study_id_of(self.study)))
