@@ -140,23 +140,24 @@ def test_grid_sampler_visits_every_combination_once_and_stops(client4, tmp_path)
     assert len(combos) == 12 and combos.is_unique  # 3 x 2 x 2, n_trials capped at the grid
 
 
-def test_a_grid_of_hundreds_of_points_some_failing_runs_each_point_on_four_workers(client4, tmp_path):
+def test_a_grid_of_hundreds_of_points_some_failing_runs_each_point_once_on_four_workers(client4, tmp_path):
     """A quant's grid of cheap backtests, some of which raise, on 4 workers: every point is
-    run, each passing point once, on every worker. `n_trials` (capped at the grid) counts
-    COMPLETE trials, so the failed points' slots go past the grid's first pass, where the
-    sampler revisits points: a passing one is answered from the trial store, not run again."""
+    run once, on every worker, and the study ends there, as Optuna's grid sampler ends it (a
+    failed point is not run again, nor a passing one revisited to make up the failures), and a
+    rerun of the same study runs nothing more."""
     study = {"objective": "sf_objectives:raises_when_large", "sampler": {"name": "grid", "seed": 1},
              "search_space": {"x": {"type": "float", "low": 0, "high": 1, "step": 0.004}},
              "budget": {"n_trials": 10_000, "max_failures": 1_000}}
     result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
     trials = result.trials
-    points = {0.004 * i for i in range(251)}  # 0, 0.004, ..., 1, as the study file's grid has them
-    assert set(trials["params_x"]) == points
-    run = trials[~trials["cached"].astype(bool)]
-    passed = run[run["state"] == "COMPLETE"]
-    assert passed["params_x"].is_unique and set(passed["params_x"]) == {x for x in points if x <= 0.7}
-    assert set(run.loc[run["state"] == "FAIL", "params_x"]) == {x for x in points if x > 0.7}
-    assert (trials["state"] == "COMPLETE").sum() == 251 and trials["worker"].nunique() == 4
+    points = [round(0.004 * i, 3) for i in range(251)]  # 0, 0.004, ..., 1, as the study file's grid has them
+    assert len(trials) == 251 and sorted(trials["params_x"].round(3)) == points
+    assert not trials["cached"].astype(bool).any()
+    assert set(trials.loc[trials["state"] == "COMPLETE", "params_x"]) == {x for x in trials["params_x"] if x <= 0.7}
+    assert (trials["state"] == "FAIL").sum() == sum(x > 0.7 for x in trials["params_x"]) > 0
+    assert result.stop_reason == "grid" and trials["worker"].nunique() == 4
+    again = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    assert again.stop_reason == "grid" and len(again.trials) == 251  # a rerun runs nothing more
 
 
 def test_two_objectives_give_values_columns_and_a_pareto_front(client4, tmp_path):

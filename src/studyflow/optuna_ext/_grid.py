@@ -90,6 +90,15 @@ class IncrementalGridSampler(GridSampler):
         return ({name: point[i] for i, name in enumerate(self._param_names)},
                 {"search_space": self._search_space, "grid_id": number})
 
+    def points_left(self, study: Study) -> tuple[int, int] | None:
+        """How many grid points no trial has started (none finished or running with it), and
+        how many no trial has finished; None while the study has fewer trials than the grid
+        has points (then at least one is unstarted: each trial holds one point)."""
+        trials = _trials_by_number(study)
+        if len(trials) < self._n_min_trials:
+            return None
+        return self._left(self._visits_of(study), trials)
+
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         # Optuna stops when none, or only this trial's, is left of the points no trial has
@@ -99,12 +108,15 @@ class IncrementalGridSampler(GridSampler):
         trials = _trials_by_number(study)
         if self._n_min_trials - len(trials) >= 2:  # each trial holds one point
             return
-        visits = self._visits.setdefault((id(storage_of(study)), study_id_of(study)), _Visits())
+        visits = self._visits_of(study)
         unstarted, unfinished = self._left(visits, trials)
         if unstarted >= 2 or (unstarted == 1 and self._point(visits, trial) is not _OFF) or (
                 unstarted == 0 and unfinished >= 2):
             return
         super().after_trial(study, trial, state, values)
+
+    def _visits_of(self, study: Study) -> _Visits:
+        return self._visits.setdefault((id(storage_of(study)), study_id_of(study)), _Visits())
 
     def _left(self, visits: _Visits, trials: Sequence[FrozenTrial]) -> tuple[int, int]:
         """How many points no finished or running trial has, and how many no finished trial

@@ -2,7 +2,8 @@
 
 Invariants:
 - `finished` counts COMPLETE and PRUNED trials; the server leases a new trial only while
-  `finished + in flight < n_trials`, so exactly `n_trials` finish.
+  `finished + in flight < n_trials`, so exactly `n_trials` finish; a grid search also ends
+  once every point of its grid has run, failed ones included (`GRID_RUN`), as Optuna's does.
 - Once set, `stop_reason` stays until `reopen()`: a resumed run decides afresh what its budget
   may have changed (`n_trials` raised), but the failures and the time it counts are the runs'
   together (`resume` counts the journal's failures; `active_before_s` is the earlier runs' active
@@ -26,6 +27,7 @@ from studyflow.config import StudyConfig
 # `budget.max_failures`.
 INFRA_ERRORS = ("WorkerLost", "Interrupted")
 TOO_MANY_FAILURES = "too many failures"  # stop reasons a resumed run keeps
+GRID_RUN = "grid"  # a grid search ran every point of its grid (`ServedStudy._grid_spent`)
 # A stop reason that is not the study file's nor the objective's: the sampler or the server
 # itself failed; the driver raises it as a StudyAbortedError.
 STUDY_FAILED = "study failed: "

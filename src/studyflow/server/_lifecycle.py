@@ -105,7 +105,7 @@ def open_study(spec: StudySpec) -> ServedStudy:
         _seed_new_study(study, spec)
     n_trials = cfg.budget.n_trials
     if cfg.sampler.name == "grid":
-        n_trials = min(n_trials, grid_size(cfg))  # the grid sampler revisits once exhausted
+        n_trials = min(n_trials, grid_size(cfg))  # and it ends when every point has run (`_grid_spent`)
     store = TrialStore(spec.store_root)
     store.load_index()
     served = ServedStudy(spec=spec, study=study, backend=backend, store=store, n_trials=n_trials)

@@ -26,6 +26,7 @@ from studyflow._compat import storage_of
 from studyflow._compat import study_id_of
 from studyflow.config import StudyConfig
 from studyflow.optuna_ext import GridInOneRecord
+from studyflow.optuna_ext import IncrementalGridSampler
 from studyflow.optuna_ext import RandomInOneRecord
 from studyflow.optuna_ext import SingleWriterJournal
 from studyflow.optuna_ext import distributions
@@ -34,6 +35,7 @@ from studyflow.protocol import Reply
 from studyflow.server._asking import Asking
 from studyflow.server._asking import SharedSpace
 from studyflow.server._budget import ACTIVE_S_ATTR
+from studyflow.server._budget import GRID_RUN
 from studyflow.server._budget import Budget
 from studyflow.server._finish_log import FinishLog
 from studyflow.server._leases import LeaseTable
@@ -81,6 +83,8 @@ class ServedStudy(Asking, Telling):
         # random and grid search: trials drawn and journaled in one step each (optuna_ext)
         maker = next((m for m in (RandomInOneRecord, GridInOneRecord) if m.applies(self.study, self.space)), None)
         self.one_record = maker(self.study, self.space) if maker is not None else None
+        sampler = self.study.sampler
+        self.grid = sampler if isinstance(sampler, IncrementalGridSampler) else None
         window = self.spec.concurrency if self.config.scheduling == "reproducible" else 0
         self.ordering = Ordering(self.study, window)
         self._policies = (prefetch_policy(self.config), prefetch_policy(self.config, shared=True))
@@ -112,6 +116,8 @@ class ServedStudy(Asking, Telling):
         once the study may be done, the driver's status poll: it answers early only then, and
         waking it on every batch put a pass of it on the path of every trial."""
         self.wakeup.set()
+        if self.grid is not None and self.budget.stop_reason is None:
+            self._grid_spent()  # the grid's last point told: the study stops now, not at the next ask
         if self.budget.stop_reason is not None or self.budget.finished >= self.n_trials:
             self.changed.set()
             self.changed = asyncio.Event()
@@ -120,6 +126,8 @@ class ServedStudy(Asking, Telling):
         """'run', 'wait' or 'stop' for a loop asking for a trial."""
         if self.budget.stopped():
             return "stop"
+        if self.grid is not None and self._grid_spent():
+            return "stop" if self.budget.stopped() else "wait"
         if self.budget.finished + self.in_flight >= self.n_trials and not self.same_key.ready:
             return "wait"  # (a ready trial is already counted in flight: it may be leased)
         if len(self.leases) >= self.spec.concurrency * (1 + self.policy["cap"]):
@@ -129,6 +137,20 @@ class ServedStudy(Asking, Telling):
         if not self.budget.patience_allows(self.in_flight, self.loops):
             return "wait"  # more could not finish before patience ends the study
         return "run"
+
+    def _grid_spent(self) -> bool:
+        """Whether a grid search needs no new trial: every point has a trial, finished or
+        running, and no retry waits. `n_trials` counts COMPLETE trials, so failed points would
+        otherwise send trials past the grid's first pass, where Optuna's grid sampler revisits
+        points; it stops the study instead, and so does this ('grid'), once every point's
+        trial has finished and none is in flight."""
+        assert self.grid is not None
+        left = self.grid.points_left(self.study)
+        if left is None or left[0] > 0 or self._waiting():
+            return False
+        if left[1] == 0 and not self.in_flight:
+            self.budget.stop_reason = GRID_RUN
+        return True
 
     def _next_number(self) -> int:
         waiting = self._waiting()
