@@ -239,3 +239,31 @@ def build_tls_defaults() -> None:
     build = getattr(tornado.netutil, "_client_ssl_defaults", None)
     if callable(build):
         build()
+
+
+def build_tls_defaults_soon() -> None:
+    """`build_tls_defaults` on a thread, with tornado's streams waiting for it: its cache is
+    not locked, and the driver's event loop accepted its first TLS connection while the thread
+    still loaded the bundle, so it loaded a second copy (33-40 ms on the loop, every run)."""
+    import threading
+
+    import tornado.iostream
+    import tornado.netutil
+
+    build = getattr(tornado.netutil, "_client_ssl_defaults", None)
+    if not callable(build) or getattr(tornado.iostream, "_client_ssl_defaults", None) is not build:
+        return
+    built = threading.Event()
+
+    def when_built() -> Any:
+        built.wait()
+        return build()
+
+    def run() -> None:
+        try:
+            build()
+        finally:
+            built.set()
+
+    tornado.iostream._client_ssl_defaults = when_built
+    threading.Thread(target=run, name="studyflow-tls-defaults", daemon=True).start()

@@ -20,7 +20,7 @@ import dask
 from distributed import Client
 from distributed import LocalCluster
 
-from studyflow._compat import build_tls_defaults
+from studyflow._compat import build_tls_defaults_soon
 from studyflow._compat import hear_worker_starts_soon
 from studyflow._compat import keep_own_forkserver_preload
 from studyflow._processes import ONE_THREAD_ENV
@@ -244,7 +244,7 @@ def connect(
             yield client
         return
     if security is not None:  # loads the CA bundle without the GIL while the scheduler starts
-        threading.Thread(target=build_tls_defaults, name="studyflow-tls-defaults", daemon=True).start()
+        build_tls_defaults_soon()
     if cfg.gpus is not None:
         ids = gpu_ids(cfg.gpus)
         with dask.config.set(local_worker_config()), \
