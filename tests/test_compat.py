@@ -29,6 +29,7 @@ PINNED = {
     "_tell_with_warning", "_storage", "_study_id", "_trial_id", "_rng", "_replay_result",
     "_trials", "_study_id_to_trial_ids", "_thread_local", "_relative_params",
     "_forkserver_preload_set", "_get_latest_trial", "_filter_study", "_init_msg_interval",
+    "_client_ssl_defaults",  # tornado.iostream's, waiting for the driver's thread (build_tls_defaults_soon)
 }
 TPE_MEMBERS = {
     "_sample", "_build_parzen_estimator", "_compare", "_compute_acquisition_func", "_get_params",
