@@ -7,6 +7,7 @@ import time
 
 import optuna
 import pandas as pd
+import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -140,14 +141,15 @@ def test_grid_sampler_visits_every_combination_once_and_stops(client4, tmp_path)
     assert len(combos) == 12 and combos.is_unique  # 3 x 2 x 2, n_trials capped at the grid
 
 
-def test_a_grid_of_hundreds_of_points_some_failing_runs_each_point_once_on_four_workers(client4, tmp_path):
+@pytest.mark.parametrize("scheduling", ["async", "reproducible"])
+def test_a_grid_of_hundreds_of_points_some_failing_runs_each_point_once_on_four_workers(client4, tmp_path, scheduling):
     """A quant's grid of cheap backtests, some of which raise, on 4 workers: every point is
     run once, on every worker, and the study ends there, as Optuna's grid sampler ends it (a
     failed point is not run again, nor a passing one revisited to make up the failures), and a
     rerun of the same study runs nothing more."""
     study = {"objective": "sf_objectives:raises_when_large", "sampler": {"name": "grid", "seed": 1},
              "search_space": {"x": {"type": "float", "low": 0, "high": 1, "step": 0.004}},
-             "budget": {"n_trials": 10_000, "max_failures": 1_000}}
+             "budget": {"n_trials": 10_000, "max_failures": 1_000}, "scheduling": scheduling}
     result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
     trials = result.trials
     points = [round(0.004 * i, 3) for i in range(251)]  # 0, 0.004, ..., 1, as the study file's grid has them

@@ -90,14 +90,14 @@ class IncrementalGridSampler(GridSampler):
         return ({name: point[i] for i, name in enumerate(self._param_names)},
                 {"search_space": self._search_space, "grid_id": number})
 
-    def points_left(self, study: Study) -> tuple[int, int] | None:
-        """How many grid points no trial has started (none finished or running with it), and
-        how many no trial has finished; None while the study has fewer trials than the grid
-        has points (then at least one is unstarted: each trial holds one point)."""
+    def unstarted_points(self, study: Study) -> int | None:
+        """How many grid points no trial has started (none finished or running with it); None
+        while the study has fewer trials than the grid has points (then at least one is
+        unstarted: each trial holds one point)."""
         trials = _trials_by_number(study)
         if len(trials) < self._n_min_trials:
             return None
-        return self._left(self._visits_of(study), trials)
+        return self._left(self._visits_of(study), trials)[0]
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:

@@ -142,13 +142,14 @@ class ServedStudy(Asking, Telling):
         """Whether a grid search needs no new trial: every point has a trial, finished or
         running, and no retry waits. `n_trials` counts COMPLETE trials, so failed points would
         otherwise send trials past the grid's first pass, where Optuna's grid sampler revisits
-        points; it stops the study instead, and so does this ('grid'), once every point's
-        trial has finished and none is in flight."""
+        points; it stops the study instead, and so does this ('grid'), once no trial is in
+        flight (a trial still RUNNING in the journal then has its outcome received: reproducible
+        scheduling tells outcomes in trial order, `_ordering`)."""
         assert self.grid is not None
-        left = self.grid.points_left(self.study)
-        if left is None or left[0] > 0 or self._waiting():
+        unstarted = self.grid.unstarted_points(self.study)
+        if unstarted is None or unstarted > 0 or self._waiting():
             return False
-        if left[1] == 0 and not self.in_flight:
+        if not self.in_flight:
             self.budget.stop_reason = GRID_RUN
         return True
 
