@@ -347,6 +347,38 @@ def test_a_define_by_run_trial_is_keyed_once_by_the_parameters_it_suggested(tmp_
     assert all(served.study.trials[n].system_attrs[KEY_ATTR] == k for n, k in keys)
 
 
+def test_a_define_by_run_random_trial_names_its_worker_in_its_one_create_record(tmp_path):
+    """A define-by-run random-search trial is created in one record naming the worker it is
+    leased to (`Study.ask()` draws nothing for it): its tell writes a worker record only for a
+    trial that moved to another loop, and Optuna reads every trial's worker as the one that ran it."""
+    import json
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from studyflow._attrs import WORKER_ATTR
+    from studyflow._compat import JournalOperation
+
+    served = _served(tmp_path, search_space={})
+    bound = {"low": 0.0, "high": 1.0, "step": None, "log": False}
+    _a_trial_moved_to_another_loop(served)  # 0 failed with loop a's worker, 1 went from a to b
+    number = 1
+    for _ in range(3):  # 1 (moved from a), 2 (trial 0's retry, taken by the ask), 3
+        x = served.suggest(number, "suggest_float", "x", bound)
+        number = _exchange(served, "b/1", outcomes=[_complete(number, x)]).trials[0].number
+    served.backend.flush()
+    journal = tmp_path / "journal.log"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    created = [r.get("system_attrs", {}).get(WORKER_ATTR) for r in records if r["op_code"] == JournalOperation.CREATE_TRIAL]
+    worker_records = [(r["trial_id"], r["system_attr"][WORKER_ATTR]) for r in records
+                      if r["op_code"] == JournalOperation.SET_TRIAL_SYSTEM_ATTR and WORKER_ATTR in r["system_attr"]]
+    assert created == ["tcp://a/1", "tcp://a/1", None, "tcp://b/1", "tcp://b/1"]  # 2 is the enqueued retry
+    assert worker_records == [(0, "tcp://a/1"), (1, "tcp://b/1"), (2, "tcp://b/1")]
+    theirs = JournalStorage(JournalFileBackend(str(journal))).get_all_trials(0)
+    assert [t.system_attrs.get(WORKER_ATTR) for t in theirs[:4]] == ["tcp://a/1"] + ["tcp://b/1"] * 3
+    assert [t.state for t in theirs[:4]] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+
+
 def test_a_random_search_alone_on_its_cluster_leases_big_batches_and_beside_other_studies_small_ones(tmp_path):
     """Instant random trials come to a loop 257 at a time while the study is alone on its
     cluster (fewer exchanges); once another study is open (its share set), 65 at a time, so the

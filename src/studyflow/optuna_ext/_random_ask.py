@@ -38,6 +38,8 @@ class RandomInOneRecord:
     def __init__(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> None:
         self.study = study
         self.space = space
+        if not space:
+            return
         self._transform = SearchSpaceTransform(space)  # what RandomSampler builds per parameter
         self._low, self._high = self._transform.bounds[:, 0], self._transform.bounds[:, 1]
         self._bounds = list(zip(self._low.tolist(), self._high.tolist()))
@@ -47,13 +49,16 @@ class RandomInOneRecord:
     @staticmethod
     def applies(study: optuna.Study, space: dict[str, BaseDistribution]) -> bool:
         """A plain RandomSampler (a subclass may sample otherwise) and no single-valued
-        parameter (`Trial._suggest` fills those without drawing a number)."""
-        return type(study.sampler) is optuna.samplers.RandomSampler and bool(space) and not any(
-            d.single() for d in space.values())
+        parameter (`Trial._suggest` fills those without drawing a number). An empty space (a
+        define-by-run objective) too: `Study.ask()` then draws nothing, and the trial's
+        parameters are journaled as the objective suggests them."""
+        return type(study.sampler) is optuna.samplers.RandomSampler and not any(d.single() for d in space.values())
 
     def sample(self) -> dict[str, Any]:
         """The parameters `Study.ask(space)` would draw next, if no WAITING trial (an enqueued
         retry, which `Study.ask` pops instead) is left."""
+        if not self.space:
+            return {}
         rng = sampler_rng(self.study.sampler)
         if len(self._bounds) > SCALAR_DRAWS_UP_TO:
             return self._transform.untransform(rng.uniform(self._low, self._high))

@@ -241,7 +241,7 @@ class Asking:
         come first) or under reproducible scheduling (whose refusal of an undeclared name must
         see every suggest)."""
         trial = lease.trial
-        if self.one_record is not None or self.ordering.window or "fixed_params" in system_attrs:
+        if (self.one_record is not None and self.space) or self.ordering.window or "fixed_params" in system_attrs:
             return {}, {}
         values = trial.relative_params  # evaluated once per trial; Optuna's suggests reuse it
         if not values:
@@ -362,11 +362,14 @@ class Asking:
     def _new_trial(self, worker: str) -> tuple[optuna.Trial, str, StoredResult | None]:
         """A newly sampled trial, its key (journaled with it) and the store's result for it
         (`_stored`). A random- or grid-search trial goes in one record, with the worker it is
-        leased to when it will run there (its key neither stored nor running): the tell then
-        has one record fewer to write (`Lease.journaled_worker`)."""
+        leased to when it will run there (its key neither stored nor running; a define-by-run
+        one always runs, keyed at its tell): the tell then has one record fewer to write
+        (`Lease.journaled_worker`)."""
         params = self.one_record.sample() if self.one_record is not None and not self._waiting() else None
         if params is not None:
             key = trial_key(self.spec.key_base, params)
+            if self.define_by_run:  # keyed at its tell, by the parameters it suggested; it runs
+                return self.one_record.create(params, {WORKER_ATTR: worker}), key, None
             stored = self._stored(key)
             attrs = {KEY_ATTR: key}
             if stored is None and not self._key_runs(key):
