@@ -379,6 +379,35 @@ def test_a_define_by_run_random_trial_names_its_worker_in_its_one_create_record(
     assert [t.state for t in theirs[:4]] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
 
 
+def test_a_grid_point_that_waited_for_an_enqueued_twin_which_failed_runs_and_the_grid_then_ends(tmp_path):
+    """An enqueued trial at a grid point runs first; the grid's own trial at that point waits
+    for it (one key runs once). The enqueued one fails, so the waiting one runs after all, even
+    though every point has a trial by then; the study ends ('grid') once it has."""
+    from studyflow.protocol import TrialOutcome
+    from studyflow.server._lifecycle import StudySpec
+    from studyflow.server._lifecycle import open_study
+
+    def failed(number):
+        return TrialOutcome(number, "FAIL", None, error="ValueError: no")
+
+    cfg = _config(search_space={"x": {"type": "float", "low": 0, "high": 1, "step": 0.25}},
+                  sampler={"name": "grid", "seed": 0}, enqueue=[{"x": 1.0}], budget={"n_trials": 100, "max_failures": 100})
+    served = open_study(StudySpec("s-1", cfg, str(tmp_path / "journal.log"), str(tmp_path / "store"), "base",
+                                  concurrency=2))
+    (enqueued,) = _exchange(served, "a/1").trials
+    held = _exchange(served, "b/1").trials
+    while served.grid.unstarted_points(served.study) != 0:  # loop b fails each of its trials
+        held = _exchange(served, "b/1", outcomes=[failed(t.number) for t in held]).trials
+    assert enqueued.params == {"x": 1.0} and len(served.same_key) == 1  # the grid's x = 1.0 waits for it
+    (twin,) = _exchange(served, "a/1", outcomes=[failed(enqueued.number)]).trials
+    assert twin.params == {"x": 1.0} and twin.number != enqueued.number
+    _exchange(served, "b/1", outcomes=[_complete(t.number, 0.0) for t in held], want=0)
+    assert not served.status()["done"]
+    _exchange(served, "a/1", outcomes=[_complete(twin.number, 1.0)], want=0)
+    assert served.status()["done"] and served.stop_reason == "grid"
+    assert len(served.study.trials) == 6  # the enqueued one and the grid's 5 points
+
+
 def test_a_random_search_alone_on_its_cluster_leases_big_batches_and_beside_other_studies_small_ones(tmp_path):
     """Instant random trials come to a loop 257 at a time while the study is alone on its
     cluster (fewer exchanges); once another study is open (its share set), 65 at a time, so the

@@ -265,5 +265,5 @@ def build_tls_defaults_soon() -> None:
         finally:
             built.set()
 
-    tornado.iostream._client_ssl_defaults = when_built
     threading.Thread(target=run, name="studyflow-tls-defaults", daemon=True).start()
+    tornado.iostream._client_ssl_defaults = when_built  # once the thread runs: it sets `built`

@@ -126,8 +126,8 @@ class ServedStudy(Asking, Telling):
         """'run', 'wait' or 'stop' for a loop asking for a trial."""
         if self.budget.stopped():
             return "stop"
-        if self.grid is not None and self._grid_spent():
-            return "stop" if self.budget.stopped() else "wait"
+        if self.grid is not None and not self.same_key.ready and self._grid_spent():
+            return "stop" if self.budget.stopped() else "wait"  # (a ready trial runs its point still)
         if self.budget.finished + self.in_flight >= self.n_trials and not self.same_key.ready:
             return "wait"  # (a ready trial is already counted in flight: it may be leased)
         if len(self.leases) >= self.spec.concurrency * (1 + self.policy["cap"]):
