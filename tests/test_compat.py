@@ -36,7 +36,8 @@ TPE_MEMBERS = {
     "_get_internal_repr", "_gamma", "_constant_liar", "_rng", "_n_ei_candidates",
     "_parzen_estimator_cls", "_parzen_estimator_parameters",
 }
-GRID_MEMBERS = {"_n_min_trials", "_all_grids", "_param_names", "_search_space", "_same_search_space"}
+GRID_MEMBERS = {"_n_min_trials", "_all_grids", "_param_names", "_search_space", "_same_search_space",
+                "_get_unvisited_grid_ids"}
 JOURNAL_MEMBERS = {"_thread_lock", "_sync_with_backend", "_replay_result"}
 # the replay result's members OwnWritesJournalStorage changes as the replay does
 REPLAY_MEMBERS = {"_studies", "_trials", "_study_id_to_trial_ids", "_trial_id_to_study_id",
@@ -106,7 +107,7 @@ def test_the_remote_trial_sets_only_the_trial_member_compat_declares():
 def test_the_subclasses_use_only_the_parent_members_compat_declares():
     tpe_used = set(re.findall(r"(?:self|TPESampler)\.(_\w+)", (SRC / "optuna_ext/_tpe.py").read_text()))
     assert tpe_used & set(dir(TPESampler(seed=0))) <= TPE_MEMBERS | {"_sample"}
-    grid_used = set(re.findall(r"self\.(_\w+)", (SRC / "optuna_ext/_grid.py").read_text()))
+    grid_used = set(re.findall(r"(?:self\.|def )(_[a-z]\w*)", (SRC / "optuna_ext/_grid.py").read_text()))  # used or overridden
     assert grid_used & set(dir(GridSampler({"x": [0]}))) == GRID_MEMBERS
     parent = _compat.JournalStorage(_compat._EmptyJournal())
     for subclass in ("_journal.py", "_own_writes.py"):

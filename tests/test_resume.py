@@ -237,3 +237,24 @@ def test_a_resumed_study_spends_timeout_s_over_its_runs_active_time(client2, tmp
     third, _ = run(10_000)
     assert third.stop_reason == "timeout_s"
     assert len(third.trials) == len(second.trials)  # its time was spent: nothing more ran
+
+
+def test_a_seeded_grid_stopped_by_its_timeout_then_rerun_runs_every_point_once(client2, tmp_path):
+    """A quant's seeded grid stops at its `timeout_s` with trials held ahead by the workers (not
+    run, given back); rerun without the limit, it runs every point of the grid and no point
+    twice: the journal's grid ids still name the same points (the grid's shuffle follows its
+    seed, which a resume must not shift), and a point whose trial was only held is still to run."""
+    from studyflow import optimize
+
+    study = {"objective": "sf_objectives:sleepy", "sampler": {"name": "grid", "seed": 1}, "prefetch": 3,
+             "search_space": {"x": {"type": "float", "low": 0, "high": 1, "step": 0.04}}}
+    first = optimize(None, {**study, "budget": {"n_trials": 1_000, "timeout_s": 0.5}}, client=client2,
+                     results_dir=tmp_path, progress=False)
+    assert first.stop_reason == "timeout_s" and 0 < len(first.trials) < 26
+    assert any(t.system_attrs.get("studyflow:not_run") for t in _journal_trials(tmp_path))  # held, not run
+    second = optimize(None, {**study, "budget": {"n_trials": 1_000}}, client=client2, results_dir=tmp_path,
+                      progress=False)
+    trials = second.trials
+    assert second.stop_reason in ("grid", "n_trials")
+    assert sorted(trials["params_x"].round(2)) == [round(0.04 * i, 2) for i in range(26)]  # each point once
+    assert (trials["state"] == "COMPLETE").all() and not trials["cached"].astype(bool).any()

@@ -49,7 +49,8 @@ TPE_SAMPLER_MEMBERS = (
     "_parzen_estimator_cls", "_parzen_estimator_parameters",
 )
 # What IncrementalGridSampler uses of GridSampler beyond its public API.
-GRID_SAMPLER_MEMBERS = ("_n_min_trials", "_all_grids", "_param_names", "_search_space", "_same_search_space")
+GRID_SAMPLER_MEMBERS = ("_n_min_trials", "_all_grids", "_param_names", "_search_space", "_same_search_space",
+                        "_get_unvisited_grid_ids")  # overridden: a trial given back unrun visits no point
 # What ServerJournalStorage uses of JournalStorage beyond its public API.
 JOURNAL_STORAGE_MEMBERS = ("_thread_lock", "_sync_with_backend", "_replay_result")
 # What OwnWritesJournalStorage reads and changes of a JournalStorage's replay result, as the

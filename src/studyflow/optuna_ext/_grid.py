@@ -26,6 +26,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from studyflow._attrs import NOT_RUN_ATTR
 from studyflow._compat import fresh_trials_view
 from studyflow._compat import replayed_trials
 from studyflow._compat import storage_of
@@ -115,6 +116,23 @@ class IncrementalGridSampler(GridSampler):
             return
         super().after_trial(study, trial, state, values)
 
+    def _get_unvisited_grid_ids(self, study: Study) -> list[int]:
+        """Optuna's (the points no trial has finished or runs; else those no trial has
+        finished), where a trial the server gave back unrun (`NOT_RUN_ATTR`: held by a loop
+        when the study stopped) visits no point: its point is still to run. Optuna asks it for
+        a trial past the grid's first pass and, in `after_trial`, for the last point or two."""
+        visited, running = set(), set()
+        for trial in _trials_by_number(study):
+            attrs = trial.system_attrs
+            if "grid_id" not in attrs or attrs.get(NOT_RUN_ATTR) or not self._same_search_space(attrs["search_space"]):
+                continue
+            if trial.state.is_finished():
+                visited.add(attrs["grid_id"])
+            elif trial.state == TrialState.RUNNING:
+                running.add(attrs["grid_id"])
+        unvisited = set(self._points) - visited - running  # built as Optuna builds it: its order, its draws
+        return list(unvisited or set(self._points) - visited)
+
     def _visits_of(self, study: Study) -> _Visits:
         return self._visits.setdefault((id(storage_of(study)), study_id_of(study)), _Visits())
 
@@ -127,7 +145,7 @@ class IncrementalGridSampler(GridSampler):
             point = self._point(visits, trial)
             if trial.state.is_finished():
                 visits.point_of.pop(number, None)
-                if point is not _OFF and point not in visits.visited:
+                if point is not _OFF and point not in visits.visited and not trial.system_attrs.get(NOT_RUN_ATTR):
                     visits.visited.add(point)
                     visits.visited_points += point in self._points
                 continue
