@@ -258,3 +258,19 @@ def test_a_seeded_grid_stopped_by_its_timeout_then_rerun_runs_every_point_once(c
     assert second.stop_reason in ("grid", "n_trials")
     assert sorted(trials["params_x"].round(2)) == [round(0.04 * i, 2) for i in range(26)]  # each point once
     assert (trials["state"] == "COMPLETE").all() and not trials["cached"].astype(bool).any()
+
+
+def test_a_scrambled_qmc_study_resumed_continues_its_sequence(client2, tmp_path):
+    """A scrambled QMC sequence is fixed by its seed, and Optuna keeps its position in the
+    journal: 6 trials, then a rerun raised to 12, propose the 12 points one run of 12 does."""
+    from studyflow import optimize
+
+    study = {"objective": "sf_objectives:sleepy", "sampler": {"name": "qmc", "seed": 3, "options": {"scramble": True}},
+             "search_space": {"x": {"type": "float", "low": 0, "high": 1}}, "concurrency": 1}
+    optimize(None, {**study, "budget": {"n_trials": 6}}, client=client2, results_dir=tmp_path / "resumed", progress=False)
+    resumed = optimize(None, {**study, "budget": {"n_trials": 12}}, client=client2, results_dir=tmp_path / "resumed",
+                       progress=False)
+    whole = optimize(None, {**study, "budget": {"n_trials": 12}}, client=client2, results_dir=tmp_path / "whole",
+                     progress=False)
+    assert len(resumed.trials) == 12
+    assert sorted(resumed.trials["params_x"]) == sorted(whole.trials["params_x"])

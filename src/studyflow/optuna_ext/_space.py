@@ -55,10 +55,11 @@ def grid_size(cfg: StudyConfig) -> int:
 def make_sampler(cfg: StudyConfig, resumed_trials: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler. A resumed study's seed is shifted by the trials already run, so a
     seeded sampler does not propose the first trials' parameters again after every restart
-    (and a resume from the same journal still continues the same way). Not the grid's: its
-    seed shuffles the grid, and the journal's grid ids index that shuffle."""
+    (and a resume from the same journal still continues the same way). Not the grid's nor
+    QMC's: the seed fixes the grid's shuffle or the scrambled sequence, and the journal keeps
+    the place in it (the trials' grid ids; QMC's last sample id, a study attribute)."""
     s = cfg.sampler
-    if s.seed is not None and resumed_trials and s.name != "grid":
+    if s.seed is not None and resumed_trials and s.name not in ("grid", "qmc"):
         s = type(s)(name=s.name, seed=(s.seed + 1_000_003 * resumed_trials) % 2**32, options=s.options)
     opts = dict(s.options)
     label = cfg.source or cfg.name or "<study>"
