@@ -408,6 +408,30 @@ def test_a_grid_point_that_waited_for_an_enqueued_twin_which_failed_runs_and_the
     assert len(served.study.trials) == 6  # the enqueued one and the grid's 5 points
 
 
+def test_on_an_adaptive_cluster_a_loop_left_idle_once_every_grid_point_has_a_trial_gives_its_job_back(tmp_path):
+    """With failed points, `n_trials` (COMPLETE trials, capped at the grid) is never reached; an
+    idle loop of an adaptive cluster is still let go once every point has a trial."""
+    from studyflow.protocol import TrialOutcome
+    from studyflow.server._lifecycle import StudySpec
+    from studyflow.server._lifecycle import open_study
+
+    cfg = _config(search_space={"x": {"type": "float", "low": 0, "high": 1, "step": 0.25}},
+                  sampler={"name": "grid", "seed": 0}, prefetch=0, budget={"n_trials": 100, "max_failures": 100})
+    spec = StudySpec("s-1", cfg, str(tmp_path / "journal.log"), str(tmp_path / "store"), "base", concurrency=2)
+    spec.release_idle = True
+    served = open_study(spec)
+    (last,) = _exchange(served, "a/1").trials
+    held = _exchange(served, "b/1").trials
+    while served.grid.unstarted_points(served.study) != 0:  # loop b's trials all fail
+        held = _exchange(served, "b/1", outcomes=[TrialOutcome(t.number, "FAIL", None, error="ValueError: no")
+                                                  for t in held]).trials
+    reply = _exchange(served, "b/1", outcomes=[TrialOutcome(t.number, "FAIL", None, error="ValueError: no")
+                                               for t in held])
+    assert (reply.status, reply.reason) == ("stop", "budget") and not served.status()["done"]
+    _exchange(served, "a/1", outcomes=[_complete(last.number, 0.5)], want=0)
+    assert served.status()["done"] and served.stop_reason == "grid"
+
+
 def test_a_random_search_alone_on_its_cluster_leases_big_batches_and_beside_other_studies_small_ones(tmp_path):
     """Instant random trials come to a loop 257 at a time while the study is alone on its
     cluster (fewer exchanges); once another study is open (its share set), 65 at a time, so the

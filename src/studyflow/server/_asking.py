@@ -114,8 +114,8 @@ class Asking:
             return Reply("run", trials, self.policy, self.budget.ends_in())
         if self.decide() == "stop":
             return Reply("stop", reason=self.stop_reason)
-        if self.spec.release_idle and not self.leases.held(loop) and not self.same_key.ready \
-                and self.budget.finished + self.in_flight >= self.n_trials:
+        if self.spec.release_idle and not self.leases.held(loop) and not self.same_key.ready and (
+                self.budget.finished + self.in_flight >= self.n_trials or (self.grid is not None and self._grid_spent())):
             return Reply("stop", reason="budget")  # the rest runs elsewhere: give its job back
         if want > 0:
             return None
