@@ -118,20 +118,14 @@ class IncrementalGridSampler(GridSampler):
 
     def _get_unvisited_grid_ids(self, study: Study) -> list[int]:
         """Optuna's (the points no trial has finished or runs; else those no trial has
-        finished), where a trial the server gave back unrun (`NOT_RUN_ATTR`: held by a loop
-        when the study stopped) visits no point: its point is still to run. Optuna asks it for
-        a trial past the grid's first pass and, in `after_trial`, for the last point or two."""
-        visited, running = set(), set()
-        for trial in _trials_by_number(study):
-            attrs = trial.system_attrs
-            if "grid_id" not in attrs or attrs.get(NOT_RUN_ATTR) or not self._same_search_space(attrs["search_space"]):
-                continue
-            if trial.state.is_finished():
-                visited.add(attrs["grid_id"])
-            elif trial.state == TrialState.RUNNING:
-                running.add(attrs["grid_id"])
-        unvisited = set(self._points) - visited - running  # built as Optuna builds it: its order, its draws
-        return list(unvisited or set(self._points) - visited)
+        finished), from the visits `_left` counts, where a trial the server gave back unrun
+        (`NOT_RUN_ATTR`: held by a loop when the study stopped) visits no point: its point is
+        still to run. Optuna asks it for a trial past the grid's first pass and, in
+        `after_trial`, for the last point or two."""
+        visits = self._visits_of(study)
+        running = self._look(visits, _trials_by_number(study))
+        unvisited = set(self._points) - visits.visited - running  # built as Optuna builds it: its order, its draws
+        return list(unvisited or set(self._points) - visits.visited)
 
     def _visits_of(self, study: Study) -> _Visits:
         return self._visits.setdefault((id(storage_of(study)), study_id_of(study)), _Visits())
@@ -139,6 +133,15 @@ class IncrementalGridSampler(GridSampler):
     def _left(self, visits: _Visits, trials: Sequence[FrozenTrial]) -> tuple[int, int]:
         """How many points no finished or running trial has, and how many no finished trial
         has: the sizes of the two sets `_get_unvisited_grid_ids` chooses between."""
+        running = self._look(visits, trials)
+        unfinished = self._n_min_trials - visits.visited_points
+        running_points = sum(1 for point in running if point in self._points and point not in visits.visited)
+        return unfinished - running_points, unfinished
+
+    def _look(self, visits: _Visits, trials: Sequence[FrozenTrial]) -> set[Any]:
+        """Bring `visits` up to date from the trials that may have changed since the last look
+        (those open then, and the new ones): the points of the finished ones join the visited
+        (not a trial given back unrun). Returns the points of the running ones."""
         still_open, running = [], set()
         for number in itertools.chain(visits.open, range(visits.looked, len(trials))):
             trial = trials[number]
@@ -153,9 +156,7 @@ class IncrementalGridSampler(GridSampler):
             if trial.state == TrialState.RUNNING and point is not _OFF:
                 running.add(point)
         visits.open, visits.looked = still_open, len(trials)
-        unfinished = self._n_min_trials - visits.visited_points
-        running_points = sum(1 for point in running if point in self._points and point not in visits.visited)
-        return unfinished - running_points, unfinished
+        return running
 
     def _point(self, visits: _Visits, trial: FrozenTrial) -> Any:
         """The trial's grid id if it is on this grid (as Optuna decides it), else `_OFF`; kept
