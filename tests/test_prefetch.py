@@ -84,6 +84,7 @@ def test_trials_held_when_a_study_stops_are_left_out_of_the_table_and_marked_in_
     [
         (["minimize"], {}, False),  # Optuna 5's default: multivariate, constant liar
         (["minimize"], {}, True),
+        (["minimize"], {}, "hyperband"),  # the sampler is handed one bracket's view of the study
         (["minimize"], {"constant_liar": False}, True),
         (["maximize"], {"multivariate": False}, False),
         (["minimize", "maximize"], {}, False),
@@ -106,7 +107,9 @@ def test_cached_fit_tpe_proposes_exactly_what_optunas_tpe_proposes(directions, o
     for sampler in (optuna.samplers.TPESampler(seed=3, **options),
                     CachedFitTPESampler(seed=3, **options)):
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), directions=directions)
+        pruner = optuna.pruners.HyperbandPruner(max_resource=3) if prune == "hyperband" else None
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), directions=directions,
+                                    pruner=pruner, study_name="tpe")
         running = {trial: objective(trial) for trial in [study.ask() for _ in range(3)]}
         study.sampler = sampler  # it finds 3 trials running (as after a resume)
         order = random.Random(7)
@@ -120,6 +123,7 @@ def test_cached_fit_tpe_proposes_exactly_what_optunas_tpe_proposes(directions, o
                 values = running.pop(trial)
                 if prune and order.random() < 0.1:
                     trial.report(values[0], step=1)
+                    trial.should_prune()  # a hyperband pruner sets up its brackets here
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 else:
                     study.tell(trial, values)

@@ -170,3 +170,31 @@ def test_reproducible_study_whose_objective_suggests_an_undeclared_name_stops_na
         optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
     assert caught.value.key == "search_space.y"
     assert "define-by-run" in str(caught.value) and "\n" not in str(caught.value)
+
+
+PRUNERS = {  # study file's pruner section -> the same pruner built by hand
+    "median": ({"name": "median"}, optuna.pruners.MedianPruner),
+    "successive_halving": ({"name": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner),
+    "hyperband": ({"name": "hyperband", "options": {"max_resource": 10}},
+                  lambda: optuna.pruners.HyperbandPruner(max_resource=10)),
+}
+
+
+@pytest.mark.parametrize("pruner", list(PRUNERS))
+def test_a_pruned_tpe_study_one_trial_at_a_time_gives_plain_optunas_trials_and_prunes(client4, tmp_path, pruner):
+    # Hyperband hands the sampler a view of one bracket's trials (named by the study's name)
+    section, build = PRUNERS[pruner]
+    study = {"objective": "sf_objectives:learning_curve", "search_space": {},
+             "sampler": {"name": "tpe", "seed": 2}, "pruner": section, "budget": {"n_trials": 30},
+             "concurrency": 1, "prefetch": 0}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=2), pruner=build(),
+                                study_name=result.study.study_name)
+    plain.optimize(sf_objectives.learning_curve, n_trials=30)
+
+    numbers = result.trials["number"].tolist()
+    assert numbers == list(range(30))
+    assert _params_in_order(result.study, numbers) == [t.params for t in plain.trials]
+    assert result.trials["state"].tolist() == [t.state.name for t in plain.trials]
+    assert 0 < result.trials["state"].eq("PRUNED").sum() < 30

@@ -49,6 +49,13 @@ def _grown(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
     return grown
 
 
+def _trials(study: Study, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    """The study's trials in `states`, all of them, as Optuna's TPE reads them (from the
+    storage, indexed in the server): under a `HyperbandPruner` the sampler is handed a view
+    whose `get_trials` shows one bracket's trials only, which TPE does not go by."""
+    return storage_of(study).get_all_trials(study_id_of(study), deepcopy=False, states=states)
+
+
 @dataclass
 class _Finished:
     """The finished trials seen so far, by trial number, and what the fast split needs."""
@@ -166,7 +173,7 @@ class CachedFitTPESampler(TPESampler):
 
     def _history(self, study: Study, search_space: dict[str, BaseDistribution]) -> _History:
         self._for_study(study)
-        finished = study.get_trials(deepcopy=False, states=_FINISHED)  # indexed in the server
+        finished = _trials(study, _FINISHED)
         space = frozenset(search_space.items())
         # Finished trials are only ever added, never changed: their count names the history.
         if len(finished) != self._n_history:
@@ -196,7 +203,7 @@ class CachedFitTPESampler(TPESampler):
         self._for_study(study)
         if self._running_ids is None:  # trials may have been running before this sampler came
             self._running_ids = {
-                trial_id_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                trial_id_of(t) for t in _trials(study, (TrialState.RUNNING,))
             }
         running = []
         for trial_id in list(self._running_ids):
