@@ -164,3 +164,16 @@ def slow_last(trial):
     slow = trial.number == int(os.environ.get("SF_SLOW_TRIAL", "-1"))
     time.sleep(float(os.environ.get("SF_SLOW_S", "20")) if slow else 0.2)
     return x
+
+
+RETURNS = {  # what objectives return, as plain Optuna takes (or refuses) it
+    "inf": lambda: math.inf, "-inf": lambda: -math.inf, "decimal": lambda: __import__("decimal").Decimal("1.25"),
+    "bool": lambda: True, "numpy-0d": lambda: __import__("numpy").array(4.5),
+    "numpy-float32": lambda: __import__("numpy").float32(1.5), "list-of-one": lambda: [2.5],
+    "nan": lambda: math.nan, "text": lambda: "abc", "none": lambda: None, "list-of-two": lambda: [1.0, 2.0],
+}
+
+
+def returns(trial):
+    """Returns what its `kind` names (RETURNS), as an objective written for plain Optuna might."""
+    return RETURNS[trial.suggest_categorical("kind", list(RETURNS))]()

@@ -65,6 +65,15 @@ def test_invalid_values(write_study, field, value, key):
     assert _error(write_study(**fields)).key == key
 
 
+@pytest.mark.parametrize(("search_space", "key"), [
+    ({}, "search_space"),  # define-by-run: the grid has no points to run (it ran none, and said done)
+    ({"x": {"type": "float", "low": 0, "high": 1}}, "search_space.x.step"),
+])
+def test_a_grid_search_refuses_a_space_it_cannot_enumerate(write_study, search_space, key):
+    fields = {"objective": "m:f", "search_space": search_space, "sampler": {"name": "grid"}}
+    assert _error(write_study(**fields)).key == key
+
+
 def test_overrides_merge_as_dot_list(write_study):
     path = write_study(objective="m:f", search_space=SPACE, budget={"n_trials": 5, "retries": 2})
     cfg = load_study(path, ["budget.n_trials=50", "sampler.seed=7", "search_space.x.high=3"])

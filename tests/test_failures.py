@@ -9,6 +9,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+import sf_objectives
 from studyflow import StudyAbortedError
 from studyflow import optimize
 from studyflow.driver import connect
@@ -51,7 +52,26 @@ def test_objective_returning_nan_is_a_failed_trial_saying_what_it_returned(clien
     assert_finished_cleanly(trials, 20)
     failed = trials[trials["state"] == "FAIL"]
     assert len(failed) > 0 and (failed["params_x"] > 0.7).all()
-    assert failed["error"].str.contains("objective returned nan, not a finite number").all()
+    assert failed["error"].str.contains("objective returned nan, NaN is not a value").all()
+
+
+def test_what_an_objective_returns_completes_or_fails_its_trial_as_in_plain_optuna(client2, tmp_path):
+    # +-inf (a penalty), a 0-d array or tensor, a Decimal: Optuna takes any value float() takes but NaN
+    kinds = list(sf_objectives.RETURNS)
+    cfg = {"objective": "sf_objectives:returns", "sampler": {"name": "grid"},
+           "search_space": {"kind": {"type": "categorical", "choices": kinds}},
+           "budget": {"n_trials": len(kinds), "max_failures": 100}}
+    trials = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False).trials
+    optuna.logging.set_verbosity(optuna.logging.CRITICAL)
+    plain = optuna.create_study()
+    for kind in kinds:
+        plain.enqueue_trial({"kind": kind})
+    plain.optimize(sf_objectives.returns, n_trials=len(kinds), catch=(Exception,))
+    expected = {t.params["kind"]: (t.state.name, t.value) for t in plain.trials}
+    got = {row.params_kind: (row.state, None if row.state == "FAIL" else row.value) for row in trials.itertuples()}
+    assert got == expected
+    assert {"inf", "-inf", "numpy-0d", "decimal"} <= {k for k, (state, _) in got.items() if state == "COMPLETE"}
+    assert trials.loc[trials["state"] == "FAIL", "error"].str.startswith("InvalidResult: objective returned").all()
 
 
 def test_too_many_failures_stops_the_study_with_a_clear_error(client2, tmp_path):

@@ -107,6 +107,9 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
     if cfg.scheduling == "reproducible":
         _check_reproducible(cfg, fail)
     if cfg.sampler.name == "grid":
+        if not cfg.search_space:
+            fail("search_space", "the grid sampler runs the points of the space declared here: declare each "
+                 "parameter's values (type, low, high, step; or choices)")
         for pname, spec in cfg.search_space.items():
             if spec.type == "float" and spec.step is None:
                 fail(f"search_space.{pname}.step", "the grid sampler needs a step for floats")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
-import numbers
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -302,7 +301,11 @@ def _as_float(value: Any) -> float:
 
 
 def check_result(result: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:
-    """Turn what the objective returned into values, or an error saying what was wrong."""
+    """Turn what the objective returned into values, or an error saying what was wrong, by
+    Optuna's rules (`optimize` and `tell`): a list or tuple holds the values, anything else is
+    one; each must convert with `float()` (a NumPy or 0-d array scalar, a framework's 0-d tensor,
+    an int, a bool) and not be NaN; +-inf are values. A string is no number (Optuna would read
+    it as a list of characters)."""
     items = list(result) if isinstance(result, (list, tuple)) else [result]
     if n_objectives == 1 and isinstance(result, (list, tuple)) and len(items) != 1:
         return None, f"InvalidResult: objective returned {result!r}, expected one number"
@@ -310,10 +313,13 @@ def check_result(result: Any, n_objectives: int) -> tuple[list[float] | None, st
         return None, f"InvalidResult: objective returned {result!r}, expected {n_objectives} values"
     values: list[float] = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+        try:
+            if isinstance(item, (str, bytes)):
+                raise TypeError
+            value = float(item)
+        except (TypeError, ValueError):
             return None, f"InvalidResult: objective returned {result!r}, not a number"
-        value = float(item)
-        if not math.isfinite(value):
-            return None, f"InvalidResult: objective returned {result!r}, not a finite number"
+        if math.isnan(value):
+            return None, f"InvalidResult: objective returned {result!r}, NaN is not a value"
         values.append(value)
     return values, None
