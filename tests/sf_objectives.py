@@ -177,3 +177,20 @@ RETURNS = {  # what objectives return, as plain Optuna takes (or refuses) it
 def returns(trial):
     """Returns what its `kind` names (RETURNS), as an objective written for plain Optuna might."""
     return RETURNS[trial.suggest_categorical("kind", list(RETURNS))]()
+
+
+def pruned_after_first(trial):
+    """Trial 0 completes; every later one is pruned at its first report."""
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number == 0:
+        return x
+    import optuna
+
+    trial.report(x, 0)
+    raise optuna.TrialPruned()
+
+
+def dominated_after_first(trial):
+    """Two objectives (minimized): trial 0's (0.5, 0.5) dominates every later trial's (1, 1)."""
+    trial.suggest_float("x", 0, 1)
+    return (0.5, 0.5) if trial.number == 0 else (1.0, 1.0)

@@ -88,6 +88,17 @@ def test_patience_stops_after_n_trials_without_improvement(client2, tmp_path):
     assert len(result.trials) == 6 and (result.trials["state"] == "COMPLETE").all()
 
 
+@pytest.mark.parametrize("objective, extra, states", [
+    ("pruned_after_first", {"pruner": {"name": "median"}}, {"COMPLETE", "PRUNED"}),  # a pruned trial is finished
+    ("dominated_after_first", {"directions": ["minimize", "minimize"]}, {"COMPLETE"}),  # none joins the front
+])
+def test_patience_counts_every_finished_trial_that_improves_nothing(client2, tmp_path, objective, extra, states):
+    cfg = study(objective, n_trials=100, budget={"patience": 5}, concurrency=1, **extra)
+    result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+    assert result.stop_reason == "patience"
+    assert len(result.trials) == 6 and set(result.trials["state"]) == states
+
+
 def test_timeout_s_starts_no_new_trial_after_it(client2, tmp_path):
     cfg = study("sleepy", n_trials=10_000, budget={"timeout_s": 1.5})
     result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)

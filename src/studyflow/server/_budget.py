@@ -12,7 +12,9 @@ Invariants:
 - A failure caused by the infrastructure (`INFRA_ERRORS`: a lost worker, an interrupted run) is
   retried and never counts toward `budget.max_failures`; the objective's own failures do.
 - Only a feasible COMPLETE trial can be the best (Optuna's `best_trial` has it so), and only
-  an improvement of the best resets patience.
+  an improvement resets patience: a better best, or, with several objectives, a trial that
+  joins the Pareto front (no trial on it dominates or equals it). Every other finished trial
+  (a PRUNED one too) counts toward `budget.patience`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Budget:
     n_objective_fail_first10: int = 0
     best_value: float | None = None
     best_number: int | None = None
+    front: list[tuple[float, ...]] = field(default_factory=list)  # several objectives: the Pareto front, minimized
     since_improvement: int = 0
     stop_reason: str | None = None
     opened: float = field(default_factory=time.monotonic)
@@ -97,6 +100,7 @@ class Budget:
             self._track_best(number, values, feasible)
         elif state == "PRUNED":
             self.n_pruned += 1
+            self.since_improvement += 1
         else:
             self.n_fail += 1
             if error and len(self.recent_errors) < 20:
@@ -111,17 +115,26 @@ class Budget:
             self.stop_reason = "patience"
 
     def _track_best(self, number: int, values: list[float] | None, feasible: bool) -> None:
-        if values is None or len(self.config.study_directions) != 1:
-            return
-        value = values[0]
-        maximize = self.config.study_directions[0] == "maximize"
-        better = feasible and (self.best_value is None or (
-            value > self.best_value if maximize else value < self.best_value))
-        if better:
-            self.best_value, self.best_number = value, number
+        directions = self.config.study_directions
+        if values is None or not feasible:
+            self.since_improvement += 1
+        elif len(directions) > 1:
+            self._track_front([-v if d == "maximize" else v for v, d in zip(values, directions)])
+        elif self.best_value is None or (
+                values[0] > self.best_value if directions[0] == "maximize" else values[0] < self.best_value):
+            self.best_value, self.best_number = values[0], number
             self.since_improvement = 0
         else:
             self.since_improvement += 1
+
+    def _track_front(self, point: list[float]) -> None:
+        """A trial of several objectives improves the study when it joins the Pareto front."""
+        if any(all(q <= p for q, p in zip(other, point)) for other in self.front):
+            self.since_improvement += 1
+            return
+        self.front = [other for other in self.front if not all(p <= q for p, q in zip(point, other))]
+        self.front.append(tuple(point))
+        self.since_improvement = 0
 
     def _check_failures(self) -> None:
         limit = self.config.budget.max_failures
