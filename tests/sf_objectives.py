@@ -194,3 +194,10 @@ def dominated_after_first(trial):
     """Two objectives (minimized): trial 0's (0.5, 0.5) dominates every later trial's (1, 1)."""
     trial.suggest_float("x", 0, 1)
     return (0.5, 0.5) if trial.number == 0 else (1.0, 1.0)
+
+
+def suggests_declared_differently(trial):
+    """Suggests `x` over another range than a study file may declare, and `n` as an int."""
+    x = trial.suggest_float("x", 0, 10)
+    n = trial.suggest_int("n", 1, 5)
+    return x + n

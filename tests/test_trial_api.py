@@ -20,7 +20,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from studyflow import StudyAbortedError
 from studyflow import optimize
+from studyflow._attrs import ERROR_ATTR
 
 EXAMPLES = "sf_optuna_examples"
 
@@ -186,3 +188,22 @@ def _assert_study_view(study: dict, before: list) -> None:
     best = min(before, key=lambda t: t.value)
     assert study["best_value"] == best.value and study["best_number"] == best.number
     assert study["best_params"] == best.params
+
+
+def test_a_suggest_of_a_declared_name_as_another_kind_fails_the_trial_as_optuna_refuses_it(client4, tmp_path):
+    # Optuna's rule for a parameter the trial already has: another range returns its value,
+    # another kind or log scale raises; never a float from suggest_int
+    x = {"type": "float", "low": 0, "high": 1}
+    study = {"objective": "sf_objectives:suggests_declared_differently", "sampler": {"name": "random", "seed": 0},
+             "budget": {"n_trials": 4}}
+    with pytest.raises(StudyAbortedError, match="the first 10 trials all failed"):
+        optimize(None, {**study, "name": "kinds", "search_space": {"x": x, "n": x}},
+                 client=client4, results_dir=tmp_path, progress=False)
+    journal = next((tmp_path / ".store" / "journals").glob("kinds-*.log"))
+    failed = optuna.load_study(study_name="kinds", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    assert failed and all(t.state == TrialState.FAIL for t in failed)
+    assert all(t.system_attrs[ERROR_ATTR].startswith("ValueError: Cannot set different distribution kind")
+               and "search_space.n" in t.system_attrs[ERROR_ATTR] for t in failed)
+    ranges = optimize(None, {**study, "name": "ranges", "search_space": {"x": x, "n": {"type": "int", "low": 1, "high": 5}}},
+                      client=client4, results_dir=tmp_path, progress=False).trials
+    assert (ranges["state"] == "COMPLETE").all() and ranges["params_x"].between(0, 1).all()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from optuna.distributions import BaseDistribution
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
+from optuna.distributions import check_distribution_compatibility
 from optuna.distributions import json_to_distribution
 
 from studyflow._attrs import CONSTRAINT_PREFIX
@@ -191,6 +193,8 @@ class RemoteTrial(optuna.trial.Trial):
 
     def _remote_suggest(self, method: str, name: str, **kwargs: Any) -> Any:
         if name in self._params:  # from the study file's space, or suggested before
+            if name in self._distribution_json:
+                _check_compatible(name, method, _frozen(kwargs), self._distribution_json[name])
             return self._params[name]
         if name in self._relative and _same_distribution(method, kwargs, self._relative_json[name]):
             self._params[name] = self._relative.pop(name)
@@ -275,21 +279,44 @@ _MISSING_HINTS = {
 }
 
 
+def _wanted(method: str, kwargs: dict[str, Any]) -> BaseDistribution:
+    """The distribution a suggest asks for, as `optuna.Trial.suggest_*` builds it (and raises)."""
+    if method == "suggest_float":
+        return FloatDistribution(kwargs["low"], kwargs["high"], log=kwargs["log"], step=kwargs["step"])
+    if method == "suggest_int":
+        return IntDistribution(kwargs["low"], kwargs["high"], log=kwargs["log"], step=kwargs["step"])
+    return CategoricalDistribution(kwargs["choices"])
+
+
 def _same_distribution(method: str, kwargs: dict[str, Any], relative_json: str) -> bool:
     """Whether a suggest asks for exactly the distribution a relative parameter was sampled
     from (as `optuna.Trial.suggest_*` builds it). Anything else (a compatible but different
     range, invalid arguments) goes to the server, where Optuna decides as it always does."""
     try:
-        if method == "suggest_float":
-            wanted: BaseDistribution = FloatDistribution(kwargs["low"], kwargs["high"], log=kwargs["log"],
-                                                         step=kwargs["step"])
-        elif method == "suggest_int":
-            wanted = IntDistribution(kwargs["low"], kwargs["high"], log=kwargs["log"], step=kwargs["step"])
-        else:
-            wanted = CategoricalDistribution(kwargs["choices"])
+        wanted = _wanted(method, kwargs)
     except Exception:  # noqa: BLE001  the server's Optuna raises the user's error itself
         return False
     return not wanted.single() and wanted == json_to_distribution(relative_json)
+
+
+def _frozen(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A suggest's arguments as a key (a categorical's choices as a tuple)."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_compatible(name: str, method: str, kwargs: tuple[tuple[str, Any], ...], has_json: str) -> None:
+    """Refuse, as Optuna's suggest refuses it, a suggest of a parameter the trial already has
+    (the study file's, or suggested before) with another kind of distribution, log scale or
+    categorical choices (`check_distribution_compatibility`); another range returns the value
+    the trial has, as in Optuna. Cached: an objective asks the same of every trial."""
+    has = json_to_distribution(has_json)
+    try:
+        check_distribution_compatibility(has, _wanted(method, {k: list(v) if k == "choices" else v
+                                                               for k, v in kwargs}))
+    except ValueError as exc:
+        raise ValueError(f"{exc} {name!r}: the trial has {has!r} (the study file's search_space.{name}, "
+                         f"or an earlier suggest), the objective calls {method} with {dict(kwargs)}") from None
 
 
 def _as_float(value: Any) -> float:
