@@ -201,3 +201,13 @@ def suggests_declared_differently(trial):
     x = trial.suggest_float("x", 0, 10)
     n = trial.suggest_int("n", 1, 5)
     return x + n
+
+
+def exits_when_large(trial):
+    """Calls sys.exit, as a script's error handling (or argparse) would, on large `x`."""
+    import sys
+
+    x = trial.suggest_float("x", 0, 1)
+    if x > 0.7:
+        sys.exit(3)
+    return x

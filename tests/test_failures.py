@@ -46,6 +46,16 @@ def test_objective_raising_on_some_params_fails_those_trials_and_goes_on(client2
     assert trials.loc[trials["state"] == "COMPLETE", "error"].isna().all()
 
 
+def test_an_objective_calling_sys_exit_fails_its_trial_once_and_its_worker_goes_on(client2, tmp_path):
+    result = optimize(None, study("exits_when_large"), client=client2, results_dir=tmp_path, progress=False)
+    trials = result.trials
+    assert_finished_cleanly(trials, 20)
+    failed = trials[trials["state"] == "FAIL"]
+    assert len(failed) > 0 and (failed["params_x"] > 0.7).all()
+    assert failed["error"].str.startswith("SystemExit: 3").all()  # the objective's failure, not a lost worker
+    assert (trials["attempt"] == 0).all()  # so not retried
+
+
 def test_objective_returning_nan_is_a_failed_trial_saying_what_it_returned(client2, tmp_path):
     result = optimize(None, study("nan_when_large"), client=client2, results_dir=tmp_path, progress=False)
     trials = result.trials

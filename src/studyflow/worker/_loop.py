@@ -245,7 +245,7 @@ def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
             state = "FAIL"
     except optuna.TrialPruned:
         state = "PRUNED"
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit in an objective (a script's error path) fails its trial
         state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     return TrialOutcome(trial.number, state, values, trial.user_attrs, error, tb,
                         time.perf_counter() - started, trial.used_artifact_dir,
