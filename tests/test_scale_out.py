@@ -7,7 +7,14 @@ study's concurrency, and a loop that is cancelled (e.g. by `Client.restart`) is 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
+
+import pytest
+import yaml
 
 from distributed import Client
 from distributed import LocalCluster
@@ -69,6 +76,20 @@ def test_one_worker_per_gpu_each_trial_sees_exactly_one_and_both_are_used(tmp_pa
     assert (result.trials["state"] == "COMPLETE").sum() == 30
     assert set(seen) == {"0", "1"}  # every trial saw exactly one id, and both GPUs ran trials
     assert result.trials.groupby("worker")["user_attrs_cuda_visible_devices"].nunique().eq(1).all()
+
+
+@pytest.mark.parametrize("cluster", [{"gpus": [0, 1]}, {}])
+def test_a_run_on_one_worker_per_gpu_logs_as_little_as_a_local_run(tmp_path, cluster):
+    # the workers' own INFO lines (start, registered, connections, shutdown) are Dask's, not the user's
+    study = {"objective": "sf_objectives:sees_gpus", "search_space": SPACE, "budget": {"n_trials": 4},
+             "worker_resources": {"GPU": 1} if cluster else {}, "cluster": {"mode": "local", **cluster}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", "study.yaml", "--workers", "2"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "wrote " in run.stderr
+    assert [line for line in run.stderr.splitlines() if " - distributed." in line] == []
 
 
 def test_gpus_outside_local_mode_or_of_the_wrong_shape_fail_naming_the_key():

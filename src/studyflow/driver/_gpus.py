@@ -44,6 +44,7 @@ def gpu_cluster(ids: list[str], env: dict[str, str], security: Any = None, **sch
     workers = {
         f"gpu-{gpu}": {"cls": Nanny, "options": {
             "nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1},
+            "silence_logs": logging.CRITICAL,  # as LocalCluster's workers: no INFO lines of Dask's own
             "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}, **tls}}
         for gpu in ids
     }
