@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -132,3 +133,23 @@ def test_a_workers_importances_give_the_same_card_and_spare_the_report_importing
     card = (tmp_path / "from_worker.html").read_text()
     assert 'id="plot-importance"' in card
     assert card == (tmp_path / "from_report.html").read_text()
+
+
+def test_importances_of_a_maximized_first_objective_are_for_reaching_its_high_values():
+    # objective 0 is high only where a > 0.7 (a decides its best values); its low values
+    # are all 0 apart from a small -0.01 b, so importances for low values would name b
+    from studyflow import load_study
+    from studyflow.outputs._importance import importance_scores
+
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(size=200), rng.uniform(size=200)
+    first = np.where(a > 0.7, a, 0.0) - 0.01 * b
+    space = {"a": {"type": "float", "low": 0, "high": 1}, "b": {"type": "float", "low": 0, "high": 1}}
+    base = {"number": range(200), "state": "COMPLETE", "params_a": a, "params_b": b}
+    single = importance_scores(pd.DataFrame({**base, "value": first}),
+                               load_study({"objective": "m:f", "direction": "maximize", "search_space": space}))
+    multi = importance_scores(pd.DataFrame({**base, "values_0": first, "values_1": b}),
+                              load_study({"objective": "m:f", "directions": ["maximize", "minimize"],
+                                          "search_space": space}))
+    assert max(single, key=single.get) == "a"
+    assert multi == pytest.approx(single)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -64,10 +65,15 @@ def importance_scores(trials: pd.DataFrame, cfg: StudyConfig) -> Scores:
         return reason
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line
     study = _in_memory_study(done, params, cfg)
-    value = (lambda t: t.values[0]) if len(cfg.study_directions) > 1 else None
+    value = None
+    if len(cfg.study_directions) > 1:  # PED-ANOVA takes a target's low values as its best
+        sign = -1.0 if cfg.study_directions[0] == "maximize" else 1.0
+        value = lambda t: sign * t.values[0]  # noqa: E731
     try:
-        scores = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=value)
+        with warnings.catch_warnings():  # that a target's low values are taken as its best: they are
+            warnings.filterwarnings("ignore", message=".*low `target` values", category=UserWarning)
+            scores = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=value)
     except (RuntimeError, ValueError) as exc:
         return f"Parameter importances could not be computed: {exc}"
     return {name: float(score) for name, score in scores.items()}
