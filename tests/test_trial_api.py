@@ -191,8 +191,8 @@ def _assert_study_view(study: dict, before: list) -> None:
 
 
 def test_a_suggest_of_a_declared_name_as_another_kind_fails_the_trial_as_optuna_refuses_it(client4, tmp_path):
-    # Optuna's rule for a parameter the trial already has: another range returns its value,
-    # another kind or log scale raises; never a float from suggest_int
+    # the file's range (or log scale, step, choices) is the study's; another kind raises, as
+    # Optuna's suggest of a parameter the trial has: never a float from suggest_int
     x = {"type": "float", "low": 0, "high": 1}
     study = {"objective": "sf_objectives:suggests_declared_differently", "sampler": {"name": "random", "seed": 0},
              "budget": {"n_trials": 4}}

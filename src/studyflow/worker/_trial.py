@@ -29,7 +29,6 @@ from optuna.distributions import BaseDistribution
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
-from optuna.distributions import check_distribution_compatibility
 from optuna.distributions import json_to_distribution
 
 from studyflow._attrs import CONSTRAINT_PREFIX
@@ -307,16 +306,16 @@ def _frozen(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 @functools.lru_cache(maxsize=1024)
 def _check_compatible(name: str, method: str, kwargs: tuple[tuple[str, Any], ...], has_json: str) -> None:
     """Refuse, as Optuna's suggest refuses it, a suggest of a parameter the trial already has
-    (the study file's, or suggested before) with another kind of distribution, log scale or
-    categorical choices (`check_distribution_compatibility`); another range returns the value
-    the trial has, as in Optuna. Cached: an objective asks the same of every trial."""
+    (the study file's, or suggested before) as another kind of distribution: `suggest_int` of a
+    float would return a float. Its range, step, log scale or choices may differ: the study
+    file's search space is the study's (it may narrow or log-scale what the objective says),
+    and the trial's value is returned. Cached: an objective asks the same of every trial."""
     has = json_to_distribution(has_json)
-    try:
-        check_distribution_compatibility(has, _wanted(method, {k: list(v) if k == "choices" else v
-                                                               for k, v in kwargs}))
-    except ValueError as exc:
-        raise ValueError(f"{exc} {name!r}: the trial has {has!r} (the study file's search_space.{name}, "
-                         f"or an earlier suggest), the objective calls {method} with {dict(kwargs)}") from None
+    wanted = {"suggest_float": FloatDistribution, "suggest_int": IntDistribution}.get(method, CategoricalDistribution)
+    if type(has) is not wanted:
+        raise ValueError(f"Cannot set different distribution kind to the same parameter name. {name!r}: the "
+                         f"trial has {has!r} (the study file's search_space.{name}, or an earlier suggest), "
+                         f"the objective calls {method} with {dict(kwargs)}")
 
 
 def _as_float(value: Any) -> float:
