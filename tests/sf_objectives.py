@@ -200,6 +200,7 @@ def suggests_declared_differently(trial):
     """Suggests `x` over another range than a study file may declare, and `n` as an int."""
     x = trial.suggest_float("x", 0, 10)
     n = trial.suggest_int("n", 1, 5)
+    assert type(n) is int
     return x + n
 
 
@@ -211,3 +212,11 @@ def exits_when_large(trial):
     if x > 0.7:
         sys.exit(3)
     return x
+
+
+def stops_at_trial_3(trial):
+    """Calls `trial.study.stop()` in trial 3, as an Optuna objective may to end its study."""
+    time.sleep(0.05)
+    if trial.number == 3:
+        trial.study.stop()
+    return trial.suggest_float("x", 0, 1)

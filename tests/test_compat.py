@@ -27,7 +27,7 @@ PINNED = {
     "optuna.study._tell", "optuna.storages.journal._storage",
     "_SearchSpaceTransform", "_untransform_numerical_param", "_ParzenEstimator", "_split_trials", "_get_infeasible_trial_score",
     "_tell_with_warning", "_storage", "_study_id", "_trial_id", "_rng", "_replay_result",
-    "_trials", "_study_id_to_trial_ids", "_thread_local", "_relative_params",
+    "_trials", "_study_id_to_trial_ids", "_thread_local", "_relative_params", "_stop_flag",
     "_forkserver_preload_set", "_get_latest_trial", "_filter_study", "_init_msg_interval",
     "_client_ssl_defaults",  # tornado.iostream's, waiting for the driver's thread (build_tls_defaults_soon)
 }

@@ -93,6 +93,24 @@ def test_a_callback_that_raises_stops_the_study_and_its_error_propagates(client4
     assert len(loaded.get_trials(states=(TrialState.COMPLETE,))) < 100
 
 
+def test_a_callback_calling_study_stop_ends_the_study_after_its_running_trials(client4, tmp_path):
+    # Optuna's own MaxTrialsCallback, as a script passes it to study.optimize
+    stop_at_5 = optuna.study.MaxTrialsCallback(5, states=(TrialState.COMPLETE,))
+    study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 200}}
+    result = _run(client4, tmp_path, study, callbacks=[stop_at_5])
+    assert result.stop_reason == "study.stop()"
+    assert set(result.trials["state"]) == {"COMPLETE"}  # the running ones finished; none was held back
+    assert 5 <= len(result.trials) < 5 + 4 * 3  # at most a round of the 4 workers' (and their held) trials more
+
+
+def test_an_objective_calling_trial_study_stop_ends_the_study_after_its_running_trials(client4, tmp_path):
+    study = {"objective": "sf_objectives:stops_at_trial_3", "search_space": SPACE, "budget": {"n_trials": 200}}
+    result = _run(client4, tmp_path, study)
+    assert result.stop_reason == "study.stop()"
+    assert set(result.trials["state"]) == {"COMPLETE"} and 3 in set(result.trials["number"])
+    assert len(result.trials) < 4 + 4 * 3
+
+
 def test_enqueued_trials_run_first_with_their_params_and_only_once(client4, tmp_path):
     enqueue = [{"x": 0.25}, {"x": 0.5}, {"x": 0.75}]
     study = {"objective": "sf_objectives:instant", "search_space": SPACE, "enqueue": enqueue,

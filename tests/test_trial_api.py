@@ -190,9 +190,9 @@ def _assert_study_view(study: dict, before: list) -> None:
     assert study["best_params"] == best.params
 
 
-def test_a_suggest_of_a_declared_name_as_another_kind_fails_the_trial_as_optuna_refuses_it(client4, tmp_path):
-    # the file's range (or log scale, step, choices) is the study's; another kind raises, as
-    # Optuna's suggest of a parameter the trial has: never a float from suggest_int
+def test_a_suggest_that_cannot_return_a_declared_value_fails_the_trial_naming_the_key(client4, tmp_path):
+    # the file's range (or log scale, step, choices) is the study's, but never a float from
+    # suggest_int: Optuna refuses a suggest of another kind of distribution
     x = {"type": "float", "low": 0, "high": 1}
     study = {"objective": "sf_objectives:suggests_declared_differently", "sampler": {"name": "random", "seed": 0},
              "budget": {"n_trials": 4}}
@@ -202,8 +202,11 @@ def test_a_suggest_of_a_declared_name_as_another_kind_fails_the_trial_as_optuna_
     journal = next((tmp_path / ".store" / "journals").glob("kinds-*.log"))
     failed = optuna.load_study(study_name="kinds", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
     assert failed and all(t.state == TrialState.FAIL for t in failed)
-    assert all(t.system_attrs[ERROR_ATTR].startswith("ValueError: Cannot set different distribution kind")
+    assert all(t.system_attrs[ERROR_ATTR].startswith("ValueError: suggest_int('n') cannot return")
                and "search_space.n" in t.system_attrs[ERROR_ATTR] for t in failed)
-    ranges = optimize(None, {**study, "name": "ranges", "search_space": {"x": x, "n": {"type": "int", "low": 1, "high": 5}}},
+    # a range of its own, or whole numbers listed as choices (as a grid lists its values): the file's
+    whole = {"type": "categorical", "choices": [2.0, 4.0]}
+    ranges = optimize(None, {**study, "name": "ranges", "search_space": {"x": x, "n": whole}},
                       client=client4, results_dir=tmp_path, progress=False).trials
     assert (ranges["state"] == "COMPLETE").all() and ranges["params_x"].between(0, 1).all()
+    assert set(ranges["value"] - ranges["params_x"]) <= {2.0, 4.0}

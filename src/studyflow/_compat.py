@@ -134,6 +134,18 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: Sequence[float] | Non
     return _tell_with_warning(study, trial, state=state)
 
 
+def stop_called(study: optuna.Study) -> bool:
+    """Whether a callback called `study.stop()` on `study` (Optuna's `Study._stop_flag`) since
+    the last ask; resets it. `allow_stop` lets Optuna's `stop()` run outside `optimize()`."""
+    called, study._stop_flag = bool(study._stop_flag), False
+    return called
+
+
+def allow_stop(study: optuna.Study) -> None:
+    """Let `study.stop()` be called on this thread, as inside `optimize()` (else Optuna raises)."""
+    study._thread_local.in_optimize_loop = True
+
+
 def fresh_trials_view(study: optuna.Study) -> None:
     """Make the calling thread's next sampler call read the study's trials anew.
 

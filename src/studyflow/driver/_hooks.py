@@ -9,7 +9,9 @@ poll and the close with the close's reply, so each gets its call exactly once.
 
 `study` is an `optuna.Study` over an in-memory storage mirroring the served study: every
 trial finished so far (this run's, a resumed run's, `warm_start`'s) under its own number; a
-number not finished yet shows as RUNNING. It is for reading: changes to it are not saved.
+number not finished yet shows as RUNNING. It is for reading: changes to it are not saved,
+except `study.stop()` (Optuna's `MaxTrialsCallback` calls it), which stops the served study
+as Optuna's stops `optimize`: no new trial starts, the running ones finish.
 An exception in a callback stops the study and propagates, as it does out of Optuna's.
 """
 
@@ -26,6 +28,8 @@ from distributed import Client
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial
 
+from studyflow._compat import allow_stop
+from studyflow._compat import stop_called
 from studyflow.config import StudyConfig
 
 _logger = logging.getLogger(__name__)
@@ -142,11 +146,14 @@ class Hooks:
         self._feed(reply["finished"])
 
     def _poll(self, client: Client, study_id: str) -> None:
-        self._feed(client.sync(client.scheduler.studyflow_finished, study_id=study_id,
-                               since=self.cursor))
+        if self._feed(client.sync(client.scheduler.studyflow_finished, study_id=study_id, since=self.cursor)):
+            client.sync(client.scheduler.studyflow_stop, study_id=study_id)
 
-    def _feed(self, reply: dict[str, Any]) -> None:
+    def _feed(self, reply: dict[str, Any]) -> bool:
+        """Call the callbacks for the trials in `reply`; whether one called `study.stop()`."""
         assert self.mirror is not None
+        study, stop = self.mirror.study, False
+        allow_stop(study)
         trials: list[FrozenTrial] = pickle.loads(reply["trials"])
         for i, trial in enumerate(trials):
             self.mirror.add(trial)
@@ -155,7 +162,9 @@ class Hooks:
                 continue  # finished before this run
             for cb in self.callbacks:
                 what = f"callback {_name(cb)} on trial {trial.number}"
-                _noted(cb, (self.mirror.study, trial), what, self.cfg.name)
+                _noted(cb, (study, trial), what, self.cfg.name)
+                stop |= stop_called(study)
+        return stop
 
 
 def _noted(fn: Callable[..., Any], args: tuple[Any, ...], what: str, study: str) -> None:

@@ -3,7 +3,7 @@
 Trial loops on the workers call its handlers over the scheduler's RPC, each named
 `studyflow_<verb>`: `open`, `exchange` (tell finished trials, lease the next: `_service.py`),
 `suggest`, `report`, `should_prune`, `study_view` (what `trial.study` reads), `status`,
-`finished` (for the driver's callbacks), `release_loop`, `close`. Every access to a study runs
+`finished` (for the driver's callbacks), `stop` (`study.stop()`), `release_loop`, `close`. Every access to a study runs
 under that study's `asyncio.Lock`; sampler work runs off the event loop unless it is short.
 
 The server owns the budget: it hands out a new trial only while `finished + running <
@@ -31,6 +31,7 @@ from studyflow._compat import offload
 from studyflow import outputs
 from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import ExchangeRequest
+from studyflow.server._budget import STOP_CALLED
 from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._lifecycle import ClosedStudy
 from studyflow.server._lifecycle import StudySpec
@@ -140,6 +141,7 @@ class StudyServer(SchedulerPlugin):
                 "studyflow_resize": self.resize,
                 "studyflow_close": self.close_study,
                 "studyflow_finished": self.finished,
+                "studyflow_stop": self.stop,
             }
         )
 
@@ -264,6 +266,16 @@ class StudyServer(SchedulerPlugin):
             if attr == "summary":
                 return {"value": _study_view(served.study, attr, states)}
             return {"value": await offload(_study_view, served.study, attr, states)}
+
+    async def stop(self, study_id: str) -> dict[str, Any]:
+        """Optuna's `Study.stop()`, called by the objective or a driver's callback: no new trial
+        starts, the running ones finish (held ones are given back unrun), then the study ends."""
+        served = self._get(study_id)
+        async with served.lock:
+            if served.budget.stop_reason is None:
+                served.budget.stop_reason = STOP_CALLED
+        served.notify()
+        return {"status": "ok"}
 
     async def release_loop(self, study_id: str, loop_id: str, error: str) -> dict[str, Any]:
         """A trial loop died (its task, key `loop_id`, errored): its trials go to other loops."""

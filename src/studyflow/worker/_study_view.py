@@ -25,7 +25,7 @@ _STUDY_HINTS = {
                      "between runs), not from an objective",
 }
 _MUTATING = ("optimize", "ask", "tell", "enqueue_trial", "add_trial", "add_trials",
-             "set_user_attr", "set_system_attr", "stop", "set_metric_names")
+             "set_user_attr", "set_system_attr", "set_metric_names")
 
 
 class StudyView:
@@ -33,7 +33,8 @@ class StudyView:
 
     Every read asks the server (under the study's lock), so it sees the study as it is then;
     what never changes (name, directions, metric names) is asked once per trial loop. A call
-    that would change the study raises `ReadOnlyStudyError`: only the server changes it.
+    that would change the study raises `ReadOnlyStudyError`: only the server changes it;
+    `stop()` asks the server to stop it, as Optuna's does.
     """
 
     def __init__(self, conn: ServerConnection) -> None:
@@ -103,6 +104,11 @@ class StudyView:
         names = None if states is None else [s.name for s in TrialState if s in states]
         return self._fetch("trials", states=names)
 
+    def stop(self) -> None:
+        """As Optuna's `Study.stop()` from an objective: no new trial starts; the running ones
+        (this one too) finish, then the study ends (stop reason `study.stop()`)."""
+        self._conn.call("stop")
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
@@ -111,7 +117,7 @@ class StudyView:
         raise AttributeError(
             f"studyflow: trial.study on a worker is a read-only view of the study; it has no "
             f"{name!r} (it offers study_name, directions, direction, metric_names, best_trial, "
-            "best_trials, best_value, best_params, user_attrs, trials, get_trials)")
+            "best_trials, best_value, best_params, user_attrs, trials, get_trials, stop)")
 
 
 def _refuse(name: str) -> Any:

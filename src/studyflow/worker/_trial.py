@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -192,9 +191,7 @@ class RemoteTrial(optuna.trial.Trial):
 
     def _remote_suggest(self, method: str, name: str, **kwargs: Any) -> Any:
         if name in self._params:  # from the study file's space, or suggested before
-            if name in self._distribution_json:
-                _check_compatible(name, method, _frozen(kwargs), self._distribution_json[name])
-            return self._params[name]
+            return _as_suggested(name, method, self._params[name])
         if name in self._relative and _same_distribution(method, kwargs, self._relative_json[name]):
             self._params[name] = self._relative.pop(name)
             self._distribution_json[name] = self._relative_json[name]
@@ -298,24 +295,23 @@ def _same_distribution(method: str, kwargs: dict[str, Any], relative_json: str) 
     return not wanted.single() and wanted == json_to_distribution(relative_json)
 
 
-def _frozen(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """A suggest's arguments as a key (a categorical's choices as a tuple)."""
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())
+def _as_suggested(name: str, method: str, value: Any) -> Any:
+    """The trial's value of `name` (the study file's, or suggested before) as `method` returns
+    it. The file's range, step, log scale or choices are the study's (a grid lists floats as
+    categorical choices; a file may narrow or log-scale what the objective says), but a value
+    the suggest cannot return fails, as Optuna refuses another kind of distribution: not a
+    number for `suggest_float`, not a whole number for `suggest_int` (which returns an int)."""
+    if method == "suggest_categorical":
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and method == "suggest_float":
+        return value
+    if number and float(value).is_integer():
+        return int(value)
+    wanted = "a number" if method == "suggest_float" else "a whole number"
+    raise ValueError(f"{method}({name!r}) cannot return {value!r}, not {wanted}: the trial's value of "
+                     f"{name!r} comes from the study file's search_space.{name} (or an earlier suggest)")
 
-
-@functools.lru_cache(maxsize=1024)
-def _check_compatible(name: str, method: str, kwargs: tuple[tuple[str, Any], ...], has_json: str) -> None:
-    """Refuse, as Optuna's suggest refuses it, a suggest of a parameter the trial already has
-    (the study file's, or suggested before) as another kind of distribution: `suggest_int` of a
-    float would return a float. Its range, step, log scale or choices may differ: the study
-    file's search space is the study's (it may narrow or log-scale what the objective says),
-    and the trial's value is returned. Cached: an objective asks the same of every trial."""
-    has = json_to_distribution(has_json)
-    wanted = {"suggest_float": FloatDistribution, "suggest_int": IntDistribution}.get(method, CategoricalDistribution)
-    if type(has) is not wanted:
-        raise ValueError(f"Cannot set different distribution kind to the same parameter name. {name!r}: the "
-                         f"trial has {has!r} (the study file's search_space.{name}, or an earlier suggest), "
-                         f"the objective calls {method} with {dict(kwargs)}")
 
 
 def _as_float(value: Any) -> float:
