@@ -220,3 +220,15 @@ def stops_at_trial_3(trial):
     if trial.number == 3:
         trial.study.stop()
     return trial.suggest_float("x", 0, 1)
+
+
+def numpy_attrs(trial):
+    """Sets user attrs as a model's fit gives them: NumPy scalars and arrays."""
+    import numpy as np
+
+    x = trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("best_iteration", np.int64(7))
+    trial.set_user_attr("score", np.float32(0.5))
+    trial.set_user_attr("curve", np.array([0.25, 0.5]))
+    trial.set_user_attr("nested", {"sizes": (np.int64(1), np.int64(2))})
+    return x

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from distributed import get_worker
 from optuna.distributions import BaseDistribution
@@ -242,7 +243,10 @@ class RemoteTrial(optuna.trial.Trial):
         return bool(self._conn.call("should_prune", number=self._number)["prune"])
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        self._user_attrs[key] = value
+        """As Optuna's; NumPy numbers and arrays (what a model's fit hands back) are kept as
+        the Python numbers and lists the journal's JSON holds, where Optuna's own journal
+        refuses them. Anything else JSON cannot hold fails the trial (RecordError)."""
+        self._user_attrs[key] = _plain(value)
 
     def set_constraint(self, key: str, value: float) -> None:
         """As `optuna.Trial.set_constraint`; the server sets it on its trial before the tell,
@@ -312,6 +316,20 @@ def _as_suggested(name: str, method: str, value: Any) -> Any:
     raise ValueError(f"{method}({name!r}) cannot return {value!r}, not {wanted}: the trial's value of "
                      f"{name!r} comes from the study file's search_space.{name} (or an earlier suggest)")
 
+
+
+def _plain(value: Any) -> Any:
+    """`value` with NumPy scalars and arrays as Python numbers and lists, in lists, tuples and
+    dicts too (a tuple, which JSON stores as a list, becomes one)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _as_float(value: Any) -> float:
