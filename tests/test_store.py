@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -149,6 +150,40 @@ def test_the_same_key_is_never_evaluated_twice(counting_client, tmp_path):
     assert result.trials["cached"].sum() == 24 - len(keys)
     values = result.trials.groupby("key")["value"].nunique()
     assert (values == 1).all()  # every trial of a key got the one evaluation's value
+
+
+class Shifted:
+    """Optuna's FAQ way to give an objective arguments: a callable instance."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def __call__(self, trial) -> float:
+        return trial.suggest_float("x", 0, 1) + self.offset
+
+
+def shifted(trial, offset: float) -> float:
+    return trial.suggest_float("x", 0, 1) + offset
+
+
+def _closure(offset: float):
+    def objective(trial) -> float:
+        return trial.suggest_float("x", 0, 1) + offset
+    return objective
+
+
+@pytest.mark.parametrize("make", [Shifted, lambda offset: functools.partial(shifted, offset=offset), _closure],
+                         ids=["instance", "partial", "closure"])
+def test_objectives_built_at_run_time_are_keyed_by_what_they_carry(client4, tmp_path, make):
+    study = {"search_space": {"x": SPACE["x"]}, "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 4}}
+
+    def run(objective):
+        return optimize(objective, study, client=client4, results_dir=tmp_path, progress=False).trials
+
+    zero, hundred, again = run(make(0.0)), run(make(100.0)), run(make(100.0))
+    assert ((hundred["value"] - zero["value"]).round(9) == 100).all()  # not the first one's journal or store
+    assert not hundred["cached"].any()
+    assert again["value"].tolist() == hundred["value"].tolist()  # the same one again: its journal, resumed
 
 
 def test_artifacts_are_kept_under_the_trials_key(client4, tmp_path):

@@ -60,6 +60,8 @@ from studyflow.server import best_of
 from studyflow.store import TrialStore
 from studyflow.store import code_version
 from studyflow.store import objective_code_version
+from studyflow.store import objective_identity
+from studyflow.store import objective_state
 from studyflow.store import store_in_use
 from studyflow.worker import ObjectiveFn
 from studyflow.worker import add_search_paths
@@ -114,7 +116,7 @@ def optimize(
             here is left to end with it instead of being closed (`connecting`).
     """
     if objective is not None and isinstance(study, dict) and "objective" not in study:
-        study = {**study, "objective": f"{objective.__module__}:{objective.__qualname__}"}
+        study = {**study, "objective": objective_identity(objective)}
     cfg = load_study(study, overrides)
     label = cfg.source or cfg.name or "<study>"
     paths = search_paths(cfg.source)
@@ -187,15 +189,18 @@ def _on_one_worker(client: Client, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, code: str, data_sha: str | None) -> str:
-    """What every trial key of this study shares: objective identity and code, data, settings."""
-    identity = cfg.objective if objective is None else f"{objective.__module__}:{objective.__qualname__}"
-    return canonical_json({
+    """What every trial key of this study shares: objective identity and code, data, settings,
+    and what an objective built at run time carries (`objective_state`: a closure's values...)."""
+    identity = cfg.objective if objective is None else objective_identity(objective)
+    base = {
         "objective": identity,
         "code": code,
         "data_sha256": data_sha,
         "objective_args": cfg.objective_args,
         "n_objectives": len(cfg.study_directions),
-    })
+    }
+    state = None if objective is None else objective_state(objective)
+    return canonical_json(base if state is None else {**base, "state": state})
 
 
 def _slots(client: Client, resources: dict[str, float]) -> int:

@@ -2,6 +2,8 @@
 
 from studyflow.store._code import code_version
 from studyflow.store._code import objective_code_version
+from studyflow.store._code import objective_identity
+from studyflow.store._code import objective_state
 from studyflow.store._code import package_versions
 from studyflow.store._code import source_fingerprint
 from studyflow.store._gc import gc
@@ -16,6 +18,8 @@ __all__ = [
     "TrialStore",
     "code_version",
     "objective_code_version",
+    "objective_identity",
+    "objective_state",
     "package_versions",
     "source_fingerprint",
     "gc",

@@ -16,6 +16,7 @@ An objective that is one module importing no project module keeps the key it had
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.machinery
 import importlib.metadata
@@ -45,6 +46,47 @@ def code_version(fn: Any, explicit: str | None = None, packages: Iterable[str] =
     version = f"explicit:{explicit}" if explicit else _source_version(fn)
     versions = package_versions(packages)
     return version if not versions else f"{version}|packages:{canonical_json(versions)}"
+
+
+def objective_identity(fn: Any) -> str:
+    """`module:qualname` of what decides a callable's result: a function, a `functools.partial`'s
+    function, a callable instance's class."""
+    target = _code_target(fn)
+    return f"{getattr(target, '__module__', None)}:{getattr(target, '__qualname__', type(target).__qualname__)}"
+
+
+def objective_state(fn: Any) -> str | None:
+    """A hash of what an objective built at run time carries beyond its source (a closure's
+    values, a partial's arguments, an instance's attributes, a `__main__` function's globals):
+    its pickle, as cloudpickle ships it to the workers. None for a function its module names
+    (its source is all of it; keys made before this stay)."""
+    if _found_by_name(fn):
+        return None
+    import cloudpickle
+
+    try:
+        return hashlib.sha256(cloudpickle.dumps(fn, protocol=5)).hexdigest()
+    except Exception as exc:  # noqa: BLE001  what cannot be pickled cannot reach a worker either
+        raise StudyflowError(f"objective {objective_identity(fn)} cannot be pickled to send to the workers: "
+                             f"{type(exc).__name__}: {exc}") from None
+
+
+def _code_target(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.ismethod(fn):
+        return fn.__func__
+    return fn if inspect.isfunction(fn) or inspect.isbuiltin(fn) else type(fn)
+
+
+def _found_by_name(fn: Any) -> bool:
+    """A plain function without a closure that its module, not `__main__`, holds by its name."""
+    if not inspect.isfunction(fn) or fn.__closure__ or fn.__module__ in (None, "__main__"):
+        return False
+    found: Any = sys.modules.get(fn.__module__)
+    for part in fn.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is fn
 
 
 def objective_code_version(objective: str, explicit: str | None = None, packages: Iterable[str] = ()) -> str | None:
@@ -90,6 +132,7 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
 
 
 def _source_version(fn: Any) -> str:
+    fn = _code_target(fn)
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
     version = _module_version(module.__name__, module) if module is not None else None
     return version if version is not None else _single_source(module, fn)
