@@ -78,6 +78,49 @@ def test_one_worker_per_gpu_each_trial_sees_exactly_one_and_both_are_used(tmp_pa
     assert result.trials.groupby("worker")["user_attrs_cuda_visible_devices"].nunique().eq(1).all()
 
 
+def test_each_worker_process_of_a_gpu_slurm_job_sees_only_its_own_gpu(tmp_path):
+    # the job's dask-worker command and environment as the SLURM job script has them: SLURM
+    # hands the job --gres=gpu:2 as CUDA_VISIBLE_DEVICES=3,5 (no GPU here: the ids are what is pinned)
+    from studyflow.config import load_study
+    from studyflow.driver._cluster import slurm_cluster_kwargs
+
+    cfg = load_study({"objective": "m:f", "cluster": {"mode": "slurm", "cores": 2}})
+    job = slurm_cluster_kwargs(cfg.cluster, None, {"GPU": 1})
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in job["job_script_prologue"]
+                   if line.startswith("export ") and "$" not in line)
+    env = {**os.environ, **exports, "CUDA_VISIBLE_DEVICES": "3,5", "PYTHONPATH": str(Path(__file__).parent)}
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as client:
+        job_process = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address, "--name", "job-7",
+             "--nthreads", "1", "--nworkers", str(job["processes"]), "--nanny", *job["worker_extra_args"]],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(2, timeout=60)
+            study = {"objective": "sf_objectives:sees_gpus", "search_space": SPACE, "budget": {"n_trials": 20},
+                     "worker_resources": {"GPU": 1}}
+            trials = optimize(None, study, client=client, results_dir=tmp_path, progress=False).trials
+        finally:
+            job_process.terminate()
+            job_process.wait(30)
+    assert (trials["state"] == "COMPLETE").sum() == 20
+    assert set(trials["user_attrs_cuda_visible_devices"]) == {"3", "5"}  # one each, and both ran trials
+    assert trials.groupby("worker")["user_attrs_cuda_visible_devices"].nunique().eq(1).all()
+
+
+@pytest.mark.parametrize("gpus_per_worker, expected", [
+    ("2", ["0,1", "2,3", "4,5"]),  # two GPUs each
+    ("0.5", ["0", "0", "1"]),  # two workers share a GPU
+])
+def test_workers_of_a_gpu_job_split_its_gpus_by_their_index(gpus_per_worker, expected):
+    from studyflow.worker._gpu_pin import pinned_gpus
+
+    env = {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5", "STUDYFLOW_GPUS_PER_WORKER": gpus_per_worker,
+           "STUDYFLOW_WORKERS_PER_JOB": "3"}
+    assert [pinned_gpus(f"SLURMCluster-4-{i}", env) for i in range(3)] == expected
+    assert pinned_gpus("SLURMCluster-4", {**env, "STUDYFLOW_WORKERS_PER_JOB": "1"}) == expected[0]
+    assert pinned_gpus("SLURMCluster-4-0", {"STUDYFLOW_GPUS_PER_WORKER": "1"}) is None  # a job without GPUs
+
+
 @pytest.mark.parametrize("cluster", [{"gpus": [0, 1]}, {}])
 def test_a_run_on_one_worker_per_gpu_logs_as_little_as_a_local_run(tmp_path, cluster):
     # the workers' own INFO lines (start, registered, connections, shutdown) are Dask's, not the user's

@@ -41,6 +41,8 @@ from studyflow.driver._security import run_security
 from studyflow.driver._slurm_jobs import live_slurm_jobs
 from studyflow.driver._slurm_jobs import slurm_says
 from studyflow.errors import StudyflowError
+from studyflow.worker._gpu_pin import GPUS_PER_WORKER
+from studyflow.worker._gpu_pin import WORKERS_PER_JOB
 
 _logger = logging.getLogger(__name__)
 
@@ -148,7 +150,8 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
                          resources: dict[str, float] | None = None) -> dict[str, Any]:
     """dask-jobqueue arguments: each job runs `cores` single-threaded worker processes, each
     carrying the study's `worker_resources` as Dask resources; GPUs among them are also asked
-    of SLURM (`--gres=gpu:<cores x GPU>` per job). Fields that reach the job script's shell
+    of SLURM (`--gres=gpu:<cores x GPU>` per job), each process keeping its own of them
+    (`worker._gpu_pin`). Fields that reach the job script's shell
     are checked against strict patterns (one line naming the key) or quoted."""
 
     def fail(key: str, msg: str) -> None:
@@ -163,6 +166,9 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
         gpus = sum(amount for name, amount in resources.items() if name.upper() == "GPU")
         if gpus:
             directives.append(f"--gres=gpu:{int(gpus * cfg.cores + 0.999)}")
+            # each worker process keeps its own of the job's GPUs (worker/_gpu_pin.py)
+            prologue += [f"export {GPUS_PER_WORKER}={gpus:g}", f"export {WORKERS_PER_JOB}={cfg.cores}"]
+            worker_args += ["--preload", "studyflow.worker._gpu_pin"]
     if search_paths:
         prologue.append(f"export PYTHONPATH={shlex.quote(os.pathsep.join(search_paths))}${{PYTHONPATH:+:$PYTHONPATH}}")
     return dict(
