@@ -105,6 +105,16 @@ def test_config_override_reruns_only_optimize_and_continues_the_journal(workdir)
     assert "6 trials already in it" in optimize_log  # the first run's trials were not re-run
 
 
+def test_an_optimize_job_on_one_worker_per_gpu_asks_for_those_gpus(workdir):
+    # the gpu resource is what the SLURM executor turns into --gpus=N for the optimize job
+    study = dict(TINY_STUDY, cluster={"mode": "local", "gpus": [0, 1]}, worker_resources={"GPU": 1})
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(study))
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    optimize = proc.stdout[proc.stdout.index("rule optimize:"):].split("\n\n")[0]
+    assert "gpu=2" in optimize
+
+
 def test_a_bad_study_file_fails_before_any_job_with_file_and_key(workdir):
     study = dict(TINY_STUDY, search_space={"x": {"type": "float", "low": 3, "high": -3}})
     (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(study))

@@ -9,6 +9,7 @@ from studyflow.config import WorkflowConfig
 from studyflow.config import check_storage_plugins
 from studyflow.config import config_hash_file
 from studyflow.config import job_runtime_minutes
+from studyflow.config import optimize_job_gpus
 from studyflow.config import optimize_job_threads
 from studyflow.config import release_rate_timers
 from studyflow.config import report_settings_file
@@ -134,6 +135,10 @@ def optimize_threads(wildcards, cores=None):
     the workers run elsewhere (SLURM jobs, a cluster attached to): the job only hosts the
     scheduler and the study server."""
     return optimize_job_threads(STUDIES[wildcards.study]) or cores or workflow.cores
+
+
+def optimize_gpus(wildcards):
+    return optimize_job_gpus(STUDIES[wildcards.study])
 
 
 def optimize_runtime_minutes(wildcards):

@@ -21,6 +21,7 @@ rule optimize:
         mem_mb=2000,
         cpus_per_task=optimize_threads,
         runtime=optimize_runtime_minutes,
+        gpu=optimize_gpus,  # a local cluster of one worker per GPU: SLURM's --gpus
     shell:
         "studyflow optimize {params.study:q} {params.set_args} {params.reference_args}"
         " --config {params.run_config:q}"

@@ -13,6 +13,7 @@ from studyflow.config._validate import REPRODUCIBLE_ONLY
 from studyflow.config._workflow import DEFAULT_CONFIG
 from studyflow.config._workflow import WorkflowConfig
 from studyflow.config._workflow import job_runtime_minutes
+from studyflow.config._workflow import optimize_job_gpus
 from studyflow.config._workflow import optimize_job_threads
 from studyflow.config._workflow_files import check_storage_plugins
 from studyflow.config._workflow_files import config_hash_file
@@ -37,6 +38,7 @@ __all__ = [
     "config_hash_file",
     "dataset_spec",
     "job_runtime_minutes",
+    "optimize_job_gpus",
     "optimize_job_threads",
     "load_study",
     "release_rate_timers",

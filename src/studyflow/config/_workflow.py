@@ -167,6 +167,14 @@ def walltime_minutes(walltime: str) -> int:
     return int(days or 0) * 1440 + hours * 60 + mins
 
 
+def optimize_job_gpus(cfg: StudyConfig) -> int:
+    """GPUs for a study's optimize job: those its local one-worker-per-GPU cluster names
+    (`cluster.gpus`, a list), which the SLURM executor asks for (`gpu` resource: `--gpus`);
+    none else (`gpus: auto` takes what the job was given: ask for them in the profile)."""
+    gpus = cfg.cluster.gpus
+    return len(gpus) if cfg.cluster.mode == "local" and isinstance(gpus, list) else 0
+
+
 def optimize_job_threads(cfg: StudyConfig) -> int | None:
     """CPUs for a study's optimize job: one where the workers run elsewhere (SLURM jobs, an
     attached cluster), else its local workers: the study's concurrency, or None for every
