@@ -135,6 +135,18 @@ def test_a_run_on_one_worker_per_gpu_logs_as_little_as_a_local_run(tmp_path, clu
     assert [line for line in run.stderr.splitlines() if " - distributed." in line] == []
 
 
+def test_gpus_auto_inside_a_slurm_job_given_no_gpu_fails_instead_of_taking_the_nodes(monkeypatch):
+    from studyflow.driver._gpus import gpu_ids
+    from studyflow.errors import StudyflowError
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with pytest.raises(StudyflowError, match="cluster.gpus: auto found no GPU given to SLURM job 4242"):
+        gpu_ids("auto")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what SLURM sets for --gpus=2
+    assert gpu_ids("auto") == ["2", "3"]
+
+
 def test_gpus_outside_local_mode_or_of_the_wrong_shape_fail_naming_the_key():
     import pytest
 

@@ -22,13 +22,18 @@ from studyflow.errors import StudyflowError
 
 
 def gpu_ids(gpus: Any) -> list[str]:
-    """The ids a `cluster.gpus` setting names; "auto": `CUDA_VISIBLE_DEVICES`, else every GPU
-    `nvidia-smi -L` lists. Fails in one line when "auto" finds none."""
+    """The ids a `cluster.gpus` setting names; "auto": `CUDA_VISIBLE_DEVICES`, else (not inside
+    a SLURM job, whose GPUs that names) every GPU `nvidia-smi -L` lists. Fails in one line when
+    "auto" finds none."""
     if gpus != "auto":
         return [str(g) for g in gpus]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     if visible:
         return [g.strip() for g in visible.split(",") if g.strip()]
+    if os.environ.get("SLURM_JOB_ID"):  # nvidia-smi would list the node's GPUs, other jobs' too
+        raise StudyflowError(f"cluster.gpus: auto found no GPU given to SLURM job {os.environ['SLURM_JOB_ID']} "
+                             "(CUDA_VISIBLE_DEVICES is unset); ask SLURM for them (the optimize rule's gpu "
+                             "resource in the profile's set-resources)")
     if shutil.which("nvidia-smi"):
         listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
         ids = [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
