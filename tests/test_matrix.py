@@ -138,6 +138,13 @@ def test_the_matrix_runs_each_pair_with_its_method_and_problem_and_compares_them
     again = snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr, ran_jobs(again)
 
+    # editing the reference loader's code runs the references again, then the problems' studies
+    (workdir / "matrix_reference.py").write_text(REFERENCE.replace("calls.txt", "calls_after_edit.txt"))
+    edited = snakemake(workdir, "-n")
+    jobs = ran_jobs(edited)
+    assert {w for rule, w in jobs if rule == "matrix_reference"} == {"problem=small", "problem=large"}, jobs
+    assert {w for rule, w in jobs if rule == "optimize"} == {f"study={s}" for s in STUDIES}, jobs
+
 
 def _write_matrix(workdir: Path, matrix: dict) -> None:
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())

@@ -185,6 +185,24 @@ def test_editing_a_data_file_restages_it_and_reruns_only_its_study(workdir):
     assert (trials["user_attrs_rows"] == 4).all()  # the study ran again on the new data
 
 
+def test_editing_a_datasets_loader_restages_it_and_reruns_its_study(workdir):
+    loader = "import pandas as pd\n\ndef load(n):\n    return pd.DataFrame({'y': [float(n)] * n})\n"
+    (workdir / "tiny_loader.py").write_text(loader)
+    config = {"studies": ["tiny"], "datasets": {"tiny": {"loader": "tiny_loader:load", "kwargs": {"n": 3}}}}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    first = snakemake(workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert ran_jobs(snakemake(workdir)) == set()  # nothing to do
+
+    (workdir / "tiny_loader.py").write_text(loader.replace("[float(n)]", "[float(n) + 1]"))
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = ran_jobs(rerun)
+    assert ("stage", "dataset=tiny") in ran and ("optimize", "study=tiny") in ran, ran
+    staged = pd.read_parquet(workdir / "results/data/tiny.parquet")
+    assert staged["y"].tolist() == [4.0, 4.0, 4.0]
+
+
 def test_a_url_dataset_without_its_storage_plugin_is_refused_at_load(workdir):
     config = {"studies": ["tiny"], "datasets": {"tiny": {"path": "s3://bucket/tiny.csv"}}}
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import sys
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ def read_source(name: str, spec: DatasetSpec) -> pd.DataFrame:
         except Exception as exc:
             raise DataError(f"datasets.{name}.path: cannot read {path}: {type(exc).__name__}: {exc}")
     module_name, _, attr = (spec.loader or "").partition(":")
+    if str(Path.cwd()) not in sys.path:  # a loader module in the working directory, as objectives
+        sys.path.insert(0, str(Path.cwd()))
     try:
         loader = getattr(importlib.import_module(module_name), attr)
         frame = loader(**spec.kwargs)

@@ -12,6 +12,7 @@ from studyflow.config import job_runtime_minutes
 from studyflow.config import optimize_job_gpus
 from studyflow.config import optimize_job_threads
 from studyflow.config import release_rate_timers
+from studyflow.config import loader_code_file
 from studyflow.config import report_settings_file
 from studyflow.config import run_config_file
 from studyflow.config import storage_plugin
@@ -67,10 +68,10 @@ def final_outputs():
 
 def stage_inputs(wildcards):
     """A `path:` dataset's file (through Snakemake storage for a URL): editing it re-stages,
-    and a rule of the workflow that writes it runs first."""
+    and a rule of the workflow that writes it runs first. A loader's: its code's fingerprint."""
     path = WORKFLOW.datasets[wildcards.dataset].path
-    if path is None:
-        return {}
+    if path is None:  # a loader: editing its project source re-stages
+        return {"code": loader_code_file(WORKFLOW, "datasets", wildcards.dataset)}
     return {"source": storage(path) if storage_plugin(path) else path}
 
 
@@ -104,8 +105,10 @@ def study_reference_args(wildcards):
     return "" if reference is None else f"--reference {shlex.quote(reference)}"
 
 
-def reference_data(wildcards):
-    return results(f"data/{MATRIX.problems[wildcards.problem].data}.parquet")
+def reference_inputs(wildcards):
+    """The problem's staged data, and its loader's code fingerprint: editing it re-runs it."""
+    return {"data": results(f"data/{MATRIX.problems[wildcards.problem].data}.parquet"),
+            "code": loader_code_file(WORKFLOW, "references", wildcards.problem)}
 
 
 def reference_spec_json(wildcards):

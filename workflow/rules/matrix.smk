@@ -3,7 +3,7 @@
 # (problem, method). The studies themselves are ordinary `optimize`/`report` jobs.
 rule matrix_reference:
     input:
-        data=reference_data,
+        unpack(reference_inputs),
     output:
         results("matrix/references/{problem}.json"),
     params:

@@ -18,6 +18,7 @@ from studyflow.config._workflow import optimize_job_threads
 from studyflow.config._workflow_files import check_storage_plugins
 from studyflow.config._workflow_files import config_hash_file
 from studyflow.config._workflow_files import release_rate_timers
+from studyflow.config._workflow_files import loader_code_file
 from studyflow.config._workflow_files import report_settings_file
 from studyflow.config._workflow_files import run_config_file
 from studyflow.config._workflow_files import storage_plugin
@@ -42,6 +43,7 @@ __all__ = [
     "optimize_job_threads",
     "load_study",
     "release_rate_timers",
+    "loader_code_file",
     "report_settings_file",
     "run_config_file",
     "storage_plugin",

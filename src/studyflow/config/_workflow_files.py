@@ -3,7 +3,8 @@
 The workflow writes small files at load, each only when its content changes, so its mtime
 moves only then: a study's config hash and a hash of its objective's project source (so that
 editing the objective or a module it imports re-runs it), the `optimize` rule's input in place
-of the study file,
+of the study file; a hash of each data or reference loader's project source (the `stage` and
+`matrix_reference` rules' input: editing a loader re-stages its data);
 and its `report:` settings, the `report` rule's; so a `report:` edit re-runs only the report, and
 a comment or a `cluster:` edit nothing. A matrix study's file, which its jobs read. And the
 run's config as a job's `--config` reads it (a module's config, `--config` overrides). A dataset `path:` that is a URL is read through
@@ -25,6 +26,7 @@ from studyflow._io import write_text
 from studyflow.config._study import StudyConfig
 from studyflow.config._workflow import WorkflowConfig
 from studyflow.errors import ConfigError
+from studyflow.store._code import loader_fingerprint
 from studyflow.store._code import source_fingerprint
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -78,6 +80,12 @@ def report_settings_file(workflow: WorkflowConfig, study: str) -> str:
     return f"{workflow.results}/.workflow/studies/{study}.report.json"
 
 
+def loader_code_file(workflow: WorkflowConfig, kind: str, name: str) -> str:
+    """The fingerprint of a loader's project source: the `stage` rule's input for a dataset
+    (`kind` "datasets"), the `matrix_reference` rule's for a problem ("references")."""
+    return f"{workflow.results}/.workflow/{kind}/{name}.code"
+
+
 def _search_paths(study_file: Path) -> list[str]:
     """Where a study's workers import its objective from (as `worker.search_paths`)."""
     return [str(Path(study_file).resolve().parent), str(Path.cwd())]
@@ -93,6 +101,15 @@ def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -
         code = source_fingerprint(cfg.objective, _search_paths(workflow.study_file(name)))
         sync_text(config_hash_file(workflow, name), f"{cfg.config_hash()}\ncode {code}\n")
         sync_text(report_settings_file(workflow, name), canonical_json(cfg.report) + "\n")
+    here = [str(Path.cwd())]  # a loader is imported from the working directory or an installed package
+    for name in sorted({cfg.data for cfg in studies.values() if cfg.data}):
+        loader = workflow.datasets[name].loader
+        if loader:
+            sync_text(loader_code_file(workflow, "datasets", name), f"code {loader_fingerprint(loader, here)}\n")
+    for name, problem in (workflow.matrix.problems.items() if workflow.matrix is not None else ()):
+        if problem.reference:
+            code = loader_fingerprint(problem.reference.loader, here)
+            sync_text(loader_code_file(workflow, "references", name), f"code {code}\n")
 
 
 def release_rate_timers() -> int:

@@ -115,6 +115,22 @@ def source_fingerprint(objective: str, search_paths: Iterable[str]) -> str:
     return sha256_text(canonical_json(files)) if files else "not found"
 
 
+def loader_fingerprint(loader: str, search_paths: Iterable[str]) -> str:
+    """`source_fingerprint` of a dataset's or a matrix reference's `loader` (`module:function`)
+    that is the project's code, so that editing it re-stages its data; "library" for one
+    installed (a library changes by version; its files are not read on every workflow load)."""
+    module = loader.partition(":")[0]
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in search_paths if p not in sys.path]
+    try:
+        root = _source_file(sys.modules.get(module)) or _find_source(module)
+    finally:
+        sys.path[:] = saved
+    if root is None or not _is_project(root):
+        return "library"
+    return source_fingerprint(loader, search_paths)
+
+
 def canonical_name(name: str) -> str:
     """A distribution's name as pip compares them (PEP 503): `Scikit_Learn` is `scikit-learn`."""
     return re.sub(r"[-_.]+", "-", name).lower()
