@@ -232,3 +232,11 @@ def numpy_attrs(trial):
     trial.set_user_attr("curve", np.array([0.25, 0.5]))
     trial.set_user_attr("nested", {"sizes": (np.int64(1), np.int64(2))})
     return x
+
+
+def fit_arrays(trial, data):
+    """An ML objective given its arrays as data=(X, y), not a DataFrame."""
+    X, y = data
+    w = trial.suggest_float("w", -1, 1)
+    trial.set_user_attr("rows", len(y))
+    return float(((X[:, 0] * w - y) ** 2).mean())

@@ -67,6 +67,26 @@ def test_journal_opens_with_optuna_and_holds_the_same_trials(client4, tmp_path):
         assert t.params == {k: ours.loc[t.number, f"params_{k}"] for k in t.params}
 
 
+def test_data_given_as_arrays_reaches_the_objective_and_keys_its_trials(client4, tmp_path):
+    # data=(X, y), as an ML script holds it: any picklable value, hashed into the trial keys
+    import numpy as np
+
+    study = {"objective": "sf_objectives:fit_arrays", "search_space": {"w": {"type": "float", "low": -1, "high": 1}},
+             "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 6}}
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2))
+
+    def run(y):
+        return optimize(None, study, data=(X, y), client=client4, results_dir=tmp_path, progress=False).trials
+
+    half, double, again = run(X[:, 0] * 0.5), run(X[:, 0] * 2.0), run(X[:, 0] * 2.0)
+    assert (half["user_attrs_rows"] == 50).all() and not half["cached"].any()
+    expected = [float(((X[:, 0] * w - X[:, 0] * 0.5) ** 2).mean()) for w in half["params_w"]]
+    assert half["value"].tolist() == pytest.approx(expected)
+    assert half["value"].tolist() != double["value"].tolist()  # other data: its own journal and keys
+    assert again["value"].tolist() == double["value"].tolist()  # the same data: its journal, resumed
+
+
 def test_objective_gets_data_and_objective_args(client4, tmp_path):
     data = pd.DataFrame({"y": [1.0, 2.0, 3.0]})
     study = {"objective": "sf_objectives:with_data", "objective_args": {"column": "y", "scale": 2.0},

@@ -4,6 +4,7 @@ pandas and pyarrow are imported only where a table is given or read."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,14 +23,20 @@ if TYPE_CHECKING:
 
 
 def resolve_data(cfg: StudyConfig, data: pd.DataFrame | str | Path | None, staged: Path) -> tuple[Any, str | None]:
-    """The data argument for the trial loops, and its sha256: `data` as given, else the study's
-    dataset as staged at `staged`."""
+    """The data argument for the trial loops, and its sha256: `data` as given (a DataFrame, a
+    parquet file, or any other picklable value, e.g. arrays `(X, y)`), else the study's dataset
+    as staged at `staged`."""
     if is_frame(data):
         import pandas as pd
 
         _check_columns(cfg, list(data.columns), "the DataFrame given as data")
         rows = pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes()
         return data, sha256_text(canonical_json(list(map(str, data.columns))) + rows.hex())
+    if data is not None and not isinstance(data, (str, os.PathLike)):  # arrays, a tuple (X, y), ...
+        if cfg.data_columns:
+            raise ConfigError(cfg.source or "<study>", "data_columns",
+                              f"checks a DataFrame's columns, but data is a {type(data).__name__}")
+        return data, _pickle_sha(data)
     if data is None and cfg.data is None:
         if cfg.data_columns:
             raise ConfigError(cfg.source or "<study>", "data_columns", "set, but the study has no data")
@@ -47,6 +54,17 @@ def resolve_data(cfg: StudyConfig, data: pd.DataFrame | str | Path | None, stage
     _check_columns(cfg, columns, str(path))
     sha = read_manifest(path)["sha256"] if data is None else sha256_file(path)
     return str(path.resolve()), sha
+
+
+def _pickle_sha(data: Any) -> str:
+    """The sha256 of `data` as cloudpickle ships it to the workers: its content, for the keys."""
+    import cloudpickle
+
+    try:
+        return hashlib.sha256(cloudpickle.dumps(data, protocol=5)).hexdigest()
+    except Exception as exc:  # noqa: BLE001  what cannot be pickled cannot reach a worker either
+        raise DataError(f"data: a {type(data).__name__} that cannot be pickled to send to the workers: "
+                        f"{type(exc).__name__}: {exc}") from None
 
 
 def is_frame(data: Any) -> bool:

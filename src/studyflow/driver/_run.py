@@ -30,7 +30,6 @@ from studyflow.config import StudyConfig
 from studyflow.config import load_study
 from studyflow.driver._cluster import connecting
 from studyflow.driver._cluster import supervisor_for
-from studyflow.driver._data import is_frame
 from studyflow.driver._data import resolve_data
 from studyflow.driver._hooks import Callback
 from studyflow.driver._hooks import Hooks
@@ -103,7 +102,8 @@ def optimize(
     Args:
         objective: the objective; if None, the study file's `objective` ('module:function').
         study: a study file path, a dict, or a `StudyConfig`.
-        data: a DataFrame or parquet path; if None and the study names a dataset, the staged
+        data: a DataFrame, a parquet path or any picklable value (arrays `(X, y)`, hashed into
+            the trial keys); if None and the study names a dataset, the staged
             `results/data/<dataset>.parquet`.
         client: a connected Dask client; if None, a `LocalCluster` of `n_workers` processes
             is started (or `address` attached).
@@ -259,7 +259,7 @@ def _run(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
         cfg.name, slots, concurrency, journal, opened["resumed"],
     )
-    if is_frame(data):
+    if data is not None and not isinstance(data, str):  # a staged or given parquet file: its path
         data = client.scatter(data, broadcast=True)
     loop_args = (
         study_id,
