@@ -240,3 +240,12 @@ def fit_arrays(trial, data):
     w = trial.suggest_float("w", -1, 1)
     trial.set_user_attr("rows", len(y))
     return float(((X[:, 0] * w - y) ** 2).mean())
+
+
+def pooled(trial):
+    """Starts processes of its own, as a PyTorch DataLoader's workers or a process pool do."""
+    import multiprocessing
+
+    x = trial.suggest_float("x", 0, 1)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(float, (x,))

@@ -87,6 +87,16 @@ def test_data_given_as_arrays_reaches_the_objective_and_keys_its_trials(client4,
     assert again["value"].tolist() == double["value"].tolist()  # the same data: its journal, resumed
 
 
+def test_an_objective_that_starts_processes_of_its_own_runs(client4, tmp_path):
+    # a worker process is not daemonic, as a script's main process is not: else "daemonic
+    # processes are not allowed to have children" failed every trial
+    study = {"objective": "sf_objectives:pooled", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 4}}
+    trials = optimize(None, study, client=client4, results_dir=tmp_path, progress=False).trials
+    assert (trials["state"] == "COMPLETE").all() and len(trials) == 4, trials["error"].tolist()
+    assert (trials["value"] == trials["params_x"]).all()
+
+
 def test_objective_gets_data_and_objective_args(client4, tmp_path):
     data = pd.DataFrame({"y": [1.0, 2.0, 3.0]})
     study = {"objective": "sf_objectives:with_data", "objective_args": {"column": "y", "scale": 2.0},

@@ -90,7 +90,8 @@ def test_the_workflow_through_the_slurm_profile_runs_optimize_as_a_slurm_job(tmp
 
 
 def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):
-    study = {"objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+    # its objective starts processes of its own (a worker job's workers are not daemonic)
+    study = {"objective": "sf_objectives:pooled", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
              "budget": {"n_trials": 20}, "cluster": SLURM}
     result = optimize(None, study, results_dir=tmp_path / "results", progress=False)
     trials = result.trials

@@ -57,14 +57,21 @@ PROFILE_ENV_VAR = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 SLURM_LOG_DIRECTORY = "logs/slurm-workers"
 
 
+# A worker process as a script's main process is: not daemonic, so an objective may start
+# processes of its own (a PyTorch DataLoader's workers, a process pool); Python forbids a
+# daemonic process children. Worker processes still end with their nanny (it stops them).
+NOT_DAEMONIC = {"distributed.worker.daemon": False}
+NOT_DAEMONIC_ENV = "DASK_DISTRIBUTED__WORKER__DAEMON"  # the same, for a SLURM job's dask-worker
+
+
 def local_worker_config() -> dict[str, Any]:
-    """Dask settings for local workers: no stack profiling, forked from a warm forkserver
-    (whose preload is studyflow's own), heard by their nannies as soon as they start."""
+    """Dask settings for local workers: no stack profiling, not daemonic, forked from a warm
+    forkserver (whose preload is studyflow's own), heard by their nannies as soon as they start."""
     keep_own_forkserver_preload()
     hear_worker_starts_soon()
     parsed = dask.config.collect_env({PROFILE_ENV_VAR: os.environ.get(PROFILE_ENV_VAR, "False")})
     return {"distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"]["enabled"],
-            **forked_workers_config()}
+            **NOT_DAEMONIC, **forked_workers_config()}
 
 
 def local_workers(requested: int | None) -> int:
@@ -158,7 +165,7 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
         raise StudyflowError(f"{key}: {msg}")
 
     check_job_fields(cfg, fail)
-    prologue = [f"export {k}=1" for k in ONE_THREAD_ENV]
+    prologue = [f"export {k}=1" for k in ONE_THREAD_ENV] + [f"export {NOT_DAEMONIC_ENV}=False"]
     directives = list(cfg.job_extra_directives)
     worker_args: list[str] = []
     if resources:
