@@ -231,4 +231,9 @@ def _validate_param(pname: str, spec: ParamSpec, fail: Any) -> None:
             fail(f"{key}.step", "a float parameter cannot have both step and log")
         if spec.type == "int" and not float(spec.step).is_integer():
             fail(f"{key}.step", f"must be an integer for an int parameter, got {spec.step!r}")
+        if spec.log and spec.type == "int" and spec.step != 1:
+            fail(f"{key}.step", f"a log-scaled int parameter takes step 1 only (Optuna's rule), got {spec.step!r}")
+        if spec.high > spec.low and spec.step > spec.high - spec.low:
+            fail(f"{key}.step", f"{spec.step!r} is more than the range {spec.low}..{spec.high}: "
+                 "the parameter would take one value")
 
