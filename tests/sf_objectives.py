@@ -231,6 +231,12 @@ def numpy_attrs(trial):
     trial.set_user_attr("score", np.float32(0.5))
     trial.set_user_attr("curve", np.array([0.25, 0.5]))
     trial.set_user_attr("nested", {"sizes": (np.int64(1), np.int64(2))})
+    try:
+        import torch
+    except ImportError:  # the dev install has it (CPU build)
+        torch = None
+    if torch is not None:
+        trial.set_user_attr("loss", torch.tensor(0.25))
     return x
 
 

@@ -179,12 +179,12 @@ def test_a_result_that_cannot_be_recorded_fails_the_trial_not_the_loop(client2, 
 
 
 def test_numpy_values_in_user_attrs_are_kept_as_the_numbers_and_lists_json_holds(client2, tmp_path):
-    # what sklearn, XGBoost or NumPy hand an objective: plain Optuna keeps them in memory
+    # what sklearn, XGBoost, NumPy or PyTorch hand an objective: plain Optuna keeps them in memory
     result = optimize(None, study("numpy_attrs", n_trials=4), client=client2, results_dir=tmp_path, progress=False)
     assert set(result.trials["state"]) == {"COMPLETE"}
     for trial in result.study.trials:  # read back from the journal
         assert trial.user_attrs == {"best_iteration": 7, "score": 0.5, "curve": [0.25, 0.5],
-                                    "nested": {"sizes": [1, 2]}}
+                                    "nested": {"sizes": [1, 2]}, "loss": 0.25}
     assert result.trials["user_attrs_best_iteration"].tolist() == [7] * 4
 
 

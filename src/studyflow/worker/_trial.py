@@ -243,9 +243,9 @@ class RemoteTrial(optuna.trial.Trial):
         return bool(self._conn.call("should_prune", number=self._number)["prune"])
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        """As Optuna's; NumPy numbers and arrays (what a model's fit hands back) are kept as
-        the Python numbers and lists the journal's JSON holds, where Optuna's own journal
-        refuses them. Anything else JSON cannot hold fails the trial (RecordError)."""
+        """As Optuna's; NumPy numbers and arrays, and tensors (what a model's fit hands back),
+        are kept as the Python numbers and lists the journal's JSON holds, where Optuna's own
+        journal refuses them. Anything else JSON cannot hold fails the trial (RecordError)."""
         self._user_attrs[key] = _plain(value)
 
     def set_constraint(self, key: str, value: float) -> None:
@@ -319,11 +319,11 @@ def _as_suggested(name: str, method: str, value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """`value` with NumPy scalars and arrays as Python numbers and lists, in lists, tuples and
-    dicts too (a tuple, which JSON stores as a list, becomes one)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
+    """`value` with array and tensor values (NumPy's, PyTorch's, JAX's: what has `tolist`) as
+    Python numbers and lists, in lists, tuples and dicts too (a tuple, which JSON stores as a
+    list, becomes one)."""
+    if isinstance(value, (np.generic, np.ndarray)) or (
+            callable(getattr(value, "tolist", None)) and not isinstance(value, (str, bytes, dict, list, tuple))):
         return value.tolist()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
