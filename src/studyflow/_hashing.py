@@ -18,3 +18,13 @@ def canonical_json(data: Any) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pickle_sha256(value: Any) -> str:
+    """The sha256 of `value` as cloudpickle ships it to the workers (a closure's values, a
+    callable's state, arrays). The same value hashes the same in another process, except where
+    it holds a set of strings: a set's order follows string hashing, random per process (the C
+    pickler saves sets without asking a reducer, so they cannot be sorted here)."""
+    import cloudpickle
+
+    return hashlib.sha256(cloudpickle.dumps(value, protocol=5)).hexdigest()

@@ -4,13 +4,13 @@ pandas and pyarrow are imported only where a table is given or read."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
 from studyflow._hashing import canonical_json
+from studyflow._hashing import pickle_sha256
 from studyflow._hashing import sha256_text
 from studyflow.config import StudyConfig
 from studyflow.errors import ConfigError
@@ -58,10 +58,8 @@ def resolve_data(cfg: StudyConfig, data: pd.DataFrame | str | Path | None, stage
 
 def _pickle_sha(data: Any) -> str:
     """The sha256 of `data` as cloudpickle ships it to the workers: its content, for the keys."""
-    import cloudpickle
-
     try:
-        return hashlib.sha256(cloudpickle.dumps(data, protocol=5)).hexdigest()
+        return pickle_sha256(data)
     except Exception as exc:  # noqa: BLE001  what cannot be pickled cannot reach a worker either
         raise DataError(f"data: a {type(data).__name__} that cannot be pickled to send to the workers: "
                         f"{type(exc).__name__}: {exc}") from None

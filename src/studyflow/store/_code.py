@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from studyflow._hashing import canonical_json
+from studyflow._hashing import pickle_sha256
 from studyflow._hashing import sha256_text
 from studyflow.errors import StudyflowError
 
@@ -62,10 +63,8 @@ def objective_state(fn: Any) -> str | None:
     (its source is all of it; keys made before this stay)."""
     if _found_by_name(fn):
         return None
-    import cloudpickle
-
     try:
-        return hashlib.sha256(cloudpickle.dumps(fn, protocol=5)).hexdigest()
+        return pickle_sha256(fn)
     except Exception as exc:  # noqa: BLE001  what cannot be pickled cannot reach a worker either
         raise StudyflowError(f"objective {objective_identity(fn)} cannot be pickled to send to the workers: "
                              f"{type(exc).__name__}: {exc}") from None
