@@ -135,8 +135,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: Sequence[float] | Non
 
 
 def stop_called(study: optuna.Study) -> bool:
-    """Whether a callback called `study.stop()` on `study` (Optuna's `Study._stop_flag`) since
-    the last ask; resets it. `allow_stop` lets Optuna's `stop()` run outside `optimize()`."""
+    """Whether `study.stop()` was called on `study` (Optuna's `Study._stop_flag`) since this was
+    last asked; resets it. `allow_stop` lets Optuna's `stop()` run outside `optimize()`."""
     called, study._stop_flag = bool(study._stop_flag), False
     return called
 

@@ -3,8 +3,9 @@
 Trial loops on the workers call its handlers over the scheduler's RPC, each named
 `studyflow_<verb>`: `open`, `exchange` (tell finished trials, lease the next: `_service.py`),
 `suggest`, `report`, `should_prune`, `study_view` (what `trial.study` reads), `status`,
-`finished` (for the driver's callbacks), `stop` (`study.stop()`), `release_loop`, `close`. Every access to a study runs
-under that study's `asyncio.Lock`; sampler work runs off the event loop unless it is short.
+`finished` (for the driver's callbacks), `stop` (`study.stop()`), `release_loop`, `close`.
+Every access to a study runs under that study's `asyncio.Lock`; sampler work runs off the
+event loop unless it is short.
 
 The server owns the budget: it hands out a new trial only while `finished + running <
 n_trials`, so exactly `n_trials` trials finish (COMPLETE or PRUNED) whatever the concurrency.

@@ -317,7 +317,6 @@ def _as_suggested(name: str, method: str, value: Any) -> Any:
                      f"{name!r} comes from the study file's search_space.{name} (or an earlier suggest)")
 
 
-
 def _plain(value: Any) -> Any:
     """`value` with array and tensor values (NumPy's, PyTorch's, JAX's: what has `tolist`) as
     Python numbers and lists, in lists, tuples and dicts too (a tuple, which JSON stores as a
