@@ -100,7 +100,7 @@ def test_a_callback_calling_study_stop_ends_the_study_after_its_running_trials(c
     result = _run(client4, tmp_path, study, callbacks=[stop_at_5])
     assert result.stop_reason == "study.stop()"
     assert set(result.trials["state"]) == {"COMPLETE"}  # the running ones finished; none was held back
-    assert 5 <= len(result.trials) < 5 + 4 * 3  # at most a round of the 4 workers' (and their held) trials more
+    assert 5 <= len(result.trials) < 40  # of 200: the trials that ran before the driver's poll called it
 
 
 def test_an_objective_calling_trial_study_stop_ends_the_study_after_its_running_trials(client4, tmp_path):
@@ -108,7 +108,7 @@ def test_an_objective_calling_trial_study_stop_ends_the_study_after_its_running_
     result = _run(client4, tmp_path, study)
     assert result.stop_reason == "study.stop()"
     assert set(result.trials["state"]) == {"COMPLETE"} and 3 in set(result.trials["number"])
-    assert len(result.trials) < 4 + 4 * 3
+    assert len(result.trials) < 40  # of 200
 
 
 def test_enqueued_trials_run_first_with_their_params_and_only_once(client4, tmp_path):
