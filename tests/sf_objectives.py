@@ -255,3 +255,17 @@ def pooled(trial):
     x = trial.suggest_float("x", 0, 1)
     with multiprocessing.get_context("fork").Pool(1) as pool:
         return pool.apply(float, (x,))
+
+
+def reports_cv_scores(trial):
+    """Reports its cross-validation scores for Optuna's terminator, as its docs show."""
+    import warnings
+
+    from optuna.terminator import report_cross_validation_scores
+
+    x, y = trial.suggest_float("x", -5, 5), trial.suggest_float("y", -5, 5)
+    value = x * x + y * y
+    with warnings.catch_warnings():  # the terminator is deprecated since Optuna 4.9, not removed
+        warnings.simplefilter("ignore", FutureWarning)
+        report_cross_validation_scores(trial, [value * 0.9, value, value * 1.1])
+    return value

@@ -103,6 +103,20 @@ def test_a_callback_calling_study_stop_ends_the_study_after_its_running_trials(c
     assert 5 <= len(result.trials) < 40  # of 200: the trials that ran before the driver's poll called it
 
 
+def test_optunas_terminator_callback_reads_the_cross_validation_scores_the_objective_reported(client4, tmp_path):
+    import warnings
+
+    from optuna.terminator import TerminatorCallback
+
+    study = {"objective": "sf_objectives:reports_cv_scores", "sampler": {"name": "tpe", "seed": 1},
+             "budget": {"n_trials": 24}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        result = _run(client4, tmp_path, study, callbacks=[TerminatorCallback()])
+    assert set(result.trials["state"]) == {"COMPLETE"} and result.stop_reason in ("n_trials", "study.stop()")
+    assert all(len(t.system_attrs["terminator:cv_scores"]) == 3 for t in result.study.trials)
+
+
 def test_an_objective_calling_trial_study_stop_ends_the_study_after_its_running_trials(client4, tmp_path):
     study = {"objective": "sf_objectives:stops_at_trial_3", "search_space": SPACE, "budget": {"n_trials": 200}}
     result = _run(client4, tmp_path, study)

@@ -23,5 +23,6 @@ STARTED_ATTR = "studyflow:started"  # the loop holding it has begun it (else it 
 # Optuna's own, which an objective may set on its trial: the server sets them before the tell.
 CONSTRAINT_PREFIX = "constraints:"  # Optuna's system attr per constraint (`Trial.set_constraint`)
 ARTIFACT_PREFIX = "artifacts:"  # `optuna.artifacts.upload_artifact`'s record of an artifact
+CV_SCORES = "terminator:cv_scores"  # `optuna.terminator.report_cross_validation_scores`'s
 # The system attributes an objective may set on its trial: the server sets them before the tell.
-WORKER_SYSTEM_ATTRS = (CONSTRAINT_PREFIX, ARTIFACT_PREFIX)
+WORKER_SYSTEM_ATTRS = (CONSTRAINT_PREFIX, ARTIFACT_PREFIX, CV_SCORES)

@@ -265,7 +265,7 @@ class RemoteTrial(optuna.trial.Trial):
         if not key.startswith(WORKER_SYSTEM_ATTRS):
             raise NotImplementedError(
                 f"studyflow: an objective cannot set system attribute {key!r} on its trial (only "
-                f"constraints and artifact records); use trial.set_user_attr")
+                f"constraints, artifact records and cross-validation scores); use trial.set_user_attr")
         self._system_attrs[key] = value
 
 
