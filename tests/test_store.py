@@ -186,6 +186,15 @@ def test_objectives_built_at_run_time_are_keyed_by_what_they_carry(client4, tmp_
     assert again["value"].tolist() == hundred["value"].tolist()  # the same one again: its journal, resumed
 
 
+def test_a_study_file_without_objective_runs_the_callable_given_to_optimize(client4, tmp_path):
+    path = tmp_path / "own.yaml"  # the user's own file: the objective is the one passed in Python
+    path.write_text("direction: minimize\nsearch_space:\n  x: {type: float, low: 0, high: 1}\n"
+                    "sampler: {name: random, seed: 0}\nbudget: {n_trials: 3}\n")
+    result = optimize(_closure(5.0), path, client=client4, results_dir=tmp_path, progress=False)
+    assert (result.trials["value"] >= 5).all() and len(result.trials) == 3
+    assert result.config.objective.endswith("_closure.<locals>.objective")
+
+
 def test_artifacts_are_kept_under_the_trials_key(client4, tmp_path):
     def objective(trial):
         (trial.artifact_dir / "model.txt").write_text(f"{trial.params['x']} seed={trial.seed}")

@@ -115,9 +115,9 @@ def optimize(
         exiting: the caller ends the process right after (the CLI): a local cluster started
             here is left to end with it instead of being closed (`connecting`).
     """
-    if objective is not None and isinstance(study, dict) and "objective" not in study:
-        study = {**study, "objective": objective_identity(objective)}
-    cfg = load_study(study, overrides)
+    # a study file or dict for a callable given here may leave out `objective:`: it names the callable
+    defaults = {"objective": objective_identity(objective)} if objective is not None else None
+    cfg = load_study(study, overrides, defaults=defaults)
     label = cfg.source or cfg.name or "<study>"
     paths = search_paths(cfg.source)
     add_search_paths(paths)
