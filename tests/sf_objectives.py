@@ -100,8 +100,21 @@ def learning_curve(trial):
 
 def unserializable_attr(trial):
     x = trial.suggest_float("x", 0, 1)
-    if x > 0.5:
+    trial.set_user_attr("x", x)  # kept, beside what cannot be
+    if x > 0.75:
         trial.set_user_attr("thing", {1, 2})  # a set: not JSON, cannot be journaled
+    elif x > 0.5:
+        import datetime
+
+        trial.set_user_attr("when", datetime.datetime.now())  # nor can a datetime
+    return x
+
+
+def big_int_attr(trial):
+    """A user attr JSON holds and msgpack cannot: an int beyond 64 bits (a hash, a seed)."""
+    x = trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("digest", 2**70 + trial.number)
+    trial.set_user_attr("small", trial.number)
     return x
 
 

@@ -176,6 +176,17 @@ def test_a_result_that_cannot_be_recorded_fails_the_trial_not_the_loop(client2, 
     failed = trials[trials["state"] == "FAIL"]
     assert len(failed) > 0 and (failed["params_x"] > 0.5).all()
     assert failed["error"].str.startswith("RecordError").all()
+    assert failed["error"].str.contains("'thing'").any() and failed["error"].str.contains("'when'").any()
+    assert (trials["user_attrs_x"] == trials["params_x"]).all()  # the attrs it could record, kept
+
+
+def test_an_int_beyond_64_bits_in_a_user_attr_is_kept_exactly(client2, tmp_path):
+    # JSON (Optuna's journal) holds it; Dask's msgpack cannot, and the trial loops died on it
+    result = optimize(None, study("big_int_attr", n_trials=6), client=client2, results_dir=tmp_path, progress=False)
+    assert_finished_cleanly(result.trials, 6)
+    assert [t.user_attrs["digest"] for t in result.study.trials] == [2**70 + t.number for t in result.study.trials]
+    assert result.trials["user_attrs_digest"].tolist() == [str(2**70 + n) for n in result.trials["number"]]
+    assert result.trials["user_attrs_small"].dtype == "int64"
 
 
 def test_numpy_values_in_user_attrs_are_kept_as_the_numbers_and_lists_json_holds(client2, tmp_path):

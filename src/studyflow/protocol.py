@@ -9,6 +9,7 @@ receiving one, and nowhere else.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -69,6 +70,32 @@ class TrialOutcome(_Message):
     # suggests the loop answered from the lease's relative parameters, in call order:
     # [method, name, kwargs], replayed on the server's trial before the tell records them
     suggested: list[list[Any]] = field(default_factory=list)
+
+    # user attrs travel as the JSON the journal stores (`json_user_attrs` checked they are): an
+    # int beyond 64 bits, which JSON holds and msgpack cannot, would otherwise kill the loop
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Any:
+        return cls(**{**data, "user_attrs": json.loads(data["user_attrs"])})
+
+    def wire(self) -> dict[str, Any]:
+        return {**self.__dict__, "user_attrs": json.dumps(self.user_attrs)}
+
+
+def json_user_attrs(user_attrs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The user attrs the journal's JSON can hold, and an error naming the first it cannot
+    (`RecordError`: the trial fails, as `set_user_attr` on Optuna's journal storage raises)."""
+    try:
+        json.dumps(user_attrs)
+        return user_attrs, None
+    except (TypeError, ValueError):
+        kept, error = {}, None
+        for key, value in user_attrs.items():
+            try:
+                json.dumps(value)
+                kept[key] = value
+            except (TypeError, ValueError) as exc:
+                error = error or f"RecordError: user attr {key!r}: {type(exc).__name__}: {exc}"
+        return kept, error
 
 
 @dataclass

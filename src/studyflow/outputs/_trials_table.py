@@ -139,13 +139,15 @@ def trial_rows(trials: list[FrozenTrial], n_objectives: int, store: TrialStore |
 
 def _typed(values: list[Any]) -> tuple[str, list[Any]]:
     """A column's kind, and its values made fit for it. Parquet needs one type per column, and
-    these follow what pandas made of the same values: ints (without gaps) stay ints, numbers
+    these follow what pandas made of the same values: ints (without gaps, in int64) stay ints, numbers
     become floats, bools stay bools, and any other mix, or a list or dict, becomes text (JSON
     for lists and dicts)."""
     kinds = {_kind(value_type) for value_type in set(map(type, values)) if value_type is not NoneType}
     if not kinds:
         return "null", values
     if kinds == {"int"} and None not in values:
+        if not -2**63 <= min(values) <= max(values) < 2**63:  # beyond int64: exact as text
+            return "text", [str(v) for v in values]
         return "int", values
     if kinds <= {"int", "float"}:
         return "float", values
