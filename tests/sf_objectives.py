@@ -282,3 +282,10 @@ def reports_cv_scores(trial):
         warnings.simplefilter("ignore", FutureWarning)
         report_cross_validation_scores(trial, [value * 0.9, value, value * 1.1])
     return value
+
+
+def discrete(trial):
+    """A small discrete space (4 x 3 points) for Optuna's BruteForceSampler."""
+    a = trial.suggest_int("a", 0, 3)
+    c = trial.suggest_categorical("c", ["x", "yy", "zzz"])
+    return a * 10 + len(c)

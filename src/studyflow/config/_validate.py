@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from studyflow.config._study import ParamSpec
     from studyflow.config._study import StudyConfig
 
-SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2")
-PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving")
+SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2", "nsga3", "bruteforce")
+PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving", "threshold", "wilcoxon")
+CLASS_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")  # any other: 'module:Class'
 DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("float", "int", "categorical")
 SCHEDULING = ("async", "reproducible")
@@ -52,10 +53,10 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         if direction not in DIRECTIONS:
             key = f"directions.{i}" if cfg.directions else "direction"
             fail(key, f"{direction!r} is not one of {', '.join(DIRECTIONS)}")
-    if cfg.sampler.name not in SAMPLERS:
-        fail("sampler.name", f"{cfg.sampler.name!r} is not one of {', '.join(SAMPLERS)}")
-    if cfg.pruner.name not in PRUNERS:
-        fail("pruner.name", f"{cfg.pruner.name!r} is not one of {', '.join(PRUNERS)}")
+    if cfg.sampler.name not in SAMPLERS and not CLASS_PATH.match(cfg.sampler.name):
+        fail("sampler.name", f"{cfg.sampler.name!r} is not one of {', '.join(SAMPLERS)}, nor a 'module:Class'")
+    if cfg.pruner.name not in PRUNERS and not CLASS_PATH.match(cfg.pruner.name):
+        fail("pruner.name", f"{cfg.pruner.name!r} is not one of {', '.join(PRUNERS)}, nor a 'module:Class'")
     if cfg.scheduling not in SCHEDULING:
         fail("scheduling", f"{cfg.scheduling!r} is not one of {', '.join(SCHEDULING)}")
     budget = cfg.budget

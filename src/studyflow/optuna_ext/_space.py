@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 from dataclasses import asdict
 from typing import Any
 
@@ -63,43 +65,68 @@ def make_sampler(cfg: StudyConfig, resumed_trials: int = 0) -> optuna.samplers.B
         s = type(s)(name=s.name, seed=(s.seed + 1_000_003 * resumed_trials) % 2**32, options=s.options)
     opts = dict(s.options)
     label = cfg.source or cfg.name or "<study>"
+    if s.name == "gp" and importlib.util.find_spec("torch") is None:  # else it fails at the first fitted ask
+        raise ConfigError(label, "sampler.name", "gp needs PyTorch: pip install 'studyflow[gp]'")
+    cls: Any = {"tpe": CachedFitTPESampler, "grid": IncrementalGridSampler}.get(s.name) or _SAMPLERS.get(s.name) \
+        or class_named(s.name, optuna.samplers.BaseSampler, label, "sampler")
+    if s.seed is not None and not _takes(cls, "seed"):
+        raise ConfigError(label, "sampler.seed", f"{s.name} takes no seed (leave sampler.seed out)")
+    seeded = {} if s.seed is None else {"seed": s.seed}
     try:
-        if s.name == "tpe":
-            return CachedFitTPESampler(seed=s.seed, **opts)
-        if s.name == "random":
-            return optuna.samplers.RandomSampler(seed=s.seed, **opts)
         if s.name == "grid":
-            space = {name: grid_values(spec) for name, spec in cfg.search_space.items()}
-            return IncrementalGridSampler(space, seed=s.seed, **opts)
-        if s.name == "qmc":
-            return optuna.samplers.QMCSampler(seed=s.seed, **opts)
-        if s.name == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=s.seed, **opts)
-        if s.name == "gp":
-            if importlib.util.find_spec("torch") is None:  # else it fails at the first fitted ask
-                raise ConfigError(label, "sampler.name", "gp needs PyTorch: pip install 'studyflow[gp]'")
-            return optuna.samplers.GPSampler(seed=s.seed, **opts)
-        if s.name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=s.seed, **opts)
+            return cls({name: grid_values(spec) for name, spec in cfg.search_space.items()}, **seeded, **opts)
+        return cls(**seeded, **opts)
     except (TypeError, ValueError) as exc:
         raise ConfigError(label, "sampler.options", str(exc)) from exc
-    raise ConfigError(label, "sampler.name", f"unknown sampler {s.name!r}")
+
+
+# Optuna's samplers and pruners by their short names in a study file (tpe and grid: studyflow's)
+_SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "random": optuna.samplers.RandomSampler, "qmc": optuna.samplers.QMCSampler,
+    "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
+    "nsga2": optuna.samplers.NSGAIISampler, "nsga3": optuna.samplers.NSGAIIISampler,
+    "bruteforce": optuna.samplers.BruteForceSampler,
+}
+_PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner, "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "threshold": optuna.pruners.ThresholdPruner, "wilcoxon": optuna.pruners.WilcoxonPruner,
+}
+
+
+def class_named(path: str, base: type, label: str, section: str) -> Any:
+    """The class a study file names as 'module:Class' (a user's own sampler or pruner, or one of
+    Optuna's by its path), imported here (the driver's check, and the study server); else one
+    line naming `<section>.name`."""
+    module_name, _, attr = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001  a missing module, or one whose import fails
+        raise ConfigError(label, f"{section}.name", f"cannot import {module_name!r}: {type(exc).__name__}: "
+                                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    for part in attr.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise ConfigError(label, f"{section}.name", f"module {module_name!r} has no {attr!r}")
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(label, f"{section}.name", f"{path!r} is not an Optuna {section} "
+                                                   f"(a subclass of {base.__module__}.{base.__qualname__})")
+    return found
+
+
+def _takes(cls: type, name: str) -> bool:
+    params = inspect.signature(cls).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     p = cfg.pruner
-    opts = dict(p.options)
     label = cfg.source or cfg.name or "<study>"
-    classes = {
-        "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
-        "percentile": optuna.pruners.PercentilePruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    }
+    cls = _PRUNERS.get(p.name) or class_named(p.name, optuna.pruners.BasePruner, label, "pruner")
     try:
-        return classes[p.name](**opts)
-    except (TypeError, ValueError, KeyError) as exc:
+        return cls(**dict(p.options))
+    except (TypeError, ValueError) as exc:
         raise ConfigError(label, "pruner.options", str(exc)) from exc
 
 

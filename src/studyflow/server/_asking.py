@@ -198,6 +198,7 @@ class Asking:
                 if self.ordering.window:
                     self.ordering.apply_received(self._in_flight_numbers,
                                                  upto=self._next_number() - self.ordering.window)
+                    self._heed_stop_asked()
                 try:
                     trial, key, stored = self._new_trial(worker)
                 except JournalWriteError:

@@ -30,7 +30,7 @@ from studyflow.config import StudyConfig
 INFRA_ERRORS = ("WorkerLost", "Interrupted")
 TOO_MANY_FAILURES = "too many failures"  # stop reasons a resumed run keeps
 GRID_RUN = "grid"  # a grid search ran every point of its grid (`ServedStudy._grid_spent`)
-STOP_CALLED = "study.stop()"  # the objective (trial.study.stop()) or a driver's callback stopped it
+STOP_CALLED = "study.stop()"  # the objective (trial.study.stop()), a driver's callback or the sampler stopped it
 # A stop reason that is not the study file's nor the objective's: the sampler or the server
 # itself failed; the driver raises it as a StudyAbortedError.
 STUDY_FAILED = "study failed: "

@@ -24,6 +24,7 @@ from dataclasses import field
 import optuna
 from optuna.trial import TrialState
 
+from studyflow._compat import stop_called
 from studyflow._compat import tell
 
 
@@ -41,6 +42,9 @@ class Ordering:
     study: optuna.Study
     window: int  # 0: async; c: reproducible with window c
     received: dict[int, Outcome] = field(default_factory=dict)  # {number: not yet applied}
+    # a tell's `after_trial` called `study.stop()` (Optuna's BruteForceSampler once its space is
+    # spent, a user's sampler): the served study stops as `optimize()` would (`take_stop_asked`)
+    stop_asked: bool = False
 
     def receive(self, outcome: Outcome) -> None:
         self.received[outcome.trial.number] = outcome
@@ -56,7 +60,7 @@ class Ordering:
         precedes (reproducible, just before an ask; without `upto` nothing)."""
         if not self.window:
             for number in sorted(self.received):
-                apply(self.study, self.received.pop(number))
+                self._apply(self.received.pop(number))
             return
         if upto is None:
             return
@@ -64,12 +68,21 @@ class Ordering:
         for number in sorted(self.received):
             if number > upto or any(n < number for n in flying):
                 break
-            apply(self.study, self.received.pop(number))
+            self._apply(self.received.pop(number))
+
+    def take_stop_asked(self) -> bool:
+        """Whether a tell asked the study to stop since this was last asked."""
+        asked, self.stop_asked = self.stop_asked, False
+        return asked
+
+    def _apply(self, outcome: Outcome) -> None:
+        apply(self.study, outcome)
+        self.stop_asked |= stop_called(self.study)
 
     def apply_all(self) -> None:
         """At the end of a study (or a stop), every received outcome goes to the journal."""
         for number in sorted(self.received):
-            apply(self.study, self.received.pop(number))
+            self._apply(self.received.pop(number))
 
 
 def apply(study: optuna.Study, outcome: Outcome) -> None:

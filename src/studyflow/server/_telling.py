@@ -29,6 +29,7 @@ from studyflow._compat import storage_of
 from studyflow._compat import trial_id_of
 from studyflow.errors import JournalWriteError
 from studyflow.protocol import TrialOutcome
+from studyflow.server._budget import STOP_CALLED
 from studyflow.server._constraints import feasible
 from studyflow.server._constraints import system_attrs_to_set
 from studyflow.server._ordering import Outcome
@@ -197,3 +198,9 @@ class Telling:
 
     def _apply_received(self) -> None:
         self.ordering.apply_received(self._in_flight_numbers)
+        self._heed_stop_asked()
+
+    def _heed_stop_asked(self) -> None:
+        """A sampler's `study.stop()` in a tell stops the study (the grid's has its own reason)."""
+        if self.ordering.take_stop_asked() and self.grid is None and self.budget.stop_reason is None:
+            self.budget.stop_reason = STOP_CALLED
