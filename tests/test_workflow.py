@@ -203,6 +203,29 @@ def test_editing_a_datasets_loader_restages_it_and_reruns_its_study(workdir):
     assert staged["y"].tolist() == [4.0, 4.0, 4.0]
 
 
+def test_editing_the_users_own_sampler_reruns_its_study_with_it(workdir):
+    # a scientist's method under development: the study file names their sampler class
+    sampler = ("import optuna\n\nclass Fixed(optuna.samplers.RandomSampler):\n"
+               "    def sample_independent(self, study, trial, name, distribution):\n"
+               "        return distribution.low if name == 'k' else 0.5\n")
+    (workdir / "my_sampler.py").write_text(sampler)
+    study = dict(TINY_STUDY, sampler={"name": "my_sampler:Fixed", "seed": 1})
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(study))
+    first = snakemake(workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert set(trials["params_x"]) == {0.5}
+    assert ran_jobs(snakemake(workdir)) == set()  # nothing to do
+
+    (workdir / "my_sampler.py").write_text(sampler.replace("else 0.5", "else -0.5"))
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = ran_jobs(rerun)
+    assert ("optimize", "study=tiny") in ran and ("stage", "dataset=tiny") not in ran, ran
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert set(trials["params_x"]) == {-0.5} and len(trials) == 6  # a new journal: the edited sampler's trials
+
+
 def test_a_url_dataset_without_its_storage_plugin_is_refused_at_load(workdir):
     config = {"studies": ["tiny"], "datasets": {"tiny": {"path": "s3://bucket/tiny.csv"}}}
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))

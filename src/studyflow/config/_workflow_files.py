@@ -2,7 +2,8 @@
 
 The workflow writes small files at load, each only when its content changes, so its mtime
 moves only then: a study's config hash and a hash of its objective's project source (so that
-editing the objective or a module it imports re-runs it), the `optimize` rule's input in place
+editing the objective or a module it imports re-runs it; so too a sampler or pruner of the
+project named as 'module:Class'), the `optimize` rule's input in place
 of the study file; a hash of each data or reference loader's project source (the `stage` and
 `matrix_reference` rules' input: editing a loader re-stages its data);
 and its `report:` settings, the `report` rule's; so a `report:` edit re-runs only the report, and
@@ -28,6 +29,7 @@ from studyflow.config._workflow import WorkflowConfig
 from studyflow.errors import ConfigError
 from studyflow.store._code import loader_fingerprint
 from studyflow.store._code import source_fingerprint
+from studyflow.store._code import strategy_fingerprint
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # URL scheme -> Snakemake storage plugin (snakemake-storage-plugin-<name>), where they differ
@@ -98,8 +100,11 @@ def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -
         if workflow.matrix is not None and workflow.is_matrix_study(name):  # the file its jobs read
             study = OmegaConf.create(workflow.matrix.study_dict(name))
             sync_text(workflow.study_file(name), OmegaConf.to_yaml(study))
-        code = source_fingerprint(cfg.objective, _search_paths(workflow.study_file(name)))
-        sync_text(config_hash_file(workflow, name), f"{cfg.config_hash()}\ncode {code}\n")
+        paths = _search_paths(workflow.study_file(name))
+        code = source_fingerprint(cfg.objective, paths)
+        strategy = strategy_fingerprint(cfg.sampler.name, cfg.pruner.name, paths)  # a user's own sampler
+        extra = f"strategy {canonical_json(strategy)}\n" if strategy else ""
+        sync_text(config_hash_file(workflow, name), f"{cfg.config_hash()}\ncode {code}\n{extra}")
         sync_text(report_settings_file(workflow, name), canonical_json(cfg.report) + "\n")
     here = [str(Path.cwd())]  # a loader is imported from the working directory or an installed package
     for name in sorted({cfg.data for cfg in studies.values() if cfg.data}):

@@ -43,9 +43,10 @@ class ResultsLayout:
     def store(self) -> Path:
         return self.root / ".store"
 
-    def journal(self, cfg: StudyConfig, key_base: str) -> Path:
-        """One journal per study identity, objective code version and data version."""
-        digest = sha256_text(cfg.identity_hash() + key_base)[:16]
+    def journal(self, cfg: StudyConfig, key_base: str, strategy: str = "") -> Path:
+        """One journal per study identity, objective code version and data version (and
+        `strategy`: the code of a user's own sampler or pruner, `strategy_fingerprint`)."""
+        digest = sha256_text(cfg.identity_hash() + key_base + strategy)[:16]
         return self.store / "journals" / f"{cfg.name}-{digest}.log"
 
 

@@ -62,6 +62,7 @@ from studyflow.store import objective_code_version
 from studyflow.store import objective_identity
 from studyflow.store import objective_state
 from studyflow.store import store_in_use
+from studyflow.store import strategy_fingerprint
 from studyflow.worker import ObjectiveFn
 from studyflow.worker import add_search_paths
 from studyflow.worker import check_findable
@@ -138,7 +139,8 @@ def optimize(
     with starting as started:  # a local cluster starts meanwhile
         code = _checked_code(cfg, objective, label, paths, started if local else None)
         key_base = _key_base(cfg, objective, code, data_sha)
-        journal = layout.journal(cfg, key_base)
+        strategy = strategy_fingerprint(cfg.sampler.name, cfg.pruner.name, paths)
+        journal = layout.journal(cfg, key_base, canonical_json(strategy) if strategy else "")
         # the store too, shared: `studyflow store gc` refuses while the study runs (store/_gc.py)
         with StudyLock(journal.with_suffix(".lock")), store_in_use(layout.store):
             return _run(cfg, objective, started(), data_arg, data_sha, journal, layout.store, key_base,

@@ -6,6 +6,7 @@ from studyflow.store._code import objective_identity
 from studyflow.store._code import objective_state
 from studyflow.store._code import package_versions
 from studyflow.store._code import source_fingerprint
+from studyflow.store._code import strategy_fingerprint
 from studyflow.store._gc import gc
 from studyflow.store._gc import store_in_use
 from studyflow.store._store import StoredResult
@@ -22,6 +23,7 @@ __all__ = [
     "objective_state",
     "package_versions",
     "source_fingerprint",
+    "strategy_fingerprint",
     "gc",
     "store_in_use",
     "trial_key",

@@ -130,6 +130,14 @@ def loader_fingerprint(loader: str, search_paths: Iterable[str]) -> str:
     return source_fingerprint(loader, search_paths)
 
 
+def strategy_fingerprint(sampler: str, pruner: str, search_paths: Iterable[str]) -> dict[str, str]:
+    """`loader_fingerprint` of a study's sampler and pruner named as 'module:Class' (a user's
+    own method): it joins the study's journal name and the workflow's config hash file, so that
+    editing that code runs the study again with it. {} for Optuna's by their short names."""
+    return {section: loader_fingerprint(name, search_paths)
+            for section, name in (("sampler", sampler), ("pruner", pruner)) if ":" in name}
+
+
 def canonical_name(name: str) -> str:
     """A distribution's name as pip compares them (PEP 503): `Scikit_Learn` is `scikit-learn`."""
     return re.sub(r"[-_.]+", "-", name).lower()
