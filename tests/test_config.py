@@ -42,6 +42,13 @@ def test_wrong_type_names_the_key(write_study):
     assert "wrong type" in str(err)
 
 
+def test_n_trials_is_at_least_1_or_null_for_no_limit(write_study):
+    err = _error(write_study(objective="m:f", budget={"n_trials": 0}))
+    assert err.key == "budget.n_trials"
+    unlimited = load_study(write_study(objective="m:f", budget={"n_trials": None, "timeout_s": 60}))
+    assert unlimited.budget.n_trials is None  # as optimize(timeout=60): the time is the budget
+
+
 def test_low_above_high(write_study):
     err = _error(write_study(objective="m:f", search_space={"x": {"type": "int", "low": 5, "high": 1}}))
     assert err.key == "search_space.x.low"

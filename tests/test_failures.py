@@ -109,6 +109,24 @@ def test_patience_counts_every_finished_trial_that_improves_nothing(client2, tmp
     assert len(result.trials) == 6 and set(result.trials["state"]) == states
 
 
+def test_n_trials_null_runs_until_timeout_s_as_optimize_with_a_timeout_only(client2, tmp_path):
+    # optuna's study.optimize(objective, timeout=1.5): no cap on the trials, the time is the budget
+    cfg = study("instant", n_trials=None, budget={"timeout_s": 1.5})
+    progress = []
+    result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False,
+                      progress_callback=lambda done, total: progress.append((done, total)))
+    assert result.stop_reason == "timeout_s"
+    assert (result.trials["state"] == "COMPLETE").sum() > 100  # far past the default n_trials (20)
+    assert progress[-1] == (len(result.trials), None)  # no total to count up to
+    assert result.best()["n_trials"] is None
+
+
+def test_n_trials_null_with_patience_stops_by_patience(client2, tmp_path):
+    cfg = study("constant", n_trials=None, budget={"patience": 7}, concurrency=1)
+    result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+    assert result.stop_reason == "patience" and len(result.trials) == 8
+
+
 def test_timeout_s_starts_no_new_trial_after_it(client2, tmp_path):
     cfg = study("sleepy", n_trials=10_000, budget={"timeout_s": 1.5})
     result = optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)

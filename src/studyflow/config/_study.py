@@ -52,7 +52,7 @@ class PrunerConfig:
 
 @dataclass
 class BudgetConfig:
-    n_trials: int = 20
+    n_trials: Optional[int] = 20  # None: no limit, as optimize(timeout=...) (timeout_s, patience, ...)
     timeout_s: Optional[float] = None
     trial_timeout_s: Optional[float] = None
     retries: int = 1

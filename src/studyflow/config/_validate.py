@@ -60,7 +60,7 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
     if cfg.scheduling not in SCHEDULING:
         fail("scheduling", f"{cfg.scheduling!r} is not one of {', '.join(SCHEDULING)}")
     budget = cfg.budget
-    if budget.n_trials < 1:
+    if budget.n_trials is not None and budget.n_trials < 1:
         fail("budget.n_trials", f"must be at least 1, got {budget.n_trials}")
     for key in ("timeout_s", "trial_timeout_s"):
         value = getattr(budget, key)

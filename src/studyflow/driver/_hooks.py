@@ -105,7 +105,7 @@ class Hooks:
         self.mirror: MirrorStudy | None = None
         self.cursor = 0  # position in the server's finish order
         self.done = 0  # COMPLETE + PRUNED reported to progress_callback
-        self.total = 0
+        self.total: int | None = 0
 
     @property
     def track_finished(self) -> bool:
@@ -125,7 +125,8 @@ class Hooks:
         if self.callbacks:
             self._poll(client, study_id)
         if self.progress_callback is not None:
-            done = min(status["complete"] + status["pruned"], self.total)
+            done = status["complete"] + status["pruned"]
+            done = done if self.total is None else min(done, self.total)  # total None: n_trials: null
             for n in range(self.done + 1, done + 1):
                 self.done = n
                 what = f"progress_callback({n}, {self.total})"

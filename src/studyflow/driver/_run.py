@@ -272,7 +272,8 @@ def _run(
         paths,
     )
 
-    max_restarts = 3 * concurrency + opened["n_trials"] * (cfg.budget.retries + 1)
+    # n_trials: null (no limit): as many restarts as a 1,000-trial study may have
+    max_restarts = 3 * concurrency + (opened["n_trials"] or 1_000) * (cfg.budget.retries + 1)
     loops = TrialLoops(client, study_id, cfg.name, run_trial_loop, loop_args, cfg.worker_resources,
                        cfg.window or cfg.concurrency, max_restarts)
     loops.follow(slots, done=False)
@@ -292,7 +293,8 @@ def _run(
             progress.update(status)
             hooks.on_status(client, study_id, status)
             # adaptive: no more loops than trials left, so jobs are given back in the tail
-            left = status["n_trials"] - status["complete"] - status["pruned"] if adaptive else None
+            left = (status["n_trials"] - status["complete"] - status["pruned"]
+                    if adaptive and status["n_trials"] is not None else None)
             loops.follow(slots, status["done"], status.get("share"), left)
             if status["done"]:
                 reason = status["stop_reason"]

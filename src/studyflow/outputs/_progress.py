@@ -1,7 +1,7 @@
 """One progress line for a running study: trials done / total, best so far, failures, ETA.
 
 On a terminal it is a tqdm bar on stderr; in a log file (the Snakemake rule's `log:`) it is a
-log line at every tenth of the budget, so logs stay short.
+log line at every tenth of the budget (every 30 s for `n_trials: null`), so logs stay short.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import Any
 from tqdm import tqdm
 
 _logger = logging.getLogger("studyflow.progress")
+UNCOUNTED_LOG_S = 30.0  # without a trial count to reach (`n_trials: null`), a line this often
 
 
 class Progress:
-    def __init__(self, study: str, total: int, enabled: bool = True) -> None:
+    def __init__(self, study: str, total: int | None, enabled: bool = True) -> None:
+        """`total` None: `n_trials: null`, no count to reach (no ETA; a line every UNCOUNTED_LOG_S)."""
         self.study = study
         self.total = total
         self.enabled = enabled
@@ -33,11 +35,17 @@ class Progress:
         done = status["complete"] + status["pruned"]
         facts = {"best": _fmt(status["best_value"]), "failed": status["failed"], "running": status["running"]}
         if self._bar is not None:
-            self._bar.n = min(done, self.total)
+            self._bar.n = done if self.total is None else min(done, self.total)
             self._bar.set_postfix(facts, refresh=True)
             return
+        elapsed = time.monotonic() - self.started
+        if self.total is None:  # no count to reach: a line every UNCOUNTED_LOG_S, and the last
+            if elapsed >= self._next_log or status["done"]:
+                _logger.info("%s: %d trials, best %s, %d failed, %d running, %.0f s elapsed", self.study, done,
+                             facts["best"], status["failed"], status["running"], elapsed)
+                self._next_log = elapsed + UNCOUNTED_LOG_S
+            return
         if done >= self._next_log or status["done"]:
-            elapsed = time.monotonic() - self.started
             eta = elapsed / done * (self.total - done) if done else float("nan")
             _logger.info(
                 "%s: %d/%d trials, best %s, %d failed, %d running, %.0f s elapsed, ETA %.0f s",

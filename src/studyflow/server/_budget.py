@@ -2,7 +2,8 @@
 
 Invariants:
 - `finished` counts COMPLETE and PRUNED trials; the server leases a new trial only while
-  `finished + in flight < n_trials`, so exactly `n_trials` finish; a grid search also ends
+  `finished + in flight < n_trials`, so exactly `n_trials` finish (`n_trials: null`: `UNLIMITED`,
+  and another rule or a `study.stop()` ends the study, or Ctrl-C); a grid search also ends
   once every point of its grid has run, failed ones included (`GRID_RUN`), as Optuna's does.
 - Once set, `stop_reason` stays until `reopen()`: a resumed run decides afresh what its budget
   may have changed (`n_trials` raised), but the failures and the time it counts are the runs'
@@ -30,6 +31,7 @@ from studyflow.config import StudyConfig
 INFRA_ERRORS = ("WorkerLost", "Interrupted")
 TOO_MANY_FAILURES = "too many failures"  # stop reasons a resumed run keeps
 GRID_RUN = "grid"  # a grid search ran every point of its grid (`ServedStudy._grid_spent`)
+UNLIMITED = 2**62  # `budget.n_trials: null`: no limit (the status reports None)
 STOP_CALLED = "study.stop()"  # the objective (trial.study.stop()), a driver's callback or the sampler stopped it
 # A stop reason that is not the study file's nor the objective's: the sampler or the server
 # itself failed; the driver raises it as a StudyAbortedError.
@@ -153,7 +155,7 @@ class Budget:
     def counts(self) -> dict[str, object]:
         """The status fields the budget owns."""
         return {
-            "n_trials": self.n_trials,
+            "n_trials": None if self.n_trials >= UNLIMITED else self.n_trials,
             "complete": self.n_complete,
             "pruned": self.n_pruned,
             "failed": self.n_fail,

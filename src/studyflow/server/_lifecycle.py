@@ -39,6 +39,7 @@ from studyflow.optuna_ext import grid_size
 from studyflow.optuna_ext import make_pruner
 from studyflow.optuna_ext import make_sampler
 from studyflow.server._budget import ACTIVE_S_ATTR
+from studyflow.server._budget import UNLIMITED
 from studyflow.server._constraints import feasible
 from studyflow.server._finish_log import FinishLog
 from studyflow.store import TrialStore
@@ -103,7 +104,7 @@ def open_study(spec: StudySpec) -> ServedStudy:
     )
     if not existing:
         _seed_new_study(study, spec)
-    n_trials = cfg.budget.n_trials
+    n_trials = cfg.budget.n_trials if cfg.budget.n_trials is not None else UNLIMITED
     if cfg.sampler.name == "grid":
         n_trials = min(n_trials, grid_size(cfg))  # and it ends when every point has run (`_grid_spent`)
     store = TrialStore(spec.store_root)
