@@ -239,3 +239,11 @@ def test_an_optimize_job_whose_workers_are_slurm_jobs_asks_for_one_cpu_and_their
     assert optimize_job_threads(load_study({"objective": "m:f"})) is None  # every core given
     assert job_runtime_minutes(slurm) == 1440 + 150 + 10  # the workers' walltime and a margin
     assert job_runtime_minutes(local) == 60
+
+
+def test_keys_added_later_leave_the_hashes_of_a_study_that_does_not_set_them():
+    # upgrading studyflow must not re-run (config hash) or restart (identity hash) a user's
+    # studies: these are the hashes this study had before warm_start_study existed (760df53)
+    cfg = load_study({"objective": "m:f", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+                      "budget": {"n_trials": 5}}, name="s")
+    assert (cfg.config_hash(), cfg.identity_hash()) == ("8d32e090ecbee43c", "2a7cbdc8ec977666")

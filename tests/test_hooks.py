@@ -7,9 +7,12 @@ import math
 
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+import sf_objectives
 import studyflow.driver._run
 from studyflow import ConfigError
 from studyflow import load_study
@@ -186,7 +189,33 @@ def test_callbacks_see_warm_start_history_in_the_study_but_are_not_called_for_it
     assert all(size >= 6 for _, size in calls)  # the 5 warm trials, then this run's
 
 
-@pytest.mark.parametrize("kind", ["missing", "not a journal", "folder without best.json"])
+def test_warm_start_from_a_plain_optuna_sqlite_study_or_journal_names_its_study(client4, tmp_path):
+    # the user's studies so far: plain Optuna, in one SQLite file and in one journal file
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
+    for storage in (url, journal):
+        for name, n in (("old", 8), ("other", 3)):
+            optuna.create_study(study_name=name, storage=storage,
+                                sampler=optuna.samplers.RandomSampler(seed=n)).optimize(sf_objectives.instant, n_trials=n)
+    old_x = sorted(t.params["x"] for t in optuna.load_study(study_name="old", storage=url).trials)
+    new = {"objective": "sf_objectives:instant", "search_space": SPACE, "name": "new",
+           "sampler": {"name": "tpe", "seed": 5}, "budget": {"n_trials": 3}, "warm_start_study": "old"}
+    for source in (url, str(tmp_path / "optuna.log")):
+        cfg = load_study({**new, "warm_start": source})
+        assert sorted(t.params["x"] for t in warm_trials(cfg)) == old_x
+    result = _run(client4, tmp_path, {**new, "warm_start": url})
+    assert sum(WARM_START_ATTR in t.system_attrs for t in result.study.get_trials()) == 8
+    assert result.trials["number"].tolist() == [8, 9, 10]
+    with pytest.raises(ConfigError) as info:  # which of its studies: the file holds two
+        warm_trials(load_study({**new, "warm_start": url, "warm_start_study": None}))
+    assert info.value.key == "warm_start_study" and "'old', 'other'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        warm_trials(load_study({**new, "warm_start": url, "warm_start_study": "olde"}))
+    assert info.value.key == "warm_start_study" and "'old', 'other'" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["missing", "not a journal", "folder without best.json", "missing sqlite"])
 def test_a_bad_warm_start_fails_naming_the_key_before_any_cluster_starts(
     tmp_path, monkeypatch, kind
 ):
@@ -199,12 +228,13 @@ def test_a_bad_warm_start_fails_naming_the_key_before_any_cluster_starts(
         path.write_text("these are not Optuna's records\n")
     elif kind == "folder without best.json":
         path.mkdir()
-    study = {"objective": "sf_objectives:instant", "search_space": SPACE, "warm_start": str(path)}
+    source = f"sqlite:///{path}.db" if kind == "missing sqlite" else str(path)
+    study = {"objective": "sf_objectives:instant", "search_space": SPACE, "warm_start": source}
     with pytest.raises(ConfigError) as info:
         optimize(None, study, results_dir=tmp_path / "results", progress=False)
     assert info.value.key == "warm_start" and str(path) in str(info.value)
     assert "\n" not in str(info.value)
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results").exists() and not list(tmp_path.glob("*.db"))  # nothing made
 
 
 def test_enqueue_values_that_cannot_fit_the_space_fail_naming_the_entry():

@@ -133,7 +133,8 @@ class StudyConfig:
     prefetch: Optional[int] = None  # trials a loop holds beyond the one it runs; None: auto
     scheduling: str = "async"
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # parameters of the first trials
-    warm_start: Optional[str] = None  # an earlier study's journal or results folder: its history
+    warm_start: Optional[str] = None  # an earlier study's journal, results folder or Optuna storage URL
+    warm_start_study: Optional[str] = None  # the study's name there, where it holds several
     constraints: Optional[ConstraintsConfig] = None  # a user attr read as the trial's constraints
     report: dict[str, Any] = field(default_factory=dict)  # report settings: never re-run optimize
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where, not what: not hashed
@@ -163,6 +164,8 @@ class StudyConfig:
         data = self.to_dict()
         for key in ("source", "report", "cluster", "worker_resources"):
             data.pop(key)
+        if data["warm_start_study"] is None:  # a later key: unset, it leaves earlier hashes as they were
+            data.pop("warm_start_study")
         return _hash(data)
 
     def identity_hash(self) -> str:
@@ -179,7 +182,7 @@ class StudyConfig:
         ident["directions"] = self.study_directions
         if data["constraints"] is not None:  # only when set: older journals keep their keys
             ident["constraints"] = data["constraints"]
-        for key in ("enqueue", "warm_start"):  # only when set: older journals keep their keys
+        for key in ("enqueue", "warm_start", "warm_start_study"):  # only when set: older journals keep their keys
             if data[key]:
                 ident[key] = data[key]
         return _hash(ident)

@@ -104,7 +104,9 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
     if cfg.constraints is not None and not cfg.constraints.user_attr.strip():
         fail("constraints.user_attr", "must name the user attr holding the objective's constraints")
     if cfg.warm_start is not None and not cfg.warm_start.strip():
-        fail("warm_start", "must be a journal file or a results folder results/studies/<name>")
+        fail("warm_start", "must be a journal file, a results folder results/studies/<name> or an Optuna storage URL")
+    if cfg.warm_start_study is not None and cfg.warm_start is None:
+        fail("warm_start_study", "names a study of warm_start, which is not set")
     if cfg.scheduling == "reproducible":
         _check_reproducible(cfg, fail)
     if cfg.sampler.name == "grid":

@@ -1,4 +1,5 @@
-"""`warm_start:` an earlier study's finished trials as the starting history of a new one.
+"""`warm_start:` an earlier study's finished trials as the starting history of a new one: a
+studyflow study's, or plain Optuna's from its journal file or storage URL (SQLite, say).
 
 The driver reads them before any cluster starts, so a missing or unreadable source is one
 `ConfigError` line naming `warm_start`, and sends them with the study. The server adds them
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from typing import NoReturn
 
+import optuna
 from optuna.distributions import BaseDistribution
 from optuna.distributions import check_distribution_compatibility
 from optuna.storages import JournalStorage
@@ -50,28 +52,36 @@ class ReadOnlyJournal(BaseJournalBackend):
 
 
 def warm_trials(cfg: StudyConfig) -> list[FrozenTrial]:
-    """The finished (COMPLETE or PRUNED) trials of the study `cfg.warm_start` names, marked.
+    """The finished (COMPLETE or PRUNED) trials of the study `cfg.warm_start` names, marked:
+    a studyflow results folder, an Optuna journal file, or an Optuna storage URL (the user's
+    plain Optuna studies in SQLite, say), read only; `warm_start_study` picks one of several.
 
     Raises:
-        ConfigError: the path is missing, is no journal or results folder, or its study has
-            another number of objectives.
+        ConfigError: the source is missing or unreadable, holds several studies and none is
+            named, or its study has another number of objectives.
     """
     if cfg.warm_start is None:
         return []
     label = cfg.source or cfg.name or "<study>"
 
-    def fail(message: str) -> NoReturn:
-        raise ConfigError(label, "warm_start", message)
+    def fail(message: str, key: str = "warm_start") -> NoReturn:
+        raise ConfigError(label, key, message)
 
-    journal, name = _journal_of(Path(cfg.warm_start).expanduser(), fail)
-    trials = _finished_trials(journal, name, len(cfg.study_directions), fail)
+    if "://" in cfg.warm_start:
+        storage, source = _rdb_storage(cfg.warm_start, fail)
+        name = None
+    else:
+        journal, name = _journal_of(Path(cfg.warm_start).expanduser(), fail)
+        storage, source = _journal_storage(journal, fail), str(journal)
+    trials = _finished_trials(storage, source, cfg.warm_start_study or name, cfg.warm_start_study is not None,
+                              len(cfg.study_directions), fail)
     space = distributions(cfg)
     dropped: set[str] = set()
-    marked = [_marked(t, journal, _misfits(t, space, dropped)) for t in trials]
+    marked = [_marked(t, source, _misfits(t, space, dropped)) for t in trials]
     if dropped:
         _logger.warning("%s: warm_start %s: parameters %s have another kind, log scale or choices "
                         "there; their values are left out of the warm-start trials",
-                        label, journal, sorted(dropped))
+                        label, source, sorted(dropped))
     return marked
 
 
@@ -113,21 +123,56 @@ def _journal_of(path: Path, fail: Any) -> tuple[Path, str | None]:
     fail(f"{best} names the journal {named}, which does not exist")
 
 
-def _finished_trials(
-    journal: Path, name: str | None, n_objectives: int, fail: Any
-) -> list[FrozenTrial]:
+def _journal_storage(journal: Path, fail: Any) -> JournalStorage:
     try:
-        storage = JournalStorage(ReadOnlyJournal(journal))
-        studies = {s.study_name: s for s in storage.get_all_studies()}
+        return JournalStorage(ReadOnlyJournal(journal))
     except Exception as exc:  # not JSON lines, or not Optuna's records
         fail(f"{journal}: not a readable Optuna journal ({type(exc).__name__}: {exc})")
+
+
+def _rdb_storage(url: str, fail: Any) -> tuple[optuna.storages.RDBStorage, str]:
+    """Optuna's storage at `url`, opened to read (no table is created; a SQLite file that does
+    not exist is refused, not made), and the URL to name it by, without its password."""
+    from sqlalchemy.engine import make_url  # Optuna's own dependency, loaded only for this
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001  sqlalchemy's ArgumentError, for one
+        fail(f"{url}: not a storage URL ({type(exc).__name__}: {exc})")
+    source = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).is_file():
+        fail(f"{source}: no such SQLite file {parsed.database}")
+    try:
+        return optuna.storages.RDBStorage(url, skip_table_creation=True), source
+    except Exception as exc:  # noqa: BLE001  a driver not installed, a server not reached, no tables
+        fail(f"{source}: cannot open this Optuna storage ({type(exc).__name__}: {_first_line(exc)})")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _finished_trials(
+    storage: optuna.storages.BaseStorage, source: str, name: str | None, named: bool, n_objectives: int, fail: Any
+) -> list[FrozenTrial]:
+    """The study's finished trials: the one `name`d (`named`: by `warm_start_study`, which must
+    exist), else the only one."""
+    try:
+        studies = {s.study_name: s for s in storage.get_all_studies()}
+    except Exception as exc:  # noqa: BLE001  not Optuna's records, or not its tables
+        fail(f"{source}: not a readable Optuna storage ({type(exc).__name__}: {_first_line(exc)})")
     if not studies:
-        fail(f"{journal}: holds no study")
+        fail(f"{source}: holds no study")
+    names = ", ".join(map(repr, sorted(studies)))
+    if named and name not in studies:
+        fail(f"{source} holds no study {name!r}; it holds {names}", "warm_start_study")
     if len(studies) > 1 and name not in studies:
-        fail(f"{journal}: holds several studies {sorted(studies)}; give a results folder instead")
+        fail(f"{source} holds several studies ({names}): name one as warm_start_study", "warm_start_study")
     study = studies[name] if name in studies else next(iter(studies.values()))
     if len(study.directions) != n_objectives:
-        fail(f"{journal}: study {study.study_name!r} has {len(study.directions)} objective(s), "
+        fail(f"{source}: study {study.study_name!r} has {len(study.directions)} objective(s), "
              f"this study has {n_objectives}")
     study_id = storage.get_study_id_from_name(study.study_name)
     states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -135,11 +180,11 @@ def _finished_trials(
     return [t for t in finished if not t.system_attrs.get(NOT_RUN_ATTR)]
 
 
-def _marked(trial: FrozenTrial, journal: Path, misfits: set[str]) -> FrozenTrial:
+def _marked(trial: FrozenTrial, source: str, misfits: set[str]) -> FrozenTrial:
     """The trial as the new study's history: its outcome, parameters (but `misfits`), user
     attributes, constraints and times, and the mark."""
     system_attrs = {k: v for k, v in trial.system_attrs.items() if k.startswith(KEPT_SYSTEM_ATTRS)}
-    system_attrs[WARM_START_ATTR] = {"journal": str(journal), "number": trial.number}
+    system_attrs[WARM_START_ATTR] = {"journal": source, "number": trial.number}
     return FrozenTrial(
         number=trial.number,
         state=trial.state,
