@@ -191,3 +191,36 @@ def test_the_expanded_studies_carry_their_method_s_worker_resources(workdir):
     assert studies["large-tpe"].worker_resources == {"pool_b": 1}
     assert studies["large-rand"].worker_resources == {}
     assert studies["large-tpe"].objective_args == {"column": "y", "scale": 2}
+
+
+MY_METHOD = '''
+import optuna
+
+class Midpoint(optuna.samplers.RandomSampler):
+    """A scientist's method under development: every parameter at `at` of its range."""
+
+    def __init__(self, at=0.5, seed=None):
+        super().__init__(seed=seed)
+        self.at = at
+
+    def sample_independent(self, study, trial, name, distribution):
+        return distribution.low + self.at * (distribution.high - distribution.low)
+'''
+
+
+def test_a_method_of_the_users_own_sampler_runs_on_every_problem_and_an_edit_reruns_only_it(workdir):
+    (workdir / "my_methods.py").write_text(MY_METHOD)
+    matrix = {**MATRIX, "methods": {**MATRIX["methods"], "mine": {
+        "study": "base", "sampler": {"name": "my_methods:Midpoint", "options": {"at": 0.25}}, "budget": {"n_trials": 3}}}}
+    _write_matrix(workdir, matrix)
+    proc = snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for problem in ("small", "large"):
+        trials = pd.read_parquet(workdir / f"results/studies/{problem}-mine/trials.parquet")
+        assert trials["params_x"].tolist() == [-1.5] * 3  # a quarter of [-3, 3]: its proposals
+    methods = set(pd.read_parquet(workdir / "results/summary/matrix.parquet")["method"])
+    assert methods == {"rand", "tpe", "mine"}
+
+    (workdir / "my_methods.py").write_text(MY_METHOD.replace("self.at * ", "0.5 * self.at * "))
+    jobs = ran_jobs(snakemake(workdir, "-n"))
+    assert {w for rule, w in jobs if rule == "optimize"} == {"study=small-mine", "study=large-mine"}, jobs
