@@ -289,3 +289,24 @@ def discrete(trial):
     a = trial.suggest_int("a", 0, 3)
     c = trial.suggest_categorical("c", ["x", "yy", "zzz"])
     return a * 10 + len(c)
+
+
+def reports_threads(trial):
+    """What a CPU-bound model fit gets: its BLAS/OpenMP and torch threads, and the cores a
+    matrix product really kept busy (CPU seconds per wall second)."""
+    import time
+
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_info
+
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("omp_env", os.environ.get("OMP_NUM_THREADS"))
+    trial.set_user_attr("blas", max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+    trial.set_user_attr("torch", torch.get_num_threads())
+    a = np.random.default_rng(0).random((1000, 1000))
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < 0.6:
+        a @ a
+    trial.set_user_attr("cpu_per_wall", (time.process_time() - cpu) / (time.perf_counter() - wall))
+    return 0.0

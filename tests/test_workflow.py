@@ -287,3 +287,14 @@ def test_editing_the_objectives_code_reruns_optimize_with_the_new_code(workdir):
     assert (trials["value"] >= 100).all()  # every trial ran the edited objective: none from the store
     again = snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr, ran_jobs(again)
+
+
+def test_a_study_with_trial_threads_books_them_and_starts_one_worker_per_trial(workdir):
+    study = dict(TINY_STUDY, concurrency=2, cluster={"trial_threads": 2})
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(study))
+    dry = snakemake(workdir, "-n", "-p", "--forceall", "-c4")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    text = dry.stdout + dry.stderr
+    job = text[text.index("rule optimize:"):].split("\n\n")[0]
+    assert "threads: 4" in job  # 2 trials at once of 2 threads each: the job books 4 cores ...
+    assert "studyflow optimize" in job and "--workers 2 " in job, job  # ... and starts 2 workers

@@ -24,13 +24,18 @@ from studyflow.errors import StudyflowError
 # BLAS/OpenMP threads and the workers together would oversubscribe the cores many times over.
 # One worker slot, one thread. The forkserver imports numpy with them set, which is when
 # OpenBLAS sizes its thread pool, so the workers forked from it inherit one thread too.
-ONE_THREAD_ENV = {
-    name: "1"
-    for name in (
-        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
-        "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
-    )
-}
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+ONE_THREAD_ENV = dict.fromkeys(THREAD_ENV_VARS, "1")
+# `cluster.trial_threads` above one: what a worker's `worker._threads` sets its loaded pools to
+TRIAL_THREADS_ENV = "STUDYFLOW_TRIAL_THREADS"
+
+
+def thread_env(threads: int = 1) -> dict[str, str]:
+    """The variables that give a worker process `threads` BLAS/OpenMP threads."""
+    if threads == 1:
+        return ONE_THREAD_ENV
+    return {**dict.fromkeys(THREAD_ENV_VARS, str(threads)), TRIAL_THREADS_ENV: str(threads)}
 
 # What a trial loop imports; a module missing here is skipped by the forkserver. The first one
 # turns garbage collection off for the imports (`_preload_begin`). The last one imports the
@@ -104,12 +109,15 @@ def warm_forkserver(objective_modules: list[str] | None = None, tables: bool = F
         forkserver.ensure_running()
 
 
-def worker_env() -> dict[str, str]:
+def worker_env(threads: int = 1) -> dict[str, str]:
     """The environment a forked worker runs with: this process's as it is now (the forkserver
     keeps the one it started with, where a spawned worker got the current one, so a variable
     set since, e.g. by a test or a notebook, would otherwise not reach the objective), with one
-    BLAS/OpenMP thread."""
-    return {**os.environ, **ONE_THREAD_ENV}
+    BLAS/OpenMP thread, or `threads` (`cluster.trial_threads`)."""
+    env = {**os.environ, **thread_env(threads)}
+    if threads == 1:
+        env.pop(TRIAL_THREADS_ENV, None)  # this process's own, if it runs in a worker of such a study
+    return env
 
 
 def forked_workers_config() -> dict[str, str]:

@@ -11,6 +11,7 @@ from studyflow.config import config_hash_file
 from studyflow.config import job_runtime_minutes
 from studyflow.config import optimize_job_gpus
 from studyflow.config import optimize_job_threads
+from studyflow.config import optimize_job_workers
 from studyflow.config import release_rate_timers
 from studyflow.config import loader_code_file
 from studyflow.config import report_settings_file
@@ -138,6 +139,11 @@ def optimize_threads(wildcards, cores=None):
     the workers run elsewhere (SLURM jobs, a cluster attached to): the job only hosts the
     scheduler and the study server."""
     return optimize_job_threads(STUDIES[wildcards.study]) or cores or workflow.cores
+
+
+def optimize_workers(wildcards, threads):
+    """Worker processes for the job's threads: one per `cluster.trial_threads`."""
+    return optimize_job_workers(STUDIES[wildcards.study], threads)
 
 
 def optimize_gpus(wildcards):

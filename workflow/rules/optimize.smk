@@ -1,5 +1,6 @@
-# One Dask worker process per thread; the study server runs on the local scheduler. The input
-# is the study's config hash, not its file: only an edit that changes the trials re-runs it.
+# One Dask worker process per thread (per `cluster.trial_threads` threads); the study server
+# runs on the local scheduler. The input is the study's config hash, not its file: only an edit
+# that changes the trials re-runs it.
 rule optimize:
     input:
         unpack(optimize_inputs),
@@ -14,6 +15,7 @@ rule optimize:
         reference_args=study_reference_args,
         run_config=run_config_file(WORKFLOW),
         results=RESULTS,
+        workers=optimize_workers,
     log:
         logs("optimize/{study}.log"),
     threads: optimize_threads
@@ -25,4 +27,4 @@ rule optimize:
     shell:
         "studyflow optimize {params.study:q} {params.set_args} {params.reference_args}"
         " --config {params.run_config:q}"
-        " --results {params.results:q} --workers {threads} 2> {log:q}"
+        " --results {params.results:q} --workers {params.workers} 2> {log:q}"

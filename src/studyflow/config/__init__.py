@@ -15,6 +15,7 @@ from studyflow.config._workflow import WorkflowConfig
 from studyflow.config._workflow import job_runtime_minutes
 from studyflow.config._workflow import optimize_job_gpus
 from studyflow.config._workflow import optimize_job_threads
+from studyflow.config._workflow import optimize_job_workers
 from studyflow.config._workflow_files import check_storage_plugins
 from studyflow.config._workflow_files import config_hash_file
 from studyflow.config._workflow_files import release_rate_timers
@@ -41,6 +42,7 @@ __all__ = [
     "job_runtime_minutes",
     "optimize_job_gpus",
     "optimize_job_threads",
+    "optimize_job_workers",
     "load_study",
     "release_rate_timers",
     "loader_code_file",

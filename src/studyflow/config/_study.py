@@ -99,6 +99,9 @@ class ClusterConfig:
     # slurm mode: {minimum: 0, maximum: N} jobs, asked for while trials remain (dask-jobqueue's
     # adapt) instead of `jobs` fixed ones
     adapt: Optional[dict[str, int]] = None
+    # BLAS/OpenMP (and PyTorch) threads each worker process, so each running trial, gets: a
+    # local job books concurrency x trial_threads cores, a SLURM job cores x trial_threads CPUs
+    trial_threads: int = 1
 
     def max_slots(self) -> int | None:
         """Worker slots an adaptive SLURM cluster may grow to (None: not adaptive)."""

@@ -93,6 +93,8 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
     _validate_tls(cfg.cluster, fail)
     if cfg.cluster.jobs < 1 or cfg.cluster.cores < 1:
         fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
+    if cfg.cluster.trial_threads < 1:
+        fail("cluster.trial_threads", f"must be at least 1, got {cfg.cluster.trial_threads}")
     if cfg.concurrency is not None and cfg.concurrency < 1:
         fail("concurrency", f"must be at least 1, got {cfg.concurrency}")
     if cfg.prefetch is not None and cfg.prefetch < 0:

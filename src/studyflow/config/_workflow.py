@@ -177,8 +177,13 @@ def optimize_job_gpus(cfg: StudyConfig) -> int:
 
 def optimize_job_threads(cfg: StudyConfig) -> int | None:
     """CPUs for a study's optimize job: one where the workers run elsewhere (SLURM jobs, an
-    attached cluster), else its local workers: the study's concurrency, or None for every
-    core the run was given."""
+    attached cluster), else its local workers' threads: the study's concurrency times
+    `cluster.trial_threads`, or None for every core the run was given."""
     if cfg.cluster.mode != "local":
         return 1
-    return cfg.concurrency
+    return None if cfg.concurrency is None else cfg.concurrency * cfg.cluster.trial_threads
+
+
+def optimize_job_workers(cfg: StudyConfig, threads: int) -> int:
+    """Worker processes for an optimize job given `threads` cores: one per `trial_threads`."""
+    return max(1, threads // cfg.cluster.trial_threads)

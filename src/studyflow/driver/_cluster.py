@@ -23,7 +23,7 @@ from distributed import LocalCluster
 from studyflow._compat import build_tls_defaults_soon
 from studyflow._compat import hear_worker_starts_soon
 from studyflow._compat import keep_own_forkserver_preload
-from studyflow._processes import ONE_THREAD_ENV
+from studyflow._processes import thread_env
 from studyflow._processes import ForkserverDiedError
 from studyflow._processes import forkserver_died
 from studyflow._processes import forked_workers_config
@@ -74,12 +74,13 @@ def local_worker_config() -> dict[str, Any]:
             **NOT_DAEMONIC, **forked_workers_config()}
 
 
-def local_workers(requested: int | None) -> int:
-    """Workers for a local cluster: as asked, else the SLURM job's CPUs, else the cores."""
+def local_workers(requested: int | None, trial_threads: int = 1) -> int:
+    """Workers for a local cluster: as asked, else one per `trial_threads` of the SLURM job's
+    CPUs, else of the cores."""
     if requested:
         return requested
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
-    return int(slurm_cpus) if slurm_cpus else (os.cpu_count() or 1)
+    return max(1, (int(slurm_cpus) if slurm_cpus else (os.cpu_count() or 1)) // trial_threads)
 
 
 class Supervisor:
@@ -155,7 +156,8 @@ def supervisor_for(client: Client, adaptive: bool = False) -> Supervisor:
 
 def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = None,
                          resources: dict[str, float] | None = None) -> dict[str, Any]:
-    """dask-jobqueue arguments: each job runs `cores` single-threaded worker processes, each
+    """dask-jobqueue arguments: each job runs `cores` worker processes of one trial (and
+    `trial_threads` BLAS/OpenMP threads, the job's CPUs: cores x trial_threads) each,
     carrying the study's `worker_resources` as Dask resources; GPUs among them are also asked
     of SLURM (`--gres=gpu:<cores x GPU>` per job), each process keeping its own of them
     (`worker._gpu_pin`). Fields that reach the job script's shell
@@ -165,7 +167,7 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
         raise StudyflowError(f"{key}: {msg}")
 
     check_job_fields(cfg, fail)
-    prologue = [f"export {k}=1" for k in ONE_THREAD_ENV] + [f"export {NOT_DAEMONIC_ENV}=False"]
+    prologue = [f"export {k}={v}" for k, v in thread_env(cfg.trial_threads).items()] + [f"export {NOT_DAEMONIC_ENV}=False"]
     directives = list(cfg.job_extra_directives)
     worker_args: list[str] = []
     if resources:
@@ -181,6 +183,7 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
     return dict(
         cores=cfg.cores,
         processes=cfg.cores,
+        job_cpu=cfg.cores * cfg.trial_threads,  # each worker process's trial runs trial_threads
         memory=cfg.memory,
         walltime=cfg.walltime,
         queue=cfg.queue,
@@ -211,7 +214,9 @@ def describe(cfg: ClusterConfig, n_workers: int | None, search_paths: list[str] 
     if cfg.mode == "scheduler_file":
         return f"cluster: attach to the scheduler in {cfg.scheduler_file}"
     if cfg.mode == "local":
-        return f"cluster: LocalCluster, {local_workers(n_workers)} single-threaded worker processes on 127.0.0.1"
+        threads = "single-threaded" if cfg.trial_threads == 1 else f"{cfg.trial_threads}-thread"
+        return (f"cluster: LocalCluster, {local_workers(n_workers, cfg.trial_threads)} {threads} worker "
+                "processes on 127.0.0.1")
     script = slurm_job_script(cfg, search_paths, resources)
     return (f"cluster: SLURM, {cfg.jobs} job(s) x {cfg.cores} worker process(es), "
             f"{'TLS with certificates made for the run' if cfg.tls else 'plain TCP'}\n"
@@ -237,8 +242,8 @@ def connect(
     `cluster.tls: false` (`security`: these instead); attaching uses the study file's TLS files
     or the standing cluster's credentials (`_security.py`).
 
-    The local cluster has one single-threaded worker process per slot (BLAS/OpenMP capped at
-    one thread), listens on 127.0.0.1 only, and picks a free dashboard port so parallel runs
+    The local cluster has one worker process of one trial per slot (BLAS/OpenMP capped at
+    `cluster.trial_threads` threads, one by default), listens on 127.0.0.1 only, and picks a free dashboard port so parallel runs
     never clash on 8787.
     """
     cfg = cluster or ClusterConfig()
@@ -261,12 +266,12 @@ def connect(
     if cfg.gpus is not None:
         ids = gpu_ids(cfg.gpus)
         with dask.config.set(local_worker_config()), \
-                _forked(gpu_cluster, ids, worker_env(), security, dashboard=False) as local, \
+                _forked(gpu_cluster, ids, worker_env(cfg.trial_threads), security, dashboard=False) as local, \
                 Client(local, security=security) as client:
             _logger.info("local cluster: one worker per GPU %s at %s", ids, local.scheduler_address)
             yield client
         return
-    n = local_workers(n_workers)
+    n = local_workers(n_workers, cfg.trial_threads)
     with dask.config.set(local_worker_config()), _forked(
         LocalCluster,
         n_workers=n,
@@ -277,7 +282,7 @@ def connect(
         dashboard_address="127.0.0.1:0",  # None would still bind the http server to :8787
         scheduler_kwargs={"dashboard": False},  # no bokeh dashboard: it costs the server CPU
         silence_logs=logging.CRITICAL,  # shutdown races log scary heartbeat errors
-        env=worker_env(),
+        env=worker_env(cfg.trial_threads),
         resources=resources if carry_resources else None,
         **({"security": security, "protocol": "tls://"} if security is not None else {}),
     ) as local, Client(local, security=security) as client:

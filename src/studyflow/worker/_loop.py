@@ -29,6 +29,7 @@ from studyflow.protocol import TrialLease
 from studyflow.protocol import TrialOutcome
 from studyflow.protocol import json_user_attrs
 from studyflow.worker._objective import add_search_paths
+from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
 from studyflow.worker._objective import import_objective
 from studyflow.worker._trial import RemoteTrial
@@ -216,6 +217,7 @@ def run_trial_loop(
     fn = import_objective(objective) if isinstance(objective, str) else objective
     call = bind(fn, objective_args)
     data = load_data(data)
+    use_trial_threads()  # after the objective's imports: PyTorch's pool too
     conn = ServerConnection(study_id)
     # The task key (the driver names a dead loop by it) and this run of it: Dask may run the
     # task again elsewhere while the old run still hangs in a worker that is shutting down.
