@@ -298,3 +298,14 @@ def test_a_study_with_trial_threads_books_them_and_starts_one_worker_per_trial(w
     job = text[text.index("rule optimize:"):].split("\n\n")[0]
     assert "threads: 4" in job  # 2 trials at once of 2 threads each: the job books 4 cores ...
     assert "studyflow optimize" in job and "--workers 2 " in job, job  # ... and starts 2 workers
+
+
+def test_what_the_objective_prints_goes_to_its_studys_log_every_line(workdir):
+    # a Snakemake rule's output belongs in its log: not interleaved with other jobs on the console
+    noisy = OBJECTIVE.replace('    return (x - 1)', '    print(f"trial {trial.number} says x={x}")\n    return (x - 1)')
+    (workdir / "tiny_objective.py").write_text(noisy)
+    proc = snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (workdir / "logs/optimize/tiny.log").read_text()
+    assert sorted(line.split()[1] for line in log.splitlines() if " says x=" in line) == sorted(map(str, range(6)))
+    assert " says x=" not in proc.stdout + proc.stderr

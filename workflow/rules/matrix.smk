@@ -15,7 +15,7 @@ rule matrix_reference:
         mem_mb=2000,
     shell:
         "studyflow matrix reference --problem {wildcards.problem} --spec {params.spec:q}"
-        " --data {input.data:q} --out {output:q} 2> {log:q}"
+        " --data {input.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule matrix_summary:
@@ -43,4 +43,4 @@ rule matrix_summary:
         mem_mb=2000,
     shell:
         "studyflow matrix summary {params.study_dirs:q} --pairs {params.pairs:q}"
-        " --table {output.table:q} --page {output.page:q} 2> {log:q}"
+        " --table {output.table:q} --page {output.page:q} > {log:q} 2>&1"

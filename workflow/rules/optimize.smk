@@ -27,4 +27,4 @@ rule optimize:
     shell:
         "studyflow optimize {params.study:q} {params.set_args} {params.reference_args}"
         " --config {params.run_config:q}"
-        " --results {params.results:q} --workers {params.workers} 2> {log:q}"
+        " --results {params.results:q} --workers {params.workers} > {log:q} 2>&1"

@@ -20,4 +20,4 @@ rule report:
     threads: 1
     shell:
         "studyflow report {params.study_dir:q} --study {params.study:q} {params.set_args}"
-        " --out {output:q} 2> {log:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -11,4 +11,4 @@ rule stage:
         logs("stage/{dataset}.log"),
     threads: 1
     shell:
-        "studyflow stage {wildcards.dataset:q} --spec {params.spec:q} --out {params.out:q} 2> {log:q}"
+        "studyflow stage {wildcards.dataset:q} --spec {params.spec:q} --out {params.out:q} > {log:q} 2>&1"

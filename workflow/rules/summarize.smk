@@ -24,4 +24,4 @@ rule summarize:
     threads: 1
     shell:
         "studyflow summarize {params.study_dirs:q} --out {params.out:q} --index {output.index:q}"
-        " {params.pages} 2> {log:q}"
+        " {params.pages} > {log:q} 2>&1"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import traceback
@@ -234,6 +235,17 @@ def run_trial_loop(
     return ran
 
 
+def _flush_output() -> None:
+    """What the objective printed goes out with its trial: a worker's stdout, a file or a pipe
+    (the job's log), is block-buffered, and a worker ended with its cluster loses its buffer."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or a full disk: the trial's outcome still counts
+            pass
+
+
 def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
                objective_args: dict[str, Any], n_objectives: int) -> TrialOutcome:
     """Run one leased trial; its outcome, whatever the objective did."""
@@ -250,6 +262,7 @@ def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
         state = "PRUNED"
     except (Exception, SystemExit) as exc:  # sys.exit in an objective (a script's error path) fails its trial
         state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    _flush_output()
     user_attrs, unrecordable = json_user_attrs(trial.user_attrs)
     if unrecordable and state != "FAIL":
         state, values, error = "FAIL", None, unrecordable
