@@ -99,6 +99,14 @@ def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):
     assert trials["worker"].str.startswith("tls://").all()
 
 
+def test_a_slurm_worker_jobs_trial_runs_with_trial_threads(tmp_path):
+    study = {"objective": "sf_objectives:reports_threads", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 1}, "cluster": {**SLURM, "jobs": 1, "cores": 1, "trial_threads": 2}}
+    trial = optimize(None, study, results_dir=tmp_path / "results", progress=False).trials.iloc[0]
+    assert trial["state"] == "COMPLETE", trial["error"]
+    assert (trial["user_attrs_omp_env"], trial["user_attrs_blas"], trial["user_attrs_torch"]) == ("2", 2, 2)
+
+
 def test_a_worker_job_cancelled_mid_study_is_replaced_and_the_study_completes(tmp_path, monkeypatch):
     runner, outcome = _counted_study_in_a_thread(tmp_path, monkeypatch, 40, SLURM)
     _wait_for_trials(tmp_path, 8, runner)
