@@ -53,7 +53,9 @@ def test_the_optimize_job_books_concurrency_times_trial_threads_and_starts_concu
     assert optimize_job_workers(every_core, 3) == 1  # fewer cores than one trial's threads: one worker
 
 
-def test_trial_threads_below_one_fails_naming_the_key():
+@pytest.mark.parametrize("cluster", [{"trial_threads": 0},
+                                     {"trial_threads": 2, "mode": "address", "address": "tls://host:8786"}])
+def test_trial_threads_below_one_or_for_an_attached_cluster_fails_naming_the_key(cluster):
     with pytest.raises(ConfigError) as info:
-        load_study({"objective": "m:f", "cluster": {"trial_threads": 0}})
+        load_study({"objective": "m:f", "cluster": cluster})
     assert info.value.key == "cluster.trial_threads"

@@ -95,6 +95,9 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("cluster.jobs", "cluster.jobs and cluster.cores must be at least 1")
     if cfg.cluster.trial_threads < 1:
         fail("cluster.trial_threads", f"must be at least 1, got {cfg.cluster.trial_threads}")
+    if cfg.cluster.trial_threads != 1 and cfg.cluster.mode not in ("local", "slurm"):
+        fail("cluster.trial_threads", f"sets the workers studyflow starts (mode: local or slurm); those of "
+                                      f"a cluster attached to (mode: {cfg.cluster.mode}) keep their own")
     if cfg.concurrency is not None and cfg.concurrency < 1:
         fail("concurrency", f"must be at least 1, got {cfg.concurrency}")
     if cfg.prefetch is not None and cfg.prefetch < 0:
