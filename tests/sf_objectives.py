@@ -310,3 +310,16 @@ def reports_threads(trial):
         a @ a
     trial.set_user_attr("cpu_per_wall", (time.process_time() - cpu) / (time.perf_counter() - wall))
     return 0.0
+
+
+def prints_then_waits_for_go(trial):
+    """A long trial that reports as it goes: prints a line, then waits for the file `go`
+    (made by the test once it has read that line in the job's log)."""
+    import time
+
+    x = trial.suggest_float("x", 0, 1)
+    print(f"trial {trial.number} started", flush=False)
+    deadline = time.monotonic() + 30
+    while not os.path.exists("go") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return x if os.path.exists("go") else float("nan")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -309,3 +311,27 @@ def test_what_the_objective_prints_goes_to_its_studys_log_every_line(workdir):
     log = (workdir / "logs/optimize/tiny.log").read_text()
     assert sorted(line.split()[1] for line in log.splitlines() if " says x=" in line) == sorted(map(str, range(6)))
     assert " says x=" not in proc.stdout + proc.stderr
+
+
+def test_a_running_trials_printed_lines_reach_the_log_as_they_are_printed(tmp_path):
+    # `tail -f` on a long trial's log shows its progress now, not when the trial ends
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"objective": "sf_objectives:prints_then_waits_for_go",
+                                                     "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+                                                     "budget": {"n_trials": 1}}))
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a user's shell has none
+        proc = subprocess.Popen([sys.executable, "-m", "studyflow.cli", "run", "s.yaml", "--workers", "1"],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while "trial 0 started" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            seen = "trial 0 started" in log.read_text()
+            (tmp_path / "go").write_text("")
+            assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        finally:
+            proc.kill()
+    assert seen, log.read_text()[-3000:]
+    trials = pd.read_parquet(tmp_path / "results/studies/s/trials.parquet")
+    assert trials["state"].tolist() == ["COMPLETE"]

@@ -10,6 +10,7 @@ says stop.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -219,6 +220,7 @@ def run_trial_loop(
     call = bind(fn, objective_args)
     data = load_data(data)
     use_trial_threads()  # after the objective's imports: PyTorch's pool too
+    _line_buffered_output()
     conn = ServerConnection(study_id)
     # The task key (the driver names a dead loop by it) and this run of it: Dask may run the
     # task again elsewhere while the old run still hangs in a worker that is shutting down.
@@ -235,9 +237,17 @@ def run_trial_loop(
     return ran
 
 
+def _line_buffered_output() -> None:
+    """A worker's stdout and stderr write each line as it is printed, as on a terminal: a
+    worker's are a file or a pipe (the job's log), block-buffered, so a long trial's progress
+    showed only when it ended; and one write a line keeps two workers' lines apart in the log."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and not stream.line_buffering:
+            stream.reconfigure(line_buffering=True, write_through=False)
+
+
 def _flush_output() -> None:
-    """What the objective printed goes out with its trial: a worker's stdout, a file or a pipe
-    (the job's log), is block-buffered, and a worker ended with its cluster loses its buffer."""
+    """What the objective printed without an end of line goes out with its trial too."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
