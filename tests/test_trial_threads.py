@@ -26,10 +26,12 @@ def test_each_trial_runs_its_blas_and_torch_with_trial_threads_and_keeps_that_ma
     trial = result.trials.iloc[0]
     assert trial["state"] == "COMPLETE", trial["error"]
     assert (trial["user_attrs_omp_env"], trial["user_attrs_blas"], trial["user_attrs_torch"]) == (str(threads), threads, threads)
+    # the machine has 2 cores: one thread keeps one busy, two keep both (1.02 and 1.95 measured; the
+    # bound leaves room for the other processes of the test run)
     if threads == 1:
-        assert trial["user_attrs_cpu_per_wall"] < 1.3
-    else:  # the machine has 2 cores: the product kept both busy
-        assert trial["user_attrs_cpu_per_wall"] > 1.4
+        assert trial["user_attrs_cpu_per_wall"] < 1.15
+    else:
+        assert trial["user_attrs_cpu_per_wall"] > 1.25
 
 
 def test_a_slurm_job_books_cores_times_trial_threads_cpus():
