@@ -215,7 +215,8 @@ def test_warm_start_from_a_plain_optuna_sqlite_study_or_journal_names_its_study(
     assert info.value.key == "warm_start_study" and "'old', 'other'" in str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["missing", "not a journal", "folder without best.json", "missing sqlite"])
+@pytest.mark.parametrize("kind", ["missing", "not a journal", "folder without best.json", "missing sqlite",
+                                  "sqlite of something else"])
 def test_a_bad_warm_start_fails_naming_the_key_before_any_cluster_starts(
     tmp_path, monkeypatch, kind
 ):
@@ -228,13 +229,22 @@ def test_a_bad_warm_start_fails_naming_the_key_before_any_cluster_starts(
         path.write_text("these are not Optuna's records\n")
     elif kind == "folder without best.json":
         path.mkdir()
-    source = f"sqlite:///{path}.db" if kind == "missing sqlite" else str(path)
+    elif kind == "sqlite of something else":
+        import sqlite3
+
+        with sqlite3.connect(f"{path}.db") as other:
+            other.execute("create table t(a)")
+    source = f"sqlite:///{path}.db" if "sqlite" in kind else str(path)
     study = {"objective": "sf_objectives:instant", "search_space": SPACE, "warm_start": source}
     with pytest.raises(ConfigError) as info:
         optimize(None, study, results_dir=tmp_path / "results", progress=False)
     assert info.value.key == "warm_start" and str(path) in str(info.value)
     assert "\n" not in str(info.value)
-    assert not (tmp_path / "results").exists() and not list(tmp_path.glob("*.db"))  # nothing made
+    assert not (tmp_path / "results").exists()
+    if kind == "missing sqlite":
+        assert not list(tmp_path.glob("*.db"))  # not made
+    if kind == "sqlite of something else":
+        assert "no such table" in str(info.value)  # Optuna's own error says only that a commit failed
 
 
 def test_enqueue_values_that_cannot_fit_the_space_fail_naming_the_entry():

@@ -149,9 +149,13 @@ def _rdb_storage(url: str, fail: Any) -> tuple[optuna.storages.RDBStorage, str]:
         fail(f"{source}: cannot open this Optuna storage ({type(exc).__name__}: {_first_line(exc)})")
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, and of what caused it (Optuna's StorageInternalError
+    says only that a commit failed; its cause says "no such table: version_info")."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+    line = text.splitlines()[0] if text else ""
+    cause = exc.__cause__ or exc.__context__
+    return f"{line}; {type(cause).__name__}: {_first_line(cause)}" if cause is not None else line
 
 
 def _finished_trials(
