@@ -99,15 +99,18 @@ def objective_code_version(objective: str, explicit: str | None = None, packages
     return version if not versions else f"{version}|packages:{canonical_json(versions)}"
 
 
-def source_fingerprint(objective: str, search_paths: Iterable[str]) -> str:
+def source_fingerprint(objective: str, search_paths: Iterable[str], library: str | None = None) -> str:
     """A hash of the objective's project source (the files `code_version` would hash), found
     on `search_paths` without importing anything: what the workflow writes beside a study's
-    config hash, so that editing the objective's code re-runs its `optimize` job."""
+    config hash, so that editing the objective's code re-runs its `optimize` job. With
+    `library`, that is the answer for a module that is not the project's (none read)."""
     module = objective.partition(":")[0]
     saved = list(sys.path)
     sys.path[:0] = [p for p in search_paths if p not in sys.path]
     try:
         root = _source_file(sys.modules.get(module)) or _find_source(module)
+        if library is not None and (root is None or not _is_project(root)):
+            return library
         files = _project_files(module, root) if root is not None else {}
     finally:
         sys.path[:] = saved
@@ -118,16 +121,7 @@ def loader_fingerprint(loader: str, search_paths: Iterable[str]) -> str:
     """`source_fingerprint` of a dataset's or a matrix reference's `loader` (`module:function`)
     that is the project's code, so that editing it re-stages its data; "library" for one
     installed (a library changes by version; its files are not read on every workflow load)."""
-    module = loader.partition(":")[0]
-    saved = list(sys.path)
-    sys.path[:0] = [p for p in search_paths if p not in sys.path]
-    try:
-        root = _source_file(sys.modules.get(module)) or _find_source(module)
-    finally:
-        sys.path[:] = saved
-    if root is None or not _is_project(root):
-        return "library"
-    return source_fingerprint(loader, search_paths)
+    return source_fingerprint(loader, search_paths, library="library")
 
 
 def strategy_fingerprint(sampler: str, pruner: str, search_paths: Iterable[str]) -> dict[str, str]:
