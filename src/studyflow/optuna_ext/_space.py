@@ -67,8 +67,7 @@ def make_sampler(cfg: StudyConfig, resumed_trials: int = 0) -> optuna.samplers.B
     label = cfg.source or cfg.name or "<study>"
     if s.name == "gp" and importlib.util.find_spec("torch") is None:  # else it fails at the first fitted ask
         raise ConfigError(label, "sampler.name", "gp needs PyTorch: pip install 'studyflow[gp]'")
-    cls: Any = {"tpe": CachedFitTPESampler, "grid": IncrementalGridSampler}.get(s.name) or _SAMPLERS.get(s.name) \
-        or class_named(s.name, optuna.samplers.BaseSampler, label, "sampler")
+    cls: Any = _SAMPLERS.get(s.name) or class_named(s.name, optuna.samplers.BaseSampler, label, "sampler")
     if s.seed is not None and not _takes(cls, "seed"):
         raise ConfigError(label, "sampler.seed", f"{s.name} takes no seed (leave sampler.seed out)")
     seeded = {} if s.seed is None else {"seed": s.seed}
@@ -80,8 +79,10 @@ def make_sampler(cfg: StudyConfig, resumed_trials: int = 0) -> optuna.samplers.B
         raise ConfigError(label, "sampler.options", str(exc)) from exc
 
 
-# Optuna's samplers and pruners by their short names in a study file (tpe and grid: studyflow's)
+# The samplers and pruners by their short names in a study file: Optuna's (tpe and grid as
+# studyflow's subclasses of them)
 _SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": CachedFitTPESampler, "grid": IncrementalGridSampler,
     "random": optuna.samplers.RandomSampler, "qmc": optuna.samplers.QMCSampler,
     "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
     "nsga2": optuna.samplers.NSGAIISampler, "nsga3": optuna.samplers.NSGAIIISampler,
