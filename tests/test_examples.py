@@ -92,6 +92,41 @@ def test_porting_an_optuna_script_changes_at_most_5_lines_and_both_run():
         assert proc.stdout.startswith("best value ")
 
 
+SCRIPT_TOP = '''\
+import os
+
+import studyflow
+
+with open("top_level_runs.txt", "a") as runs:  # where a script loads its data
+    runs.write(f"{os.getpid()}\\n")
+
+
+def objective(trial):
+    return (trial.suggest_float("x", -10, 10) - 2) ** 2
+
+
+'''
+SCRIPT_CALL = '''\
+result = studyflow.optimize(objective, {"name": "ported", "sampler": {"name": "tpe", "seed": 0},
+                                        "budget": {"n_trials": 20}}, n_workers=2, progress=False)
+print(int((result.trials["state"] == "COMPLETE").sum()), "COMPLETE on", result.trials["worker"].nunique(), "workers")
+'''
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["no main guard", "main guard"])
+def test_a_script_calling_optimize_runs_its_top_level_once_with_or_without_a_main_guard(tmp_path, guarded):
+    """Most Optuna scripts call `study.optimize` at their top level. Ported as they are, local
+    workers must not run the script again (as spawned processes run their parent's `__main__`):
+    without a guard that started a cluster in every worker and failed, and with one it
+    loaded the script's data once more in every worker."""
+    call = "if __name__ == '__main__':\n" + "".join(f"    {line}\n" for line in SCRIPT_CALL.splitlines())
+    (tmp_path / "tune.py").write_text(SCRIPT_TOP + (call if guarded else SCRIPT_CALL))
+    proc = subprocess.run([sys.executable, "tune.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "20 COMPLETE on 2 workers"
+    assert len((tmp_path / "top_level_runs.txt").read_text().split()) == 1
+
+
 def test_worker_resources_route_a_study_to_the_workers_that_carry_them(tmp_path):
     from distributed import Client
     from distributed import LocalCluster

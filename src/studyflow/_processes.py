@@ -50,6 +50,7 @@ TABLE_MODULES = ["pandas", "pyarrow", "pyarrow.parquet"]
 PRELOAD_ENV_VAR = "STUDYFLOW_PRELOAD"
 
 START_METHOD = "forkserver"
+NANNY_PROCESS_NAME = "Dask Worker process (from Nanny)"  # what distributed's nannies name their worker process
 _preloaded: list[list[str]] = []  # the objective modules the first forkserver was asked to import
 
 
@@ -101,12 +102,39 @@ def warm_forkserver(objective_modules: list[str] | None = None, tables: bool = F
     the first fork waits for it)."""
     from multiprocessing import forkserver
 
+    _workers_skip_main()
     if not _preloaded:
         _preloaded.append(list(objective_modules or []))
     modules = WORKER_MODULES[:-1] + (TABLE_MODULES if tables else []) + WORKER_MODULES[-1:]
     multiprocessing.get_context(START_METHOD).set_forkserver_preload(modules)
     with _environ({**ONE_THREAD_ENV, PRELOAD_ENV_VAR: ",".join(objective_modules or [])}):
         forkserver.ensure_running()
+
+
+def _workers_skip_main() -> None:
+    """Have worker processes started by nannies not run this process's `__main__` again.
+
+    multiprocessing runs the parent's main script in every process it starts (as
+    `__mp_main__`), so a script calling `studyflow.optimize` at its top level, as most Optuna
+    scripts call `study.optimize`, started a cluster in each worker and failed, and one with a
+    main guard still ran its top level (its imports, its data loading) once more per worker.
+    Workers need none of it: objectives and values from `__main__` travel by value (cloudpickle),
+    as from a notebook, which has no script to run. Other processes keep multiprocessing's way."""
+    from multiprocessing import spawn
+
+    prepare = spawn.get_preparation_data
+    if getattr(prepare, "skips_main_for_workers", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, object]:
+        data = prepare(name)
+        if name == NANNY_PROCESS_NAME:
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data.skips_main_for_workers = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
 
 
 def worker_env(threads: int = 1) -> dict[str, str]:
