@@ -110,6 +110,22 @@ def unserializable_attr(trial):
     return x
 
 
+def storage_system_attrs(trial):
+    """Records things on its trial through `trial.storage`, as Optuna's integrations do
+    (MLflow's `track_in_mlflow` its run id): one in three a value JSON cannot hold, one in
+    three a name of studyflow's own."""
+    import numpy as np
+
+    x = trial.suggest_float("x", 0, 1)
+    trial.storage.set_trial_system_attr(trial._trial_id, "run_id", f"run-{trial.number}")
+    trial.storage.set_trial_system_attr(trial._trial_id, "curve", np.array([x, 2 * x]))
+    if trial.number % 3 == 1:
+        trial.storage.set_trial_system_attr(trial._trial_id, "tags", {"a", "b"})  # a set: not JSON
+    elif trial.number % 3 == 2:
+        trial.storage.set_trial_system_attr(trial._trial_id, "studyflow:key", "mine")
+    return x
+
+
 def big_int_attr(trial):
     """A user attr JSON holds and msgpack cannot: an int beyond 64 bits (a hash, a seed)."""
     x = trial.suggest_float("x", 0, 1)

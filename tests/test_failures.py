@@ -198,6 +198,28 @@ def test_a_result_that_cannot_be_recorded_fails_the_trial_not_the_loop(client2, 
     assert (trials["user_attrs_x"] == trials["params_x"]).all()  # the attrs it could record, kept
 
 
+def test_system_attrs_an_objective_sets_through_trial_storage_reach_its_trial_or_fail_it(client2, tmp_path):
+    """As on Optuna's journal storage: what JSON holds reaches the journal before the tell;
+    a value it cannot hold, or a name of studyflow's own, fails that trial, naming it (what
+    could be recorded is kept, as for user attrs). A
+    trial answered from the store later gets none of them (a run id belongs to the run)."""
+    ran = optimize(None, study("storage_system_attrs", n_trials=4), client=client2, results_dir=tmp_path,
+                   progress=False)
+    assert_finished_cleanly(ran.trials, 4)
+    for trial in ran.study.trials:  # read back from the journal; a failed trial keeps what could be kept
+        assert trial.state.name == ("COMPLETE" if trial.number % 3 == 0 else "FAIL")
+        assert trial.system_attrs["run_id"] == f"run-{trial.number}"
+        assert trial.system_attrs["curve"] == [trial.params["x"], 2 * trial.params["x"]]
+        assert "tags" not in trial.system_attrs and trial.system_attrs["studyflow:key"] != "mine"
+    failed = ran.trials.set_index("number")["error"]
+    assert failed[1].startswith("RecordError: system attr 'tags'")
+    assert failed[2].startswith("ValueError: studyflow: system attribute 'studyflow:key' is studyflow's own")
+    again = optimize(None, study("storage_system_attrs", n_trials=1, name="again"), client=client2,
+                     results_dir=tmp_path, progress=False)
+    assert again.trials["cached"].all()
+    assert "run_id" not in again.study.trials[0].system_attrs
+
+
 def test_an_int_beyond_64_bits_in_a_user_attr_is_kept_exactly(client2, tmp_path):
     # JSON (Optuna's journal) holds it; Dask's msgpack cannot, and the trial loops died on it
     result = optimize(None, study("big_int_attr", n_trials=6), client=client2, results_dir=tmp_path, progress=False)

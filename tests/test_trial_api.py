@@ -212,3 +212,24 @@ def test_a_suggest_that_cannot_return_a_declared_value_fails_the_trial_naming_th
                       client=client4, results_dir=tmp_path, progress=False).trials
     assert (ranges["state"] == "COMPLETE").all() and ranges["params_x"].between(0, 1).all()
     assert set(ranges["value"] - ranges["params_x"]) <= {2.0, 4.0}
+
+
+def test_mlflow_track_in_mlflow_and_its_callback_log_each_trial_into_one_run(tmp_path, monkeypatch):
+    """An ML engineer's MLflow set-up as Optuna documents it (tests/sf_mlflow.py): every trial
+    is one MLflow run holding what the objective logged and the value and parameters the
+    driver's callback logged (as with `study.optimize(objective, callbacks=[mlflc])`)."""
+    import mlflow
+    import sf_mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's file store, no database
+    study = {"name": "tracked", "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 6}}
+    result = optimize(sf_mlflow.objective, study, n_workers=2, results_dir=tmp_path, progress=False,
+                      callbacks=[sf_mlflow.mlflc])
+    assert list(result.trials["state"]) == ["COMPLETE"] * 6
+    runs = mlflow.search_runs(experiment_names=["tracked"])
+    assert len(runs) == 6
+    assert sorted(runs["tags.number"].astype(int)) == list(range(6))
+    for _, run in runs.iterrows():
+        assert run["metrics.x_seen"] == pytest.approx(float(run["params.x"]))
+        assert run["metrics.loss"] == pytest.approx((run["metrics.x_seen"] - 2) ** 2)

@@ -20,9 +20,12 @@ NOT_RUN_ERROR = "Interrupted: not run before the study stopped"
 WARM_START_ATTR = "studyflow:warm_start"
 STARTED_ATTR = "studyflow:started"  # the loop holding it has begun it (else it only holds it)
 
-# Optuna's own, which an objective may set on its trial: the server sets them before the tell.
+STUDYFLOW_PREFIX = "studyflow:"  # the attributes above: an objective cannot set them
+
+# An objective may set any other system attribute on its trial, as Optuna's helpers and
+# integrations do through `trial.storage` (MLflow's run id, say): the server sets them before
+# the tell. These hold the trial's result, so a trial answered from the store gets them too.
 CONSTRAINT_PREFIX = "constraints:"  # Optuna's system attr per constraint (`Trial.set_constraint`)
 ARTIFACT_PREFIX = "artifacts:"  # `optuna.artifacts.upload_artifact`'s record of an artifact
 CV_SCORES = "terminator:cv_scores"  # `optuna.terminator.report_cross_validation_scores`'s
-# The system attributes an objective may set on its trial: the server sets them before the tell.
-WORKER_SYSTEM_ATTRS = (CONSTRAINT_PREFIX, ARTIFACT_PREFIX, CV_SCORES)
+RESULT_SYSTEM_ATTRS = (CONSTRAINT_PREFIX, ARTIFACT_PREFIX, CV_SCORES)

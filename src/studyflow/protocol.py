@@ -66,35 +66,39 @@ class TrialOutcome(_Message):
     traceback: str | None = None
     duration_s: float | None = None  # the objective's own run time
     artifacts: bool = False  # the objective asked for its artifact folder
-    system_attrs: dict[str, Any] = field(default_factory=dict)  # constraints, artifact records
+    # what the objective set through `trial.storage` (constraints, artifact records, an MLflow run id)
+    system_attrs: dict[str, Any] = field(default_factory=dict)
     # suggests the loop answered from the lease's relative parameters, in call order:
     # [method, name, kwargs], replayed on the server's trial before the tell records them
     suggested: list[list[Any]] = field(default_factory=list)
 
-    # user attrs travel as the JSON the journal stores (`json_user_attrs` checked they are): an
-    # int beyond 64 bits, which JSON holds and msgpack cannot, would otherwise kill the loop
+    # attrs travel as the JSON the journal stores (`json_attrs` checked they are): an int beyond
+    # 64 bits, which JSON holds and msgpack cannot, would otherwise kill the loop
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Any:
-        return cls(**{**data, "user_attrs": json.loads(data["user_attrs"])})
+        system_attrs = data["system_attrs"]
+        return cls(**{**data, "user_attrs": json.loads(data["user_attrs"]),
+                      "system_attrs": json.loads(system_attrs) if system_attrs else {}})
 
     def wire(self) -> dict[str, Any]:
-        return {**self.__dict__, "user_attrs": json.dumps(self.user_attrs)}
+        return {**self.__dict__, "user_attrs": json.dumps(self.user_attrs),
+                "system_attrs": json.dumps(self.system_attrs) if self.system_attrs else ""}
 
 
-def json_user_attrs(user_attrs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The user attrs the journal's JSON can hold, and an error naming the first it cannot
+def json_attrs(attrs: dict[str, Any], kind: str = "user attr") -> tuple[dict[str, Any], str | None]:
+    """The attrs the journal's JSON can hold, and an error naming the first it cannot
     (`RecordError`: the trial fails, as `set_user_attr` on Optuna's journal storage raises)."""
     try:
-        json.dumps(user_attrs)
-        return user_attrs, None
+        json.dumps(attrs)
+        return attrs, None
     except (TypeError, ValueError):
         kept, error = {}, None
-        for key, value in user_attrs.items():
+        for key, value in attrs.items():
             try:
                 json.dumps(value)
                 kept[key] = value
             except (TypeError, ValueError) as exc:
-                error = error or f"RecordError: user attr {key!r}: {type(exc).__name__}: {exc}"
+                error = error or f"RecordError: {kind} {key!r}: {type(exc).__name__}: {exc}"
         return kept, error
 
 

@@ -1,8 +1,10 @@
 """Which system attributes a told trial gets, and whether it is feasible.
 
-An objective may set Optuna's constraints (`trial.set_constraint`) and artifact records on its
-trial; the server sets those, and nothing else from the worker, before the tell, so the sampler
-sees them. A study file's `constraints: {user_attr: c}` turns that user attribute into the
+An objective may set system attributes on its trial (Optuna's constraints with
+`trial.set_constraint`, artifact records, an MLflow run id through `trial.storage`), except
+studyflow's own; the server sets them before the tell, so the sampler sees them. A trial
+answered from the store gets those that hold the result (`RESULT_SYSTEM_ATTRS`), not, say,
+the run id of the trial that ran. A study file's `constraints: {user_attr: c}` turns that user attribute into the
 trial's constraints "0", "1", ... as Optuna's deprecated `constraints_func` returning it would.
 """
 
@@ -13,16 +15,20 @@ import numbers
 from typing import Any
 
 from studyflow._attrs import CONSTRAINT_PREFIX
-from studyflow._attrs import WORKER_SYSTEM_ATTRS
+from studyflow._attrs import RESULT_SYSTEM_ATTRS
+from studyflow._attrs import STUDYFLOW_PREFIX
 from studyflow.config import StudyConfig
 
 
 def system_attrs_to_set(config: StudyConfig, from_worker: dict[str, Any], user_attrs: dict[str, Any],
-                        state: str) -> dict[str, Any]:
-    """The constraints and artifact records the objective set, and the study file's
-    `constraints.user_attr` of a COMPLETE or PRUNED trial (the states Optuna's
-    `constraints_func` is called for). Raises ValueError when that user attr is bad."""
-    attrs = {k: v for k, v in from_worker.items() if k.startswith(WORKER_SYSTEM_ATTRS)}
+                        state: str, from_store: bool = False) -> dict[str, Any]:
+    """The system attributes the objective set (`from_store`: those of them that hold the
+    result), and the study file's `constraints.user_attr` of a COMPLETE or PRUNED trial (the
+    states Optuna's `constraints_func` is called for). Raises ValueError when that user attr is bad."""
+    if from_store:
+        attrs = {k: v for k, v in from_worker.items() if k.startswith(RESULT_SYSTEM_ATTRS)}
+    else:
+        attrs = {k: v for k, v in from_worker.items() if not k.startswith(STUDYFLOW_PREFIX)}
     spec = config.constraints
     if spec is not None and state in ("COMPLETE", "PRUNED"):
         attrs = _user_attr_constraints(spec.user_attr, user_attrs, state == "COMPLETE") | attrs

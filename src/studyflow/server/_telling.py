@@ -105,7 +105,8 @@ class Telling:
             trial.set_user_attr(key, value)
         storage = storage_of(self.study)
         try:
-            attrs = system_attrs_to_set(self.config, stored.system_attrs, stored.user_attrs, "COMPLETE")
+            attrs = system_attrs_to_set(self.config, stored.system_attrs, stored.user_attrs, "COMPLETE",
+                                        from_store=True)
         except ValueError as exc:  # stored before the study file asked for constraints
             _logger.warning("study %s: trial %d answered from the store without constraints: %s",
                             self.config.name, trial.number, exc)

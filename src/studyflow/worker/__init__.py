@@ -12,13 +12,11 @@ from studyflow.worker._objective import objective_problem_in_a_thread
 from studyflow.worker._objective import search_paths
 from studyflow.worker._trial import CONSTRAINT_PREFIX
 from studyflow.worker._trial import RemoteTrial
-from studyflow.worker._trial import WORKER_SYSTEM_ATTRS
 
 __all__ = [
     "CONSTRAINT_PREFIX",
     "ObjectiveFn",
     "RemoteTrial",
-    "WORKER_SYSTEM_ATTRS",
     "add_search_paths",
     "check_findable",
     "check_signature",

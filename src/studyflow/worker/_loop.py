@@ -29,7 +29,7 @@ from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
 from studyflow.protocol import TrialOutcome
-from studyflow.protocol import json_user_attrs
+from studyflow.protocol import json_attrs
 from studyflow.worker._objective import add_search_paths
 from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
@@ -273,10 +273,10 @@ def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
     except (Exception, SystemExit) as exc:  # sys.exit in an objective (a script's error path) fails its trial
         state, error, tb = "FAIL", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     _flush_output()
-    user_attrs, unrecordable = json_user_attrs(trial.user_attrs)
+    user_attrs, unrecordable = json_attrs(trial.user_attrs)
+    system_attrs, unrecordable_system = json_attrs(trial.recorded_system_attrs, "system attr")
+    unrecordable = unrecordable or unrecordable_system
     if unrecordable and state != "FAIL":
         state, values, error = "FAIL", None, unrecordable
     return TrialOutcome(trial.number, state, values, user_attrs, error, tb,
-                        time.perf_counter() - started, trial.used_artifact_dir,
-                        trial.recorded_system_attrs,  # constraints and artifact records
-                        trial.suggested)
+                        time.perf_counter() - started, trial.used_artifact_dir, system_attrs, trial.suggested)

@@ -32,7 +32,7 @@ from optuna.distributions import IntDistribution
 from optuna.distributions import json_to_distribution
 
 from studyflow._attrs import CONSTRAINT_PREFIX
-from studyflow._attrs import WORKER_SYSTEM_ATTRS
+from studyflow._attrs import STUDYFLOW_PREFIX
 from studyflow._compat import sync
 from studyflow.worker._study_view import StudyView
 from studyflow.worker._study_view import WorkerTrialStorage
@@ -262,11 +262,13 @@ class RemoteTrial(optuna.trial.Trial):
         self._system_attrs[attr] = value
 
     def _set_system_attr(self, key: str, value: Any) -> None:
-        if not key.startswith(WORKER_SYSTEM_ATTRS):
-            raise NotImplementedError(
-                f"studyflow: an objective cannot set system attribute {key!r} on its trial (only "
-                f"constraints, artifact records and cross-validation scores); use trial.set_user_attr")
-        self._system_attrs[key] = value
+        """What `trial.storage.set_trial_system_attr` records (Optuna's helpers, MLflow's
+        `track_in_mlflow`): set on the server's trial before the tell, as `JournalStorage`
+        would; studyflow's own attributes are refused."""
+        if key.startswith(STUDYFLOW_PREFIX):
+            raise ValueError(f"studyflow: system attribute {key!r} is studyflow's own; an objective "
+                             "cannot set it (use another name, or trial.set_user_attr)")
+        self._system_attrs[key] = _plain(value)
 
 
 _MISSING_HINTS = {
