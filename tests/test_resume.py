@@ -274,3 +274,41 @@ def test_a_scrambled_qmc_study_resumed_continues_its_sequence(client2, tmp_path)
                      progress=False)
     assert len(resumed.trials) == 12
     assert sorted(resumed.trials["params_x"]) == sorted(whole.trials["params_x"])
+
+
+FAQ_SCRIPT = '''\
+import sys
+
+import numpy as np
+
+import studyflow
+
+
+class Objective:  # Optuna's FAQ way to hand data to an objective: a callable class
+    def __init__(self, X):
+        self.X = X
+
+    def __call__(self, trial):
+        with open("evaluated.txt", "a") as f:
+            f.write("x\\n")
+        return float(((self.X - trial.suggest_float("x", -1, 1)) ** 2).sum())
+
+
+study = {"name": "faq", "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": int(sys.argv[1])}}
+result = studyflow.optimize(Objective(np.arange(3.0)), study, n_workers=2, progress=False)
+print(result.journal.name)
+'''
+
+
+def test_a_scripts_callable_class_objective_rerun_with_a_raised_budget_runs_only_the_new_trials(tmp_path):
+    """The key of an objective built in a script holds its pickle; cloudpickle names a class
+    of `__main__` by an id drawn anew in each process, which made every run a new study."""
+    (tmp_path / "tune.py").write_text(FAQ_SCRIPT)
+    journals = []
+    for n_trials in (4, 6):
+        proc = subprocess.run([sys.executable, "tune.py", str(n_trials)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        journals.append(proc.stdout.strip())
+    assert journals[0] == journals[1]
+    assert len((tmp_path / "evaluated.txt").read_text().split()) == 6
