@@ -84,6 +84,14 @@ def two_objectives(trial):
     return x, (1 - x) ** 2
 
 
+def named_metrics(trial):
+    """One or two objectives, as the study's directions say; records the metric names the
+    objective sees through `trial.study`."""
+    x = trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("seen", ",".join(trial.study.metric_names or []))
+    return x if len(trial.study.directions) == 1 else (x, (1 - x) ** 2)
+
+
 def learning_curve(trial):
     """Reports a score per epoch; bad `x` plateaus high, so the median pruner stops it."""
     x = trial.suggest_float("x", 0, 1)

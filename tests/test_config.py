@@ -67,6 +67,8 @@ def test_low_above_high(write_study):
         ("objective", "no_colon", "objective"),
         ("name", "../escape", "name"),
         ("data", "../../etc", "data"),
+        ("metric_names", ["a", "b"], "metric_names"),  # two names, one objective
+        ("metric_names", [""], "metric_names"),
     ],
 )
 def test_invalid_values(write_study, field, value, key):
@@ -247,3 +249,13 @@ def test_keys_added_later_leave_the_hashes_of_a_study_that_does_not_set_them():
     cfg = load_study({"objective": "m:f", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
                       "budget": {"n_trials": 5}}, name="s")
     assert (cfg.config_hash(), cfg.identity_hash()) == ("8d32e090ecbee43c", "2a7cbdc8ec977666")
+
+
+def test_metric_names_rerun_the_optimize_job_but_keep_the_studys_journal():
+    # names label the outputs (trials.parquet's columns, the card): the job writes them again,
+    # resuming the same journal, whose trials do not depend on them
+    base = {"objective": "m:f", "directions": ["maximize", "minimize"], "search_space": SPACE}
+    plain, named = load_study(base, name="s"), load_study({**base, "metric_names": ["sharpe", "drawdown"]}, name="s")
+    assert plain.config_hash() != named.config_hash() and plain.identity_hash() == named.identity_hash()
+    with pytest.raises(ConfigError, match="metric_names: the names must differ"):
+        load_study({**base, "metric_names": ["a", "a"]}, name="s")

@@ -62,7 +62,7 @@ def test_trading_tpe_and_pareto_front_on_a_tiny_budget(repo_copy):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (trials_of(repo_copy, "trading_tpe")["state"] == "COMPLETE").sum() == 12
     pareto = trials_of(repo_copy, "trading_pareto")
-    assert (pareto["state"] == "COMPLETE").sum() == 16 and {"values_0", "values_1"} <= set(pareto.columns)
+    assert (pareto["state"] == "COMPLETE").sum() == 16 and {"values_sharpe", "values_max_drawdown"} <= set(pareto.columns)
     card = (repo_copy / "results/reports/trading_pareto.html").read_text()
     assert 'id="pareto"' in card and '<tr class="pareto">' in card
 

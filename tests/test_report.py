@@ -70,6 +70,29 @@ def test_two_objectives_show_the_pareto_front_and_mark_its_trials(client4, tmp_p
     assert html.count('<tr class="pareto">') == len(result.best()["pareto_front"])
 
 
+@pytest.mark.parametrize(("names", "columns"), [(["loss"], ["value_loss"]),
+                                               (["error", "cost"], ["values_error", "values_cost"])])
+def test_metric_names_name_the_value_columns_the_card_and_the_journal(client4, tmp_path, names, columns):
+    """`metric_names`, the study file's `study.set_metric_names`: trials.parquet's value columns
+    are named as Optuna's `trials_dataframe` names them, the card's axes and best.json carry the
+    names, and the journal holds them (for Optuna, optuna-dashboard and `trial.study`)."""
+    study = {"objective": "sf_objectives:named_metrics", "directions": ["minimize"] * len(names),
+             "metric_names": names, "budget": {"n_trials": 10}, "search_space": {"x": SPACE["x"]}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    result.write(tmp_path / "results/studies/study")
+    write_report(tmp_path / "results/studies/study", tmp_path / "card.html")
+    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
+    optuna_columns = [c for c in result.study.trials_dataframe().columns if c.startswith("value")]
+    assert [c for c in trials.columns if c.startswith("value")] == optuna_columns == columns
+    assert result.study.metric_names == names and (trials["user_attrs_seen"] == ",".join(names)).all()
+    assert result.best()["metric_names"] == names
+    html = (tmp_path / "card.html").read_text()
+    for name in names:
+        assert f'"title":{{"text":"{name}"}}' in html  # an axis of the history or the Pareto front
+    if len(names) == 1:
+        assert f"Best (minimize {names[0]}) at trial" in html
+
+
 @pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
                     reason="no chromium here (.ci/run installs Debian's chromium)")
 def test_chromium_opens_the_card_draws_the_plots_and_sorts_the_table(finished):

@@ -268,7 +268,7 @@ def test_a_study_stopped_before_any_trial_ran_still_writes_a_trials_table_with_i
     from studyflow.outputs import trials_frame
     from studyflow.outputs import write_parquet
 
-    path = write_parquet(trials_frame([], 2), tmp_path / "trials.parquet")
+    path = write_parquet(trials_frame([], ["values_0", "values_1"]), tmp_path / "trials.parquet")
     table = pd.read_parquet(path)
     assert len(table) == 0
     assert {"number", "state", "values_0", "values_1", "error", "key"} <= set(table.columns)

@@ -56,10 +56,14 @@ def _trials(n_objectives: int) -> list:
     ]
 
 
+def _value_cols(n_objectives: int) -> list[str]:
+    return ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
+
+
 def _as_pandas_built_it(trials: list, n_objectives: int) -> pd.DataFrame:
     """The table as studyflow built it with pandas until the tables moved to pyarrow."""
-    rows = trial_rows(trials, n_objectives)
-    value_cols = ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
+    value_cols = _value_cols(n_objectives)
+    rows = trial_rows(trials, value_cols)
     df = pd.DataFrame(rows, columns=None if rows else [
         "number", "state", *value_cols, "datetime_start", "datetime_complete", "duration_s", "worker",
         "error", "attempt", "retry_of", "key", "cached", "artifacts"])
@@ -84,17 +88,17 @@ def _as_pandas_built_it(trials: list, n_objectives: int) -> pd.DataFrame:
 def test_the_trials_table_reads_back_as_the_dataframe_pandas_built(tmp_path, n_objectives):
     trials = _trials(n_objectives)
     expected = _as_pandas_built_it(trials, n_objectives)
-    pd.testing.assert_frame_equal(trials_frame(trials, n_objectives), expected)  # StudyResult.trials
+    pd.testing.assert_frame_equal(trials_frame(trials, _value_cols(n_objectives)), expected)  # StudyResult.trials
     expected.to_parquet(tmp_path / "pandas.parquet", index=False)
-    write_table(trials_table(trials, n_objectives), tmp_path / "trials.parquet")
+    write_table(trials_table(trials, _value_cols(n_objectives)), tmp_path / "trials.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "trials.parquet"),
                                   pd.read_parquet(tmp_path / "pandas.parquet"))
 
 
 def test_a_study_without_trials_still_has_its_columns_and_dtypes(tmp_path):
     expected = _as_pandas_built_it([], 1)
-    pd.testing.assert_frame_equal(trials_frame([], 1), expected)
-    write_table(trials_table([], 1), tmp_path / "trials.parquet")
+    pd.testing.assert_frame_equal(trials_frame([], ["value"]), expected)
+    write_table(trials_table([], ["value"]), tmp_path / "trials.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "trials.parquet"), expected)
 
 
@@ -107,10 +111,10 @@ def test_times_read_back_to_the_microsecond_and_an_aware_time_in_utc():
     aware = _trial(2, TrialState.COMPLETE, [1.0], {"x": 0.5}, {}, {})
     an_hour_east = timezone(timedelta(hours=1))
     aware.datetime_start = aware.datetime_complete = datetime(2026, 12, 4, 20, 6, 31, 5, tzinfo=an_hour_east)
-    starts = trials_table(naive, 1).column("datetime_start").to_pylist()
+    starts = trials_table(naive, ["value"]).column("datetime_start").to_pylist()
     assert starts[0] == datetime(2026, 12, 4, 19, 6, 31, 123457) and starts[1] == naive[1].datetime_start
-    assert trials_table(naive, 1).column("datetime_complete").to_pylist()[1] is None
-    assert trials_table([aware], 1).column("datetime_start").to_pylist() == [datetime(2026, 12, 4, 19, 6, 31, 5)]
+    assert trials_table(naive, ["value"]).column("datetime_complete").to_pylist()[1] is None
+    assert trials_table([aware], ["value"]).column("datetime_start").to_pylist() == [datetime(2026, 12, 4, 19, 6, 31, 5)]
 
 
 def test_a_gap_in_a_column_of_mixed_kinds_stays_missing():
@@ -119,8 +123,8 @@ def test_a_gap_in_a_column_of_mixed_kinds_stays_missing():
     trials = [_trial(0, TrialState.COMPLETE, [1.0], {"x": 0.5}, {"m": 1}, {}),
               _trial(1, TrialState.COMPLETE, [1.0], {"x": 0.5}, {}, {}),
               _trial(2, TrialState.COMPLETE, [1.0], {"x": 0.5}, {"m": "a"}, {})]
-    assert trials_frame(trials, 1)["user_attrs_m"].tolist()[0::2] == ["1", "a"]
-    assert pd.isna(trials_frame(trials, 1)["user_attrs_m"][1])
+    assert trials_frame(trials, ["value"])["user_attrs_m"].tolist()[0::2] == ["1", "a"]
+    assert pd.isna(trials_frame(trials, ["value"])["user_attrs_m"][1])
 
 
 def test_the_table_is_built_pickled_and_written_without_importing_pandas(tmp_path):
@@ -133,7 +137,7 @@ def test_the_table_is_built_pickled_and_written_without_importing_pandas(tmp_pat
         trials = [create_trial(value=float(i), params={{"x": i / 10, "c": "ab"[i % 2]}},
                                distributions={{"x": FloatDistribution(0, 1), "c": CategoricalDistribution("ab")}},
                                user_attrs={{"flag": i % 2 == 0, "tags": [i]}}) for i in range(6)]
-        table = pickle.loads(pickle.dumps(trials_table(trials, 1)))
+        table = pickle.loads(pickle.dumps(trials_table(trials, ["value"])))
         write_table(table, {str(tmp_path / "trials.parquet")!r})
         assert why_no_scores(table) is None
         print(sorted({{"pandas"}} & set(sys.modules)))

@@ -257,6 +257,19 @@ def test_a_report_title_edit_rerenders_the_card_without_rerunning_the_study(work
     assert "Tiny study card" in (workdir / "results/reports/tiny.html").read_text()
 
 
+def test_naming_the_metric_reruns_optimize_to_rename_the_outputs_without_running_a_trial(workdir):
+    assert snakemake(workdir).returncode == 0
+    _edit_study(workdir, lambda text: text + "metric_names: [score]\n")
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = {rule for rule, _ in ran_jobs(rerun)}
+    assert {"optimize", "report"} <= ran and "stage" not in ran, ran
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert "value_score" in trials.columns and "value" not in trials.columns
+    assert "6 trials already in it" in (workdir / "logs/optimize/tiny.log").read_text()
+    assert len(trials) == 6  # none ran anew
+
+
 def test_a_comment_in_a_study_file_leaves_nothing_to_do(workdir):
     assert snakemake(workdir).returncode == 0
     _edit_study(workdir, lambda text: "# tuned by hand\n" + text + "# end\n")

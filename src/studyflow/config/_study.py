@@ -129,6 +129,7 @@ class StudyConfig:
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
     direction: str = "minimize"
     directions: Optional[list[str]] = None
+    metric_names: Optional[list[str]] = None  # one per objective, as `study.set_metric_names`
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -156,6 +157,15 @@ class StudyConfig:
     def study_directions(self) -> list[str]:
         return list(self.directions) if self.directions else [self.direction]
 
+    @property
+    def value_columns(self) -> list[str]:
+        """The trials table's value columns, named as Optuna's `trials_dataframe` names them:
+        `value` or `values_0`, ...; with `metric_names`, `value_<name>` or `values_<name>`, ..."""
+        names = self.metric_names
+        if len(self.study_directions) == 1:
+            return [f"value_{names[0]}" if names else "value"]
+        return [f"values_{name}" for name in (names or range(len(self.study_directions)))]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -167,8 +177,9 @@ class StudyConfig:
         data = self.to_dict()
         for key in ("source", "report", "cluster", "worker_resources"):
             data.pop(key)
-        if data["warm_start_study"] is None:  # a later key: unset, it leaves earlier hashes as they were
-            data.pop("warm_start_study")
+        for key in ("warm_start_study", "metric_names"):  # later keys: unset, they leave earlier hashes as they were
+            if data[key] is None:
+                data.pop(key)
         return _hash(data)
 
     def identity_hash(self) -> str:

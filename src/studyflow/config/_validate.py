@@ -53,6 +53,14 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         if direction not in DIRECTIONS:
             key = f"directions.{i}" if cfg.directions else "direction"
             fail(key, f"{direction!r} is not one of {', '.join(DIRECTIONS)}")
+    names = cfg.metric_names
+    if names is not None:
+        if len(names) != len(cfg.study_directions):
+            fail("metric_names", f"{len(names)} name(s) for {len(cfg.study_directions)} objective(s): one per direction")
+        if not all(isinstance(n, str) and n for n in names):
+            fail("metric_names", f"every name must be a non-empty string, got {list(names)!r}")
+        if len(set(names)) != len(names):
+            fail("metric_names", f"the names must differ, got {list(names)!r}")
     if cfg.sampler.name not in SAMPLERS and not CLASS_PATH.match(cfg.sampler.name):
         fail("sampler.name", f"{cfg.sampler.name!r} is not one of {', '.join(SAMPLERS)}, nor a 'module:Class'")
     if cfg.pruner.name not in PRUNERS and not CLASS_PATH.match(cfg.pruner.name):

@@ -88,6 +88,7 @@ class StudyResult:
         out: dict[str, Any] = {
             "study": self.config.name,
             "directions": self.config.study_directions,
+            **({"metric_names": self.config.metric_names} if self.config.metric_names else {}),
             "n_trials": self.config.budget.n_trials,
             "stop_reason": self.stop_reason,
             "wall_time_s": round(self.wall_time_s, 3),

@@ -320,7 +320,7 @@ def _run(
     if closed is None:  # the scheduler lost the study (restarted?): the journal has it all
         loaded = load_journal(cfg, journal)
         closed = outputs.FinalTables(outputs.trials_table(loaded.get_trials(deepcopy=False),
-                                                          len(cfg.study_directions), TrialStore(store)),
+                                                          cfg.value_columns, TrialStore(store)),
                                      best_of(loaded))
     trials = closed.trials
     wall = time.monotonic() - started

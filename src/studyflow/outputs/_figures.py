@@ -23,20 +23,25 @@ _LAYOUT = dict(height=380, margin=dict(t=30, l=60, r=20, b=50), template="plotly
 Figure = go.Figure | str
 
 
-def history(trials: pd.DataFrame, direction: str) -> Figure:
+def history(trials: pd.DataFrame, direction: str, value_col: str = "value", label: str | None = None) -> Figure:
+    """Each trial's value and the best so far; the value axis titled with the metric's name."""
     done = complete(trials)
     if done.empty:
         return "No trial completed yet."
-    best = done["value"].cummax() if direction == "maximize" else done["value"].cummin()
+    values = done[value_col]
+    best = values.cummax() if direction == "maximize" else values.cummin()
     fig = go.Figure()
-    fig.add_scattergl(x=done["number"], y=done["value"], mode="markers", name="trial value",
+    fig.add_scattergl(x=done["number"], y=values, mode="markers", name="trial value",
                       marker=dict(size=6, color="#457b9d"))
     fig.add_scatter(x=done["number"], y=best, mode="lines", name="best so far", line=dict(color="#e63946"))
-    fig.update_layout(xaxis_title="trial", yaxis_title="value", **_LAYOUT)
+    fig.update_layout(xaxis_title="trial", yaxis_title=label or "value", **_LAYOUT)
     return fig
 
 
-def pareto(trials: pd.DataFrame, directions: list[str], front: set[int]) -> Figure:
+def pareto(trials: pd.DataFrame, directions: list[str], front: set[int],
+           value_cols: list[str] = ["values_0", "values_1"],  # noqa: B006  read only
+           labels: list[str | None] = [None, None]) -> Figure:  # noqa: B006
+    """The first two objectives, Pareto-optimal trials marked; axes titled with the metrics' names."""
     done = complete(trials)
     if done.empty:
         return "No trial completed yet."
@@ -44,10 +49,10 @@ def pareto(trials: pd.DataFrame, directions: list[str], front: set[int]) -> Figu
     fig = go.Figure()
     for mask, name, colour in ((~on_front, "dominated", "#adb5bd"), (on_front, "Pareto-optimal", "#e63946")):
         part = done[mask]
-        fig.add_scattergl(x=part["values_0"], y=part["values_1"], mode="markers", name=name,
+        fig.add_scattergl(x=part[value_cols[0]], y=part[value_cols[1]], mode="markers", name=name,
                           text=[f"trial {n}" for n in part["number"]], marker=dict(size=7, color=colour))
-    fig.update_layout(xaxis_title=f"objective 0 ({directions[0]})", yaxis_title=f"objective 1 ({directions[1]})",
-                      **_LAYOUT)
+    x_title, y_title = (label or f"objective {i} ({directions[i]})" for i, label in enumerate(labels[:2]))
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, **_LAYOUT)
     return fig
 
 

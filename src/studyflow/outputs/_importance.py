@@ -123,7 +123,7 @@ def _in_memory_study(done: pd.DataFrame, params: list[str], cfg: StudyConfig) ->
             dists[name] = optuna.distributions.FloatDistribution(low, high if high > low else low + 1)
         else:
             dists[name] = optuna.distributions.CategoricalDistribution(sorted(done[col].dropna().astype(str).unique()))
-    value_cols = ["value"] if "value" in done.columns else [c for c in done.columns if c.startswith("values_")]
+    value_cols = cfg.value_columns
     study = optuna.create_study(directions=cfg.study_directions)
     trials = []
     for row in done.to_dict("records"):

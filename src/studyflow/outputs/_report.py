@@ -71,10 +71,11 @@ def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig, scores:
     directions = best["directions"]
     multi = len(directions) > 1
     front = {p["number"] for p in best.get("pareto_front") or []}
-    value_col = "values_0" if multi else "value"
+    value_cols = cfg.value_columns
+    value_col, labels = value_cols[0], cfg.metric_names or [None] * len(value_cols)
     sections = [
-        ("pareto", "Pareto front", figures.pareto(trials, directions, front)) if multi
-        else ("history", "Optimization history", figures.history(trials, directions[0])),
+        ("pareto", "Pareto front", figures.pareto(trials, directions, front, value_cols, labels)) if multi
+        else ("history", "Optimization history", figures.history(trials, directions[0], value_col, labels[0])),
         ("importance", "Parameter importances", figures.importances(trials, cfg, scores)),
         ("parallel", "Parallel coordinates", figures.parallel_coordinates(trials, value_col)),
         ("slices", "Slices", figures.slices(trials, value_col)),
@@ -89,13 +90,13 @@ def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig, scores:
 <style>{_CSS}</style><script>{get_plotlyjs()}</script></head>
 <body>
 <h1>{title}</h1>
-{_hero(best, len(trials))}
+{_hero(best, len(trials), cfg.metric_names)}
 {_failure_banner(trials)}
 {body}
 <section id="trials"><h2>Trials</h2>
 <p><input id="filter" placeholder="filter rows"> {len(trials)} trials:
 {html.escape(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))}. Click a column to sort.</p>
-{_table(trials, front if multi else None)}</section>
+{_table(trials, front if multi else None, value_cols)}</section>
 {_facts(trials, best, cfg)}
 <script>{_TABLE_JS}</script>
 </body></html>
@@ -143,7 +144,7 @@ def _facts(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig) -> str:
             f"<h3>Study file (resolved)</h3><pre>{html.escape(cfg.to_yaml())}</pre></section>")
 
 
-def _hero(best: dict[str, Any], n: int) -> str:
+def _hero(best: dict[str, Any], n: int, names: list[str] | None = None) -> str:
     if best.get("best_number") is None:
         if best.get("pareto_front"):
             return f'<div class="hero" id="hero">{len(best["pareto_front"])} Pareto-optimal trials of {n}</div>'
@@ -153,7 +154,8 @@ def _hero(best: dict[str, Any], n: int) -> str:
         for k, v in best["best_params"].items()
     )
     return (
-        f'<div class="hero" id="hero"><div>Best ({best["directions"][0]}) at trial {best["best_number"]}'
+        f'<div class="hero" id="hero"><div>Best ({best["directions"][0]}{f" {html.escape(names[0])}" if names else ""})'
+        f' at trial {best["best_number"]}'
         f" of {n}</div>"
         f'<div class="value" id="best-value">{best["best_values"][0]:.6g}</div><ul>{params}</ul></div>'
     )
@@ -161,20 +163,20 @@ def _hero(best: dict[str, Any], n: int) -> str:
 
 
 
-TABLE_COLUMNS = ("number", "state", "value", "duration_s", "worker", "cached", "error", "artifacts")
+TABLE_COLUMNS = ("duration_s", "worker", "cached", "error", "artifacts")  # after number, state, values, params
 
 
-def _table(trials: pd.DataFrame, front: set[int] | None) -> str:
+def _table(trials: pd.DataFrame, front: set[int] | None, values: list[str]) -> str:
     """All trials; `data-v` holds the sort key so numbers sort as numbers."""
-    lead = [c for c in TABLE_COLUMNS if c in trials.columns]
-    values = [c for c in trials.columns if c.startswith("values_")]
     params = [c for c in trials.columns if c.startswith("params_")]
     attrs = [c for c in trials.columns if c.startswith("user_attrs_")]
-    cols = lead[:3] + values + params + lead[3:] + attrs
-    head = ("<th>pareto</th>" if front is not None else "") + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    cols = ["state", *values, *params, *(c for c in TABLE_COLUMNS if c in trials.columns), *attrs]
+    head = ("<th>pareto</th>" if front is not None else "") + "".join(
+        f"<th>{html.escape(c)}</th>" for c in ["number", *cols])
     rows = []
     for rec in trials[["number", *cols]].itertuples(index=False):
         number, *cells = rec
+        cells = [number, *cells]
         parts = []
         if front is not None:
             mark = "yes" if number in front else ""

@@ -11,12 +11,13 @@ from optuna.trial import FrozenTrial
 
 from studyflow._io import atomic_write
 from studyflow.outputs._trials_table import trials_table
+from studyflow.outputs._trials_table import value_columns
 from studyflow.store import TrialStore
 
 
-def trials_frame(trials: list[FrozenTrial], n_objectives: int, store: TrialStore | None = None) -> pd.DataFrame:
+def trials_frame(trials: list[FrozenTrial], value_cols: list[str], store: TrialStore | None = None) -> pd.DataFrame:
     """`trials_table` as a DataFrame (what `trials.parquet` reads as)."""
-    return trials_table(trials, n_objectives, store).to_pandas()
+    return trials_table(trials, value_cols, store).to_pandas()
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
@@ -50,7 +51,7 @@ def summarize(study_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
             params.append({"study": best["study"], "param": name, "value": str(value)})
         if "artifacts" in trials.columns:
             kept = trials[trials["artifacts"].notna()]
-            value_col = "value" if "value" in kept.columns else "values_0"
+            value_col = value_columns(list(kept.columns))[0]
             for row in kept.to_dict("records"):
                 artifacts.append({"study": best["study"], "number": row["number"], "state": row["state"],
                                   "value": row.get(value_col), "key": row["key"], "artifacts": row["artifacts"]})

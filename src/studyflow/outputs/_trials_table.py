@@ -67,14 +67,14 @@ class FinalTables:
     best: dict[str, Any]
 
 
-def trials_table(trials: list[FrozenTrial], n_objectives: int, store: TrialStore | None = None) -> pa.Table:
-    """One row per trial, in number order: number, state, value(s), params_<name>, times,
+def trials_table(trials: list[FrozenTrial], value_cols: list[str], store: TrialStore | None = None) -> pa.Table:
+    """One row per trial, in number order: number, state, the values (`value_cols`, one per
+    objective: `StudyConfig.value_columns`), params_<name>, times,
     worker, error, attempt, retry_of, key, cached, artifacts (the trial's folder in the store,
     if it wrote one), user_attrs_<name>, and constraints_<key> in a constrained study. Trials
     sampled but never run (held by a loop when the study stopped) and an earlier study's trials
     copied in by `warm_start` are left out."""
-    rows = trial_rows(trials, n_objectives, store)
-    value_cols = ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
+    rows = trial_rows(trials, value_cols, store)
     names: dict[str, None] = dict.fromkeys(
         ["number", "state", *value_cols, "datetime_start", "datetime_complete", "duration_s", "worker",
          "error", "attempt", "retry_of", "key", "cached", "artifacts"] if not rows else [])
@@ -99,7 +99,13 @@ def trials_table(trials: list[FrozenTrial], n_objectives: int, store: TrialStore
     return pa.Table.from_arrays(columns, names=list(names), metadata={"pandas": _pandas_metadata(list(names), dtypes)})
 
 
-def trial_rows(trials: list[FrozenTrial], n_objectives: int, store: TrialStore | None = None) -> list[dict[str, Any]]:
+def value_columns(columns: list[str]) -> list[str]:
+    """A trials table's value columns, in order (`value`, `values_0`, ..., or named by the
+    study's `metric_names`: `value_<name>`, `values_<name>`, ...)."""
+    return [c for c in columns if c == "value" or c.startswith(("value_", "values_"))]
+
+
+def trial_rows(trials: list[FrozenTrial], value_cols: list[str], store: TrialStore | None = None) -> list[dict[str, Any]]:
     """The rows of `trials_table`, as dicts, in the order of `trials`."""
     rows = []
     with_artifacts = store.keys_with_artifacts() if store is not None else set()
@@ -108,11 +114,7 @@ def trial_rows(trials: list[FrozenTrial], n_objectives: int, store: TrialStore |
         if attrs.get(NOT_RUN_ATTR) or WARM_START_ATTR in attrs:
             continue
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
-        values = t.values if t.values is not None else [None] * n_objectives
-        if n_objectives == 1:
-            row["value"] = values[0]
-        else:
-            row.update({f"values_{i}": v for i, v in enumerate(values)})
+        row.update(zip(value_cols, t.values if t.values is not None else [None] * len(value_cols)))
         for k, v in t.params.items():
             row[f"params_{k}"] = v
         row["datetime_start"] = t.datetime_start

@@ -11,6 +11,7 @@ run starts from are the journal's.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -104,6 +105,7 @@ def open_study(spec: StudySpec) -> ServedStudy:
     )
     if not existing:
         _seed_new_study(study, spec)
+    _name_metrics(study, cfg.metric_names)
     n_trials = cfg.budget.n_trials if cfg.budget.n_trials is not None else UNLIMITED
     if cfg.sampler.name == "grid":
         n_trials = min(n_trials, grid_size(cfg))  # and it ends when every point has run (`_grid_spent`)
@@ -122,6 +124,15 @@ def _trials_in(storage: ServerJournalStorage, name: str) -> int:
         return storage.get_n_trials(storage.get_study_id_from_name(name))
     except KeyError:
         return 0
+
+
+def _name_metrics(study: optuna.Study, names: list[str] | None) -> None:
+    """The study file's `metric_names`, journaled as `study.set_metric_names` journals them (so
+    Optuna, optuna-dashboard and `trial.study` read them); again on a resume where they changed."""
+    if names is not None and study.metric_names != list(names):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(names))
 
 
 def _seed_new_study(study: optuna.Study, spec: StudySpec) -> None:

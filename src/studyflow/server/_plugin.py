@@ -58,7 +58,7 @@ def _final_tables(served: ServedStudy, closed: ClosedStudy) -> bytes:
     """The closed study's trials table and best, pickled for its driver. A table pickles as a
     few arrays; the trials themselves would be thousands of objects to pickle here and unpickle
     in the driver."""
-    table = outputs.trials_table(closed.trials, len(served.config.study_directions), served.store)
+    table = outputs.trials_table(closed.trials, served.config.value_columns, served.store)
     return pickle.dumps(outputs.FinalTables(table, closed.best), protocol=5)
 
 
