@@ -176,3 +176,18 @@ def test_the_code_version_read_from_source_files_is_the_one_of_the_imported_obje
         from_source = objective_code_version(ref, None, ["optuna"])
         assert from_source == code_version(import_objective(ref), None, ["optuna"]), ref
     assert objective_code_version("vproj.objective:objective", "v7") == "explicit:v7"
+
+
+def test_a_values_pickle_hash_is_that_of_the_bytes_cloudpickle_ships_so_earlier_keys_stay():
+    # a closure's values, arrays bigger than a pickle frame among them: hashed as they are pickled
+    import functools
+    import hashlib
+
+    import cloudpickle
+    import numpy as np
+
+    from studyflow._hashing import pickle_sha256
+
+    values = [functools.partial(max, np.arange(100_000.0)), (np.ones((300, 300)), list(range(10))), {"a": 1.5}]
+    for value in values:
+        assert pickle_sha256(value) == hashlib.sha256(cloudpickle.dumps(value, protocol=5)).hexdigest()

@@ -74,13 +74,13 @@ def test_data_given_as_arrays_reaches_the_objective_and_keys_its_trials(client4,
     study = {"objective": "sf_objectives:fit_arrays", "search_space": {"w": {"type": "float", "low": -1, "high": 1}},
              "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 6}}
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(50, 2))
+    X = rng.normal(size=(5000, 2))  # bigger than a pickle frame (64 KiB): its buffer is written apart
 
     def run(y):
         return optimize(None, study, data=(X, y), client=client4, results_dir=tmp_path, progress=False).trials
 
     half, double, again = run(X[:, 0] * 0.5), run(X[:, 0] * 2.0), run(X[:, 0] * 2.0)
-    assert (half["user_attrs_rows"] == 50).all() and not half["cached"].any()
+    assert (half["user_attrs_rows"] == 5000).all() and not half["cached"].any()
     expected = [float(((X[:, 0] * w - X[:, 0] * 0.5) ** 2).mean()) for w in half["params_w"]]
     assert half["value"].tolist() == pytest.approx(expected)
     assert half["value"].tolist() != double["value"].tolist()  # other data: its own journal and keys

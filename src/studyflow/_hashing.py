@@ -38,9 +38,11 @@ class _Sha256Writer:
     def __init__(self) -> None:
         self.hash = hashlib.sha256()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Any) -> int:
+        """Bytes, or a buffer bigger than a frame, which the pickler hands over as it is (a
+        `PickleBuffer` of an array: it has no len)."""
         self.hash.update(data)
-        return len(data)
+        return memoryview(data).nbytes
 
 
 _HEX = frozenset("0123456789abcdef")
