@@ -22,30 +22,59 @@ from studyflow.outputs._importance import IMPORTANCES_FILE
 from studyflow.outputs._importance import Scores
 from studyflow.outputs._importance import stored_scores
 
+# The trials table: every trial's cells travel as JSON, and the page holds rows for the first
+# `PAGE` of them in the current order (more on request), so a card of tens of thousands of
+# trials opens and sorts in a moment; sorting and filtering work on every trial.
+TABLE_PAGE = 1000
 _TABLE_JS = """
-document.querySelectorAll('table.trials th').forEach(function (th, col) {
-  th.addEventListener('click', function () {
-    var table = th.closest('table'), body = table.tBodies[0];
-    var asc = th.dataset.order !== 'asc';
-    table.querySelectorAll('th').forEach(function (h) { delete h.dataset.order; });
-    th.dataset.order = asc ? 'asc' : 'desc';
-    var rows = Array.from(body.rows);
-    rows.sort(function (a, b) {
-      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
-      return asc ? cmp : -cmp;
+(function () {
+  var data = JSON.parse(document.getElementById('trial-rows').textContent);
+  var table = document.querySelector('table.trials'), body = table.tBodies[0];
+  var more = document.getElementById('more-rows'), count = document.getElementById('rows-shown');
+  var PAGE = %d, shown = PAGE, query = '';
+  var order = data.rows.map(function (r, i) { return i; }), view = order;
+  var text = data.rows.map(function (r) { return r.join(' ').toLowerCase(); });
+  function draw() {
+    var frag = document.createDocumentFragment();
+    view.slice(0, shown).forEach(function (i) {
+      var tr = document.createElement('tr');
+      if (data.pareto[i]) tr.className = 'pareto';
+      data.rows[i].forEach(function (v) {
+        var td = document.createElement('td'); td.textContent = v; tr.appendChild(td);
+      });
+      frag.appendChild(tr);
     });
-    rows.forEach(function (r) { body.appendChild(r); });
+    body.replaceChildren(frag);
+    count.textContent = Math.min(shown, view.length) + ' of ' + view.length + ' rows shown';
+    more.style.display = shown < view.length ? '' : 'none';
+  }
+  function refilter() {
+    view = query ? order.filter(function (i) { return text[i].indexOf(query) >= 0; }) : order;
+    shown = PAGE;
+    draw();
+  }
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var asc = th.dataset.order !== 'asc';
+      table.querySelectorAll('th').forEach(function (h) { delete h.dataset.order; });
+      th.dataset.order = asc ? 'asc' : 'desc';
+      order = order.slice().sort(function (a, b) {
+        var x = data.rows[a][col], y = data.rows[b][col];
+        var nx = parseFloat(x), ny = parseFloat(y);
+        var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+        return asc ? cmp : -cmp;
+      });
+      refilter();
+    });
   });
-});
-document.getElementById('filter').addEventListener('input', function (e) {
-  var q = e.target.value.toLowerCase();
-  document.querySelectorAll('table.trials tbody tr').forEach(function (r) {
-    r.style.display = r.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';
+  document.getElementById('filter').addEventListener('input', function (e) {
+    query = e.target.value.toLowerCase();
+    refilter();
   });
-});
-"""
+  more.addEventListener('click', function () { shown += PAGE; draw(); });
+  draw();
+})();
+""" % TABLE_PAGE
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -167,27 +196,29 @@ TABLE_COLUMNS = ("duration_s", "worker", "cached", "error", "artifacts")  # afte
 
 
 def _table(trials: pd.DataFrame, front: set[int] | None, values: list[str]) -> str:
-    """All trials; `data-v` holds the sort key so numbers sort as numbers."""
+    """Every trial's cells as the text shown (numbers sort as numbers in the page's script),
+    in a JSON block the script draws the table's rows from (`_TABLE_JS`)."""
     params = [c for c in trials.columns if c.startswith("params_")]
     attrs = [c for c in trials.columns if c.startswith("user_attrs_")]
     cols = ["state", *values, *params, *(c for c in TABLE_COLUMNS if c in trials.columns), *attrs]
     head = ("<th>pareto</th>" if front is not None else "") + "".join(
         f"<th>{html.escape(c)}</th>" for c in ["number", *cols])
-    rows = []
-    for rec in trials[["number", *cols]].itertuples(index=False):
-        number, *cells = rec
-        cells = [number, *cells]
-        parts = []
-        if front is not None:
-            mark = "yes" if number in front else ""
-            parts.append(f'<td data-v="{mark}">{mark}</td>')
-        for v in cells:
-            text = "" if v is None or (not isinstance(v, (list, dict)) and pd.isna(v)) else (
-                f"{v:.6g}" if isinstance(v, float) else str(v))
-            parts.append(f'<td data-v="{html.escape(text)}">{html.escape(text)}</td>')
-        cls = ' class="pareto"' if front is not None and number in front else ""
-        rows.append(f"<tr{cls}>" + "".join(parts) + "</tr>")
-    return f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    rows, pareto = [], []
+    for number, *cells in trials[["number", *cols]].itertuples(index=False):
+        on_front = front is not None and number in front
+        mark = ["yes" if on_front else ""] if front is not None else []
+        rows.append(mark + [_cell_text(v) for v in [number, *cells]])
+        pareto.append(on_front)
+    data = json.dumps({"rows": rows, "pareto": pareto}, separators=(",", ":")).replace("</", "<\\/")
+    return (f'<table class="trials"><thead><tr>{head}</tr></thead><tbody></tbody></table>'
+            f'<p><button id="more-rows">show {TABLE_PAGE} more</button> <span id="rows-shown"></span></p>'
+            f'<script type="application/json" id="trial-rows">{data}</script>')
+
+
+def _cell_text(value: Any) -> str:
+    if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def write_report(study_dir: str | Path, out: str | Path, study_file: StudyConfig | None = None) -> Path:
