@@ -171,6 +171,31 @@ def test_a_card_of_thousands_of_trials_draws_a_page_of_rows_and_sorts_and_filter
         browser.close()
 
 
+def test_a_big_studys_figures_draw_what_a_screen_shows_and_hide_no_trial_that_matters(client4, tmp_path):
+    """6,000 instant trials: parallel coordinates draw 5,000 lines, the best 1,000 among them
+    and says so; the timeline merges a worker's bars closer than a pixel, and every trial's
+    time lies within a bar of its worker."""
+    from studyflow.outputs import _figures as figures
+
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": SPACE["x"], "k": SPACE["k"]},
+             "name": "big", "sampler": {"name": "random", "seed": 4}, "budget": {"n_trials": 6000}}
+    trials = optimize(None, study, client=client4, results_dir=tmp_path, progress=False).trials
+    parallel = figures.parallel_coordinates(trials, "value", "minimize")
+    drawn = parallel.data[0].dimensions[-1].values
+    assert len(drawn) == figures.LINES_DRAWN
+    assert set(trials["value"].nsmallest(figures.LINES_DRAWN // 5)) <= set(drawn)
+    assert parallel.layout.title.text.startswith("5,000 of 6,000 trials drawn: the best 1,000")
+    timeline = figures.timeline(trials)
+    bars = [(w, s, e) for trace in timeline.data
+            for w, s, e in zip(trace.y[0::3], trace.x[0::3], trace.x[1::3])]
+    assert len(bars) < len(trials)
+    start = (trials["datetime_start"] - trials["datetime_start"].min()).dt.total_seconds()
+    for worker, s in zip(trials["worker"], start):
+        assert any(w == worker and b0 - 1e-9 <= s <= b1 + 1e-9 for w, b0, b1 in bars)
+    small = figures.timeline(trials.head(100))  # a study a screen shows whole: a bar per trial
+    assert sum(len(trace.x) for trace in small.data) == 3 * 100
+
+
 def test_a_workers_importances_give_the_same_card_and_spare_the_report_importing_sklearn(client4, tmp_path):
     """An sklearn objective's workers have scikit-learn loaded: the optimize step computes the
     card's parameter importances there, so the report does not import it (Optuna's importance

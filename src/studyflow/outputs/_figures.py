@@ -16,6 +16,12 @@ from studyflow.outputs._importance import complete
 from studyflow.outputs._importance import importance_scores
 from studyflow.outputs._importance import param_columns
 
+# A big study's figures show what a screen can: parallel coordinates draw at most LINES_DRAWN
+# trials (the best fifth of them, and a seeded sample of the rest), and the timeline merges a
+# worker's bars of one kind that lie closer than 1/TIMELINE_COLUMNS of the run (under a pixel):
+# at 60,000 trials each took ~10 s of a browser's time to open.
+LINES_DRAWN = 5000
+TIMELINE_COLUMNS = 2000
 STATE_COLOURS = {"COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e76f51", "TIMEOUT": "#9b2226",
                  "CACHED": "#8ecae6", "RUNNING": "#adb5bd"}
 _LAYOUT = dict(height=380, margin=dict(t=30, l=60, r=20, b=50), template="plotly_white")
@@ -68,11 +74,12 @@ def importances(trials: pd.DataFrame, cfg: StudyConfig, scores: Scores | None = 
     return fig
 
 
-def parallel_coordinates(trials: pd.DataFrame, value_col: str) -> Figure:
+def parallel_coordinates(trials: pd.DataFrame, value_col: str, direction: str = "minimize") -> Figure:
     done = complete(trials)
     params = param_columns(trials)
     if done.empty or not params:
         return "Parallel coordinates need completed trials with parameters."
+    n_done, done = len(done), _lines_drawn(done, value_col, direction)
     dims = []
     for col in params:
         series = done[col]
@@ -86,7 +93,23 @@ def parallel_coordinates(trials: pd.DataFrame, value_col: str) -> Figure:
     fig = go.Figure(go.Parcoords(line=dict(color=done[value_col], colorscale="Viridis", showscale=True),
                                  dimensions=dims))
     fig.update_layout(**{**_LAYOUT, "margin": dict(t=50, l=60, r=60, b=30)})
+    if len(done) < n_done:
+        best = LINES_DRAWN // 5
+        fig.update_layout(title=dict(text=f"{len(done):,} of {n_done:,} trials drawn: the best {best:,} and "
+                                          f"{len(done) - best:,} others at random", font=dict(size=12)),
+                          margin=dict(t=90, l=60, r=60, b=30))
     return fig
+
+
+def _lines_drawn(done: pd.DataFrame, value_col: str, direction: str) -> pd.DataFrame:
+    """At most `LINES_DRAWN` completed trials: the best fifth of that many, then a seeded
+    sample of the others (the same card for the same trials)."""
+    if len(done) <= LINES_DRAWN:
+        return done
+    ranked = done.sort_values(value_col, ascending=direction != "maximize", kind="stable")
+    best = LINES_DRAWN // 5
+    others = ranked.iloc[best:].sample(LINES_DRAWN - best, random_state=0)
+    return pd.concat([ranked.iloc[:best], others]).sort_values("number")
 
 
 def slices(trials: pd.DataFrame, value_col: str) -> Figure:
@@ -116,18 +139,34 @@ def timeline(trials: pd.DataFrame) -> Figure:
     kind = timed["state"].astype(str).where(~timed["cached"].fillna(False).astype(bool), "CACHED")
     kind = kind.where(~timed["error"].fillna("").str.startswith("Timeout"), "TIMEOUT")
     workers = timed["worker"].fillna("cache").astype(str)
+    starts, ends = (start - origin).dt.total_seconds(), (end - origin).dt.total_seconds()
+    gap = float(ends.max()) / TIMELINE_COLUMNS if len(timed) > TIMELINE_COLUMNS else -1.0
     fig = go.Figure()
     for state, colour in STATE_COLOURS.items():
         mask = kind == state
         if not mask.any():
             continue
         x, y, text = [], [], []
-        for s, e, w, n in zip((start[mask] - origin).dt.total_seconds(), (end[mask] - origin).dt.total_seconds(),
-                              workers[mask], timed["number"][mask]):
+        for w, s, e, label in _bars(starts[mask], ends[mask], workers[mask], timed["number"][mask], gap):
             x += [s, e, None]
             y += [w, w, None]
-            text += [f"trial {n}"] * 3
+            text += [label] * 3
         fig.add_scattergl(x=x, y=y, mode="lines", name=state, text=text, line=dict(color=colour, width=10))
     fig.update_layout(xaxis_title="seconds since the first trial", yaxis_title="worker",
                       **{**_LAYOUT, "height": max(220, 60 + 28 * workers.nunique())})
     return fig
+
+
+def _bars(starts: pd.Series, ends: pd.Series, workers: pd.Series, numbers: pd.Series,
+          gap: float) -> list[tuple[str, float, float, str]]:
+    """(worker, start, end, hover text) of each trial, one worker's bars merged where the next
+    starts within `gap` seconds of the end of those before it (a negative gap merges none)."""
+    bars: list[list] = []  # [worker, start, end, first number, last number, trials]
+    for w, s, e, n in sorted(zip(workers, starts, ends, numbers)):
+        last = bars[-1] if bars else None
+        if last is not None and last[0] == w and s - last[2] <= gap:
+            last[2], last[3], last[4], last[5] = max(last[2], e), min(last[3], n), max(last[4], n), last[5] + 1
+        else:
+            bars.append([w, s, e, n, n, 1])
+    return [(w, s, e, f"trial {lo}" if count == 1 else f"{count} trials, numbers {lo} to {hi}")
+            for w, s, e, lo, hi, count in bars]

@@ -106,7 +106,7 @@ def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig, scores:
         ("pareto", "Pareto front", figures.pareto(trials, directions, front, value_cols, labels)) if multi
         else ("history", "Optimization history", figures.history(trials, directions[0], value_col, labels[0])),
         ("importance", "Parameter importances", figures.importances(trials, cfg, scores)),
-        ("parallel", "Parallel coordinates", figures.parallel_coordinates(trials, value_col)),
+        ("parallel", "Parallel coordinates", figures.parallel_coordinates(trials, value_col, directions[0])),
         ("slices", "Slices", figures.slices(trials, value_col)),
         ("timeline", "Timeline of trials per worker", figures.timeline(trials)),
     ]
