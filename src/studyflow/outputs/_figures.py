@@ -6,6 +6,8 @@ objective where two are needed...), which the card shows as a placeholder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -45,8 +47,8 @@ def history(trials: pd.DataFrame, direction: str, value_col: str = "value", labe
 
 
 def pareto(trials: pd.DataFrame, directions: list[str], front: set[int],
-           value_cols: list[str] = ["values_0", "values_1"],  # noqa: B006  read only
-           labels: list[str | None] = [None, None]) -> Figure:  # noqa: B006
+           value_cols: Sequence[str] = ("values_0", "values_1"),
+           labels: Sequence[str | None] = (None, None)) -> Figure:
     """The first two objectives, Pareto-optimal trials marked; axes titled with the metrics' names."""
     done = complete(trials)
     if done.empty:
@@ -161,7 +163,7 @@ def _bars(starts: pd.Series, ends: pd.Series, workers: pd.Series, numbers: pd.Se
           gap: float) -> list[tuple[str, float, float, str]]:
     """(worker, start, end, hover text) of each trial, one worker's bars merged where the next
     starts within `gap` seconds of the end of those before it (a negative gap merges none)."""
-    bars: list[list] = []  # [worker, start, end, first number, last number, trials]
+    bars: list[list] = []  # [worker, start, end, lowest number, highest number, trials]
     for w, s, e, n in sorted(zip(workers, starts, ends, numbers)):
         last = bars[-1] if bars else None
         if last is not None and last[0] == w and s - last[2] <= gap:

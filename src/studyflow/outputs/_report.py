@@ -23,7 +23,7 @@ from studyflow.outputs._importance import Scores
 from studyflow.outputs._importance import stored_scores
 
 # The trials table: every trial's cells travel as JSON, and the page holds rows for the first
-# `PAGE` of them in the current order (more on request), so a card of tens of thousands of
+# `TABLE_PAGE` of them in the current order (more on request), so a card of tens of thousands of
 # trials opens and sorts in a moment; sorting and filtering work on every trial.
 TABLE_PAGE = 1000
 _TABLE_JS = """
