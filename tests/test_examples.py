@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -64,7 +66,9 @@ def test_trading_tpe_and_pareto_front_on_a_tiny_budget(repo_copy):
     pareto = trials_of(repo_copy, "trading_pareto")
     assert (pareto["state"] == "COMPLETE").sum() == 16 and {"values_sharpe", "values_max_drawdown"} <= set(pareto.columns)
     card = (repo_copy / "results/reports/trading_pareto.html").read_text()
-    assert 'id="pareto"' in card and '<tr class="pareto">' in card
+    rows = json.loads(re.search(r'<script type="application/json" id="trial-rows">(.*?)</script>', card, re.S).group(1))
+    assert 'id="pareto"' in card and any(rows["pareto"])  # the table marks the Pareto-optimal trials
+    assert '"title":{"text":"sharpe"}' in card and '"title":{"text":"max_drawdown"}' in card  # the front's axes
 
 
 def test_pruning_across_workers_marks_pruned_trials(repo_copy):
