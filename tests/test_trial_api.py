@@ -233,3 +233,17 @@ def test_mlflow_track_in_mlflow_and_its_callback_log_each_trial_into_one_run(tmp
     for _, run in runs.iterrows():
         assert run["metrics.x_seen"] == pytest.approx(float(run["params.x"]))
         assert run["metrics.loss"] == pytest.approx((run["metrics.x_seen"] - 2) ** 2)
+
+
+def test_a_lightning_objective_with_optunas_pruning_callback_and_check_pruned_runs_unchanged(client4, tmp_path):
+    """An ML engineer's PyTorch Lightning objective (tests/sf_lightning.py): the pruning
+    callback reports each epoch and prunes through the server's median pruner, and
+    `check_pruned()`, which reads `trial.study._storage`, is the no-op it is outside DDP."""
+    study = {"objective": "sf_lightning:objective", "name": "lightning", "sampler": {"name": "tpe", "seed": 0},
+             "pruner": {"name": "median", "options": {"n_startup_trials": 2}}, "budget": {"n_trials": 8}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    assert set(result.trials["state"]) == {"COMPLETE", "PRUNED"}, result.trials["error"].dropna().tolist()
+    for trial in result.study.trials:  # the journal: an intermediate value per validation epoch
+        assert 1 <= len(trial.intermediate_values) <= 6
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(trial.intermediate_values[5])

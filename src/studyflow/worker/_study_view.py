@@ -28,6 +28,19 @@ _MUTATING = ("optimize", "ask", "tell", "enqueue_trial", "add_trial", "add_trial
              "set_user_attr", "set_system_attr", "set_metric_names")
 
 
+class _NoStorage:
+    """`trial.study._storage` on a worker. Optuna's integrations check its type: PyTorch
+    Lightning's pruning callback, whose `check_pruned()` does nothing unless it is a cached
+    RDB storage (DDP). Any use of it says that the server holds the study."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"studyflow: trial.study on a worker has no Optuna storage ({name!r}): the study server "
+            "holds the study; use the trial's own methods, or trial.study's reads")
+
+
 class StudyView:
     """`trial.study` on a worker: a read-only view of the study the server holds.
 
@@ -36,6 +49,8 @@ class StudyView:
     that would change the study raises `ReadOnlyStudyError`: only the server changes it;
     `stop()` asks the server to stop it, as Optuna's does.
     """
+
+    _storage = _NoStorage()  # for integrations that check its type
 
     def __init__(self, conn: ServerConnection) -> None:
         self._conn = conn
