@@ -223,6 +223,9 @@ def test_mlflow_track_in_mlflow_and_its_callback_log_each_trial_into_one_run(tmp
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's file store, no database
+    # the experiment first: workers that each find it missing would each create one of that name
+    # (the file store does not make them one), and the callback would log into the other
+    mlflow.set_experiment("tracked")
     study = {"name": "tracked", "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 6}}
     result = optimize(sf_mlflow.objective, study, n_workers=2, results_dir=tmp_path, progress=False,
                       callbacks=[sf_mlflow.mlflc])
