@@ -201,8 +201,8 @@ def test_a_result_that_cannot_be_recorded_fails_the_trial_not_the_loop(client2, 
 def test_system_attrs_an_objective_sets_through_trial_storage_reach_its_trial_or_fail_it(client2, tmp_path):
     """As on Optuna's journal storage: what JSON holds reaches the journal before the tell;
     a value it cannot hold, or a name of studyflow's own, fails that trial, naming it (what
-    could be recorded is kept, as for user attrs). A
-    trial answered from the store later gets none of them (a run id belongs to the run)."""
+    could be recorded is kept, as for user attrs). A trial answered from the store later gets
+    none of them (a run id belongs to the run)."""
     ran = optimize(None, study("storage_system_attrs", n_trials=4), client=client2, results_dir=tmp_path,
                    progress=False)
     assert_finished_cleanly(ran.trials, 4)
