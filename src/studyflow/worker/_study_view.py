@@ -33,12 +33,14 @@ class _NoStorage:
     Lightning's pruning callback, whose `check_pruned()` does nothing unless it is a cached
     RDB storage (DDP). Any use of it says that the server holds the study."""
 
+    _owner = "trial.study on a worker"
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         raise AttributeError(
-            f"studyflow: trial.study on a worker has no Optuna storage ({name!r}): the study server "
-            "holds the study; use the trial's own methods, or trial.study's reads")
+            f"studyflow: {self._owner} has no Optuna storage ({name!r}): the study server "
+            "holds the study; use the trial's own methods, or trial.study to read the study")
 
 
 class StudyView:
@@ -147,10 +149,13 @@ def _refuse(name: str) -> Any:
     return refuse
 
 
-class WorkerTrialStorage:
+class WorkerTrialStorage(_NoStorage):
     """`trial.storage` on a worker: records the system attributes Optuna's helpers write to the
     trial (`optuna.artifacts.upload_artifact` writes the file to its artifact store first, then
-    its record here), which the server sets on its trial before the tell."""
+    its record here), which the server sets on its trial before the tell; anything else it is
+    asked says that the server holds the study (`_NoStorage`)."""
+
+    _owner = "a trial on a worker"
 
     def __init__(self, trial: RemoteTrial) -> None:
         self._trial = trial
@@ -160,10 +165,3 @@ class WorkerTrialStorage:
 
     def get_trial_system_attrs(self, trial_id: int | None) -> dict[str, Any]:
         return self._trial.recorded_system_attrs
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise AttributeError(
-            f"studyflow: a trial on a worker has no Optuna storage ({name!r}): the study server "
-            "holds the study; use the trial's own methods, or trial.study to read the study")
