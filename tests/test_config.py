@@ -76,6 +76,16 @@ def test_invalid_values(write_study, field, value, key):
     assert _error(write_study(**fields)).key == key
 
 
+def test_a_direction_beside_directions_is_refused_as_optunas_create_study_refuses_it(write_study):
+    """`direction: maximize` next to `directions:` would be silently ignored (directions win)."""
+    err = _error(write_study(objective="m:f", search_space=SPACE, direction="maximize",
+                             directions=["minimize", "minimize"]))
+    assert err.key == "direction" and "only one of" in err.message
+    # as resolved.yaml writes a multi-objective study: the default direction beside its directions
+    assert load_study(write_study(objective="m:f", search_space=SPACE, direction="minimize",
+                                  directions=["maximize", "minimize"])).study_directions == ["maximize", "minimize"]
+
+
 @pytest.mark.parametrize(("search_space", "key"), [
     ({}, "search_space"),  # define-by-run: the grid has no points to run (it ran none, and said done)
     ({"x": {"type": "float", "low": 0, "high": 1}}, "search_space.x.step"),

@@ -49,6 +49,9 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("data", f"dataset name {cfg.data!r} must match {SAFE_NAME.pattern}")
     if ":" not in cfg.objective or cfg.objective.count(":") != 1:
         fail("objective", f"{cfg.objective!r} must be 'module:function'")
+    if cfg.directions and cfg.direction != "minimize":  # (the default: resolved.yaml writes it beside directions)
+        fail("direction", f"{cfg.direction!r} beside directions: {list(cfg.directions)}; set only one of "
+                          "direction and directions (as Optuna's create_study asks)")
     for i, direction in enumerate(cfg.study_directions):
         if direction not in DIRECTIONS:
             key = f"directions.{i}" if cfg.directions else "direction"
