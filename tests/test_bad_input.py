@@ -34,6 +34,22 @@ def test_unreadable_data_file(tmp_path):
     assert not (tmp_path / "results/data/prices.parquet").exists()
 
 
+def test_a_loader_is_named_as_samplers_are_and_a_misspelt_one_says_what_is_missing(tmp_path):
+    (tmp_path / "my_data.py").write_text(
+        "import pandas as pd\n\nclass Prices:\n    @staticmethod\n    def load(n):\n"
+        "        return pd.DataFrame({'p': [1.0] * n})\n")
+    ok = run_cli("stage", "prices", "--spec", '{"loader": "my_data:Prices.load", "kwargs": {"n": 3}}',
+                 "--out", "results/data", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert len(pd.read_parquet(tmp_path / "results/data/prices.parquet")) == 3
+    for loader, says in [("my_data:Prices.lod", "module 'my_data' has no 'Prices.lod'"),
+                         ("my_dta:load", "cannot import module 'my_dta': ModuleNotFoundError: No module named 'my_dta'")]:
+        bad = run_cli("stage", "other", "--spec", f'{{"loader": "{loader}"}}', "--out", "results/data", cwd=tmp_path)
+        assert bad.returncode == 1
+        assert bad.stderr == f"studyflow: error: datasets.other.loader: {says}\n"
+    assert not (tmp_path / "results/data/other.parquet").exists()
+
+
 def test_data_given_to_the_api_that_is_missing_or_not_parquet(tmp_path):
     study = {"objective": "sf_objectives:with_data", "search_space": SPACE}
     with pytest.raises(DataError, match="missing.parquet: data file not found"):

@@ -4,13 +4,14 @@ its `reference` argument (`studyflow optimize --reference`)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from studyflow._imports import NotImportable
+from studyflow._imports import import_named
 from studyflow._io import write_json
 from studyflow.config import REFERENCE_ARG
 from studyflow.worker import add_search_paths
@@ -22,10 +23,12 @@ def compute_reference(problem: str, spec: dict[str, Any], data: str | Path | Non
     """Call `spec['loader']` as loader(data_frame, **kwargs) (loader(**kwargs) without data)
     and write its return value as JSON to `out`."""
     where = f"matrix.problems.{problem}.reference.loader"
-    module_name, _, attr = spec["loader"].partition(":")
     add_search_paths(search_paths(None))  # a loader module in the working directory, as objectives
     try:
-        loader = getattr(importlib.import_module(module_name), attr)
+        loader = import_named(spec["loader"])
+    except NotImportable as exc:
+        raise DataError(f"{where}: {exc}") from None
+    try:
         args = () if data is None else (pd.read_parquet(data),)
         value = loader(*args, **spec.get("kwargs", {}))
     except Exception as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import sys
 from dataclasses import asdict
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from studyflow._imports import NotImportable
+from studyflow._imports import import_named
 from studyflow._io import atomic_write
 from studyflow._io import write_json
 from studyflow.config import DatasetSpec
@@ -55,11 +56,13 @@ def read_source(name: str, spec: DatasetSpec) -> pd.DataFrame:
             return pd.read_csv(path)
         except Exception as exc:
             raise DataError(f"datasets.{name}.path: cannot read {path}: {type(exc).__name__}: {exc}")
-    module_name, _, attr = (spec.loader or "").partition(":")
     if str(Path.cwd()) not in sys.path:  # a loader module in the working directory, as objectives
         sys.path.insert(0, str(Path.cwd()))
     try:
-        loader = getattr(importlib.import_module(module_name), attr)
+        loader = import_named(spec.loader or "")
+    except NotImportable as exc:
+        raise DataError(f"datasets.{name}.loader: {exc}") from None
+    try:
         frame = loader(**spec.kwargs)
     except Exception as exc:
         raise DataError(

@@ -16,6 +16,8 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 
 from studyflow._hashing import canonical_json
+from studyflow._imports import NotImportable
+from studyflow._imports import import_named
 from studyflow.config import ParamSpec
 from studyflow.config import StudyConfig
 from studyflow.errors import ConfigError
@@ -100,16 +102,10 @@ def class_named(path: str, base: type, label: str, section: str) -> Any:
     """The class a study file names as 'module:Class' (a user's own sampler or pruner, or one of
     Optuna's by its path), imported here (the driver's check, and the study server); else one
     line naming `<section>.name`."""
-    module_name, _, attr = path.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001  a missing module, or one whose import fails
-        raise ConfigError(label, f"{section}.name", f"cannot import {module_name!r}: {type(exc).__name__}: "
-                                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    for part in attr.split("."):
-        found = getattr(found, part, None)
-        if found is None:
-            raise ConfigError(label, f"{section}.name", f"module {module_name!r} has no {attr!r}")
+        found = import_named(path)
+    except NotImportable as exc:
+        raise ConfigError(label, f"{section}.name", str(exc)) from None
     if not (isinstance(found, type) and issubclass(found, base)):
         raise ConfigError(label, f"{section}.name", f"{path!r} is not an Optuna {section} "
                                                    f"(a subclass of {base.__module__}.{base.__qualname__})")

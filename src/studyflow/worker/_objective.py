@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from studyflow._imports import NotImportable
+from studyflow._imports import import_named
 from studyflow.errors import ObjectiveError
 
 ObjectiveFn = Callable[..., Any]
@@ -37,16 +39,10 @@ def search_paths(study_file: str | None) -> list[str]:
 
 
 def import_objective(ref: str, label: str = "<study>") -> ObjectiveFn:
-    module_name, _, attr = ref.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ObjectiveError(
-            label, "objective", f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise ObjectiveError(label, "objective", f"module {module_name!r} has no {attr!r}")
+        fn = import_named(ref)
+    except NotImportable as exc:
+        raise ObjectiveError(label, "objective", str(exc)) from None
     if not callable(fn):
         raise ObjectiveError(label, "objective", f"{ref!r} is not callable")
     return fn
