@@ -68,7 +68,8 @@ def test_a_study_whose_loops_are_cancelled_by_a_restart_replaces_them_and_finish
         assert result.stop_reason == "n_trials"
 
 
-def test_one_worker_per_gpu_each_trial_sees_exactly_one_and_both_are_used(tmp_path):
+def test_one_worker_per_gpu_each_trial_sees_exactly_one_and_both_are_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # a box whose GPUs 0 and 1 are ours (none here: ids are pinned)
     study = {"objective": "sf_objectives:sees_gpus", "search_space": SPACE, "budget": {"n_trials": 30},
              "worker_resources": {"GPU": 1}, "cluster": {"mode": "local", "gpus": [0, 1]}}
     result = optimize(None, study, results_dir=tmp_path, progress=False)
@@ -127,7 +128,7 @@ def test_a_run_on_one_worker_per_gpu_logs_as_little_as_a_local_run(tmp_path, clu
     study = {"objective": "sf_objectives:sees_gpus", "search_space": SPACE, "budget": {"n_trials": 4},
              "worker_resources": {"GPU": 1} if cluster else {}, "cluster": {"mode": "local", **cluster}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "CUDA_VISIBLE_DEVICES": "0,1"}
     run = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", "study.yaml", "--workers", "2"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -145,6 +146,28 @@ def test_gpus_auto_inside_a_slurm_job_given_no_gpu_fails_instead_of_taking_the_n
         gpu_ids("auto")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what SLURM sets for --gpus=2
     assert gpu_ids("auto") == ["2", "3"]
+
+
+def test_gpus_naming_a_gpu_this_process_cannot_use_fail_instead_of_running_trials_on_the_cpu(tmp_path, monkeypatch):
+    """A typo'd id (or another user's GPU, outside this process's CUDA_VISIBLE_DEVICES) would
+    give its worker no GPU: a framework then quietly runs the trials on the CPU."""
+    from studyflow.driver._gpus import gpu_ids
+    from studyflow.errors import StudyflowError
+
+    # this machine has no GPU: an nvidia-smi that lists two, as on a 2-GPU box
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-aa)'\n"
+                                         "echo 'GPU 1: NVIDIA H100 (UUID: GPU-bb)'\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_ids([0, 1]) == ["0", "1"] and gpu_ids("auto") == ["0", "1"]
+    assert gpu_ids(["GPU-bb"]) == ["GPU-bb"]  # a UUID, as CUDA_VISIBLE_DEVICES takes it
+    with pytest.raises(StudyflowError, match=r"cluster.gpus: GPU 2 is not one nvidia-smi lists \(0, 1\)"):
+        gpu_ids([0, 2])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # this process may use GPU 1 only
+    assert gpu_ids([1]) == ["1"]
+    with pytest.raises(StudyflowError, match="cluster.gpus: GPU 0 is not among this process's CUDA_VISIBLE_DEVICES=1"):
+        gpu_ids([0, 1])
 
 
 def test_gpus_outside_local_mode_or_of_the_wrong_shape_fail_naming_the_key():

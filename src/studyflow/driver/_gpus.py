@@ -24,23 +24,48 @@ from studyflow.errors import StudyflowError
 def gpu_ids(gpus: Any) -> list[str]:
     """The ids a `cluster.gpus` setting names; "auto": `CUDA_VISIBLE_DEVICES`, else (not inside
     a SLURM job, whose GPUs that names) every GPU `nvidia-smi -L` lists. Fails in one line when
-    "auto" finds none."""
+    "auto" finds none, or a named id is one this process may not use (not in its
+    `CUDA_VISIBLE_DEVICES`, or an index `nvidia-smi` does not list): that worker would see no GPU."""
+    visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     if gpus != "auto":
-        return [str(g) for g in gpus]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        ids = [str(g) for g in gpus]
+        _check_usable(ids, visible)
+        return ids
     if visible:
-        return [g.strip() for g in visible.split(",") if g.strip()]
+        return visible
     if os.environ.get("SLURM_JOB_ID"):  # nvidia-smi would list the node's GPUs, other jobs' too
         raise StudyflowError(f"cluster.gpus: auto found no GPU given to SLURM job {os.environ['SLURM_JOB_ID']} "
                              "(CUDA_VISIBLE_DEVICES is unset); ask SLURM for them (the optimize rule's gpu "
                              "resource in the profile's set-resources)")
-    if shutil.which("nvidia-smi"):
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-        ids = [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
-        if ids:
-            return ids
+    ids = _listed_gpus()
+    if ids:
+        return ids
     raise StudyflowError("cluster.gpus: auto found no GPU (CUDA_VISIBLE_DEVICES is unset and nvidia-smi "
                          "lists none); name the ids, e.g. gpus: [0, 1]")
+
+
+def _listed_gpus() -> list[str] | None:
+    """The GPU indices `nvidia-smi -L` lists; None without nvidia-smi."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    return [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
+
+
+def _check_usable(ids: list[str], visible: list[str]) -> None:
+    """Refuse an id outside this process's CUDA_VISIBLE_DEVICES (another user's GPU), or an
+    index nvidia-smi does not list (a typo). Ids are trusted where neither is known, and UUIDs
+    (`GPU-...`, `MIG-...`) are left to CUDA."""
+    for gpu in ids:
+        if visible and gpu not in visible:
+            raise StudyflowError(f"cluster.gpus: GPU {gpu} is not among this process's "
+                                 f"CUDA_VISIBLE_DEVICES={','.join(visible)}")
+    listed = None if visible else _listed_gpus()
+    if listed is None:
+        return
+    for gpu in ids:
+        if gpu.isdigit() and gpu not in listed:
+            raise StudyflowError(f"cluster.gpus: GPU {gpu} is not one nvidia-smi lists ({', '.join(listed) or 'none'})")
 
 
 def gpu_cluster(ids: list[str], env: dict[str, str], security: Any = None, **scheduler_options: Any) -> SpecCluster:
