@@ -131,6 +131,45 @@ def test_a_script_calling_optimize_runs_its_top_level_once_with_or_without_a_mai
     assert len((tmp_path / "top_level_runs.txt").read_text().split()) == 1
 
 
+SCRIPT_POOLS = '''\
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import studyflow
+
+
+def square(v):  # a helper of the script's, sent to the pools' processes by reference
+    return v * v
+
+
+class Objective:
+    def __call__(self, trial):
+        x = trial.suggest_float("x", 0, 1)
+        method = trial.suggest_categorical("method", ["fork", "spawn", "forkserver"])
+        with multiprocessing.get_context(method).Pool(2) as pool:  # a backtest over symbols, say
+            pooled = sum(pool.map(square, [x, x]))
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method)) as executor:
+            return pooled + executor.submit(square, x).result()
+
+
+if __name__ == "__main__":
+    result = studyflow.optimize(Objective(), {"name": "pools", "sampler": {"name": "random", "seed": 0},
+                                              "budget": {"n_trials": 9}}, n_workers=2, progress=False)
+    print(sorted(set(result.trials["state"])), sorted(set(result.trials["params_method"])))
+'''
+
+
+def test_a_scripts_objective_hands_the_scripts_own_helpers_to_process_pools_as_under_plain_python(tmp_path):
+    """`Pool.map(helper, ...)`, a ProcessPoolExecutor or a spawn DataLoader pickle the script's
+    helpers by reference (`__main__.square`); plain Optuna runs in the script, where they are.
+    The objective reached its worker by value, and every trial failed: "Can't pickle <function
+    square>: attribute lookup square on __main__ failed"."""
+    (tmp_path / "tune.py").write_text(SCRIPT_POOLS)
+    proc = subprocess.run([sys.executable, "tune.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "['COMPLETE'] ['fork', 'forkserver', 'spawn']"
+
+
 def test_worker_resources_route_a_study_to_the_workers_that_carry_them(tmp_path):
     from distributed import Client
     from distributed import LocalCluster

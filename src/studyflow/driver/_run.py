@@ -71,6 +71,7 @@ from studyflow.worker import import_objective
 from studyflow.worker import objective_problem_in_a_thread
 from studyflow.worker import run_trial_loop
 from studyflow.worker import search_paths
+from studyflow.worker import script_of
 
 if TYPE_CHECKING:  # pandas and pyarrow load where a table is built or read, not at start
     import pandas as pd
@@ -270,6 +271,7 @@ def _run(
         cfg.objective_args,
         len(cfg.study_directions),
         paths,
+        script_of(objective) if objective is not None else None,
     )
 
     # n_trials: null (no limit): as many restarts as a 1,000-trial study may have

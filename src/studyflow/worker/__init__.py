@@ -10,6 +10,7 @@ from studyflow.worker._objective import import_objective
 from studyflow.worker._objective import objective_problem
 from studyflow.worker._objective import objective_problem_in_a_thread
 from studyflow.worker._objective import search_paths
+from studyflow.worker._script_main import script_of
 from studyflow.worker._trial import CONSTRAINT_PREFIX
 from studyflow.worker._trial import RemoteTrial
 
@@ -24,5 +25,6 @@ __all__ = [
     "objective_problem",
     "objective_problem_in_a_thread",
     "run_trial_loop",
+    "script_of",
     "search_paths",
 ]

@@ -34,6 +34,7 @@ from studyflow.worker._objective import add_search_paths
 from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
 from studyflow.worker._objective import import_objective
+from studyflow.worker._script_main import adopt_script
 from studyflow.worker._trial import RemoteTrial
 from studyflow.worker._trial import ServerConnection
 from studyflow.worker._trial import check_result
@@ -212,11 +213,14 @@ def run_trial_loop(
     objective_args: dict[str, Any],
     n_objectives: int,
     sys_paths: list[str],
+    script: str | None = None,
 ) -> int:
-    """Run trials until the server says stop; return how many this loop ran."""
+    """Run trials until the server says stop; return how many this loop ran. `script`: the
+    driver's script, where the objective is one of its functions (`script_of`)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     add_search_paths(sys_paths)
     fn = import_objective(objective) if isinstance(objective, str) else objective
+    adopt_script(fn, script)  # a script's objective: its helpers where pools' processes look for them
     call = bind(fn, objective_args)
     data = load_data(data)
     use_trial_threads()  # after the objective's imports: PyTorch's pool too
