@@ -170,6 +170,36 @@ def test_a_scripts_objective_hands_the_scripts_own_helpers_to_process_pools_as_u
     assert proc.stdout.strip() == "['COMPLETE'] ['fork', 'forkserver', 'spawn']"
 
 
+SCRIPT_POOLS_UNGUARDED = '''\
+import multiprocessing
+import operator
+
+import studyflow
+
+
+def objective(trial):
+    x = trial.suggest_float("x", 0, 1)
+    method = trial.suggest_categorical("method", ["fork", "spawn", "forkserver"])
+    with multiprocessing.get_context(method).Pool(1) as pool:
+        return sum(pool.starmap(operator.mul, [(x, x)]))
+
+
+result = studyflow.optimize(objective, {"name": "pools", "sampler": {"name": "random", "seed": 0},
+                                        "budget": {"n_trials": 9}}, n_workers=2, progress=False)
+print(sorted(set(result.trials["state"])), sorted(set(result.trials["params_method"])))
+'''
+
+
+def test_a_script_without_a_main_guard_still_runs_pools_of_an_installed_modules_functions(tmp_path):
+    """Spawned children do not run such a script (they would run its whole study again, and
+    fail to start one while bootstrapping): its objective may hand them an installed module's
+    functions, as before."""
+    (tmp_path / "tune.py").write_text(SCRIPT_POOLS_UNGUARDED)
+    proc = subprocess.run([sys.executable, "tune.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "['COMPLETE'] ['fork', 'forkserver', 'spawn']"
+
+
 def test_worker_resources_route_a_study_to_the_workers_that_carry_them(tmp_path):
     from distributed import Client
     from distributed import LocalCluster

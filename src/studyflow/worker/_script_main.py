@@ -10,16 +10,23 @@ own: pickling such a helper failed ("attribute lookup helper on __main__ failed"
 `adopt_script` puts those globals on the worker's `__main__` (the names it set before may be
 replaced by the next study's, no other name is touched), and names the script (`script_of`,
 in the driver: cloudpickle does not keep where code came from) as that module's file where
-it has none, so spawned children run the script as under plain Python (its top-level code
-runs in them; `studyflow.optimize` belongs under a main guard there).
+it has none, so spawned children run the script as under plain Python. Only for a script
+that calls studyflow under `if __name__ == "__main__":`, as Python asks of any script whose
+processes spawn: without one a spawned child would run the whole study again (it failed
+with a bootstrapping RuntimeError, where a pool of an installed module's functions worked),
+and a child that could not find a helper left `Pool.map` waiting forever. Such a script, and
+a notebook, keep the worker's `__main__` as it is, as does a worker whose main is a module
+(`dask-worker`, SLURM's jobs), whose spawned children import that module instead.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import sys
 import types
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,26 +56,52 @@ def _set(main: types.ModuleType, name: str, value: Any) -> None:
 
 
 def script_of(fn: Any) -> str | None:
-    """In the driver: the script `fn` comes from (`__main__`'s file), if it is one's."""
+    """In the driver: the script `fn` comes from (`__main__`'s file), when it is one's and the
+    script called studyflow under its main guard (see the module doc)."""
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     if main_file is None or not any(_script_functions(fn)):
         return None
-    return os.path.abspath(main_file)
+    main_file = os.path.abspath(main_file)
+    return main_file if _under_main_guard(main_file) else None
+
+
+def _under_main_guard(main_file: str) -> bool:
+    """Whether the script's module-level code runs inside `if __name__ == "__main__":` now."""
+    main_globals = vars(sys.modules["__main__"])
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is main_globals and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(Path(main_file).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.If) and _is_main_test(node.test)
+               and node.body[0].lineno <= line <= (node.body[-1].end_lineno or 0) for node in ast.walk(tree))
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(a, ast.Name) and a.id == "__name__" for a in sides) and any(
+        isinstance(b, ast.Constant) and b.value == "__main__" for b in sides)
 
 
 def adopt_script(fn: Any, script: str | None) -> None:
     """Give this worker's `__main__` what the script's `fn` brought along (see the module doc)."""
     functions = list(_script_functions(fn))
-    if not functions:
-        return
     main = sys.modules["__main__"]
+    if script is None or not functions or getattr(main, "__spec__", None) is not None or not os.path.isfile(script) or (
+            getattr(main, "__file__", None) is not None and "__file__" not in _adopted):
+        return  # spawned children could not find what pickling finds here (a `dask-worker`'s main)
     for function in functions:
         for name, value in function.__globals__.items():
             _set(main, name, value)
     for top in (fn, type(fn), *functions):
         if getattr(top, "__module__", None) == "__main__" and "." not in getattr(top, "__qualname__", "."):
             _set(main, top.__qualname__, top)
-    if script is not None and getattr(main, "__spec__", None) is None and os.path.isfile(script) and (
-            getattr(main, "__file__", None) is None or "__file__" in _adopted):
-        main.__file__ = script
-        _adopted.add("__file__")
+    main.__file__ = script
+    _adopted.add("__file__")
