@@ -58,9 +58,10 @@ def _set(main: types.ModuleType, name: str, value: Any) -> None:
 def script_of(fn: Any) -> str | None:
     """In the driver: the script `fn` comes from (`__main__`'s file), when it is one's and the
     script called studyflow under its main guard (see the module doc)."""
-    main_file = getattr(sys.modules["__main__"], "__file__", None)
-    if main_file is None or not any(_script_functions(fn)):
-        return None
+    main = sys.modules["__main__"]
+    main_file = getattr(main, "__file__", None)
+    if main_file is None or getattr(main, "__spec__", None) is not None or not any(_script_functions(fn)):
+        return None  # (`python -m pkg.tune`: its children would import it by name, not path)
     main_file = os.path.abspath(main_file)
     return main_file if _under_main_guard(main_file) else None
 
