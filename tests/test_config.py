@@ -76,6 +76,15 @@ def test_invalid_values(write_study, field, value, key):
     assert _error(write_study(**fields)).key == key
 
 
+def test_a_study_named_after_a_file_name_no_file_may_carry_says_to_rename_it_or_set_name(tmp_path):
+    path = tmp_path / "my study.yaml"
+    path.write_text("objective: m:f\n")
+    err = _error(path)
+    assert err.key == "name" and "named after its file" in err.message and "set `name:`" in err.message
+    path.write_text("objective: m:f\nname: my_study\n")
+    assert load_study(path).name == "my_study"
+
+
 def test_a_direction_beside_directions_is_refused_as_optunas_create_study_refuses_it(write_study):
     """`direction: maximize` next to `directions:` would be silently ignored (directions win)."""
     err = _error(write_study(objective="m:f", search_space=SPACE, direction="maximize",

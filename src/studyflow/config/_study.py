@@ -260,6 +260,9 @@ def load_study(
         cfg: StudyConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(label, _key(exc), _omegaconf_message(exc)) from exc
+    if not (name or cfg.name) and not SAFE_NAME.match(default_name):
+        raise ConfigError(label, "name", f"the study is named after its file, {default_name!r}, which must match "
+                                         f"{SAFE_NAME.pattern} (it names files): rename the file or set `name:`")
     cfg.name = name or cfg.name or default_name
     cfg.source = label
     validate_study(cfg, label)
