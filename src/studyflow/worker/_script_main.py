@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import os
 import sys
 import types
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 _adopted: set[str] = set()  # names this process set on its `__main__`
@@ -69,7 +70,7 @@ def script_of(fn: Any) -> str | None:
 def _under_main_guard(main_file: str) -> bool:
     """Whether the script's module-level code runs inside `if __name__ == "__main__":` now."""
     main_globals = vars(sys.modules["__main__"])
-    frame = sys._getframe(1)
+    frame = inspect.currentframe()
     while frame is not None and not (frame.f_globals is main_globals and frame.f_code.co_name == "<module>"):
         frame = frame.f_back
     if frame is None:
