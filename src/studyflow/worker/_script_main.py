@@ -10,13 +10,13 @@ own: pickling such a helper failed ("attribute lookup helper on __main__ failed"
 `adopt_script` puts those globals on the worker's `__main__` (the names it set before may be
 replaced by the next study's, no other name is touched), and names the script (`script_of`,
 in the driver: cloudpickle does not keep where code came from) as that module's file where
-it has none, so spawned children run the script as under plain Python. Only for a script
-that calls studyflow under `if __name__ == "__main__":`, as Python asks of any script whose
-processes spawn: without one a spawned child would run the whole study again (it failed
-with a bootstrapping RuntimeError, where a pool of an installed module's functions worked),
-and a child that could not find a helper left `Pool.map` waiting forever. Such a script, and
-a notebook, keep the worker's `__main__` as it is, as does a worker whose main is a module
-(`dask-worker`, SLURM's jobs), whose spawned children import that module instead.
+it has none, so spawned children run the script as under plain Python.
+
+Only for a script that calls studyflow under `if __name__ == "__main__":`, as Python asks of
+any script whose processes spawn: an unguarded script's spawned children would run its whole
+study again. Such a script, a module run with `python -m`, a notebook, and a worker whose main
+is a module (`dask-worker`, SLURM's jobs) keep the worker's `__main__` as it is: pickling then
+finds no helper that a spawned child could not find (`Pool.map` would wait forever for it).
 """
 
 from __future__ import annotations
