@@ -50,7 +50,7 @@ def _script_functions(fn: Any) -> Iterator[types.FunctionType]:
 
 
 def _set(main: types.ModuleType, name: str, value: Any) -> None:
-    if name.startswith("__") or (hasattr(main, name) and name not in _adopted):
+    if name.startswith("__") or not name.isidentifier() or (hasattr(main, name) and name not in _adopted):
         return
     setattr(main, name, value)
     _adopted.add(name)
