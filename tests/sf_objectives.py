@@ -25,6 +25,14 @@ def with_data(trial, data, column="y", scale=1.0):
     return float(data[column].sum()) * scale * trial.suggest_float("w", 0, 1)
 
 
+def scaled(trial, scale=1.0):
+    return scale * trial.suggest_float("x", 0, 1)
+
+
+def takes_trial_only(trial):
+    return trial.suggest_float("x", 0, 1)
+
+
 def raises_when_large(trial):
     x = trial.suggest_float("x", 0, 1)
     if x > 0.7:

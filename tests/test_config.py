@@ -130,6 +130,21 @@ def test_unimportable_objective_fails_before_any_cluster(write_study, tmp_path):
     assert not (tmp_path / "results").exists()  # no lock, no journal: nothing started
 
 
+def test_objective_args_reach_an_objective_that_takes_no_data_and_are_never_dropped(write_study, tmp_path):
+    """`objective(trial, scale=1.0)` with `objective_args: {scale: 10}` and no data: studyflow
+    called it as objective(trial, data, scale=10) and refused ("multiple values for 'scale'"),
+    and an `objective(trial)` silently ran without the study file's objective_args."""
+    study = {"objective": "sf_objectives:scaled", "objective_args": {"scale": 10.0}, "sampler": {"name": "random"},
+             "budget": {"n_trials": 4}}
+    trials = optimize(None, write_study(**study), results_dir=tmp_path / "results", progress=False).trials
+    assert (trials["state"] == "COMPLETE").all()
+    assert (trials["value"] == 10.0 * trials["params_x"]).all()
+    path = write_study(**{**study, "objective": "sf_objectives:takes_trial_only"})
+    with pytest.raises(ObjectiveError) as info:
+        optimize(None, path, results_dir=tmp_path / "other")
+    assert "objective(trial, **objective_args) with objective_args ['scale']" in str(info.value)
+
+
 def test_objective_with_wrong_signature(write_study, tmp_path):
     path = write_study(objective="sf_objectives:with_data", objective_args={"colour": "red"})
     with pytest.raises(ObjectiveError) as info:

@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,10 @@ async def objective_problem_in_a_thread(ref: str, arg_names: list[str], paths: l
     return await asyncio.get_running_loop().run_in_executor(None, objective_problem, ref, arg_names, paths)
 
 
-def wants_data(fn: ObjectiveFn) -> bool:
-    """True for `objective(trial, data, ...)`, False for `objective(trial)`."""
+def wants_data(fn: ObjectiveFn, objective_args: Collection[str] = ()) -> bool:
+    """True for `objective(trial, data, **objective_args)`; False for `objective(trial,
+    **objective_args)`: one positional parameter, or a second that objective_args name
+    (`objective(trial, scale=1.0)` with `objective_args: {scale: 10}`)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -90,7 +93,8 @@ def wants_data(fn: ObjectiveFn) -> bool:
     positional = [
         p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
-    return len(positional) >= 2
+    return len(positional) >= 2 and (positional[1].kind is positional[1].VAR_POSITIONAL
+                                     or positional[1].name not in objective_args)
 
 
 def check_signature(fn: ObjectiveFn, objective_args: dict[str, Any], label: str = "<study>") -> None:
@@ -99,13 +103,11 @@ def check_signature(fn: ObjectiveFn, objective_args: dict[str, Any], label: str 
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return
+    data = wants_data(fn, objective_args)
     try:
-        if wants_data(fn):
-            sig.bind(None, None, **objective_args)
-        else:
-            sig.bind(None)
+        sig.bind(None, *([None] if data else []), **objective_args)
     except TypeError as exc:
-        shape = "objective(trial, data, **objective_args)" if wants_data(fn) else "objective(trial)"
+        shape = "objective(trial, data, **objective_args)" if data else "objective(trial, **objective_args)"
         raise ObjectiveError(
             label,
             "objective",
@@ -116,6 +118,6 @@ def check_signature(fn: ObjectiveFn, objective_args: dict[str, Any], label: str 
 
 def bind(fn: ObjectiveFn, objective_args: dict[str, Any]) -> Callable[[Any, Any], Any]:
     """Return `call(trial, data)`, looking at the signature once, not per trial."""
-    if wants_data(fn):
+    if wants_data(fn, objective_args):
         return lambda trial, data: fn(trial, data, **objective_args)
-    return lambda trial, data: fn(trial)
+    return lambda trial, data: fn(trial, **objective_args)
