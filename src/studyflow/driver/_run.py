@@ -271,7 +271,7 @@ def _run(
         cfg.objective_args,
         len(cfg.study_directions),
         paths,
-        script_of(objective) if objective is not None else None,
+        script_of(objective),
     )
 
     # n_trials: null (no limit): as many restarts as a 1,000-trial study may have

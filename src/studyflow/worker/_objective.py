@@ -9,7 +9,6 @@ Two signatures are accepted, so a plain Optuna objective runs unchanged:
 from __future__ import annotations
 
 import asyncio
-import importlib
 import importlib.util
 import inspect
 import sys

@@ -102,7 +102,7 @@ def adopt_script(fn: Any, script: str | None) -> None:
     for function in functions:
         for name, value in function.__globals__.items():
             _set(main, name, value)
-    for top in (fn, type(fn), *functions):
+    for top in (type(fn), *functions):  # a callable instance's class; the script's functions
         if getattr(top, "__module__", None) == "__main__" and "." not in getattr(top, "__qualname__", "."):
             _set(main, top.__qualname__, top)
     main.__file__ = script
