@@ -170,6 +170,29 @@ def test_gpus_naming_a_gpu_this_process_cannot_use_fail_instead_of_running_trial
         gpu_ids([0, 1])
 
 
+@pytest.mark.parametrize("hidden", ["-1", "", "NoDevFiles"])
+def test_gpus_auto_where_cuda_visible_devices_hides_every_gpu_fails_instead_of_pinning_a_worker_to_none(
+        tmp_path, monkeypatch, hidden):
+    """`CUDA_VISIBLE_DEVICES=-1` (or empty: how a user or a SLURM job without GPUs hides
+    them) leaves CUDA no device. `auto` used to start one worker pinned to "-1", or, for an
+    empty value, to take every GPU nvidia-smi lists; either way trials ran where the user
+    had said no GPU."""
+    from studyflow.driver._gpus import gpu_ids
+    from studyflow.errors import StudyflowError
+
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-aa)'\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+    with pytest.raises(StudyflowError, match=f"cluster.gpus: auto found no GPU: CUDA_VISIBLE_DEVICES={hidden} hides"):
+        gpu_ids("auto")
+    with pytest.raises(StudyflowError, match=f"cluster.gpus: GPU 0 is not among this process's CUDA_VISIBLE_DEVICES={hidden}"):
+        gpu_ids([0])
+    # CUDA stops at the first id that is not a device: "1,-1,0" gives GPU 1 only
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,-1,0")
+    assert gpu_ids("auto") == ["1"]
+
+
 def test_gpus_outside_local_mode_or_of_the_wrong_shape_fail_naming_the_key():
     import pytest
 

@@ -19,6 +19,7 @@ from distributed import Scheduler
 from distributed import SpecCluster
 
 from studyflow.errors import StudyflowError
+from studyflow.worker._gpu_pin import visible_gpus
 
 
 def gpu_ids(gpus: Any) -> list[str]:
@@ -26,13 +27,17 @@ def gpu_ids(gpus: Any) -> list[str]:
     a SLURM job, whose GPUs that names) every GPU `nvidia-smi -L` lists. Fails in one line when
     "auto" finds none, or a named id is one this process may not use (not in its
     `CUDA_VISIBLE_DEVICES`, or an index `nvidia-smi` does not list): that worker would see no GPU."""
-    visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    setting = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = visible_gpus(setting)
     if gpus != "auto":
         ids = [str(g) for g in gpus]
-        _check_usable(ids, visible)
+        _check_usable(ids, visible, setting)
         return ids
     if visible:
         return visible
+    if setting is not None:
+        raise StudyflowError(f"cluster.gpus: auto found no GPU: CUDA_VISIBLE_DEVICES={setting} hides every "
+                             "GPU from this process; unset it, or name the ids, e.g. gpus: [0, 1]")
     if os.environ.get("SLURM_JOB_ID"):  # nvidia-smi would list the node's GPUs, other jobs' too
         raise StudyflowError(f"cluster.gpus: auto found no GPU given to SLURM job {os.environ['SLURM_JOB_ID']} "
                              "(CUDA_VISIBLE_DEVICES is unset); ask SLURM for them (the optimize rule's gpu "
@@ -52,15 +57,15 @@ def _listed_gpus() -> list[str] | None:
     return [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
 
 
-def _check_usable(ids: list[str], visible: list[str]) -> None:
-    """Refuse an id outside this process's CUDA_VISIBLE_DEVICES (another user's GPU), or an
-    index nvidia-smi does not list (a typo). Ids are trusted where neither is known, and UUIDs
-    (`GPU-...`, `MIG-...`) are left to CUDA."""
+def _check_usable(ids: list[str], visible: list[str], setting: str | None) -> None:
+    """Refuse an id outside this process's CUDA_VISIBLE_DEVICES (`setting`: another user's GPU,
+    or none where it hides them all), or an index nvidia-smi does not list (a typo). Ids are
+    trusted where neither is known, and UUIDs (`GPU-...`, `MIG-...`) are left to CUDA."""
     for gpu in ids:
-        if visible and gpu not in visible:
+        if setting is not None and gpu not in visible:
             raise StudyflowError(f"cluster.gpus: GPU {gpu} is not among this process's "
-                                 f"CUDA_VISIBLE_DEVICES={','.join(visible)}")
-    listed = None if visible else _listed_gpus()
+                                 f"CUDA_VISIBLE_DEVICES={setting}")
+    listed = None if setting is not None else _listed_gpus()
     if listed is None:
         return
     for gpu in ids:

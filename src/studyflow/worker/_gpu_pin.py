@@ -19,6 +19,18 @@ GPUS_PER_WORKER = "STUDYFLOW_GPUS_PER_WORKER"  # exported by the job script: the
 WORKERS_PER_JOB = "STUDYFLOW_WORKERS_PER_JOB"  # and its worker processes (`cores`)
 
 
+def visible_gpus(value: str | None) -> list[str]:
+    """The GPUs a `CUDA_VISIBLE_DEVICES` value leaves CUDA, read as CUDA reads it: up to the
+    first entry that is neither an index nor a `GPU-`/`MIG-` UUID ("-1" and "" hide them all)."""
+    gpus = []
+    for gpu in (value or "").split(","):
+        gpu = gpu.strip()
+        if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-"))):
+            break
+        gpus.append(gpu)
+    return gpus
+
+
 def dask_setup(worker: Any) -> None:
     """Dask's preload hook, in the worker process before it runs anything."""
     pinned = pinned_gpus(str(worker.name), os.environ)
@@ -29,7 +41,7 @@ def dask_setup(worker: Any) -> None:
 def pinned_gpus(name: str, env: Any) -> str | None:
     """The `CUDA_VISIBLE_DEVICES` of the worker named `name` in a job whose environment is
     `env`; None when the job has no GPUs (or the worker needs none)."""
-    visible = [gpu.strip() for gpu in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    visible = visible_gpus(env.get("CUDA_VISIBLE_DEVICES"))
     per_worker = float(env.get(GPUS_PER_WORKER) or 0)
     if not visible or per_worker <= 0:
         return None
