@@ -187,6 +187,44 @@ def test_editing_a_data_file_restages_it_and_reruns_only_its_study(workdir):
     assert (trials["user_attrs_rows"] == 4).all()  # the study ran again on the new data
 
 
+def test_a_partitioned_parquet_folder_is_a_dataset_and_rewriting_one_part_in_place_restages_it(workdir):
+    """A quant's prices as Spark or `to_parquet(partition_cols=...)` write them: a folder of
+    parquet files. Rewriting one part in place leaves the folder's own mtime as it was, so the
+    files inside are what decides a re-stage."""
+    prices = workdir / "prices"
+    pd.DataFrame({"y": [1.0, 2.0], "year": [2024, 2024]}).to_parquet(prices, partition_cols=["year"])
+    pd.DataFrame({"y": [3.0], "year": [2025]}).to_parquet(prices, partition_cols=["year"])
+    config = {"studies": ["tiny"], "datasets": {"tiny": {"path": "prices"}}}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    first = snakemake(workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(pd.read_parquet(workdir / "results/data/tiny.parquet")["y"]) == [1.0, 2.0, 3.0]
+    assert ran_jobs(snakemake(workdir)) == set()  # nothing to do
+
+    part = next((prices / "year=2025").iterdir())
+    folder_mtime = prices.stat().st_mtime_ns
+    pd.DataFrame({"y": [3.0, 4.0]}).to_parquet(part, index=False)  # the same file, rewritten
+    assert prices.stat().st_mtime_ns == folder_mtime
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = ran_jobs(rerun)
+    assert ("stage", "dataset=tiny") in ran and ("optimize", "study=tiny") in ran, ran
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert (trials["user_attrs_rows"] == 4).all()  # the study ran again on the new data
+
+
+def test_a_loader_named_as_a_class_method_stages_under_snakemake(workdir):
+    """`module:Class.method` names a loader as it names a sampler; the config schema took
+    only `module:function`, so Snakemake refused the config before `studyflow stage` ran."""
+    (workdir / "my_data.py").write_text("import pandas as pd\n\nclass Prices:\n    @staticmethod\n"
+                                        "    def load(n):\n        return pd.DataFrame({'y': [1.0] * n})\n")
+    config = {"studies": ["tiny"], "datasets": {"tiny": {"loader": "my_data:Prices.load", "kwargs": {"n": 5}}}}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(workdir, "--until", "stage")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(pd.read_parquet(workdir / "results/data/tiny.parquet")) == 5
+
+
 def test_editing_a_datasets_loader_restages_it_and_reruns_its_study(workdir):
     loader = "import pandas as pd\n\ndef load(n):\n    return pd.DataFrame({'y': [float(n)] * n})\n"
     (workdir / "tiny_loader.py").write_text(loader)

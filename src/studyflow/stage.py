@@ -41,15 +41,16 @@ def sha256_file(path: str | Path) -> str:
 
 
 def read_source(name: str, spec: DatasetSpec) -> pd.DataFrame:
-    """Read a dataset from its file (csv/parquet/json) or its loader ('module:function')."""
+    """Read a dataset from its file (csv/parquet/json), its folder of parquet files (a
+    partitioned dataset), or its loader ('module:function')."""
     import pandas as pd
 
     if spec.path is not None:
         path = Path(spec.path)
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"datasets.{name}.path: data file {path} not found")
         try:
-            if path.suffix == ".parquet":
+            if path.suffix == ".parquet" or path.is_dir():
                 return pd.read_parquet(path)
             if path.suffix in (".json", ".jsonl"):
                 return pd.read_json(path, lines=path.suffix == ".jsonl")

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from studyflow.config import WorkflowConfig
 from studyflow.config import check_storage_plugins
 from studyflow.config import config_hash_file
+from studyflow.config import dataset_parts
 from studyflow.config import job_runtime_minutes
 from studyflow.config import optimize_job_gpus
 from studyflow.config import optimize_job_threads
@@ -68,12 +69,13 @@ def final_outputs():
 
 
 def stage_inputs(wildcards):
-    """A `path:` dataset's file (through Snakemake storage for a URL): editing it re-stages,
-    and a rule of the workflow that writes it runs first. A loader's: its code's fingerprint."""
+    """A `path:` dataset's file (through Snakemake storage for a URL), or a folder's and its
+    files: editing one re-stages, and a rule of the workflow that writes it runs first. A
+    loader's: its code's fingerprint."""
     path = WORKFLOW.datasets[wildcards.dataset].path
     if path is None:  # a loader: editing its project source re-stages
         return {"code": loader_code_file(WORKFLOW, "datasets", wildcards.dataset)}
-    return {"source": storage(path) if storage_plugin(path) else path}
+    return {"source": storage(path) if storage_plugin(path) else path, "parts": dataset_parts(path)}
 
 
 def dataset_spec_json(wildcards, input):

@@ -18,6 +18,7 @@ from studyflow.config._workflow import optimize_job_threads
 from studyflow.config._workflow import optimize_job_workers
 from studyflow.config._workflow_files import check_storage_plugins
 from studyflow.config._workflow_files import config_hash_file
+from studyflow.config._workflow_files import dataset_parts
 from studyflow.config._workflow_files import release_rate_timers
 from studyflow.config._workflow_files import loader_code_file
 from studyflow.config._workflow_files import report_settings_file
@@ -38,6 +39,7 @@ __all__ = [
     "WorkflowConfig",
     "check_storage_plugins",
     "config_hash_file",
+    "dataset_parts",
     "dataset_spec",
     "job_runtime_minutes",
     "optimize_job_gpus",

@@ -46,6 +46,18 @@ def storage_plugin(path: str | None) -> str | None:
     return f"snakemake-storage-plugin-{_PLUGIN_OF_SCHEME.get(scheme, scheme)}"
 
 
+def dataset_parts(path: str) -> list[str]:
+    """The files of a local dataset folder (a partitioned parquet dataset), as pyarrow reads
+    it: every file whose path inside the folder has no part starting with "." or "_" (Spark's
+    `_SUCCESS`, checksums). As the stage rule's inputs, a part rewritten in place (the folder's
+    mtime unchanged) or added re-stages; [] for a file or a URL."""
+    folder = Path(path)
+    if storage_plugin(path) is not None or not folder.is_dir():
+        return []
+    return sorted(str(f) for f in folder.rglob("*")
+                  if f.is_file() and not any(p.startswith((".", "_")) for p in f.relative_to(folder).parts))
+
+
 def check_storage_plugins(workflow: WorkflowConfig, datasets: list[str]) -> None:
     """Refuse, naming the plugin to install, a URL dataset whose storage plugin is missing."""
     for name in datasets:
