@@ -108,10 +108,10 @@ def cmd_optimize(args: argparse.Namespace, stage_missing: bool, exiting: bool = 
     layout = ResultsLayout(Path(args.results))
     default_log = f"logs/optimize/{cfg.name}.log" if stage_missing else None
     _setup_logging(args.log or default_log)
-    if stage_missing and cfg.data is not None and not layout.data(cfg.data).is_file():
-        from studyflow.stage import stage
+    if stage_missing and cfg.data is not None:
+        from studyflow.stage import stage_if_due
 
-        stage(cfg.data, workflow.datasets[cfg.data], layout.data(cfg.data).parent)
+        stage_if_due(cfg.data, workflow.datasets[cfg.data], layout.data(cfg.data))
     result = optimize(
         None, cfg, overrides=None, results_dir=args.results,
         n_workers=args.workers, address=args.address, watch_parent=not stage_missing, exiting=exiting,

@@ -1,9 +1,12 @@
-"""Stage a dataset: read it once, write `<name>.parquet` and a manifest (sha256, rows, schema)."""
+"""Stage a dataset: read it once, write `<name>.parquet` and a manifest (sha256, rows, schema,
+and what it was read from, so that `studyflow run` stages it again once that changed)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import sys
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -16,7 +19,11 @@ from studyflow._imports import import_named
 from studyflow._io import atomic_write
 from studyflow._io import write_json
 from studyflow.config import DatasetSpec
+from studyflow.config import dataset_parts
 from studyflow.errors import DataError
+from studyflow.store._code import loader_fingerprint
+
+_logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # imported where a table is read: the driver needs only the manifest helpers
     import pandas as pd
@@ -30,6 +37,32 @@ class Manifest:
     rows: int
     columns: dict[str, str]  # {column: dtype}
     source: dict[str, Any]
+    source_state: dict[str, Any]  # `source_state(spec)` as staging found it
+
+
+def source_state(spec: DatasetSpec) -> dict[str, Any]:
+    """What a dataset is read from, as it is now: each file's size and mtime (a folder's files,
+    as `dataset_parts` lists them), or a loader's project source fingerprint ("library" for an
+    installed one). Staging again is due once this differs, as Snakemake's stage rule reruns
+    when one of its inputs is newer than its output."""
+    if spec.path is None:
+        return {"loader_code": loader_fingerprint(spec.loader or "", [str(Path.cwd())])}
+    files = dataset_parts(spec.path) or [spec.path]
+    stats = {f: os.stat(f) for f in files if os.path.exists(f)}
+    return {"files": {f: [st.st_size, st.st_mtime_ns] for f, st in stats.items()}}
+
+
+def why_stage(name: str, spec: DatasetSpec, staged: Path) -> str | None:
+    """Why the dataset `name` must be staged (again) at `staged`, or None when the staged
+    table was read from `spec` as it is now."""
+    if not staged.is_file() or not manifest_path(staged).is_file():
+        return "not staged yet"
+    manifest = json.loads(manifest_path(staged).read_text())
+    if manifest.get("source") != asdict(spec):
+        return f"datasets.{name} changed since it was staged"
+    if manifest.get("source_state") != source_state(spec):
+        return f"{spec.path or spec.loader} changed since it was staged"
+    return None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -75,7 +108,16 @@ def read_source(name: str, spec: DatasetSpec) -> pd.DataFrame:
     return frame
 
 
+def stage_if_due(name: str, spec: DatasetSpec, staged: Path) -> None:
+    """Stage the dataset `name` at `staged` (`studyflow run`) when `why_stage` says so."""
+    why = why_stage(name, spec, staged)
+    if why is not None:
+        _logger.info("staging dataset %s: %s", name, why)
+        stage(name, spec, staged.parent)
+
+
 def stage(name: str, spec: DatasetSpec, out_dir: str | Path) -> Manifest:
+    state = source_state(spec)  # before reading: an edit meanwhile stages again next time
     frame = read_source(name, spec)
     if frame.empty:
         raise DataError(f"datasets.{name}: the dataset has no rows")
@@ -89,6 +131,7 @@ def stage(name: str, spec: DatasetSpec, out_dir: str | Path) -> Manifest:
         rows=len(frame),
         columns={c: str(t) for c, t in frame.dtypes.items()},
         source=asdict(spec),
+        source_state=state,
     )
     write_json(manifest_path(out), asdict(manifest))
     return manifest
