@@ -264,3 +264,16 @@ def test_enqueue_values_that_cannot_fit_the_space_fail_naming_the_entry():
     assert json.dumps(cfg.enqueue) == '[{"kind": "a", "other": 3}]'
     plain = load_study({"objective": "m:f", "search_space": space})
     assert cfg.identity_hash() != plain.identity_hash()
+
+
+def test_the_first_progress_line_of_a_log_says_the_eta_is_unknown_not_nan(caplog):
+    """A Snakemake job's log reads these lines; before any trial ends there is no ETA to give."""
+    from studyflow.outputs._progress import Progress
+
+    progress = Progress("s", total=40)  # stderr is not a terminal under pytest: log lines
+    with caplog.at_level("INFO", logger="studyflow.progress"):
+        progress.update({"complete": 0, "pruned": 0, "failed": 0, "running": 1, "best_value": None, "done": False})
+        progress.update({"complete": 4, "pruned": 0, "failed": 0, "running": 1, "best_value": 0.5, "done": False})
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first == "s: 0/40 trials, best -, 0 failed, 1 running, 0 s elapsed, ETA -", first
+    assert "best 0.5" in second and "nan" not in second

@@ -46,9 +46,9 @@ class Progress:
                 self._next_log = elapsed + UNCOUNTED_LOG_S
             return
         if done >= self._next_log or status["done"]:
-            eta = elapsed / done * (self.total - done) if done else float("nan")
+            eta = f"{elapsed / done * (self.total - done):.0f} s" if done else "-"  # none before a trial ends
             _logger.info(
-                "%s: %d/%d trials, best %s, %d failed, %d running, %.0f s elapsed, ETA %.0f s",
+                "%s: %d/%d trials, best %s, %d failed, %d running, %.0f s elapsed, ETA %s",
                 self.study, done, self.total, facts["best"], status["failed"], status["running"],
                 elapsed, eta,
             )
