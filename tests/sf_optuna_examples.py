@@ -123,7 +123,7 @@ def _study_facts(study):
     }
 
 
-def reports_its_api(trial, data, artifact_base):
+def reports_its_api(trial, artifact_base):
     """Uses each part of `optuna.Trial`'s API an objective may use and records what it saw."""
     x = trial.suggest_float("x", 0, 1)  # declared in the study file: arrives with the trial
     n = trial.suggest_int("n", 1, 9, step=2)

@@ -145,6 +145,25 @@ def test_objective_args_reach_an_objective_that_takes_no_data_and_are_never_drop
     assert "objective(trial, **objective_args) with objective_args ['scale']" in str(info.value)
 
 
+def test_a_data_less_study_keeps_the_objectives_own_defaults_and_refuses_one_that_needs_data(
+        write_study, tmp_path, client4):
+    """Without data, `objective(trial, scale=1.0)` was called as objective(trial, None): its
+    default became None and every trial failed, where plain Optuna's `optimize` calls
+    objective(trial). An objective whose data parameter has no default failed every trial on
+    `None` ("'NoneType' object is not subscriptable") before the study stopped."""
+    study = {"objective": "sf_objectives:scaled", "sampler": {"name": "random"}, "budget": {"n_trials": 4}}
+    trials = optimize(None, write_study(**study), results_dir=tmp_path / "results", progress=False).trials
+    assert (trials["state"] == "COMPLETE").all() and (trials["value"] == trials["params_x"]).all()
+    for run in (lambda path: optimize(None, path, results_dir=tmp_path / "other", n_workers=1),  # a worker checks it
+                lambda path: optimize(None, path, results_dir=tmp_path / "other", client=client4)):  # the driver does
+        path = write_study(**{**study, "objective": "sf_objectives:fit_arrays"})
+        with pytest.raises(ObjectiveError) as info:
+            run(path)
+        assert info.value.key == "objective" and "\n" not in str(info.value)
+        assert "'fit_arrays' takes data (parameter 'data'), but the study has no data" in str(info.value)
+    assert not (tmp_path / "other" / "studies").exists()
+
+
 def test_objective_with_wrong_signature(write_study, tmp_path):
     path = write_study(objective="sf_objectives:with_data", objective_args={"colour": "red"})
     with pytest.raises(ObjectiveError) as info:

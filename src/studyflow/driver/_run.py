@@ -138,7 +138,7 @@ def optimize(
         n_workers or cfg.concurrency, address, cluster=cfg.cluster,
         tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources, exiting=exiting)
     with starting as started:  # a local cluster starts meanwhile
-        code = _checked_code(cfg, objective, label, paths, started if local else None)
+        code = _checked_code(cfg, objective, label, paths, started if local else None, data_arg is not None)
         key_base = _key_base(cfg, objective, code, data_sha)
         strategy = strategy_fingerprint(cfg.sampler.name, cfg.pruner.name, paths)
         journal = layout.journal(cfg, key_base, canonical_json(strategy) if strategy else "")
@@ -149,7 +149,7 @@ def optimize(
 
 
 def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, paths: list[str],
-                  workers: Callable[[], Client] | None) -> str:
+                  workers: Callable[[], Client] | None, has_data: bool) -> str:
     """The objective's code version, once it is known to import and to take what studyflow
     passes (else one line, `ObjectiveError`, with nothing written). With `workers` (the local
     cluster being started), whose processes import the objective's module anyway, one of them
@@ -161,7 +161,7 @@ def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, p
             module = cfg.objective.partition(":")[0]
             try:
                 problem = _on_one_worker(workers(), objective_problem_in_a_thread, cfg.objective,
-                                         list(cfg.objective_args), paths)
+                                         list(cfg.objective_args), paths, has_data)
             except (WorkerDiedError, ForkserverDiedError) as exc:  # a native crash at import
                 what = "the worker process that tried it" if isinstance(exc, WorkerDiedError) else "the workers' forkserver"
                 raise ObjectiveError(label, "objective", (
@@ -171,7 +171,7 @@ def _checked_code(cfg: StudyConfig, objective: ObjectiveFn | None, label: str, p
                 raise ObjectiveError(label, "objective", problem)
             return code
     fn = objective if objective is not None else import_objective(cfg.objective, label)
-    check_signature(fn, cfg.objective_args, label)
+    check_signature(fn, cfg.objective_args, label, has_data)
     return code_version(fn, cfg.objective_version, cfg.code.packages)
 
 

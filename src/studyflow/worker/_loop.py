@@ -221,7 +221,7 @@ def run_trial_loop(
     add_search_paths(sys_paths)
     fn = import_objective(objective) if isinstance(objective, str) else objective
     adopt_script(fn, script)  # a script's objective: its helpers where pools' processes look for them
-    call = bind(fn, objective_args)
+    call = bind(fn, objective_args, has_data=data is not None)
     data = load_data(data)
     use_trial_threads()  # after the objective's imports: PyTorch's pool too
     _line_buffered_output()

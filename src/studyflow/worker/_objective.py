@@ -63,60 +63,77 @@ def check_findable(ref: str, label: str = "<study>") -> None:
                              f"ModuleNotFoundError: No module named {top!r}")
 
 
-def objective_problem(ref: str, arg_names: list[str], paths: list[str]) -> str | None:
+def objective_problem(ref: str, arg_names: list[str], paths: list[str], has_data: bool = True) -> str | None:
     """On a worker: why the objective named `ref` cannot be imported or called as studyflow
     will call it (what `import_objective` or `check_signature` would say), or None."""
     add_search_paths(paths)
     try:
-        check_signature(import_objective(ref), dict.fromkeys(arg_names))
+        check_signature(import_objective(ref), dict.fromkeys(arg_names), has_data=has_data)
     except ObjectiveError as exc:
         return exc.message
     return None
 
 
-async def objective_problem_in_a_thread(ref: str, arg_names: list[str], paths: list[str]) -> str | None:
+async def objective_problem_in_a_thread(ref: str, arg_names: list[str], paths: list[str],
+                                        has_data: bool = True) -> str | None:
     """`objective_problem` for `Client.run`, which runs a function on the worker's event loop:
     on a thread, so an import that takes long, or that starts an event loop of its own, runs
     as it would in a trial loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, objective_problem, ref, arg_names, paths)
+    return await asyncio.get_running_loop().run_in_executor(None, objective_problem, ref, arg_names, paths, has_data)
 
 
-def wants_data(fn: ObjectiveFn, objective_args: Collection[str] = ()) -> bool:
-    """True for `objective(trial, data, **objective_args)`; False for `objective(trial,
-    **objective_args)`: one positional parameter, or a second that objective_args name
-    (`objective(trial, scale=1.0)` with `objective_args: {scale: 10}`)."""
+def _data_parameter(fn: ObjectiveFn, objective_args: Collection[str]) -> inspect.Parameter | None:
+    """The objective's second positional parameter, where data would go: None when it has
+    none, or objective_args name it (`objective(trial, scale=1.0)`, `objective_args: {scale: 10}`)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return False
+        return None
     positional = [
         p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
-    return len(positional) >= 2 and (positional[1].kind is positional[1].VAR_POSITIONAL
-                                     or positional[1].name not in objective_args)
+    if len(positional) < 2 or (positional[1].kind is not positional[1].VAR_POSITIONAL
+                               and positional[1].name in objective_args):
+        return None
+    return positional[1]
 
 
-def check_signature(fn: ObjectiveFn, objective_args: dict[str, Any], label: str = "<study>") -> None:
-    """Fail before any cluster starts if the objective cannot be called as studyflow will."""
+def wants_data(fn: ObjectiveFn, objective_args: Collection[str] = (), has_data: bool = True) -> bool:
+    """True for `objective(trial, data, **objective_args)`: a study with data, and an objective
+    with a parameter for it (`_data_parameter`). False for `objective(trial, **objective_args)`:
+    no such parameter, or no data, where the objective's own default applies, as under
+    Optuna's `optimize` (`objective(trial, n_folds=5)`)."""
+    return has_data and _data_parameter(fn, objective_args) is not None
+
+
+def check_signature(fn: ObjectiveFn, objective_args: dict[str, Any], label: str = "<study>",
+                    has_data: bool = True) -> None:
+    """Fail before any cluster starts if the objective cannot be called as studyflow will:
+    for a study without data, an objective whose data parameter has no default too."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return
-    data = wants_data(fn, objective_args)
-    try:
-        sig.bind(None, *([None] if data else []), **objective_args)
+    name = getattr(fn, "__name__", fn)
+    param = _data_parameter(fn, objective_args)
+    try:  # objective_args against the signature, with data in its place where it has one
+        sig.bind(None, *([None] if param is not None else []), **objective_args)
     except TypeError as exc:
-        shape = "objective(trial, data, **objective_args)" if data else "objective(trial, **objective_args)"
+        shape = "objective(trial, data, **objective_args)" if param is not None else "objective(trial, **objective_args)"
         raise ObjectiveError(
             label,
             "objective",
-            f"{getattr(fn, '__name__', fn)!r} has signature {sig}; studyflow calls {shape}"
+            f"{name!r} has signature {sig}; studyflow calls {shape}"
             f" with objective_args {sorted(objective_args)}: {exc}",
         ) from exc
+    if not has_data and param is not None and param.kind is not param.VAR_POSITIONAL and param.default is param.empty:
+        raise ObjectiveError(label, "objective", (
+            f"{name!r} takes data (parameter {param.name!r}), but the study has no data: name a dataset "
+            f"in `data:`, pass data= to optimize(), or give {param.name!r} a default"))
 
 
-def bind(fn: ObjectiveFn, objective_args: dict[str, Any]) -> Callable[[Any, Any], Any]:
+def bind(fn: ObjectiveFn, objective_args: dict[str, Any], has_data: bool = True) -> Callable[[Any, Any], Any]:
     """Return `call(trial, data)`, looking at the signature once, not per trial."""
-    if wants_data(fn, objective_args):
+    if wants_data(fn, objective_args, has_data):
         return lambda trial, data: fn(trial, data, **objective_args)
     return lambda trial, data: fn(trial, **objective_args)
