@@ -164,6 +164,13 @@ def test_a_data_less_study_keeps_the_objectives_own_defaults_and_refuses_one_tha
     assert not (tmp_path / "other" / "studies").exists()
 
 
+@pytest.mark.parametrize("named", ["obj.py:objective", "src/tune/obj.py:objective", "./obj:objective"])
+def test_an_objective_named_by_its_file_says_to_name_its_module(write_study, named):
+    err = _error(write_study(objective=named))
+    assert err.key == "objective" and "names a file; name its module" in str(err)
+    assert "'obj:objective'" in str(err) or "'src.tune.obj:objective'" in str(err)
+
+
 def test_objective_with_wrong_signature(write_study, tmp_path):
     path = write_study(objective="sf_objectives:with_data", objective_args={"colour": "red"})
     with pytest.raises(ObjectiveError) as info:

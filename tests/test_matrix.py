@@ -224,3 +224,14 @@ def test_a_method_of_the_users_own_sampler_runs_on_every_problem_and_an_edit_rer
     (workdir / "my_methods.py").write_text(MY_METHOD.replace("self.at * ", "0.5 * self.at * "))
     jobs = ran_jobs(snakemake(workdir, "-n"))
     assert {w for rule, w in jobs if rule == "optimize"} == {"study=small-mine", "study=large-mine"}, jobs
+
+
+def test_a_reference_loader_named_as_a_class_method_is_accepted_as_objectives_and_datasets_loaders_are(workdir):
+    from studyflow.config import WorkflowConfig
+
+    matrix = json.loads(json.dumps(MATRIX))
+    matrix["problems"]["small"]["reference"]["loader"] = "matrix_reference:References.mean_of"
+    raw = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    raw["matrix"], raw["study_dir"] = matrix, str(workdir / "config/studies")
+    workflow = WorkflowConfig.from_dict(raw)
+    assert workflow.matrix.problems["small"].reference.loader == "matrix_reference:References.mean_of"

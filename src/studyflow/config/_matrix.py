@@ -22,7 +22,7 @@ from studyflow.errors import ConfigError
 
 # Problem and method names: no '-' (it joins them in study names) and nothing that names a path.
 PART_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-LOADER = re.compile(r"^[A-Za-z0-9_.]+:[A-Za-z0-9_]+$")
+LOADER = re.compile(r"^[A-Za-z0-9_.]+:[A-Za-z0-9_.]+$")  # 'module:function' or 'module:Class.method'
 PROBLEM_KEYS = ("data", "objective_args", "set", "reference")
 REFERENCE_ARG = "reference"  # the objective argument that holds the problem's reference
 

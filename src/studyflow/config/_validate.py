@@ -49,6 +49,11 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("data", f"dataset name {cfg.data!r} must match {SAFE_NAME.pattern}")
     if ":" not in cfg.objective or cfg.objective.count(":") != 1:
         fail("objective", f"{cfg.objective!r} must be 'module:function'")
+    module, _, attr = cfg.objective.partition(":")
+    if module.endswith(".py") or "/" in module or "\\" in module:  # a file's path, as a shell names it
+        dotted = ".".join(p for p in module.removesuffix(".py").replace("\\", "/").split("/") if p not in ("", "."))
+        fail("objective", f"{cfg.objective!r} names a file; name its module, as Python imports it from the study "
+                          f"file's folder or the working directory: '{dotted}:{attr}'")
     if cfg.directions and cfg.direction != "minimize":  # (the default: resolved.yaml writes it beside directions)
         fail("direction", f"{cfg.direction!r} beside directions: {list(cfg.directions)}; set only one of "
                           "direction and directions (as Optuna's create_study asks)")
