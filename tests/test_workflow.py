@@ -126,6 +126,18 @@ def test_a_bad_study_file_fails_before_any_job_with_file_and_key(workdir):
     assert not (workdir / "results").exists()
 
 
+def test_a_study_file_naming_its_study_otherwise_fails_before_any_job(workdir):
+    """config.yaml lists a study by its file, and the workflow's outputs are named after it;
+    a `name:` of its own sent the job's outputs elsewhere: the whole study ran, then Snakemake
+    failed the job for missing outputs."""
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(dict(TINY_STUDY, name="renamed")))
+    proc = snakemake(workdir)
+    assert proc.returncode != 0
+    assert ("config/studies/tiny.yaml: name: 'renamed' is not the file's name 'tiny', by which config.yaml "
+            "lists the study") in proc.stdout + proc.stderr
+    assert not (workdir / "results").exists()
+
+
 def test_snakemake_report_archive_holds_the_study_card(workdir):
     assert snakemake(workdir).returncode == 0
     proc = snakemake(workdir, "--report", "report.zip")

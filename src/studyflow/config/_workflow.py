@@ -103,6 +103,10 @@ class WorkflowConfig:
         if not path.is_file():
             raise ConfigError(self.source, "studies", f"study {study!r} has no file {path}")
         cfg = load_study(path, self.study_overrides(study), defaults=self.study_defaults())
+        if cfg.name != study:  # the rules' outputs are named after the file the config lists
+            raise ConfigError(str(path), "name", f"{cfg.name!r} is not the file's name {study!r}, by which "
+                              "config.yaml lists the study and the workflow names its outputs; drop name: "
+                              "or rename the file")
         self.check_dataset(cfg)
         return cfg
 
