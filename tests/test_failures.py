@@ -246,7 +246,7 @@ def test_followers_of_a_failed_trial_run_its_key_one_at_a_time(client4, tmp_path
     """Trials sampled with the key of a running trial wait for it; when it fails they run the
     key themselves, one after another: two workers never run the same key at once."""
 
-    def fails_first_run(trial, data, log):
+    def fails_first_run(trial, log):
         import time
         from pathlib import Path
 

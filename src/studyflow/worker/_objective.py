@@ -1,9 +1,14 @@
 """Find the user's objective (`module:function`) and call it the way its signature asks.
 
-Two signatures are accepted, so a plain Optuna objective runs unchanged:
+Two calls, so a plain Optuna objective runs unchanged:
 
-- `objective(trial)`: the staged data and `objective_args` are on `trial.data` / `trial.settings`;
-- `objective(trial, data, **objective_args)`.
+- `objective(trial, data, **objective_args)`: a study with data, and an objective whose second
+  positional parameter objective_args do not name;
+- `objective(trial, **objective_args)`: any other, its own defaults kept (`objective(trial)`,
+  `objective(trial, n_folds=5)`); a study without data refuses one whose data parameter has
+  no default.
+
+Either way the data and objective_args are also on `trial.data` / `trial.settings`.
 """
 
 from __future__ import annotations
