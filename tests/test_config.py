@@ -190,6 +190,20 @@ def test_cli_dry_run_prints_resolved_study(write_study, tmp_path):
     assert "# cluster: LocalCluster" in out
 
 
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+def test_a_worker_count_that_is_not_positive_is_refused_in_one_line(write_study, tmp_path, workers):
+    """`--workers -2` died with a StopIteration traceback once the cluster was up (no worker to
+    check the objective on); `--workers 0` silently ran on the default count."""
+    path = write_study(objective="sf_objectives:instant", search_space=SPACE, budget={"n_trials": 2})
+    proc = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", str(path), "--workers", workers],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"argument --workers: {workers!r} is not a positive whole number" in proc.stderr.splitlines()[-1]
+    with pytest.raises(ValueError, match="n_workers: 0 is not a positive whole number"):
+        optimize(None, path, results_dir=tmp_path / "results", n_workers=0)
+    assert not (tmp_path / "results").exists()
+
+
 def test_cli_bad_study_is_one_line_and_exit_1(write_study, tmp_path):
     path = write_study(objective="m:f", search_space={"x": {"type": "float", "low": 2, "high": 1}})
     proc = subprocess.run(
