@@ -204,6 +204,16 @@ def test_a_worker_count_that_is_not_positive_is_refused_in_one_line(write_study,
     assert not (tmp_path / "results").exists()
 
 
+def test_overriding_a_parameter_whose_name_has_dots_says_how(write_study):
+    """OmegaConf reads `search_space.model.lr.high` as a path through `model`; the name
+    `model.lr` is reached as `search_space[model.lr].high`, which the message now says."""
+    space = {"model.lr": {"type": "float", "low": 0.0001, "high": 0.1, "log": True}}
+    path = write_study(objective="m:f", search_space=space)
+    err = _error(path, ["search_space.model.lr.high=0.2"])
+    assert "a name with dots takes brackets: search_space[model.lr].high=0.2" in str(err)
+    assert load_study(path, ["search_space[model.lr].high=0.2"]).search_space["model.lr"].high == 0.2
+
+
 def test_cli_bad_study_is_one_line_and_exit_1(write_study, tmp_path):
     path = write_study(objective="m:f", search_space={"x": {"type": "float", "low": 2, "high": 1}})
     proc = subprocess.run(

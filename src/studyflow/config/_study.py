@@ -255,7 +255,8 @@ def load_study(
         try:
             merged = OmegaConf.merge(merged, dotlist)
         except OmegaConfBaseException as exc:
-            raise ConfigError(label, _key(exc), _omegaconf_message(exc) + " (from --set)")
+            raise ConfigError(label, _key(exc), _omegaconf_message(exc) + _dotted_name_hint(merged, overrides)
+                              + " (from --set)")
     try:
         cfg: StudyConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
@@ -268,6 +269,18 @@ def load_study(
     validate_study(cfg, label)
     setattr(cfg, _VALIDATED, _fingerprint(cfg))
     return cfg
+
+
+def _dotted_name_hint(merged: Any, overrides: list[str]) -> str:
+    """How to override a parameter whose name has dots (`model.lr`), which a dotted path
+    splits: OmegaConf's brackets."""
+    names = [str(n) for n in (merged.get("search_space") or {}) if "." in str(n)]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        for name in names:
+            if key.startswith(f"search_space.{name}."):
+                return f"; a name with dots takes brackets: search_space[{name}]{key[len('search_space.' + name):]}={value}"
+    return ""
 
 
 # Set on each StudyConfig `load_study` returns: what it held when validated. An attribute, not
