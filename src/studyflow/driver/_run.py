@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
@@ -117,7 +118,7 @@ def optimize(
         exiting: the caller ends the process right after (the CLI): a local cluster started
             here is left to end with it instead of being closed (`connecting`).
     """
-    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, Integral) or n_workers < 1):
         raise ValueError(f"n_workers: {n_workers!r} is not a positive whole number")
     # a study file or dict for a callable given here may leave out `objective:`: it names the callable
     defaults = {"objective": objective_identity(objective)} if objective is not None else None
