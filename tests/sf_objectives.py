@@ -33,6 +33,11 @@ def takes_trial_only(trial):
     return trial.suggest_float("x", 0, 1)
 
 
+def reads_trial_data(trial):
+    """An objective(trial) of a study with data: it finds the data on the trial."""
+    return float(trial.data["y"].sum()) * trial.suggest_float("x", 0, 1)
+
+
 def raises_when_large(trial):
     x = trial.suggest_float("x", 0, 1)
     if x > 0.7:

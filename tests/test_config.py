@@ -171,6 +171,15 @@ def test_an_objective_named_by_its_file_says_to_name_its_module(write_study, nam
     assert "'obj:objective'" in str(err) or "'src.tune.obj:objective'" in str(err)
 
 
+def test_an_objective_without_a_data_parameter_finds_the_studys_data_on_the_trial(write_study, tmp_path):
+    import pandas as pd
+
+    study = write_study(objective="sf_objectives:reads_trial_data", sampler={"name": "random"}, budget={"n_trials": 3})
+    trials = optimize(None, study, data=pd.DataFrame({"y": [1.0, 2.0, 3.0]}), results_dir=tmp_path / "results",
+                      progress=False).trials
+    assert (trials["state"] == "COMPLETE").all() and (trials["value"] == 6.0 * trials["params_x"]).all()
+
+
 def test_objective_with_wrong_signature(write_study, tmp_path):
     path = write_study(objective="sf_objectives:with_data", objective_args={"colour": "red"})
     with pytest.raises(ObjectiveError) as info:
