@@ -67,26 +67,53 @@ def _wait_for_trials(tmp_path, n: int, runner: threading.Thread, timeout_s: floa
         time.sleep(0.2)
 
 
-def test_the_workflow_through_the_slurm_profile_runs_optimize_as_a_slurm_job(tmp_path):
+def _workflow_copy(tmp_path, study: dict) -> None:
     shutil.copy(REPO / "Snakefile", tmp_path)
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
     shutil.copytree(REPO / "profiles", tmp_path / "profiles")
     (tmp_path / "config/studies").mkdir(parents=True)
     (tmp_path / "config/config.yaml").write_text(yaml.safe_dump({"studies": ["on_slurm"]}))
-    study = {"objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
-             "budget": {"n_trials": 8}, "concurrency": 1}
     (tmp_path / "config/studies/on_slurm.yaml").write_text(yaml.safe_dump(study))
-    proc = subprocess.run(
+
+
+def _snakemake_slurm(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
-         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3"],
+         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3", *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
+
+
+def test_the_workflow_through_the_slurm_profile_runs_optimize_as_a_slurm_job(tmp_path):
+    """A study that sets no concurrency, as the shipped ones: its optimize job books the
+    profile's `cores` (here this one node's 2 CPUs) and runs that many workers. Without
+    `cores`, `snakemake --profile profiles/slurm` failed at once on Snakemake's "Workflow
+    requires a total number of cores to be defined"."""
+    _workflow_copy(tmp_path, {"objective": "sf_objectives:instant", "budget": {"n_trials": 8},
+                              "search_space": {"x": {"type": "float", "low": 0, "high": 1}}})
+    profile = tmp_path / "profiles/slurm/config.yaml"
+    assert "\ncores: 8" in profile.read_text()  # as shipped; this node has 2 CPUs
+    profile.write_text(profile.read_text().replace("\ncores: 8", "\ncores: 2"))
+    proc = _snakemake_slurm(tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     trials = pd.read_parquet(tmp_path / "results/studies/on_slurm/trials.parquet")
     assert (trials["state"] == "COMPLETE").sum() == 8
     assert (tmp_path / "results/reports/on_slurm.html").is_file()
-    jobs = sacct("Comment", "State")
-    assert ["rule_optimize_wildcards_on_slurm", "COMPLETED"] in jobs, jobs
+    assert "local cluster: 2 workers" in (tmp_path / "logs/optimize/on_slurm.log").read_text()
+    jobs = sacct("Comment", "State", "AllocCPUS")
+    assert ["rule_optimize_wildcards_on_slurm", "COMPLETED", "2"] in jobs, jobs
+
+
+def test_a_cluster_run_that_cannot_tell_an_optimize_jobs_cpus_says_how_to(tmp_path):
+    """A profile without `cores`, for a study without `concurrency`: one line saying what
+    to set, instead of Snakemake's words about fractions of the total cores."""
+    _workflow_copy(tmp_path, {"objective": "sf_objectives:instant", "budget": {"n_trials": 2}})
+    profile = tmp_path / "profiles/slurm/config.yaml"
+    profile.write_text(profile.read_text().replace("\ncores: 8", "\n"))
+    proc = _snakemake_slurm(tmp_path)
+    assert proc.returncode != 0
+    assert ("study on_slurm sets no concurrency, so its optimize job books --cores CPUs, which this run does "
+            "not set") in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
 
 
 def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):

@@ -3,6 +3,7 @@
 import json
 import shlex
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from studyflow.config import WorkflowConfig
@@ -10,6 +11,7 @@ from studyflow.config import check_storage_plugins
 from studyflow.config import config_hash_file
 from studyflow.config import dataset_parts
 from studyflow.config import job_runtime_minutes
+from studyflow.config import optimize_cores_unset
 from studyflow.config import optimize_job_gpus
 from studyflow.config import optimize_job_threads
 from studyflow.config import optimize_job_workers
@@ -137,10 +139,13 @@ def study_file(wildcards):
 
 
 def optimize_threads(wildcards, cores=None):
-    """The study's concurrency if it sets one, else every core Snakemake was given; one where
-    the workers run elsewhere (SLURM jobs, a cluster attached to): the job only hosts the
-    scheduler and the study server."""
-    return optimize_job_threads(STUDIES[wildcards.study]) or cores or workflow.cores
+    """The study's concurrency if it sets one, else every core Snakemake was given (--cores;
+    with an executor, what one job may book); one where the workers run elsewhere (SLURM jobs,
+    a cluster attached to): the job only hosts the scheduler and the study server."""
+    threads = optimize_job_threads(STUDIES[wildcards.study]) or cores
+    if threads is None and workflow.resource_settings.cores is None:  # an executor's run without --cores
+        raise WorkflowError(optimize_cores_unset(wildcards.study))
+    return threads or workflow.cores
 
 
 def optimize_workers(wildcards, threads):

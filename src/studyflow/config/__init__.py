@@ -13,6 +13,7 @@ from studyflow.config._validate import REPRODUCIBLE_ONLY
 from studyflow.config._workflow import DEFAULT_CONFIG
 from studyflow.config._workflow import WorkflowConfig
 from studyflow.config._workflow import job_runtime_minutes
+from studyflow.config._workflow import optimize_cores_unset
 from studyflow.config._workflow import optimize_job_gpus
 from studyflow.config._workflow import optimize_job_threads
 from studyflow.config._workflow import optimize_job_workers
@@ -42,6 +43,7 @@ __all__ = [
     "dataset_parts",
     "dataset_spec",
     "job_runtime_minutes",
+    "optimize_cores_unset",
     "optimize_job_gpus",
     "optimize_job_threads",
     "optimize_job_workers",

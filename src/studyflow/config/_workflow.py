@@ -188,6 +188,14 @@ def optimize_job_threads(cfg: StudyConfig) -> int | None:
     return None if cfg.concurrency is None else cfg.concurrency * cfg.cluster.trial_threads
 
 
+def optimize_cores_unset(study: str) -> str:
+    """What to set when a study's optimize job cannot know its CPUs (`optimize_job_threads`
+    None, and a run on an executor without --cores)."""
+    return (f"study {study} sets no concurrency, so its optimize job books --cores CPUs, which this run does not "
+            "set: pass --cores N (with an executor such as SLURM's, the most CPUs one job books; profiles/slurm "
+            "sets 8), or set the study's concurrency")
+
+
 def optimize_job_workers(cfg: StudyConfig, threads: int) -> int:
     """Worker processes for an optimize job given `threads` cores: one per `trial_threads`."""
     return max(1, threads // cfg.cluster.trial_threads)
