@@ -116,6 +116,27 @@ def test_a_cluster_run_that_cannot_tell_an_optimize_jobs_cpus_says_how_to(tmp_pa
             "not set") in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
 
 
+@pytest.mark.parametrize("cluster, says", [
+    ({"queue": "nope"}, "invalid partition specified: nope"),
+    ({"cores": 64}, "Requested node configuration is not available"),  # this node has 2 CPUs
+])
+def test_a_worker_job_slurm_refuses_stops_the_study_in_one_line(tmp_path, cluster, says):
+    """A typo'd partition, or more CPUs than any node has: sbatch refuses the job.
+    dask-jobqueue retried the submission for good, logging a traceback each time, and the
+    study waited 600 s for a worker."""
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+        "budget": {"n_trials": 2}, "cluster": {**SLURM, "jobs": 1, **cluster}}))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", "study.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("studyflow: error: SLURM refuses this study's worker job") and says in last, last
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):
     # its objective starts processes of its own (a worker job's workers are not daemonic)
     study = {"objective": "sf_objectives:pooled", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},

@@ -38,6 +38,7 @@ from studyflow.driver._security import key_folder
 from studyflow.driver._security import remove_key_folder
 from studyflow.driver._security import restrict_key_files
 from studyflow.driver._security import run_security
+from studyflow.driver._slurm_jobs import check_submittable
 from studyflow.driver._slurm_jobs import live_slurm_jobs
 from studyflow.driver._slurm_jobs import slurm_says
 from studyflow.errors import StudyflowError
@@ -372,6 +373,7 @@ def slurm_cluster(cfg: ClusterConfig, tls_dir: str | Path | None, search_paths: 
         with SLURMCluster(**kwargs, scheduler_options={"dashboard_address": "127.0.0.1:0"}) as slurm:
             if keys is not None:
                 restrict_key_files(keys)
+            check_submittable(slurm.job_script())
             yield slurm
     finally:
         if keys is not None:

@@ -1,13 +1,38 @@
-"""What SLURM says of the study's worker jobs: which are still queued or running (`squeue`),
-and how one that ended did (`sacct`), for `SlurmSupervisor`."""
+"""What SLURM says of the study's worker jobs: whether it would take one at all (`sbatch
+--test-only`, before any is submitted), which are still queued or running (`squeue`), and how
+one that ended did (`sacct`), for `SlurmSupervisor`."""
 
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
+
+from studyflow.errors import StudyflowError
 
 ACCOUNTING_WAIT_S = 5.0  # how long an ended job's account may still read as not yet ended
 LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUED")
+
+
+def check_submittable(job_script: str) -> None:
+    """Ask SLURM whether it would take a worker job of this script, without submitting it
+    (`sbatch --test-only`). One it refuses (an unknown partition or account, more CPUs or memory
+    than any node has, a controller that does not answer) stops the study in one line, quoting
+    sbatch: dask-jobqueue would retry the submission for good, logging a traceback each time."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sh") as script:
+        script.write(job_script)
+        script.flush()
+        try:
+            done = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True, text=True, timeout=120)
+        except FileNotFoundError:
+            raise StudyflowError("cluster.mode slurm: sbatch not found (is SLURM set up here?)") from None
+        except subprocess.TimeoutExpired:
+            raise StudyflowError("SLURM did not answer `sbatch --test-only` for this study's worker job "
+                                 "within 120 s") from None
+    if done.returncode != 0:
+        said = "; ".join(line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip())
+        raise StudyflowError("SLURM refuses this study's worker job (cluster: queue, account, cores, memory, "
+                             f"walltime, job_extra_directives): {said or f'sbatch exit code {done.returncode}'}")
 
 
 def slurm_says(job_id: str, wait_s: float = ACCOUNTING_WAIT_S) -> str:
