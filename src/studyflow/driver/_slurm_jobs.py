@@ -24,8 +24,9 @@ def check_submittable(job_script: str) -> None:
         script.flush()
         try:
             done = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True, text=True, timeout=120)
-        except FileNotFoundError:
-            raise StudyflowError("cluster.mode slurm: sbatch not found (is SLURM set up here?)") from None
+        except OSError as exc:  # no sbatch here, or one that cannot run
+            raise StudyflowError(f"cluster.mode slurm: cannot run sbatch ({exc.strerror or exc}); is SLURM set up "
+                                 "here?") from None
         except subprocess.TimeoutExpired:
             raise StudyflowError("SLURM did not answer `sbatch --test-only` for this study's worker job "
                                  "within 120 s") from None
