@@ -57,7 +57,7 @@ def why_stage(name: str, spec: DatasetSpec, staged: Path) -> str | None:
     table was read from `spec` as it is now."""
     if not staged.is_file() or not manifest_path(staged).is_file():
         return "not staged yet"
-    manifest = json.loads(manifest_path(staged).read_text())
+    manifest = read_manifest(staged)
     if manifest.get("source") != asdict(spec):
         return f"datasets.{name} changed since it was staged"
     if manifest.get("source_state") != source_state(spec):
