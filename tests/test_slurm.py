@@ -137,6 +137,21 @@ def test_a_worker_job_slurm_refuses_stops_the_study_in_one_line(tmp_path, cluste
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
+def test_a_slurm_study_that_went_right_closes_its_cluster_without_error_tracebacks(tmp_path):
+    """Before, distributed logged each worker job's removal as the cluster closed, which the
+    close cut short while studyflow's plugin awaited it, as ERROR tracebacks (CancelledError)
+    at the end of a study that had gone right: on every run of this two-trial study."""
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+        "budget": {"n_trials": 2}, "cluster": SLURM}))
+    for run in range(2):
+        proc = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", "study.yaml", "--results", f"r{run}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and " ERROR " not in proc.stderr, proc.stderr[-3000:]
+        assert (pd.read_parquet(tmp_path / f"r{run}/studies/study/trials.parquet")["state"] == "COMPLETE").sum() == 2
+
+
 def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):
     # its objective starts processes of its own (a worker job's workers are not daemonic)
     study = {"objective": "sf_objectives:pooled", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},

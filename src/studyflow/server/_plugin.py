@@ -21,6 +21,7 @@ import gc
 import logging
 import pickle
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import optuna
@@ -347,18 +348,22 @@ class StudyServer(SchedulerPlugin):
             reply["finished"] = await offload(_pickled_finished, served, finished_since)
         return reply
 
-    async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
-        try:
-            await self._fail_trials_of(worker)
-        except asyncio.CancelledError:  # the scheduler is shutting down: the driver closes studies
-            pass
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> Awaitable[None] | None:
+        """Fail and re-enqueue the trials of a worker that left. Awaitable only while a study is
+        open: the scheduler awaits what its plugins return, and a cluster closing after its
+        studies (SLURM's) cut that wait short for each worker it removed, which distributed
+        logged as ERROR tracebacks after a study that had gone right."""
+        return self._fail_trials_of(worker) if self._studies else None
 
     async def _fail_trials_of(self, worker: str) -> None:
-        for served in list(self._studies.values()):
-            async with served.lock:
-                lost = served.leases.of_worker(worker)
-                await offload(served.lose_leases, lost, f"WorkerLost: worker {worker} left mid-trial")
-            if lost:
-                _logger.warning("study %s: worker %s lost with trials %s", served.config.name, worker, lost)
-                served.notify()
+        try:
+            for served in list(self._studies.values()):
+                async with served.lock:
+                    lost = served.leases.of_worker(worker)
+                    await offload(served.lose_leases, lost, f"WorkerLost: worker {worker} left mid-trial")
+                if lost:
+                    _logger.warning("study %s: worker %s lost with trials %s", served.config.name, worker, lost)
+                    served.notify()
+        except asyncio.CancelledError:  # the scheduler is shutting down: the driver closes studies
+            pass
 
