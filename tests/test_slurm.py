@@ -162,6 +162,18 @@ def test_a_study_whose_dask_workers_are_slurm_jobs_over_tls(tmp_path):
     assert trials["worker"].str.startswith("tls://").all()
 
 
+def test_a_dataframe_given_to_an_adaptive_slurm_study_reaches_its_worker_jobs(tmp_path):
+    """`optimize(..., data=df)` with `adapt:`: the jobs are asked for once the trial loops are
+    submitted, but the DataFrame was scattered before them, and a scatter waits for a worker:
+    every such study failed after 30 s, "TimeoutError: No valid workers found"."""
+    study = {"objective": "sf_objectives:with_data", "search_space": {"w": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 4}, "cluster": {**SLURM, "jobs": 1, "adapt": {"minimum": 0, "maximum": 1}}}
+    data = pd.DataFrame({"y": [1.0, 2.0, 3.0]})
+    trials = optimize(None, study, data=data, results_dir=tmp_path / "results", progress=False).trials
+    assert (trials["state"] == "COMPLETE").sum() == 4
+    assert (trials["user_attrs_rows"] == 3).all()
+
+
 def test_a_slurm_worker_jobs_trial_runs_with_trial_threads(tmp_path):
     study = {"objective": "sf_objectives:reports_threads", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
              "budget": {"n_trials": 1}, "cluster": {**SLURM, "jobs": 1, "cores": 1, "trial_threads": 2}}

@@ -22,6 +22,17 @@ STATUSES = ("run", "ok", "wait", "stop")
 SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
 
 
+@dataclass(frozen=True)
+class Held:
+    """A trial loop's argument that the study server holds (`ServedStudy.held`): the objective
+    or data given to `optimize()` as a value. Each worker process fetches it once
+    (`studyflow_held`), whatever the number of loops, where as a task argument it was sent once
+    per loop; and a loop needs no Dask dependency, which would tie every loop to the workers
+    holding it."""
+
+    name: str  # "objective" or "data"
+
+
 class _Message:
     # list fields that hold other messages: {field: message class}
     nested: ClassVar[dict[str, type[_Message]]] = {}

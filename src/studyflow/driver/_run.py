@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+import cloudpickle
 from distributed import Client
 from distributed import wait
+from distributed.protocol import to_serialize
 from optuna.trial import FrozenTrial
 
 from studyflow import outputs
@@ -52,6 +54,7 @@ from studyflow.optuna_ext import warm_trials
 from studyflow.outputs import Progress
 from studyflow.outputs import scores_are_cheap
 from studyflow.outputs import scores_if_loaded
+from studyflow.protocol import Held
 from studyflow.server import INVALID_STUDY
 from studyflow.server import STUDY_FAILED
 from studyflow.server import StudyServer
@@ -209,6 +212,17 @@ def _key_base(cfg: StudyConfig, objective: ObjectiveFn | None, code: str, data_s
     return canonical_json(base if state is None else {**base, "state": state})
 
 
+def _held_by_server(objective: ObjectiveFn | None, data: Any) -> tuple[Any, Any, bytes]:
+    """The trial loops' objective and data arguments, and what the study server holds for them:
+    a callable objective, and data given as a value (a DataFrame, arrays; a parquet file goes
+    as its path), travel once, cloudpickled, to the server, which holds them (`protocol.Held`)."""
+    held = {"objective": objective} if objective is not None else {}
+    if data is not None and not isinstance(data, str):
+        held["data"] = data
+    args = [Held(name) if name in held else value for name, value in (("objective", objective), ("data", data))]
+    return args[0], args[1], cloudpickle.dumps(held) if held else b""
+
+
 def _slots(client: Client, resources: dict[str, float]) -> int:
     """Worker threads that may run this study's trials: those whose workers carry every
     resource the study asks for (`worker_resources: {GPU: 1}` routes trials to GPU workers)."""
@@ -259,18 +273,17 @@ def _run(
     spec = StudySpec(study_id, cfg, str(journal.resolve()), str(store.resolve()), key_base, concurrency, n_loops)
     spec.warm_trials, spec.track_finished, spec.release_idle = warm, hooks.track_finished, bool(adaptive)
     spec.results_root = str(store.parent.resolve())  # the server opens nothing outside it
-    opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec))
+    objective_arg, data_arg, held = _held_by_server(objective, data)
+    opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec), held=to_serialize(held))
     outputs.import_tables_meanwhile()
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",
         cfg.name, slots, concurrency, journal, opened["resumed"],
     )
-    if data is not None and not isinstance(data, str):  # a staged or given parquet file: its path
-        data = client.scatter(data, broadcast=True)
     loop_args = (
         study_id,
-        objective if objective is not None else cfg.objective,
-        data,
+        objective_arg or cfg.objective,
+        data_arg,
         cfg.objective_args,
         len(cfg.study_directions),
         paths,

@@ -3,7 +3,8 @@
 Trial loops on the workers call its handlers over the scheduler's RPC, each named
 `studyflow_<verb>`: `open`, `exchange` (tell finished trials, lease the next: `_service.py`),
 `suggest`, `report`, `should_prune`, `study_view` (what `trial.study` reads), `status`,
-`finished` (for the driver's callbacks), `stop` (`study.stop()`), `release_loop`, `close`.
+`finished` (for the driver's callbacks), `stop` (`study.stop()`), `release_loop`, `close`,
+`held` (the objective and data given to `optimize()` as values).
 Every access to a study runs under that study's `asyncio.Lock`; sampler work runs off the
 event loop unless it is short.
 
@@ -26,6 +27,7 @@ from typing import Any
 
 import optuna
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol import to_serialize
 from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
 
@@ -144,6 +146,7 @@ class StudyServer(SchedulerPlugin):
                 "studyflow_close": self.close_study,
                 "studyflow_finished": self.finished,
                 "studyflow_stop": self.stop,
+                "studyflow_held": self.held,
             }
         )
 
@@ -154,13 +157,16 @@ class StudyServer(SchedulerPlugin):
             raise UnknownStudyError(f"studyflow: no open study {study_id!r} on this scheduler "
                                     "(never opened here, or closed); refused") from None
 
-    async def open(self, spec: bytes) -> dict[str, Any]:
+    async def open(self, spec: bytes, held: bytes = b"") -> dict[str, Any]:
+        """Open a study (`spec`: a pickled `StudySpec`), holding `held` for its trial loops as
+        it came: the scheduler never unpickles a user's objective or data."""
         study_spec: StudySpec = pickle.loads(spec)
         check_paths(study_spec)
         old = self._studies.pop(study_spec.study_id, None)
         if old is not None:
             old.backend.close()
         served = await offload(open_study, study_spec)
+        served.held = held
         self._studies[study_spec.study_id] = served
         self._freeze_baseline(True)
         service = StudyService(served, lambda: self._studies.get(study_spec.study_id) is served, self._removed)
@@ -278,6 +284,12 @@ class StudyServer(SchedulerPlugin):
                 served.budget.stop_reason = STOP_CALLED
         served.notify()
         return {"status": "ok"}
+
+    async def held(self, study_id: str) -> dict[str, Any]:
+        """The objective and data the driver gave as values (`protocol.Held`), cloudpickled;
+        each worker process fetches them once. Never changed while the study is open: no lock.
+        Sent as a frame of its own, not copied into the reply's msgpack."""
+        return {"held": to_serialize(self._get(study_id).held)}
 
     async def release_loop(self, study_id: str, loop_id: str, error: str) -> dict[str, Any]:
         """A trial loop died (its task, key `loop_id`, errored): its trials go to other loops."""

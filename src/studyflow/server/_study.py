@@ -71,6 +71,7 @@ class ServedStudy(Asking, Telling):
     sampler_failures: int = 0  # failed asks in a row (`Asking._sampler_failed`)
     broken: bool = False  # its service task died: done at once, whatever loops still hold
     active_saved: float = field(default_factory=time.monotonic)  # when `save_active_time` last wrote
+    held: bytes = b""  # the objective and data given as values, cloudpickled (`protocol.Held`)
     _shared: SharedSpace | None = None  # for define-by-run draws at the ask (`Asking._shared_space`)
 
     def __post_init__(self) -> None:

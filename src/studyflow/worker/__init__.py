@@ -1,5 +1,6 @@
 """What runs on a Dask worker: the trial loop, the remote trial an objective receives, the
-objective's import, and the process's trial threads (`_threads`)."""
+objective's import (or the objective and data the study server holds for it, `_held`), and
+the process's trial threads (`_threads`)."""
 
 from studyflow.worker._loop import run_trial_loop
 from studyflow.worker._objective import ObjectiveFn

@@ -30,6 +30,7 @@ from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
 from studyflow.protocol import TrialOutcome
 from studyflow.protocol import json_attrs
+from studyflow.worker._held import held_values
 from studyflow.worker._objective import add_search_paths
 from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
@@ -215,17 +216,24 @@ def run_trial_loop(
     sys_paths: list[str],
     script: str | None = None,
 ) -> int:
-    """Run trials until the server says stop; return how many this loop ran. `script`: the
-    driver's script, where the objective is one of its functions (`script_of`)."""
+    """Run trials until the server says stop; return how many this loop ran. `objective` and
+    `data` may be `Held` by the server. `script`: the driver's script, where the objective is
+    one of its functions (`script_of`)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     add_search_paths(sys_paths)
+    conn = ServerConnection(study_id)
+    with held_values(conn, objective, data) as (objective, data):
+        return _run_trials(conn, objective, data, objective_args, n_objectives, script)
+
+
+def _run_trials(conn: ServerConnection, objective: Any, data: Any, objective_args: dict[str, Any],
+                n_objectives: int, script: str | None) -> int:
     fn = import_objective(objective) if isinstance(objective, str) else objective
     adopt_script(fn, script)  # a script's objective: its helpers where pools' processes look for them
     call = bind(fn, objective_args, has_data=data is not None)
     data = load_data(data)
     use_trial_threads()  # after the objective's imports: PyTorch's pool too
     _line_buffered_output()
-    conn = ServerConnection(study_id)
     # The task key (the driver names a dead loop by it) and this run of it: Dask may run the
     # task again elsewhere while the old run still hangs in a worker that is shutting down.
     loop_id = f"{conn.worker.get_current_task()}/{uuid.uuid4().hex[:8]}"
