@@ -95,6 +95,14 @@ def test_a_direction_beside_directions_is_refused_as_optunas_create_study_refuse
                                   directions=["maximize", "minimize"])).study_directions == ["maximize", "minimize"]
 
 
+def test_a_pruner_on_a_study_of_several_objectives_is_refused_before_any_trial_runs(write_study):
+    """Optuna's `Trial.report` and `should_prune` raise NotImplementedError for several
+    objectives: such a study ran until its first 10 trials had all failed on it."""
+    err = _error(write_study(objective="m:f", search_space=SPACE, directions=["minimize", "maximize"],
+                             pruner={"name": "median"}))
+    assert err.key == "pruner.name" and "several objectives" in err.message, err.message
+
+
 @pytest.mark.parametrize(("search_space", "key"), [
     ({}, "search_space"),  # define-by-run: the grid has no points to run (it ran none, and said done)
     ({"x": {"type": "float", "low": 0, "high": 1}}, "search_space.x.step"),

@@ -73,6 +73,9 @@ def validate_study(cfg: StudyConfig, label: str) -> None:
         fail("sampler.name", f"{cfg.sampler.name!r} is not one of {', '.join(SAMPLERS)}, nor a 'module:Class'")
     if cfg.pruner.name not in PRUNERS and not CLASS_PATH.match(cfg.pruner.name):
         fail("pruner.name", f"{cfg.pruner.name!r} is not one of {', '.join(PRUNERS)}, nor a 'module:Class'")
+    if cfg.pruner.name != "none" and len(cfg.study_directions) > 1:
+        fail("pruner.name", f"{cfg.pruner.name!r} on a study of several objectives: Optuna prunes single-objective "
+                            "studies only (Trial.report raises for several); use pruner: {name: none}")
     if cfg.scheduling not in SCHEDULING:
         fail("scheduling", f"{cfg.scheduling!r} is not one of {', '.join(SCHEDULING)}")
     budget = cfg.budget
