@@ -14,6 +14,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from studyflow import optimize
+from studyflow.errors import DataError
 
 SPACE = {"x": {"type": "float", "low": 0, "high": 1}}
 
@@ -107,6 +108,24 @@ def test_objective_gets_data_and_objective_args(client4, tmp_path):
     trials = result.trials
     assert (trials["user_attrs_rows"] == 3).all()
     assert ((trials["value"] - 12.0 * trials["params_w"]).abs() < 1e-12).all()
+
+
+def test_data_given_as_a_folder_of_parquet_files_reaches_the_objective_as_one_table(client4, tmp_path):
+    """A partitioned dataset (Spark's `year=` folders), as `pd.read_parquet` reads it; before,
+    `optimize(data=folder)` said "data file not found"."""
+    for year, ys in ((2023, [1.0, 2.0]), (2024, [3.0])):
+        (tmp_path / "prices" / f"year={year}").mkdir(parents=True)
+        pd.DataFrame({"y": ys}).to_parquet(tmp_path / "prices" / f"year={year}" / "part-0.parquet")
+    (tmp_path / "prices" / "_SUCCESS").write_text("")
+    study = {"objective": "sf_objectives:with_data", "search_space": {"w": {"type": "float", "low": 0, "high": 1}},
+             "budget": {"n_trials": 4}, "data_columns": ["y", "year"]}
+    trials = optimize(None, study, data=tmp_path / "prices", client=client4, results_dir=tmp_path / "r",
+                      progress=False).trials
+    assert (trials["user_attrs_rows"] == 3).all()
+    assert ((trials["value"] - 6.0 * trials["params_w"]).abs() < 1e-12).all()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: a folder without data files"):
+        optimize(None, study, data=tmp_path / "empty", client=client4, results_dir=tmp_path / "r", progress=False)
 
 
 def test_a_python_callable_objective(client4, tmp_path):

@@ -13,6 +13,7 @@ from studyflow._hashing import canonical_json
 from studyflow._hashing import pickle_sha256
 from studyflow._hashing import sha256_text
 from studyflow.config import StudyConfig
+from studyflow.config import dataset_parts
 from studyflow.errors import ConfigError
 from studyflow.errors import DataError
 from studyflow.stage import read_manifest
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
 def resolve_data(cfg: StudyConfig, data: pd.DataFrame | str | Path | None, staged: Path) -> tuple[Any, str | None]:
     """The data argument for the trial loops, and its sha256: `data` as given (a DataFrame, a
     parquet file, or any other picklable value, e.g. arrays `(X, y)`), else the study's dataset
-    as staged at `staged`."""
+    as staged at `staged`. A folder of parquet files (a partitioned dataset) is read here, as
+    `pd.read_parquet` reads it, and goes on as that DataFrame."""
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        data = _read_folder(Path(data))
     if is_frame(data):
         import pandas as pd
 
@@ -54,6 +58,17 @@ def resolve_data(cfg: StudyConfig, data: pd.DataFrame | str | Path | None, stage
     _check_columns(cfg, columns, str(path))
     sha = read_manifest(path)["sha256"] if data is None else sha256_file(path)
     return str(path.resolve()), sha
+
+
+def _read_folder(folder: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    if not dataset_parts(str(folder)):
+        raise DataError(f"{folder}: a folder without data files (a partitioned dataset's parquet files)")
+    try:
+        return pd.read_parquet(folder)
+    except Exception as exc:
+        raise DataError(f"{folder}: not a readable folder of parquet files: {type(exc).__name__}: {exc}") from exc
 
 
 def _pickle_sha(data: Any) -> str:
