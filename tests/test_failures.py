@@ -7,6 +7,7 @@ touch another test.
 from __future__ import annotations
 
 import optuna
+import psutil
 import pytest
 
 import sf_objectives
@@ -164,6 +165,22 @@ def test_worker_killed_mid_trial_is_retried_with_the_same_params(tmp_path, monke
     assert retry.iloc[0]["state"] == "COMPLETE"
     assert retry.iloc[0]["params_x"] == lost["params_x"]
     assert retry.iloc[0]["attempt"] == 1
+
+
+def test_a_trial_needing_more_than_a_workers_share_of_memory_runs_as_under_plain_optuna(tmp_path, monkeypatch):
+    """Dask gives each local worker memory / workers (3 GB of 24 GB with 8 workers; a GPU
+    worker, memory / cores) and its nanny kills the worker at 95% of that: a 4 GB trial on
+    a machine with 22 GB free failed as "WorkerLost", saying nothing of memory. A worker may
+    use the machine's memory, as a process under plain Optuna does."""
+    from distributed.system import MEMORY_LIMIT
+
+    need = int(MEMORY_LIMIT / 8 * 1.3)
+    if psutil.virtual_memory().available < 2 * need:
+        pytest.skip(f"needs {2 * need / 1e9:.1f} GB free to hold {need / 1e9:.1f} GB in one trial")
+    monkeypatch.setenv("SF_ALLOC_BYTES", str(need))
+    study = {"objective": "sf_objectives:needs_memory", "budget": {"n_trials": 2, "retries": 0}}
+    trials = optimize(None, study, n_workers=8, results_dir=tmp_path, progress=False).trials
+    assert trials.set_index("number").loc[0, "state"] == "COMPLETE", trials["error"].tolist()
 
 
 def test_cli_run_writes_failed_trials_tracebacks_to_the_study_log(write_study, tmp_path):

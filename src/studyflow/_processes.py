@@ -137,6 +137,17 @@ def _workers_skip_main() -> None:
     spawn.get_preparation_data = get_preparation_data
 
 
+def worker_memory_limit() -> int:
+    """Each local worker's memory limit: the machine's (or its cgroup's), as a process under
+    plain Optuna has. Dask's default splits it (memory / workers; a GPU worker's, memory /
+    cores) and its nanny kills a worker at 95% of that share, so a trial needing more failed
+    as "WorkerLost" on a machine with room. The nanny still stops a worker that alone takes 95%
+    of the machine, before the kernel's OOM killer picks a process, the driver perhaps."""
+    from distributed.system import MEMORY_LIMIT
+
+    return MEMORY_LIMIT
+
+
 def worker_env(threads: int = 1) -> dict[str, str]:
     """The environment a forked worker runs with: this process's as it is now (the forkserver
     keeps the one it started with, where a spawned worker got the current one, so a variable

@@ -29,6 +29,7 @@ from studyflow._processes import forkserver_died
 from studyflow._processes import forked_workers_config
 from studyflow._processes import preloaded_objective_modules
 from studyflow._processes import worker_env
+from studyflow._processes import worker_memory_limit
 from studyflow.config import ClusterConfig
 from studyflow.config._validate import check_job_fields
 from studyflow.driver._gpus import gpu_cluster
@@ -51,7 +52,6 @@ _logger = logging.getLogger(__name__)
 # studyflow's local clusters do not serve: CPU taken from the trials for nothing. Off unless the
 # environment turns it on.
 PROFILE_ENV_VAR = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
-
 
 # Worker jobs' output (SLURM's `slurm-<id>.out`) goes here, relative to the submitting job's
 # folder, next to the workflow's own logs, instead of littering that folder.
@@ -284,6 +284,7 @@ def connect(
         scheduler_kwargs={"dashboard": False},  # no bokeh dashboard: it costs the server CPU
         silence_logs=logging.CRITICAL,  # shutdown races log scary heartbeat errors
         env=worker_env(cfg.trial_threads),
+        memory_limit=worker_memory_limit(),
         resources=resources if carry_resources else None,
         **({"security": security, "protocol": "tls://"} if security is not None else {}),
     ) as local, Client(local, security=security) as client:

@@ -18,6 +18,7 @@ from distributed import Nanny
 from distributed import Scheduler
 from distributed import SpecCluster
 
+from studyflow._processes import worker_memory_limit
 from studyflow.errors import StudyflowError
 from studyflow.worker._gpu_pin import visible_gpus
 
@@ -78,7 +79,7 @@ def gpu_cluster(ids: list[str], env: dict[str, str], security: Any = None, **sch
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     workers = {
         f"gpu-{gpu}": {"cls": Nanny, "options": {
-            "nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1},
+            "nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1}, "memory_limit": worker_memory_limit(),
             "silence_logs": logging.CRITICAL,  # as LocalCluster's workers: no INFO lines of Dask's own
             "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}, **tls}}
         for gpu in ids
