@@ -66,3 +66,9 @@ def test_startup_times_whole_studyflow_runs_beside_the_journal_runner_each_check
         ("1-trial study, 2 workers", "Optuna, one process, journal file"),
         ("1-trial study, 8 workers", "studyflow")]
     assert all(float(wall) > 0 and checked == "1 COMPLETE" for _, _, wall, checked in table)
+
+
+def test_carried_prints_studyflow_and_optuna_rows_with_their_trials_checked():
+    _, rows = run_script("carried.py", "--repeats", "1", "--mb", "8", "--workers", "2")
+    assert [row.split("|")[2].strip() for row in rows[1:]] == ["studyflow", "Optuna, one process, n_jobs threads"]
+    assert all(float(row.split("|")[4]) > 8 and row.split("|")[5].strip() == "200 COMPLETE" for row in rows[1:])
