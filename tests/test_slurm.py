@@ -174,6 +174,17 @@ def test_a_dataframe_given_to_an_adaptive_slurm_study_reaches_its_worker_jobs(tm
     assert (trials["user_attrs_rows"] == 3).all()
 
 
+def test_a_trial_needing_more_than_its_share_of_a_worker_jobs_memory_runs(tmp_path, monkeypatch):
+    """dask-jobqueue gives each of a job's `cores` workers memory / cores (here 1 GB / 2), and
+    the nanny killed a worker past 95% of that: a 700 MB trial in a 1 GB job failed as
+    "WorkerLost". Each worker may use the job's memory; SLURM holds the job to it."""
+    monkeypatch.setenv("SF_ALLOC_BYTES", str(700 * 2**20))  # sbatch exports the environment
+    study = {"objective": "sf_objectives:needs_memory", "budget": {"n_trials": 2, "retries": 0},
+             "cluster": {**SLURM, "jobs": 1, "cores": 2}}
+    trials = optimize(None, study, results_dir=tmp_path / "results", progress=False).trials
+    assert trials.set_index("number").loc[0, "state"] == "COMPLETE", trials["error"].tolist()
+
+
 def test_a_slurm_worker_jobs_trial_runs_with_trial_threads(tmp_path):
     study = {"objective": "sf_objectives:reports_threads", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
              "budget": {"n_trials": 1}, "cluster": {**SLURM, "jobs": 1, "cores": 1, "trial_threads": 2}}

@@ -7,7 +7,6 @@ import os
 import shlex
 import sys
 import threading
-import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -40,8 +39,7 @@ from studyflow.driver._security import remove_key_folder
 from studyflow.driver._security import restrict_key_files
 from studyflow.driver._security import run_security
 from studyflow.driver._slurm_jobs import check_submittable
-from studyflow.driver._slurm_jobs import live_slurm_jobs
-from studyflow.driver._slurm_jobs import slurm_says
+from studyflow.driver._supervisor import SlurmSupervisor
 from studyflow.errors import StudyflowError
 from studyflow.worker._gpu_pin import GPUS_PER_WORKER
 from studyflow.worker._gpu_pin import WORKERS_PER_JOB
@@ -84,85 +82,15 @@ def local_workers(requested: int | None, trial_threads: int = 1) -> int:
     return max(1, (int(slurm_cpus) if slurm_cpus else (os.cpu_count() or 1)) // trial_threads)
 
 
-class Supervisor:
-    """Keeps a cluster at its size while a study runs (only SLURM needs it: a job that SLURM
-    killed or that hit its walltime stays in dask-jobqueue's plan and is never replaced)."""
-
-    def check(self) -> None:
-        """Called by the driver between status polls."""
-
-
-class SlurmSupervisor(Supervisor):
-    """Replaces worker jobs that ended; stops the study once `MAX_FAILED_STARTS` jobs in a row
-    ended before any worker of theirs joined (a job that cannot start would be resubmitted
-    forever), quoting what SLURM says of the last one."""
-
-    EVERY_S = 10.0  # squeue at most this often: the driver polls 5 times a second
-    MAX_FAILED_STARTS = 3
-
-    def __init__(self, cluster: Any, jobs: int, every_s: float = EVERY_S) -> None:
-        self.cluster = cluster
-        self.jobs = jobs
-        self.every_s = every_s
-        self._last = 0.0
-        self.joined: set[str] = set()  # job names a worker of which joined the scheduler
-        self.failed_starts = 0  # jobs in a row that ended before any worker joined
-
-    def check(self) -> None:
-        if time.monotonic() - self._last < self.every_s:
-            return
-        self._last = time.monotonic()
-        self._note_joined()
-        alive = live_slurm_jobs()
-        if alive is None:
-            return
-        dead = {name: job.job_id for name, job in list(self.cluster.workers.items())
-                if getattr(job, "job_id", None) and job.job_id not in alive}
-        if not dead:
-            return
-        for name, job_id in dead.items():
-            self.cluster.worker_spec.pop(name, None)
-            self.cluster.workers.pop(name, None)
-            self.failed_starts = 0 if name in self.joined else self.failed_starts + 1
-            if self.failed_starts >= self.MAX_FAILED_STARTS:
-                raise StudyflowError(f"{self.failed_starts} SLURM worker jobs in a row ended before their "
-                                     f"worker started; the last, job {job_id}: {slurm_says(job_id)}")
-        _logger.warning("SLURM worker job(s) %s ended; submitting replacements", list(dead))
-        self.cluster.scale(jobs=self.jobs)
-
-    def _note_joined(self) -> None:
-        names = [str(w.get("name", "")) for w in self.cluster.scheduler_info.get("workers", {}).values()]
-        for job in self.cluster.workers:
-            if any(n == str(job) or n.startswith(f"{job}-") for n in names):
-                self.joined.add(job)
-
-    def wait_for_a_worker(self, client: Client, timeout_s: float) -> None:
-        """Wait for the first worker, failing early when the jobs cannot start."""
-        deadline = time.monotonic() + timeout_s
-        while not client.scheduler_info()["workers"]:
-            if time.monotonic() > deadline:
-                raise StudyflowError(f"no SLURM worker job started within {timeout_s:g} s")
-            self.check()
-            time.sleep(0.5)
-
-
-def supervisor_for(client: Client, adaptive: bool = False) -> Supervisor:
-    """Who keeps the cluster at its size: nobody for an adaptive one (dask-jobqueue's adapt
-    replaces jobs itself)."""
-    cluster = getattr(client, "cluster", None)
-    if type(cluster).__name__ == "SLURMCluster" and not adaptive:
-        return SlurmSupervisor(cluster, len(cluster.worker_spec))
-    return Supervisor()
-
-
 def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = None,
                          resources: dict[str, float] | None = None) -> dict[str, Any]:
     """dask-jobqueue arguments: each job runs `cores` worker processes of one trial (and
-    `trial_threads` BLAS/OpenMP threads, the job's CPUs: cores x trial_threads) each,
+    `trial_threads` BLAS/OpenMP threads, the job's CPUs: cores x trial_threads) each, each
+    free to use the job's `memory` (not memory / cores; see `worker_memory_limit`),
     carrying the study's `worker_resources` as Dask resources; GPUs among them are also asked
     of SLURM (`--gres=gpu:<cores x GPU>` per job), each process keeping its own of them
-    (`worker._gpu_pin`). Fields that reach the job script's shell
-    are checked against strict patterns (one line naming the key) or quoted."""
+    (`worker._gpu_pin`). Fields that reach the job script's shell are checked against strict
+    patterns (one line naming the key) or quoted."""
 
     def fail(key: str, msg: str) -> None:
         raise StudyflowError(f"{key}: {msg}")
@@ -170,9 +98,9 @@ def slurm_cluster_kwargs(cfg: ClusterConfig, search_paths: list[str] | None = No
     check_job_fields(cfg, fail)
     prologue = [f"export {k}={v}" for k, v in thread_env(cfg.trial_threads).items()] + [f"export {NOT_DAEMONIC_ENV}=False"]
     directives = list(cfg.job_extra_directives)
-    worker_args: list[str] = []
+    worker_args = ["--memory-limit", cfg.memory]
     if resources:
-        worker_args = ["--resources", ",".join(f"{name}={amount:g}" for name, amount in resources.items())]
+        worker_args += ["--resources", ",".join(f"{name}={amount:g}" for name, amount in resources.items())]
         gpus = sum(amount for name, amount in resources.items() if name.upper() == "GPU")
         if gpus:
             directives.append(f"--gres=gpu:{int(gpus * cfg.cores + 0.999)}")

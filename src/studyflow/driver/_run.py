@@ -32,7 +32,7 @@ from studyflow._processes import warm_forkserver
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
 from studyflow.driver._cluster import connecting
-from studyflow.driver._cluster import supervisor_for
+from studyflow.driver._supervisor import supervisor_for
 from studyflow.driver._data import resolve_data
 from studyflow.driver._hooks import Callback
 from studyflow.driver._hooks import Hooks

@@ -1,6 +1,6 @@
 """What SLURM says of the study's worker jobs: whether it would take one at all (`sbatch
 --test-only`, before any is submitted), which are still queued or running (`squeue`), and how
-one that ended did (`sacct`), for `SlurmSupervisor`."""
+one that ended did (`sacct`), for `_supervisor.SlurmSupervisor`."""
 
 from __future__ import annotations
 

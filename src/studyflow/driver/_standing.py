@@ -25,7 +25,7 @@ from distributed import Event
 
 from studyflow.config import ClusterConfig
 from studyflow.driver._cluster import connect
-from studyflow.driver._cluster import supervisor_for
+from studyflow.driver._supervisor import supervisor_for
 from studyflow.driver._security import attach_security
 from studyflow.driver._security import credentials_path
 from studyflow.driver._security import run_security
