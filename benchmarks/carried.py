@@ -3,8 +3,8 @@
 `studyflow.optimize` of a closure over a 200 MB float array (200 trials of 0.01 s, random
 search) on 2, 4 and 8 local workers; beside it, plain Optuna's `study.optimize(n_jobs=...)`
 with the same closure in one process (threads share the array). Every run is a fresh process
-timed from launch to exit, and checks its own trial count; the peak is the driver's own
-(`ru_maxrss`). With --before REF the studyflow rows also run at that commit (a git worktree).
+timed from launch to exit (after one unmeasured round, which writes the bytecode caches), and
+checks its own trial count; the peak is the driver's own (`ru_maxrss`). With --before REF the studyflow rows also run at that commit (a git worktree).
 
     python benchmarks/carried.py [--repeats 3] [--mb 200] [--workers 2,4,8] [--before 507936c]
 """
@@ -84,14 +84,17 @@ def main() -> None:
                 runners = [(label, "studyflow", src) for label, src in versions]
                 runners.append(("Optuna, one process, n_jobs threads", "optuna", None))
                 runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in runners}
-                for repeat in range(args.repeats):  # runners take turns within each repeat
-                    for label, runner, src in runners:
-                        env = {**os.environ, "PYTHONPATH": str(src or REPO / "src")}
-                        results = str(work / f"results-{repeat}-{len(runs[label])}-{runner}-{workers}")
+                for repeat in range(-1, args.repeats):  # runners take turns; round -1 warms the caches
+                    for index, (label, runner, src) in enumerate(runners):
+                        # bytecode caches written, as on a user's machine (startup.py's `_cached_bytecode`)
+                        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+                               "PYTHONPATH": str(src or REPO / "src")}
+                        results = str(work / f"results-{workers}-{index}-{repeat}")  # a fresh study every run
                         wall, peak, out = measured([sys.executable, "carried.py", runner, str(workers), results],
                                                    work, env)
                         assert out.split() and int(out.split()[-1]) == 200, f"{label}: {out!r}"
-                        runs[label].append((wall, peak))
+                        if repeat >= 0:
+                            runs[label].append((wall, peak))
                 for label, _, _ in runners:
                     rows.append((workers, label, statistics.median(w for w, _ in runs[label]),
                                  statistics.median(p for _, p in runs[label])))

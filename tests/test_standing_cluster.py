@@ -96,3 +96,19 @@ def test_up_where_a_cluster_is_already_up_fails_in_one_line(standing, tmp_path):
     assert again.stderr.strip().splitlines() == [
         "studyflow: error: cluster.json exists: a cluster is up there (`studyflow cluster down cluster.json`), "
         "or a dead one left it; remove it to start anew"]
+
+
+def test_an_objective_and_dataframe_given_as_values_reach_a_standing_clusters_workers(standing, tmp_path):
+    """The scheduler runs in the cluster's own process: the callable and the DataFrame travel to
+    it through its comm, once, and each worker fetches them from there."""
+    from sf_objectives import with_data
+
+    from studyflow import optimize
+
+    study = {"name": "given", "search_space": {"w": {"type": "float", "low": 0, "high": 1}}, "budget": {"n_trials": 12},
+             "cluster": {"mode": "scheduler_file", "scheduler_file": str(standing)}}
+    data = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.0]})
+    trials = optimize(with_data, study, data=data, results_dir=tmp_path / "results", progress=False).trials
+    assert (trials["state"] == "COMPLETE").sum() == 12
+    assert (trials["user_attrs_rows"] == 4).all()
+    assert ((trials["value"] - 10.0 * trials["params_w"]).abs() < 1e-12).all()

@@ -60,6 +60,7 @@ from studyflow.server import STUDY_FAILED
 from studyflow.server import StudyServer
 from studyflow.server import StudySpec
 from studyflow.server import best_of
+from studyflow.server import hand_over
 from studyflow.store import TrialStore
 from studyflow.store import code_version
 from studyflow.store import objective_code_version
@@ -274,7 +275,9 @@ def _run(
     spec.warm_trials, spec.track_finished, spec.release_idle = warm, hooks.track_finished, bool(adaptive)
     spec.results_root = str(store.parent.resolve())  # the server opens nothing outside it
     objective_arg, data_arg, held = _held_by_server(objective, data)
-    opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec), held=to_serialize(held))
+    in_process = getattr(getattr(client, "cluster", None), "scheduler", None) is not None  # local, SLURM
+    sent = {"held_token": hand_over(held)} if held and in_process else {"held": to_serialize(held)}
+    opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec), **sent)
     outputs.import_tables_meanwhile()
     _logger.info(
         "study %s: %d slots, concurrency %d, journal %s (%d trials already in it)",

@@ -10,6 +10,7 @@ from studyflow.server._lifecycle import StudySpec
 from studyflow.server._lifecycle import best_of
 from studyflow.server._malloc import keep_freed_memory
 from studyflow.server._plugin import StudyServer
+from studyflow.server._plugin import hand_over
 
 __all__ = [
     "INVALID_STUDY",
@@ -17,5 +18,6 @@ __all__ = [
     "StudyServer",
     "StudySpec",
     "best_of",
+    "hand_over",
     "keep_freed_memory",
 ]
