@@ -128,6 +128,23 @@ def test_data_given_as_a_folder_of_parquet_files_reaches_the_objective_as_one_ta
         optimize(None, study, data=tmp_path / "empty", client=client4, results_dir=tmp_path / "r", progress=False)
 
 
+def test_a_callable_reaches_a_users_cluster_whose_scheduler_runs_in_another_process(tmp_path):
+    """`client=` a cluster of the user's: its `scheduler` attribute may stand for a process of
+    its own (here distributed's SubprocessCluster), where the study server cannot take what
+    this process handed over ("held_token names nothing handed over in this process")."""
+    from distributed import Client
+    from distributed.deploy.subprocess import SubprocessCluster
+
+    def objective(trial):
+        return trial.suggest_float("x", 0, 1) * 2
+
+    with SubprocessCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        trials = optimize(objective, {"name": "elsewhere", "budget": {"n_trials": 6}}, client=client,
+                          results_dir=tmp_path, progress=False).trials
+    assert (trials["state"] == "COMPLETE").sum() == 6
+
+
 def test_a_python_callable_objective(client4, tmp_path):
     def objective(trial):
         return trial.suggest_int("k", 0, 3) * 2

@@ -21,6 +21,7 @@ from typing import Any
 
 import cloudpickle
 from distributed import Client
+from distributed import Scheduler
 from distributed import wait
 from distributed.protocol import to_serialize
 from optuna.trial import FrozenTrial
@@ -275,7 +276,8 @@ def _run(
     spec.warm_trials, spec.track_finished, spec.release_idle = warm, hooks.track_finished, bool(adaptive)
     spec.results_root = str(store.parent.resolve())  # the server opens nothing outside it
     objective_arg, data_arg, held = _held_by_server(objective, data)
-    in_process = getattr(getattr(client, "cluster", None), "scheduler", None) is not None  # local, SLURM
+    # local and SLURM clusters run their scheduler here; a cluster of the user's (`client=`) may not
+    in_process = isinstance(getattr(getattr(client, "cluster", None), "scheduler", None), Scheduler)
     sent = {"held_token": hand_over(held)} if held and in_process else {"held": to_serialize(held)}
     opened = client.sync(client.scheduler.studyflow_open, spec=pickle.dumps(spec), **sent)
     outputs.import_tables_meanwhile()
