@@ -61,6 +61,7 @@ def test_low_above_high(write_study):
         ("direction", "sideways", "direction"),
         ("sampler", {"name": "magic"}, "sampler.name"),
         ("search_space", {"c": {"type": "categorical", "choices": []}}, "search_space.c.choices"),
+        ("search_space", {"c": {"type": "categorical", "choices": [1, [2, 3]]}}, "search_space.c.choices"),
         ("search_space", {"x": {"type": "float", "low": 0, "high": 1, "log": True}}, "search_space.x.low"),
         ("search_space", {"n": {"type": "int", "low": 1, "high": 100, "log": True, "step": 2}}, "search_space.n.step"),
         ("search_space", {"n": {"type": "int", "low": 0, "high": 10, "step": 20}}, "search_space.n.step"),

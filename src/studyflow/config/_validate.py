@@ -231,6 +231,10 @@ def _validate_param(pname: str, spec: ParamSpec, fail: Any) -> None:
     if spec.type == "categorical":
         if not spec.choices:
             fail(f"{key}.choices", "a categorical parameter needs a non-empty list of choices")
+        odd = [c for c in spec.choices if c is not None and not isinstance(c, (bool, int, float, str))]
+        if odd:  # Optuna's samplers hash choices, and its storages keep no other kind
+            fail(f"{key}.choices", f"each choice must be null, a bool, a number or a string, got {odd[0]!r}; "
+                                   "name compound choices by strings and map them in the objective")
         for attr in ("low", "high", "step"):
             if getattr(spec, attr) is not None:
                 fail(f"{key}.{attr}", "not allowed for a categorical parameter")
