@@ -34,6 +34,23 @@ def test_unreadable_data_file(tmp_path):
     assert not (tmp_path / "results/data/prices.parquet").exists()
 
 
+def test_a_ragged_csv_is_one_line_naming_the_key(tmp_path):
+    """pandas ends its parser's message with a newline: the error ended in an empty line."""
+    (tmp_path / "prices.csv").write_text("a,b\n1,2\n3,4,5\n")
+    proc = run_cli("stage", "prices", "--spec", '{"path": "prices.csv"}', "--out", "results/data", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, repr(proc.stderr)
+    assert proc.stderr.startswith("studyflow: error: datasets.prices.path: cannot read prices.csv: ParserError")
+
+
+def test_a_scikit_learn_loader_without_as_frame_says_to_set_it(tmp_path):
+    """Its Bunch holds arrays and `frame: None`: the error said "returned NoneType"."""
+    proc = run_cli("stage", "wine", "--spec", '{"loader": "sklearn.datasets:load_wine"}', "--out", "results/data",
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr == ("studyflow: error: datasets.wine.loader: sklearn.datasets:load_wine returned a Bunch "
+                           "without a table (its frame is None): set kwargs: {as_frame: true}\n"), proc.stderr
+
+
 def test_a_loader_is_named_as_samplers_are_and_a_misspelt_one_says_what_is_missing(tmp_path):
     (tmp_path / "my_data.py").write_text(
         "import pandas as pd\n\nclass Prices:\n    @staticmethod\n    def load(n):\n"

@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
         commands = {"stage": cmd_stage, "summarize": cmd_summarize, "report": cmd_report, "store": cmd_store,
                     "profile": cmd_profile, "cluster": cmd_cluster, "matrix": cmd_matrix}
         return commands[args.command](args)
-    except StudyflowError as exc:
-        sys.stderr.write(f"studyflow: error: {exc}\n")
+    except StudyflowError as exc:  # one line, whatever a library's message quoted in it holds
+        sys.stderr.write(f"studyflow: error: {' '.join(str(exc).split())}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("studyflow: interrupted; finished trials are in the journal, rerun to resume\n")

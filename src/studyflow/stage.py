@@ -102,10 +102,13 @@ def read_source(name: str, spec: DatasetSpec) -> pd.DataFrame:
         raise DataError(
             f"datasets.{name}.loader: {spec.loader} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    frame = getattr(frame, "frame", frame)  # scikit-learn's Bunch(as_frame=True)
-    if not isinstance(frame, pd.DataFrame):
-        raise DataError(f"datasets.{name}.loader: {spec.loader} returned {type(frame).__name__}, not a DataFrame")
-    return frame
+    table = getattr(frame, "frame", frame)  # scikit-learn's Bunch(as_frame=True)
+    if table is None and frame is not None:  # its Bunch without as_frame: arrays, and frame None
+        raise DataError(f"datasets.{name}.loader: {spec.loader} returned a {type(frame).__name__} without a "
+                        "table (its frame is None): set kwargs: {as_frame: true}")
+    if not isinstance(table, pd.DataFrame):
+        raise DataError(f"datasets.{name}.loader: {spec.loader} returned {type(table).__name__}, not a DataFrame")
+    return table
 
 
 def stage_if_due(name: str, spec: DatasetSpec, staged: Path) -> None:
