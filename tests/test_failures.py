@@ -183,6 +183,21 @@ def test_a_trial_needing_more_than_a_workers_share_of_memory_runs_as_under_plain
     assert trials.set_index("number").loc[0, "state"] == "COMPLETE", trials["error"].tolist()
 
 
+def test_a_worker_its_nanny_stops_for_memory_fails_its_trial_saying_so(tmp_path):
+    """A cluster of the user's whose workers have a memory limit (a SLURM job's share, a
+    `LocalCluster(memory_limit=...)`): a trial past 95% of it failed as "WorkerLost: worker ...
+    left mid-trial", with nothing about memory, so the user could not tell a leak from a crash."""
+    from distributed import Client
+    from distributed import LocalCluster
+
+    study = {"objective": "sf_objectives:needs_memory", "budget": {"n_trials": 2, "retries": 0}}
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="400MiB", dashboard_address=":0",
+                      env={"SF_ALLOC_BYTES": str(600 * 2**20)}) as cluster, Client(cluster) as client:
+        trials = optimize(None, study, client=client, results_dir=tmp_path, progress=False).trials
+    error = trials.set_index("number").loc[0, "error"]
+    assert error.startswith("WorkerLost") and "95% of its memory limit" in error, error
+
+
 def test_cli_run_writes_failed_trials_tracebacks_to_the_study_log(write_study, tmp_path):
     import subprocess
     import sys

@@ -146,6 +146,7 @@ class StudyServer(SchedulerPlugin):
         self.scheduler = scheduler
         keep_freed_memory()  # the sampler's arrays stay in the process between asks (_malloc.py)
         self._studies = {}
+        self._memory_stops: dict[str, int] = {}  # worker -> its RSS when its nanny stopped it
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         scheduler.handlers.update(
             {
@@ -380,19 +381,29 @@ class StudyServer(SchedulerPlugin):
             reply["finished"] = await offload(_pickled_finished, served, finished_since)
         return reply
 
+    def log_event(self, topic: str, msg: Any) -> None:
+        """Note a worker its nanny stops for memory (the event comes before the worker leaves),
+        so its trials' error says so: a leak or an oversized trial, not a crash."""
+        if topic == "worker-restart-memory" and isinstance(msg, dict) and msg.get("worker"):
+            self._memory_stops[msg["worker"]] = msg.get("rss") or 0
+
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> Awaitable[None] | None:
         """Fail and re-enqueue the trials of a worker that left. Awaitable only while a study is
         open: the scheduler awaits what its plugins return, and a cluster closing after its
         studies (SLURM's) cut that wait short for each worker it removed, which distributed
         logged as ERROR tracebacks after a study that had gone right."""
-        return self._fail_trials_of(worker) if self._studies else None
+        why = f"WorkerLost: worker {worker} left mid-trial"
+        if worker in self._memory_stops:
+            rss = self._memory_stops.pop(worker)
+            why += f" (its nanny stopped it at 95% of its memory limit, using {rss / 2**20:,.0f} MiB)"
+        return self._fail_trials_of(worker, why) if self._studies else None
 
-    async def _fail_trials_of(self, worker: str) -> None:
+    async def _fail_trials_of(self, worker: str, why: str) -> None:
         try:
             for served in list(self._studies.values()):
                 async with served.lock:
                     lost = served.leases.of_worker(worker)
-                    await offload(served.lose_leases, lost, f"WorkerLost: worker {worker} left mid-trial")
+                    await offload(served.lose_leases, lost, why)
                 if lost:
                     _logger.warning("study %s: worker %s lost with trials %s", served.config.name, worker, lost)
                     served.notify()
