@@ -176,6 +176,19 @@ def test_an_invalid_matrix_fails_at_load_in_one_line_naming_the_key(workdir, edi
     assert not (workdir / "results/studies").exists()
 
 
+def test_a_matrix_in_its_own_configfile_names_that_file_in_its_one_line_error(workdir):
+    """As the README runs the example: `--configfile config/matrix.yaml`. The error named
+    "config/config.yaml (with --config)" and was followed by studyflow's stack frames."""
+    matrix = json.loads(json.dumps(MATRIX))
+    matrix["methods"]["tpe"]["samplr"] = matrix["methods"]["tpe"].pop("sampler")
+    (workdir / "config/matrix.yaml").write_text(yaml.safe_dump({"matrix": matrix}))
+    proc = snakemake(workdir, "-n", "--configfile", "config/matrix.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config/config.yaml + config/matrix.yaml: matrix.methods.tpe.samplr: unknown key" in out, out[-3000:]
+    assert "with --config" not in out and "studyflow/config" not in out, out[-3000:]
+
+
 def test_the_expanded_studies_carry_their_method_s_worker_resources(workdir):
     """`worker_resources` (a method's pool) reach the expanded study; a local run has no such
     pool, so this checks the resolved study as the optimize job reads it."""

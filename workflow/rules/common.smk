@@ -9,6 +9,7 @@ from snakemake.utils import validate
 from studyflow.config import WorkflowConfig
 from studyflow.config import check_storage_plugins
 from studyflow.config import config_hash_file
+from studyflow.config import config_source
 from studyflow.config import dataset_parts
 from studyflow.config import job_runtime_minutes
 from studyflow.config import optimize_cores_unset
@@ -21,18 +22,23 @@ from studyflow.config import report_settings_file
 from studyflow.config import run_config_file
 from studyflow.config import storage_plugin
 from studyflow.config import write_run_files
+from studyflow.errors import StudyflowError
 
 validate(config, "../schemas/config.schema.yaml")
 
 _CONFIG_SOURCE = (
-    "config/config.yaml (with --config)" if workflow.modifier.is_main_snakefile()
+    config_source(workflow.configfiles, workflow.config_settings.configfiles, workflow.config_settings.config)
+    if workflow.modifier.is_main_snakefile()
     else "the studyflow module's config"
 )
-WORKFLOW = WorkflowConfig.from_dict(config, source=_CONFIG_SOURCE)
-# Loading each study here validates it, so a bad study file fails before any job starts.
-STUDIES = WORKFLOW.load_all()
-DATASETS = WORKFLOW.used_datasets(STUDIES)
-check_storage_plugins(WORKFLOW, DATASETS)
+try:  # a bad config or study file: its one line, without studyflow's frames
+    WORKFLOW = WorkflowConfig.from_dict(config, source=_CONFIG_SOURCE)
+    # Loading each study here validates it, so a bad study file fails before any job starts.
+    STUDIES = WORKFLOW.load_all()
+    DATASETS = WORKFLOW.used_datasets(STUDIES)
+    check_storage_plugins(WORKFLOW, DATASETS)
+except StudyflowError as exc:
+    raise WorkflowError(str(exc)) from None
 RESULTS = WORKFLOW.results
 LOGS = WORKFLOW.logs
 # The study matrix (config `matrix:`), expanded into STUDIES as <problem>-<method>.

@@ -19,6 +19,7 @@ from studyflow.config._workflow import optimize_job_threads
 from studyflow.config._workflow import optimize_job_workers
 from studyflow.config._workflow_files import check_storage_plugins
 from studyflow.config._workflow_files import config_hash_file
+from studyflow.config._workflow_files import config_source
 from studyflow.config._workflow_files import dataset_parts
 from studyflow.config._workflow_files import release_rate_timers
 from studyflow.config._workflow_files import loader_code_file
@@ -40,6 +41,7 @@ __all__ = [
     "WorkflowConfig",
     "check_storage_plugins",
     "config_hash_file",
+    "config_source",
     "dataset_parts",
     "dataset_spec",
     "job_runtime_minutes",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -34,6 +35,20 @@ from studyflow.store._code import strategy_fingerprint
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # URL scheme -> Snakemake storage plugin (snakemake-storage-plugin-<name>), where they differ
 _PLUGIN_OF_SCHEME = {"gs": "gcs", "https": "http", "ftps": "ftp", "az": "azure"}
+
+
+def config_source(configfiles: Iterable[str | Path], cli_configfiles: Iterable[str | Path], overrides: object) -> str:
+    """How an error names the workflow's config: its files, in the order Snakemake merges them
+    (the Snakefile's `configfile:`, then each --configfile over it), and whether --config
+    overrides them."""
+    cli = [Path(f) for f in cli_configfiles]
+    names = []
+    for path in [Path(f) for f in configfiles if Path(f) not in cli] + cli:
+        try:
+            names.append(str(path.resolve().relative_to(Path.cwd())))
+        except ValueError:  # outside the working directory
+            names.append(str(path))
+    return (" + ".join(dict.fromkeys(names)) or "the config") + (" (with --config)" if overrides else "")
 
 
 def storage_plugin(path: str | None) -> str | None:
