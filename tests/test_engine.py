@@ -226,6 +226,7 @@ def test_grid_sampler_visits_every_combination_once_and_stops(client4, tmp_path)
     result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
     combos = result.trials[["params_x", "params_n", "params_kind"]].apply(tuple, axis=1)
     assert len(combos) == 12 and combos.is_unique  # 3 x 2 x 2, n_trials capped at the grid
+    assert result.best()["stop_reason"] == "grid"  # not "n_trials": 100 were asked for, 12 ran
 
 
 @pytest.mark.parametrize("scheduling", ["async", "reproducible"])

@@ -246,3 +246,19 @@ def test_importances_of_a_maximized_first_objective_are_for_reaching_its_high_va
                                           "search_space": space}))
     assert max(single, key=single.get) == "a"
     assert multi == pytest.approx(single)
+
+
+def test_a_resumed_studys_card_measures_utilization_over_all_its_runs(client4, tmp_path):
+    """best.json's wall time is the last run's: a rerun that ran nothing new (0.06 s) gave
+    "worker utilization 9478%"; the card now divides by the active time of every run."""
+    study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "name": "twice",
+             "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": 8}}
+    first = optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False)
+    again = optimize(None, {**study, "budget": {"n_trials": 9}}, client=client4, results_dir=tmp_path / "results",
+                     progress=False)
+    assert again.best()["active_time_s"] >= first.best()["active_time_s"] >= first.wall_time_s * 0.5
+    again.write(tmp_path / "results/studies/twice")
+    write_report(tmp_path / "results/studies/twice", tmp_path / "card.html")
+    html = (tmp_path / "card.html").read_text()
+    utilization = int(re.search(r"worker utilization[^<]*</th><td>(\d+)%", html).group(1))
+    assert 0 < utilization <= 100, utilization

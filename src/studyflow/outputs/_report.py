@@ -156,13 +156,15 @@ def _failure_banner(trials: pd.DataFrame) -> str:
 
 def _facts(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig) -> str:
     workers, wall = best.get("workers") or 0, best.get("wall_time_s") or 0
+    active = best.get("active_time_s") or wall  # every run's (a resumed study's trials ran in each)
     busy = float(trials["duration_s"].fillna(0).sum()) if "duration_s" in trials else 0.0
-    utilization = f"{busy / (workers * wall):.0%}" if workers and wall else "n/a"
+    utilization = f"{busy / (workers * active):.0%}" if workers and active else "n/a"
     facts = {
         "stop reason": best.get("stop_reason"),
         "workers": workers,
-        "wall time": f"{wall:.1f} s",
-        "worker utilization (objective time / workers x wall time)": utilization,
+        "wall time (this run)": f"{wall:.1f} s",
+        "active time (every run)": f"{active:.1f} s",
+        "worker utilization (objective time / workers x active time)": utilization,
         "cached trials (answered from the store)": int(trials["cached"].sum()) if "cached" in trials else 0,
         "data sha256": best.get("data_sha256") or "no data",
         "journal": best.get("journal"),

@@ -70,8 +70,9 @@ class Budget:
         """Whether the study stops: a stop rule fired, the budget is spent, or time is up."""
         timeout = self.config.budget.timeout_s
         if self.stop_reason is None:
-            if self.finished >= self.n_trials:
-                self.stop_reason = "n_trials"
+            if self.finished >= self.n_trials:  # a grid smaller than n_trials: its every point ran
+                grid_ran = self.config.sampler.name == "grid" and self.n_trials < (self.config.budget.n_trials or UNLIMITED)
+                self.stop_reason = GRID_RUN if grid_ran else "n_trials"
             elif timeout is not None and self.active_s() > timeout:
                 self.stop_reason = "timeout_s"
         return self.stop_reason is not None

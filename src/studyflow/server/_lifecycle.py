@@ -198,7 +198,9 @@ def close(served: ServedStudy, reason: str) -> ClosedStudy:
     served.store.close()
     served.backend.close()
     trials = served.study.get_trials(deepcopy=False)
-    return ClosedStudy(trials, best_of(served.study, trials))
+    # the active time of every run, as `timeout_s` counts it: the card's utilization divides by
+    # it, since a resumed study's trials ran in earlier runs too
+    return ClosedStudy(trials, {**best_of(served.study, trials), "active_time_s": round(budget.active_s(), 3)})
 
 
 def best_of(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[str, Any]:
