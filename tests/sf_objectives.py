@@ -390,3 +390,16 @@ def needs_memory(trial):
         time.sleep(0.5)
         return float(block[0]) * x
     return x
+
+
+def stops_at_trial_3_of_slow_ones(trial):
+    """0.3 s trials, each noting when it began in SF_STARTS; trial 3 calls
+    `trial.study.stop()` as it begins, and notes when that returned."""
+    with open(os.environ["SF_STARTS"], "a") as log:
+        log.write(f"{trial.number} {time.time()}\n")
+    if trial.number == 3:
+        trial.study.stop()
+        with open(os.environ["SF_STARTS"], "a") as log:
+            log.write(f"stop {time.time()}\n")
+    time.sleep(0.3)
+    return trial.suggest_float("x", 0, 1)

@@ -128,6 +128,24 @@ def test_an_objective_calling_trial_study_stop_ends_the_study_after_its_running_
     assert len(result.trials) < 40  # of 200
 
 
+def test_after_study_stop_no_trial_a_worker_holds_begins(tmp_path, monkeypatch):
+    """Optuna's `Study.stop()`: the running trials finish and no new one starts. A worker
+    that held its next trial (random search holds them, to hide the round trip) began it
+    when its running one ended, not having heard of the stop."""
+    monkeypatch.setenv("SF_STARTS", str(tmp_path / "starts.txt"))
+    study = {"objective": "sf_objectives:stops_at_trial_3_of_slow_ones", "search_space": SPACE,
+             "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 50}}
+    result = optimize(None, study, n_workers=2, results_dir=tmp_path, progress=False)
+    assert result.stop_reason == "study.stop()"
+    lines = dict(line.split() for line in (tmp_path / "starts.txt").read_text().splitlines())
+    stopped = float(lines.pop("stop"))
+    # a trial beginning as the stop is called may run (its worker hears of it within ms); one
+    # held until the running trial ended, 0.3 s later, may not
+    late = {n: round(float(t) - stopped, 3) for n, t in lines.items() if float(t) > stopped + 0.1}
+    assert not late, f"trials begun after the stop (s after it): {late}"
+    assert set(result.trials["state"]) == {"COMPLETE"} and len(result.trials) == len(lines)
+
+
 def test_enqueued_trials_run_first_with_their_params_and_only_once(client4, tmp_path):
     enqueue = [{"x": 0.25}, {"x": 0.5}, {"x": 0.75}]
     study = {"objective": "sf_objectives:instant", "search_space": SPACE, "enqueue": enqueue,

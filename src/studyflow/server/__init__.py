@@ -1,5 +1,6 @@
 """The study server: a Dask scheduler plugin holding each study, and the study as it serves
-it, in parts: the plugin and its handlers (`_plugin`), the service loop (`_service`), asking
+it, in parts: the plugin and its handlers (`_plugin`) and what they send back (`_replies`),
+the service loop (`_service`), asking
 and telling (`_asking`, `_telling`), the budget and stop rules (`_budget`), the lease table
 (`_leases`), trials waiting for a running key (`_same_key`), when outcomes reach Optuna
 (`_ordering`), and open/resume/close (`_lifecycle`)."""

@@ -82,7 +82,7 @@ def check_paths(spec: StudySpec) -> None:
 @dataclass
 class ClosedStudy:
     """What a closed study hands back to the plugin, which sends its driver the trials table
-    built from it (`_plugin._final_tables`)."""
+    built from it (`_replies.final_tables`)."""
 
     trials: list[FrozenTrial]
     best: dict[str, Any]

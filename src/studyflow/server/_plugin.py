@@ -29,16 +29,12 @@ from typing import Any
 import optuna
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import to_serialize
-from optuna.distributions import distribution_to_json
-from optuna.trial import TrialState
 
 from studyflow._compat import offload
-from studyflow import outputs
 from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import ExchangeRequest
 from studyflow.server._budget import STOP_CALLED
 from studyflow.server._budget import STUDY_FAILED
-from studyflow.server._lifecycle import ClosedStudy
 from studyflow.server._lifecycle import StudySpec
 from studyflow.server._lifecycle import check_paths
 from studyflow.server._lifecycle import close
@@ -48,54 +44,17 @@ from studyflow.server._service import Exchange
 from studyflow.server._service import inline_or_offloaded
 from studyflow.server._service import StudyService
 from studyflow.server._shares import water_fill
+from studyflow.server._replies import FINISHED_INLINE
+from studyflow.server._replies import STUDY_VIEW_ATTRS
+from studyflow.server._replies import final_tables
+from studyflow.server._replies import pickled_finished
+from studyflow.server._replies import study_view_of
+from studyflow.server._replies import suggested_value
 from studyflow.server._study import ServedStudy
+from studyflow.worker._stop_push import STOP_OP
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
-
-# What `trial.study` on a worker may read (`worker._study_view.StudyView`); "summary": what never changes
-STUDY_VIEW_ATTRS = ("summary", "best_trial", "best_trials", "best_value", "best_params",
-                    "user_attrs", "trials")
-FINISHED_INLINE = 64  # finished trials pickled on the event loop for the driver's callbacks
-
-
-def _final_tables(served: ServedStudy, closed: ClosedStudy) -> bytes:
-    """The closed study's trials table and best, pickled for its driver. A table pickles as a
-    few arrays; the trials themselves would be thousands of objects to pickle here and unpickle
-    in the driver."""
-    table = outputs.trials_table(closed.trials, served.config.value_columns, served.store)
-    return pickle.dumps(outputs.FinalTables(table, closed.best), protocol=5)
-
-
-def _pickled_finished(served: ServedStudy, since: int) -> dict[str, Any]:
-    reply = served.finished_since(since)
-    return reply | {"trials": pickle.dumps(reply["trials"], protocol=5)}
-
-
-def _suggested(served: ServedStudy, number: int, method: str, name: str,
-               kwargs: dict[str, Any], before: list[list[Any]]) -> dict[str, Any]:
-    """A define-by-run parameter's value, with the distribution the server's trial keeps for
-    it (Optuna's JSON), for `trial.distributions` on the worker; `before`: the suggests the
-    loop answered from the lease's relative parameters since, recorded first (call order)."""
-    served.replay_suggested(served.leases[number].trial, before)
-    value = served.suggest(number, method, name, kwargs)
-    distribution = served.leases[number].trial.distributions[name]
-    return {"value": value, "distribution": distribution_to_json(distribution)}
-
-
-def _study_view(study: optuna.Study, attr: str, states: list[str] | None) -> bytes:
-    """What `trial.study.<attr>` reads, pickled (trials are FrozenTrials). Optuna's own
-    errors (no trial complete yet, a multi-objective study's best_trial) go to the worker."""
-    if attr == "summary":
-        value: Any = {"study_name": study.study_name, "metric_names": study.metric_names,
-                      "directions": [d.name for d in study.directions]}
-    elif attr == "trials":
-        wanted = None if states is None else tuple(TrialState[s] for s in states)
-        value = study.get_trials(deepcopy=False, states=wanted)
-    else:
-        value = getattr(study, attr)
-    return pickle.dumps(value, protocol=5)
-
 
 class UnknownStudyError(KeyError):
     """A call names a study id this server did not open (or has closed): one line, unquoted."""
@@ -268,7 +227,7 @@ class StudyServer(SchedulerPlugin):
         served = self._get(study_id)
         self.suggests_served += 1
         async with served.lock:  # one parameter costs about one asked trial's sampling
-            return await inline_or_offloaded(served, 1, _suggested, served, number, method, name, kwargs,
+            return await inline_or_offloaded(served, 1, suggested_value, served, number, method, name, kwargs,
                                              before or [])
 
     async def report(self, study_id: str, number: int, value: float, step: int) -> dict[str, Any]:
@@ -293,8 +252,8 @@ class StudyServer(SchedulerPlugin):
         served = self._get(study_id)
         async with served.lock:
             if attr == "summary":
-                return {"value": _study_view(served.study, attr, states)}
-            return {"value": await offload(_study_view, served.study, attr, states)}
+                return {"value": study_view_of(served.study, attr, states)}
+            return {"value": await offload(study_view_of, served.study, attr, states)}
 
     async def stop(self, study_id: str) -> dict[str, Any]:
         """Optuna's `Study.stop()`, called by the objective or a driver's callback: no new trial
@@ -303,6 +262,11 @@ class StudyServer(SchedulerPlugin):
         async with served.lock:
             if served.budget.stop_reason is None:
                 served.budget.stop_reason = STOP_CALLED
+            workers = {lease.worker for lease in served.leases.leases.values()}
+        for worker in workers:  # its loops would begin the trials they hold before hearing it
+            stream = self.scheduler.stream_comms.get(worker)
+            if stream is not None:
+                stream.send({"op": STOP_OP, "study_id": study_id})
         served.notify()
         return {"status": "ok"}
 
@@ -359,8 +323,8 @@ class StudyServer(SchedulerPlugin):
         served = self._get(study_id)
         async with served.lock:
             if served.finish_log is not None and len(served.finish_log.trial_ids) - since > FINISHED_INLINE:
-                return await offload(_pickled_finished, served, since)
-            return _pickled_finished(served, since)
+                return await offload(pickled_finished, served, since)
+            return pickled_finished(served, since)
 
     async def close_study(
         self, study_id: str, reason: str | None = None, finished_since: int | None = None
@@ -376,9 +340,9 @@ class StudyServer(SchedulerPlugin):
         async with served.lock:
             closed = await offload(close, served, reason or "closed")
         served.notify()
-        reply = {"status": "closed", "result": await offload(_final_tables, served, closed)}
+        reply = {"status": "closed", "result": await offload(final_tables, served, closed)}
         if finished_since is not None:
-            reply["finished"] = await offload(_pickled_finished, served, finished_since)
+            reply["finished"] = await offload(pickled_finished, served, finished_since)
         return reply
 
     def log_event(self, topic: str, msg: Any) -> None:

@@ -36,6 +36,7 @@ from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
 from studyflow.worker._objective import import_objective
 from studyflow.worker._script_main import adopt_script
+from studyflow.worker._stop_push import stop_heard_by
 from studyflow.worker._trial import RemoteTrial
 from studyflow.worker._trial import ServerConnection
 from studyflow.worker._trial import check_result
@@ -143,6 +144,12 @@ class Courier:
                 self._maybe_send()
                 self._cond.wait(timeout=1.0)
 
+    def stop_pushed(self) -> None:
+        """The server pushed a stop (`_stop_push`): start nothing more."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
     def put(self, outcome: TrialOutcome) -> None:
         with self._cond:
             self._current, self._starved = None, False
@@ -202,7 +209,7 @@ class Courier:
                 self._ends_at = time.monotonic() + reply.ends_in
             self._queue.extend(reply.trials)
             self._starved = not reply.trials
-            self._stopped = reply.status == "stop"
+            self._stopped = self._stopped or reply.status == "stop"  # a pushed stop stays
             self._maybe_send()
             self._cond.notify_all()
 
@@ -240,11 +247,12 @@ def _run_trials(conn: ServerConnection, objective: Any, data: Any, objective_arg
     pace = Pace()
     courier = Courier(conn, loop_id, pace)
     ran = 0
-    while (lease := courier.next_trial()) is not None:
-        outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)
-        pace.add_trial(outcome.duration_s)
-        courier.put(outcome)
-        ran += 1
+    with stop_heard_by(conn.worker, conn.study_id, courier.stop_pushed):
+        while (lease := courier.next_trial()) is not None:
+            outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)
+            pace.add_trial(outcome.duration_s)
+            courier.put(outcome)
+            ran += 1
     courier.finish()
     return ran
 
