@@ -56,12 +56,14 @@ def always_raises(trial):
 
 
 def kills_worker_once(trial):
-    """SIGKILLs its own worker process mid-trial, on trial 3 while its marker file is absent."""
+    """SIGKILLs its own worker process mid-trial, on trial 3 (or SF_KILL_AT) while its marker
+    file is absent (writing there the x it ran with)."""
     x = trial.suggest_float("x", 0, 1)
     time.sleep(0.05)
     marker = os.environ.get("SF_KILL_MARKER")
-    if marker and trial.number == 3 and not os.path.exists(marker):
-        open(marker, "w").close()
+    if marker and trial.number == int(os.environ.get("SF_KILL_AT", "3")) and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(repr(x))
         os.kill(os.getpid(), signal.SIGKILL)
     return x
 

@@ -198,6 +198,21 @@ def test_a_worker_its_nanny_stops_for_memory_fails_its_trial_saying_so(tmp_path)
     assert error.startswith("WorkerLost") and "95% of its memory limit" in error, error
 
 
+def test_a_define_by_run_trial_whose_worker_died_is_retried_with_the_params_it_ran(tmp_path, monkeypatch):
+    """Random search, define-by-run: the server draws the trial's parameters at the ask and the
+    worker's suggests answer from them, so the server's trial had none yet when the worker
+    died; its retry drew new ones (README: re-run "with the same parameters")."""
+    monkeypatch.setenv("SF_KILL_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("SF_KILL_AT", "8")  # past the first finished trials: x is drawn at the ask
+    cfg = study("kills_worker_once", n_trials=12)
+    cfg.pop("search_space")
+    with connect(2) as client:
+        trials = optimize(None, cfg, client=client, results_dir=tmp_path, progress=False).trials
+    retry = trials[trials["retry_of"] == 8]
+    assert len(retry) == 1 and retry.iloc[0]["state"] == "COMPLETE"
+    assert retry.iloc[0]["params_x"] == float((tmp_path / "killed").read_text())
+
+
 def test_cli_run_writes_failed_trials_tracebacks_to_the_study_log(write_study, tmp_path):
     import subprocess
     import sys

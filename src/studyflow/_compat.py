@@ -187,6 +187,12 @@ def keep_drawn(trial: optuna.Trial, values: dict[str, Any], space: dict[str, Any
     trial.relative_search_space = dict(space)
 
 
+def handed_relative(trial: optuna.Trial) -> dict[str, Any]:
+    """The relative parameters a trial holds already (sampled at the ask and handed out with
+    its lease), without sampling them: `Trial.relative_params` would sample them if not."""
+    return dict(trial._relative_params or {})
+
+
 def drop_drawn(trial: optuna.Trial, name: str) -> None:
     """Forget `draw_independent`'s draw of `name`: Optuna samples it anew at its suggest."""
     if trial._relative_params:

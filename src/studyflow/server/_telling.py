@@ -25,6 +25,7 @@ from studyflow._attrs import NOT_RUN_ATTR
 from studyflow._attrs import NOT_RUN_ERROR
 from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import WORKER_ATTR
+from studyflow._compat import handed_relative
 from studyflow._compat import storage_of
 from studyflow._compat import trial_id_of
 from studyflow.errors import JournalWriteError
@@ -128,7 +129,9 @@ class Telling:
         storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
         self.store.discard_staging(lease.key, number)
         if retry and lease.attempt < self.config.budget.retries:
-            self.enqueue_retry(lease.trial.params, number, lease.attempt + 1)
+            # with the values handed out for its define-by-run suggests, which the server's
+            # trial has only once its outcome came back
+            self.enqueue_retry({**handed_relative(lease.trial), **lease.trial.params}, number, lease.attempt + 1)
         self._receive(Outcome(lease.trial, "FAIL", None), error)
         self.same_key.ready += self.same_key.release(lease.key)
         self._apply_received()
