@@ -7,6 +7,7 @@ touch another test.
 from __future__ import annotations
 
 import optuna
+import pandas as pd
 import psutil
 import pytest
 
@@ -160,6 +161,7 @@ def test_worker_killed_mid_trial_is_retried_with_the_same_params(tmp_path, monke
     assert_finished_cleanly(result.trials, 12)
     lost = trials.loc[3]
     assert lost["state"] == "FAIL" and lost["error"].startswith("WorkerLost")
+    assert pd.isna(lost["duration_s"])  # no worker measured it (it was lease-to-loss time)
     retry = trials[trials["retry_of"] == 3]
     assert len(retry) == 1
     assert retry.iloc[0]["state"] == "COMPLETE"

@@ -64,6 +64,8 @@ def test_rerun_against_the_store_evaluates_nothing_and_rewrites_the_same_table(c
     assert len((tmp_path / "count.txt").read_text().splitlines()) == 16  # zero new evaluations
     assert second.trials["cached"].all() and not first.trials["cached"].any()
     pd.testing.assert_frame_equal(first.trials.drop(columns=TIMING), second.trials.drop(columns=TIMING))
+    # no objective ran: the last window's trials, told at the close, showed 0.17 s
+    assert (second.trials["duration_s"] == 0).all(), second.trials["duration_s"].tolist()
 
 
 def test_a_store_written_in_the_old_layout_still_answers_a_rerun(counting_client, tmp_path):

@@ -5,6 +5,9 @@ study card, the trial store, warm start). Each is `studyflow:<name>` in the jour
 """
 
 ERROR_ATTR = "studyflow:error"
+# How an error starts when the infrastructure, not the objective, ended the trial (a lost
+# worker, an interrupted run): retried, not counted against `budget.max_failures`.
+INFRA_ERRORS = ("WorkerLost", "Interrupted")
 WORKER_ATTR = "studyflow:worker"
 ATTEMPT_ATTR = "studyflow:attempt"
 RETRY_OF_ATTR = "studyflow:retry_of"

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial
 from studyflow._attrs import ATTEMPT_ATTR
 from studyflow._attrs import CACHED_ATTR
 from studyflow._attrs import DURATION_ATTR
+from studyflow._attrs import INFRA_ERRORS
 from studyflow._attrs import ERROR_ATTR
 from studyflow._attrs import KEY_ATTR
 from studyflow._attrs import NOT_RUN_ATTR
@@ -120,16 +121,20 @@ def trial_rows(trials: list[FrozenTrial], value_cols: list[str], store: TrialSto
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         # The objective's own time when the worker measured it (a reproducible study applies a
-        # result later than it arrives), else Optuna's start-to-complete time.
-        measured = attrs.get(DURATION_ATTR)
-        row["duration_s"] = measured if measured is not None else (
-            t.duration.total_seconds() if t.duration is not None else None)
+        # result later than it arrives); 0 for a trial answered from the store (no objective
+        # ran), none for one the infrastructure cut short (no worker measured it), else
+        # Optuna's start-to-complete time (a journal from before the attribute).
+        measured, error, cached = attrs.get(DURATION_ATTR), attrs.get(ERROR_ATTR), bool(attrs.get(CACHED_ATTR, False))
+        if measured is None:
+            measured = 0.0 if cached else None if (error or "").startswith(INFRA_ERRORS) else (
+                t.duration.total_seconds() if t.duration is not None else None)
+        row["duration_s"] = measured
         row["worker"] = attrs.get(WORKER_ATTR)
-        row["error"] = attrs.get(ERROR_ATTR)
+        row["error"] = error
         row["attempt"] = int(attrs.get(ATTEMPT_ATTR, 0))
         row["retry_of"] = attrs.get(RETRY_OF_ATTR)
         row["key"] = key = attrs.get(KEY_ATTR)
-        row["cached"] = bool(attrs.get(CACHED_ATTR, False))
+        row["cached"] = cached
         row["artifacts"] = str(store.artifacts_dir(key)) if key in with_artifacts else None
         for k, v in t.user_attrs.items():
             row[f"user_attrs_{k}"] = v

@@ -24,11 +24,9 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 
+from studyflow._attrs import INFRA_ERRORS
 from studyflow.config import StudyConfig
 
-# Failures caused by the infrastructure, not the objective: retried, and not counted against
-# `budget.max_failures`.
-INFRA_ERRORS = ("WorkerLost", "Interrupted")
 TOO_MANY_FAILURES = "too many failures"  # stop reasons a resumed run keeps
 GRID_RUN = "grid"  # a grid search ran every point of its grid (`ServedStudy._grid_spent`)
 UNLIMITED = 2**62  # `budget.n_trials: null`: no limit (the status reports None)
