@@ -20,6 +20,8 @@ from typing import ClassVar
 STATUSES = ("run", "ok", "wait", "stop")
 # what a loop may ask the server to suggest (`studyflow_suggest`, `TrialOutcome.suggested`)
 SUGGEST_METHODS = ("suggest_float", "suggest_int", "suggest_categorical")
+# the op the server sends on a worker's stream when a study stops (`worker._stop_push`)
+STOP_OP = "studyflow_stop"
 
 
 @dataclass(frozen=True)

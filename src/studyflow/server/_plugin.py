@@ -31,6 +31,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import to_serialize
 
 from studyflow._compat import offload
+from studyflow.protocol import STOP_OP
 from studyflow.protocol import SUGGEST_METHODS
 from studyflow.protocol import ExchangeRequest
 from studyflow.server._budget import STOP_CALLED
@@ -51,7 +52,6 @@ from studyflow.server._replies import pickled_finished
 from studyflow.server._replies import study_view_of
 from studyflow.server._replies import suggested_value
 from studyflow.server._study import ServedStudy
-from studyflow.worker._stop_push import STOP_OP
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)

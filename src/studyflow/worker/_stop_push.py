@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-STOP_OP = "studyflow_stop"
+from studyflow.protocol import STOP_OP
+
 _lock = threading.Lock()
 _listeners: dict[str, list[Callable[[], None]]] = {}  # study id -> this process's loops' callbacks
 
