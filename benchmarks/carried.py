@@ -21,6 +21,9 @@ import textwrap
 import time
 from pathlib import Path
 
+from worktree import add_worktree
+from worktree import remove_worktree
+
 REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = textwrap.dedent('''
@@ -75,10 +78,7 @@ def main() -> None:
         (work / "carried.py").write_text(SCRIPT.format(n=args.mb * 1_000_000 // 8))
         versions = [("studyflow", REPO / "src")]
         if args.before:
-            before = work / "before"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
-                           check=True, capture_output=True)
-            versions.append((f"studyflow at {args.before}", before / "src"))
+            versions.append((f"studyflow at {args.before}", add_worktree(args.before, work / "before")))
         try:
             for workers in map(int, args.workers.split(",")):
                 runners = [(label, "studyflow", src) for label, src in versions]
@@ -101,7 +101,7 @@ def main() -> None:
                     print(f"{workers} workers | {label}: {rows[-1][2]:.2f} s, {rows[-1][3]:.0f} MB", file=sys.stderr)
         finally:
             if args.before:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")])
+                remove_worktree(work / "before")
     print(f"\nan objective carrying {args.mb} MB, 200 trials of 0.01 s, whole processes, median of "
           f"{args.repeats}; {os.cpu_count()} cores\n")
     print("| workers | runner | wall s | driver's peak RSS, MB | checked |")

@@ -21,6 +21,9 @@ import textwrap
 import time
 from pathlib import Path
 
+from worktree import add_worktree
+from worktree import remove_worktree
+
 REPO = Path(__file__).resolve().parent.parent
 
 OBJECTIVE = textwrap.dedent('''
@@ -86,8 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
-                       check=True, capture_output=True)
+        add_worktree(args.before, before)
         try:
             rows = []
             for case, late in (("jobs released together", None), ("second job 5 s late", 5.0)):
@@ -98,7 +100,7 @@ def main() -> None:
                     assert r["complete"] == args.trials, r
                     rows.append((case, label, r))
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)], check=False)
+            remove_worktree(before)
     print(f"\n{args.trials} trials of 0.5 s, 2 SLURM worker jobs of 1 worker each\n")
     print("| case | code | workers that ran trials | allocated worker-s | busy worker-s | utilisation |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")

@@ -33,6 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from worktree import add_worktree
+from worktree import remove_worktree
+
 REPO = Path(__file__).resolve().parent.parent
 
 OBJECTIVES = textwrap.dedent('''
@@ -248,10 +251,7 @@ def main() -> None:
         bench = Bench(work, args.repeats)
         versions = [("studyflow", None)]
         if args.before:
-            before = work / "before"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
-                           check=True, capture_output=True)
-            versions.append((f"studyflow at {args.before}", before / "src"))
+            versions.append((f"studyflow at {args.before}", add_worktree(args.before, work / "before")))
         runner = [sys.executable, "journal_runner.py", str(work / "journal.log")]
         try:
             instant = {"objective": "bench_objectives:instant", "sampler": {"name": "random", "seed": 0}}
@@ -296,7 +296,7 @@ def main() -> None:
                     bench.snakemake(label, REPO if src is None else src.parent) for label, src in versions])
         finally:
             if args.before:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")])
+                remove_worktree(work / "before")
     print(f"\nwhole processes, launch to exit, median of {args.repeats}, runners of a case in turns; "
           f"{os.cpu_count()} cores\n")
     print("| case | runner | wall s | checked |")
