@@ -221,8 +221,9 @@ def _held_by_server(objective: ObjectiveFn | None, data: Any) -> tuple[Any, Any,
     held = {"objective": objective} if objective is not None else {}
     if data is not None and not isinstance(data, str):
         held["data"] = data
-    args = [Held(name) if name in held else value for name, value in (("objective", objective), ("data", data))]
-    return args[0], args[1], cloudpickle.dumps(held) if held else b""
+    objective_arg = Held("objective") if "objective" in held else None
+    data_arg = Held("data") if "data" in held else data
+    return objective_arg, data_arg, cloudpickle.dumps(held) if held else b""
 
 
 def _slots(client: Client, resources: dict[str, float]) -> int:

@@ -36,7 +36,7 @@ def pickled_finished(served: ServedStudy, since: int) -> dict[str, Any]:
 
 
 def suggested_value(served: ServedStudy, number: int, method: str, name: str,
-               kwargs: dict[str, Any], before: list[list[Any]]) -> dict[str, Any]:
+                    kwargs: dict[str, Any], before: list[list[Any]]) -> dict[str, Any]:
     """A define-by-run parameter's value, with the distribution the server's trial keeps for
     it (Optuna's JSON), for `trial.distributions` on the worker; `before`: the suggests the
     loop answered from the lease's relative parameters since, recorded first (call order)."""
