@@ -225,3 +225,44 @@ def test_worker_resources_route_a_study_to_the_workers_that_carry_them(tmp_path)
         finally:
             plain.terminate()
             plain.wait(timeout=30)
+
+
+SCRIPT_RAISING = '''\
+import studyflow
+
+
+def check(x):
+    if x < 0.5:
+        raise ValueError("x too small for this backtest")
+    return x
+
+
+def objective(trial):
+    return check(trial.suggest_float("x", 0, 1))
+
+
+CALL
+'''
+RAISING_CALL = '''\
+result = studyflow.optimize(objective, {"name": "raising", "sampler": {"name": "random", "seed": 0},
+                                        "budget": {"n_trials": 6}}, n_workers=1, progress=False)
+print(sorted(set(result.trials["state"])))
+'''
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["no main guard", "main guard"])
+def test_a_scripts_failing_trial_shows_the_scripts_file_and_line_in_its_traceback(tmp_path, guarded):
+    """A trial's traceback names where the objective raised, as plain Optuna's does. The
+    objective reached its worker by value, and cloudpickle (3.1) names every such function's
+    file `<dynamic-code>`: the log said `File "<dynamic-code>", line 6, in check`, with no
+    source line, and the user had to guess which function of which file that was."""
+    call = ("if __name__ == '__main__':\n" + "".join(f"    {line}\n" for line in RAISING_CALL.splitlines())
+            if guarded else RAISING_CALL)
+    (tmp_path / "tune.py").write_text(SCRIPT_RAISING.replace("CALL\n", call))
+    proc = subprocess.run([sys.executable, "tune.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "['COMPLETE', 'FAIL']"
+    assert "<dynamic-code>" not in proc.stderr
+    script = tmp_path / "tune.py"
+    assert f'File "{script}", line 11, in objective\n    return check(trial.suggest_float("x", 0, 1))' in proc.stderr
+    assert f'File "{script}", line 6, in check\n    raise ValueError("x too small for this backtest")' in proc.stderr

@@ -35,6 +35,7 @@ from studyflow.worker._objective import add_search_paths
 from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
 from studyflow.worker._objective import import_objective
+from studyflow.worker._script_main import Script
 from studyflow.worker._script_main import adopt_script
 from studyflow.worker._stop_push import stop_heard_by
 from studyflow.worker._trial import RemoteTrial
@@ -221,11 +222,11 @@ def run_trial_loop(
     objective_args: dict[str, Any],
     n_objectives: int,
     sys_paths: list[str],
-    script: str | None = None,
+    script: Script | None = None,
 ) -> int:
     """Run trials until the server says stop; return how many this loop ran. `objective` and
     `data` may be `Held` by the server. `script`: the driver's script, where the objective is
-    one of its functions (`script_of`)."""
+    made of its functions (`script_of`)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     add_search_paths(sys_paths)
     conn = ServerConnection(study_id)
@@ -234,9 +235,9 @@ def run_trial_loop(
 
 
 def _run_trials(conn: ServerConnection, objective: Any, data: Any, objective_args: dict[str, Any],
-                n_objectives: int, script: str | None) -> int:
+                n_objectives: int, script: Script | None) -> int:
     fn = import_objective(objective) if isinstance(objective, str) else objective
-    adopt_script(fn, script)  # a script's objective: its helpers where pools' processes look for them
+    adopt_script(fn, script)  # its file in tracebacks; its helpers where pools' processes look for them
     call = bind(fn, objective_args, has_data=data is not None)
     data = load_data(data)
     use_trial_threads()  # after the objective's imports: PyTorch's pool too

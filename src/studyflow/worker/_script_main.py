@@ -12,8 +12,12 @@ replaced by the next study's, no other name is touched), and names the script (`
 in the driver: cloudpickle does not keep where code came from) as that module's file where
 it has none, so spawned children run the script as under plain Python.
 
-Only for a script that calls studyflow under `if __name__ == "__main__":`, as Python asks of
-any script whose processes spawn: an unguarded script's spawned children would run its whole
+It also gives the script's functions their file back (`_name_code_file`): cloudpickle (3.1)
+names it `<dynamic-code>`, so a failed trial's traceback said `File "<dynamic-code>", line 6`
+with no source line. That holds for every script, guarded or not, and `python -m` modules.
+
+Adopting the globals is only for a script that calls studyflow under `if __name__ == "__main__":`,
+as Python asks of any script whose processes spawn: an unguarded script's spawned children would run its whole
 study again. Such a script, a module run with `python -m`, a notebook, and a worker whose main
 is a module (`dask-worker`, SLURM's jobs) keep the worker's `__main__` as it is: pickling then
 finds no helper that a spawned child could not find (`Pool.map` would wait forever for it).
@@ -28,10 +32,20 @@ import os
 import sys
 import types
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _adopted: set[str] = set()  # names this process set on its `__main__`
+_DYNAMIC_CODE = "<dynamic-code>"  # cloudpickle's file name for code it pickled by value
+
+
+@dataclass(frozen=True)
+class Script:
+    """Where the objective's `__main__` functions come from, as the driver saw it (`script_of`)."""
+
+    path: str  # `__main__`'s file
+    guarded: bool  # a script that called studyflow under its main guard: spawned children may run it
 
 
 def _script_functions(fn: Any) -> Iterator[types.FunctionType]:
@@ -56,15 +70,16 @@ def _set(main: types.ModuleType, name: str, value: Any) -> None:
     _adopted.add(name)
 
 
-def script_of(fn: Any) -> str | None:
-    """In the driver: the script `fn` comes from (`__main__`'s file), when it is one's and the
-    script called studyflow under its main guard (see the module doc)."""
+def script_of(fn: Any) -> Script | None:
+    """In the driver: the file of `__main__`, when `fn` is made of its functions; `guarded`
+    when it is a script that called studyflow under its main guard (see the module doc)."""
     main = sys.modules["__main__"]
     main_file = getattr(main, "__file__", None)
-    if main_file is None or getattr(main, "__spec__", None) is not None or not any(_script_functions(fn)):
-        return None  # (`python -m pkg.tune`: its children would import it by name, not path)
+    if main_file is None or not any(_script_functions(fn)):
+        return None  # a notebook's functions have no file a worker could read
     main_file = os.path.abspath(main_file)
-    return main_file if _under_main_guard(main_file) else None
+    # `python -m pkg.tune`: its children would import it by name, not path
+    return Script(main_file, getattr(main, "__spec__", None) is None and _under_main_guard(main_file))
 
 
 def _under_main_guard(main_file: str) -> bool:
@@ -92,11 +107,15 @@ def _is_main_test(test: ast.expr) -> bool:
         isinstance(b, ast.Constant) and b.value == "__main__" for b in sides)
 
 
-def adopt_script(fn: Any, script: str | None) -> None:
-    """Give this worker's `__main__` what the script's `fn` brought along (see the module doc)."""
+def adopt_script(fn: Any, script: Script | None) -> None:
+    """Give the script's functions in `fn` their file, and this worker's `__main__` what they
+    brought along (see the module doc)."""
     functions = list(_script_functions(fn))
+    if script is None or not functions:
+        return
+    _name_code_file(functions, script.path)
     main = sys.modules["__main__"]
-    if script is None or not functions or getattr(main, "__spec__", None) is not None or not os.path.isfile(script) or (
+    if not script.guarded or getattr(main, "__spec__", None) is not None or not os.path.isfile(script.path) or (
             getattr(main, "__file__", None) is not None and "__file__" not in _adopted):
         return  # spawned children could not find what pickling finds here (a `dask-worker`'s main)
     for function in functions:
@@ -105,5 +124,43 @@ def adopt_script(fn: Any, script: str | None) -> None:
     for top in (type(fn), *functions):  # a callable instance's class; the script's functions
         if getattr(top, "__module__", None) == "__main__" and "." not in getattr(top, "__qualname__", "."):
             _set(main, top.__qualname__, top)
-    main.__file__ = script
+    main.__file__ = script.path
     _adopted.add("__file__")
+
+
+def _name_code_file(functions: list[types.FunctionType], path: str) -> None:
+    """Set `path` as the file of the script's functions that came by value, of the script's
+    functions and classes they use, and of the code nested in them (lambdas, inner functions)."""
+    seen: set[int] = set()
+    todo: list[Any] = list(functions)
+    while todo:
+        value = todo.pop()
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        elif isinstance(value, property):
+            todo.extend(f for f in (value.fget, value.fset, value.fdel) if f is not None)
+            continue
+        if id(value) in seen or getattr(value, "__module__", None) != "__main__":
+            continue
+        seen.add(id(value))
+        if isinstance(value, type):
+            todo.extend(vars(value).values())
+        elif isinstance(value, types.FunctionType):
+            if value.__code__.co_filename == _DYNAMIC_CODE:
+                value.__code__ = _with_file(value.__code__, path)
+            todo.extend(value.__globals__.values())
+            todo.extend(cell.cell_contents for cell in value.__closure__ or () if _filled(cell))
+
+
+def _with_file(code: types.CodeType, path: str) -> types.CodeType:
+    consts = tuple(_with_file(c, path) if isinstance(c, types.CodeType) and c.co_filename == _DYNAMIC_CODE else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=path, co_consts=consts)
+
+
+def _filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # empty
+        return False
+    return True
