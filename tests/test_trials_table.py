@@ -127,6 +127,18 @@ def test_a_gap_in_a_column_of_mixed_kinds_stays_missing():
     assert pd.isna(trials_frame(trials, ["value"])["user_attrs_m"][1])
 
 
+def test_an_int_beyond_64_bits_stays_exact_text_when_some_trials_lack_it(tmp_path):
+    """A digest some trials set: the column became float64 (1.1805916207174113e+21) as soon as
+    one trial had no value, where the README promises the int kept exactly, as text."""
+    trials = [_trial(0, TrialState.COMPLETE, [1.0], {"x": 0.5}, {"big": 2**70 + 1, "mixed": 2**70}, {}),
+              _trial(1, TrialState.COMPLETE, [1.0], {"x": 0.5}, {"mixed": 0.5}, {}),
+              _trial(2, TrialState.COMPLETE, [1.0], {"x": 0.5}, {"big": 7, "mixed": 3}, {})]
+    write_table(trials_table(trials, ["value"]), tmp_path / "trials.parquet")
+    table = pd.read_parquet(tmp_path / "trials.parquet")
+    assert table["user_attrs_big"].tolist()[0::2] == [str(2**70 + 1), "7"] and pd.isna(table["user_attrs_big"][1])
+    assert table["user_attrs_mixed"].tolist() == [str(2**70), "0.5", "3"]
+
+
 def test_the_table_is_built_pickled_and_written_without_importing_pandas(tmp_path):
     probe = textwrap.dedent(f'''
         import pickle, sys

@@ -152,9 +152,11 @@ def _typed(values: list[Any]) -> tuple[str, list[Any]]:
     kinds = {_kind(value_type) for value_type in set(map(type, values)) if value_type is not NoneType}
     if not kinds:
         return "null", values
+    if "int" in kinds and kinds <= {"int", "float"}:
+        ints = [v for v in values if isinstance(v, numbers.Integral)]
+        if not -2**63 <= min(ints) <= max(ints) < 2**63:  # beyond int64 (and a float's 53 bits): exact as text
+            return "text", [None if v is None else str(v) for v in values]
     if kinds == {"int"} and None not in values:
-        if not -2**63 <= min(values) <= max(values) < 2**63:  # beyond int64: exact as text
-            return "text", [str(v) for v in values]
         return "int", values
     if kinds <= {"int", "float"}:
         return "float", values
