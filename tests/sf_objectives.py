@@ -68,6 +68,19 @@ def kills_worker_once(trial):
     return x
 
 
+def crashes_above_09(trial):
+    """A backtest whose C extension crashes its process at once for x > 0.9; appends
+    "began <number>" and "returned <number>" lines to $SF_RUNS_LOG."""
+    x = trial.suggest_float("x", 0, 1)
+    with open(os.environ["SF_RUNS_LOG"], "a") as f:
+        f.write(f"began {trial.number}\n")
+    if x > 0.9:
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(os.environ["SF_RUNS_LOG"], "a") as f:
+        f.write(f"returned {trial.number}\n")
+    return x
+
+
 def counted(trial):
     """Appends one line per evaluation to $SF_COUNT_FILE, so tests can count evaluations."""
     x = trial.suggest_float("x", 0, 1)

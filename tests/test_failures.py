@@ -169,6 +169,33 @@ def test_worker_killed_mid_trial_is_retried_with_the_same_params(tmp_path, monke
     assert retry.iloc[0]["attempt"] == 1
 
 
+def test_a_worker_crashing_as_a_trial_begins_fails_that_trial_and_keeps_those_it_finished(tmp_path, monkeypatch):
+    """A backtest whose C extension kills its process at once on some parameters, with trials
+    shorter than a round trip. The worker's last outcomes had not reached the server, which
+    pinned the crash on the trial it last heard was running: 15 FAIL rows for 8 crashes, most
+    of them trials that had returned, while the crashing trials were handed out again as never
+    begun and the finished ones ran again."""
+    runs_log = tmp_path / "runs.log"
+    monkeypatch.setenv("SF_RUNS_LOG", str(runs_log))
+    cfg = study("crashes_above_09", n_trials=30, budget={"retries": 1})
+    with connect(2) as client:  # workers spawn after the env is set
+        trials = optimize(None, cfg, client=client, results_dir=tmp_path, progress=False).trials
+    runs = runs_log.read_text().split("\n")
+    began = [int(line.split()[1]) for line in runs if line.startswith("began")]
+    returned = {int(line.split()[1]) for line in runs if line.startswith("returned")}
+    crashed = set(began) - returned
+    assert len(began) == len(set(began)), "a trial ran twice"
+    states = trials.set_index("number")["state"]
+    assert set(states[states == "FAIL"].index) == crashed
+    assert set(states[states == "COMPLETE"].index) == returned
+    assert (states == "COMPLETE").sum() == 30
+    failed = trials[trials["state"] == "FAIL"]
+    assert (failed["params_x"] > 0.9).all() and failed["error"].str.startswith("WorkerLost").all()
+    first_tries = failed[failed["attempt"] == 0]
+    assert len(first_tries) >= 2  # the seed gives several crashing draws: each is retried once
+    assert sorted(failed.loc[failed["attempt"] == 1, "retry_of"]) == sorted(first_tries["number"])
+
+
 def test_a_trial_needing_more_than_a_workers_share_of_memory_runs_as_under_plain_optuna(tmp_path, monkeypatch):
     """Dask gives each local worker memory / workers (3 GB of 24 GB with 8 workers; a GPU
     worker, memory / cores) and its nanny kills the worker at 95% of that: a 4 GB trial on

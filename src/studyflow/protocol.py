@@ -142,5 +142,6 @@ class Reply(_Message):
     ends_in: float | None = None  # seconds until budget.timeout_s: start no trial after
     reason: str | None = None  # why the study stops
     parked_s: float = 0.0  # time the exchange waited for a leasable trial, not being served
+    trails: str | None = None  # with trials: the folder the loop keeps its trail in (`_trail`)
 
     nested: ClassVar[dict[str, type[_Message]]] = {"trials": TrialLease}

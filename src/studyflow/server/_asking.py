@@ -111,7 +111,7 @@ class Asking:
                 break
             trials.append(lease)
         if trials:
-            return Reply("run", trials, self.policy, self.budget.ends_in())
+            return Reply("run", trials, self.policy, self.budget.ends_in(), trails=self.trails_dir)
         if self.decide() == "stop":
             return Reply("stop", reason=self.stop_reason)
         if self.spec.release_idle and not self.leases.held(loop) and not self.same_key.ready and (

@@ -11,6 +11,9 @@ run starts from are the journal's.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from dataclasses import field
@@ -197,6 +200,9 @@ def close(served: ServedStudy, reason: str) -> ClosedStudy:
     served.backend.flush_to_disk()
     served.store.close()
     served.backend.close()
+    shutil.rmtree(served.trails_dir, ignore_errors=True)  # its loops' trails (`_trail`)
+    with contextlib.suppress(OSError):  # the store's trail folder, when no other study has one
+        os.rmdir(os.path.dirname(served.trails_dir))
     trials = served.study.get_trials(deepcopy=False)
     # the active time of every run, as `timeout_s` counts it: the card's utilization divides by
     # it, since a resumed study's trials ran in earlier runs too

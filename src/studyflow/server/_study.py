@@ -90,6 +90,7 @@ class ServedStudy(Asking, Telling):
         self.ordering = Ordering(self.study, window)
         self._policies = (prefetch_policy(self.config), prefetch_policy(self.config, shared=True))
         self.loops = self.spec.loops or self.spec.concurrency
+        self.trails_dir = str(self.store.root / "trails" / self.spec.study_id)  # the loops' (`_trail`)
 
     @property
     def config(self) -> StudyConfig:

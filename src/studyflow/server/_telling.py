@@ -28,6 +28,8 @@ from studyflow._attrs import WORKER_ATTR
 from studyflow._compat import handed_relative
 from studyflow._compat import storage_of
 from studyflow._compat import trial_id_of
+from studyflow._trail import read_trail
+from studyflow._trail import trail_path
 from studyflow.errors import JournalWriteError
 from studyflow.protocol import TrialOutcome
 from studyflow.server._budget import STOP_CALLED
@@ -138,16 +140,37 @@ class Telling:
         self.backend.flush_to_disk()
 
     def lose_leases(self, numbers: list[int], error: str) -> None:
-        """Leases whose loop is gone (its worker died or was restarted): a trial the loop had
-        started fails and is retried; one it only held waits, as it is, for another loop."""
-        unstarted = [n for n in numbers if self.leases[n].started is None]
+        """Leases whose loop is gone (its worker died or was restarted). Where the loop left a
+        trail (`_trail`), an outcome in it is told, the trial it began without one fails and is
+        retried, and one it never began waits, as it is, for another loop. Without a trail, the
+        trial the server last heard was running fails instead."""
+        by_loop: dict[str, list[int]] = {}
         for number in numbers:
-            if number in unstarted:
-                lease = self.leases.drop(number)
-                assert lease is not None
-                self.same_key.ready.append(lease.trial)
-            else:
-                self.fail_lease(number, error, True)
+            by_loop.setdefault(self.leases[number].loop, []).append(number)
+        for loop, lost in by_loop.items():
+            trail = read_trail(trail_path(self.trails_dir, loop))
+            began, outcomes = trail if trail is not None else (None, [])
+            kept = {o.number: o for o in map(TrialOutcome.from_wire, outcomes) if o.number in lost}
+            for number in lost:
+                lease = self.leases[number]
+                if number in kept:
+                    self._tell_found(kept[number], lease.worker, loop)
+                elif lease.started is None if began is None else number not in began:
+                    self.leases.drop(number)
+                    self.same_key.ready.append(lease.trial)
+                else:
+                    self.fail_lease(number, error, True)
+            if kept:
+                self.backend.flush_to_disk()
+                _logger.info("study %s: the outcomes of trials %s came from lost loop %s's trail",
+                             self.config.name, sorted(kept), loop)
+
+    def _tell_found(self, outcome: TrialOutcome, worker: str, loop: str) -> None:
+        """An outcome a lost loop's trail kept: told as if it had arrived."""
+        if outcome.traceback:
+            _logger.warning("study %s trial %d failed on %s:\n%s", self.config.name, outcome.number, worker,
+                            outcome.traceback)
+        self._tell_trial(outcome, worker, loop)
 
     def _holds(self, loop: str, number: int, what: str) -> bool:
         """Whether `loop` may end the lease of trial `number` (an ended one: nothing to end). A

@@ -25,6 +25,7 @@ from typing import Any
 
 import optuna
 
+from studyflow._trail import TrailWriter
 from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
@@ -129,6 +130,9 @@ class Courier:
         self._ends_at: float | None = None  # budget.timeout_s on this clock: start nothing after
         self._stopped = False
         self._error: BaseException | None = None
+        self._sending = 0  # outcomes in the exchange in flight
+        self.answered = 0  # outcomes the server has answered, in the order they were put
+        self.trails: str | None = None  # the server's folder for the loop's trail (`_trail`)
 
     def next_trial(self) -> TrialLease | None:
         """The next trial to run; None once the server says stop."""
@@ -180,7 +184,7 @@ class Courier:
         if busy and self._starved and not self._outbox:
             return  # nothing to lease just now: ask again when this trial ends
         outcomes, self._outbox = self._outbox, []
-        self._in_flight, self._sent_at = True, time.perf_counter()
+        self._in_flight, self._sent_at, self._sending = True, time.perf_counter(), len(outcomes)
         # What runs now; right after an outcome, the trial about to start (so its timeout
         # clock starts on the server).
         running = self._current if self._current is not None else (
@@ -203,7 +207,9 @@ class Courier:
                 self._error = exc
                 self._cond.notify_all()
                 return
+            self.answered += self._sending
             self._pace.add_round_trip(time.perf_counter() - self._sent_at - reply.parked_s)
+            self.trails = self.trails or reply.trails
             if reply.policy is not None:
                 self._policy = reply.policy
             if reply.ends_in is not None:
@@ -247,14 +253,23 @@ def _run_trials(conn: ServerConnection, objective: Any, data: Any, objective_arg
     loop_id = f"{conn.worker.get_current_task()}/{uuid.uuid4().hex[:8]}"
     pace = Pace()
     courier = Courier(conn, loop_id, pace)
+    trail = TrailWriter()  # what the server reads if this worker dies
     ran = 0
-    with stop_heard_by(conn.worker, conn.study_id, courier.stop_pushed):
-        while (lease := courier.next_trial()) is not None:
-            outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)
-            pace.add_trial(outcome.duration_s)
-            courier.put(outcome)
-            ran += 1
-    courier.finish()
+    try:
+        with stop_heard_by(conn.worker, conn.study_id, courier.stop_pushed):
+            while (lease := courier.next_trial()) is not None:
+                trail.open(courier.trails, loop_id)
+                trail.began(lease.number, courier.answered)
+                outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)
+                pace.add_trial(outcome.duration_s)
+                trail.finished(outcome.wire())
+                courier.put(outcome)
+                ran += 1
+        courier.finish()
+    except BaseException:
+        trail.close(remove=False)  # for the server, which reads it when it releases the loop
+        raise
+    trail.close()
     return ran
 
 
