@@ -29,6 +29,9 @@ SAMPLERS = {  # study file's sampler section -> the same sampler built by hand, 
     "qmc": ({"name": "qmc"}, lambda seed: optuna.samplers.QMCSampler(seed=seed)),
     "cmaes": ({"name": "cmaes"}, lambda seed: optuna.samplers.CmaEsSampler(seed=seed)),
     "gp": ({"name": "gp"}, lambda seed: optuna.samplers.GPSampler(seed=seed)),
+    # its crossover draws even when mutation leaves it nothing to propose
+    "nsga2": ({"name": "nsga2", "options": {"population_size": 6}},
+              lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=6)),
 }
 SPACES = {  # (objective, search_space in the study file)
     "declared": ("bowl", BOWL_SPACE),
