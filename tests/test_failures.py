@@ -240,6 +240,8 @@ def test_a_define_by_run_trial_whose_worker_died_is_retried_with_the_params_it_r
     retry = trials[trials["retry_of"] == 8]
     assert len(retry) == 1 and retry.iloc[0]["state"] == "COMPLETE"
     assert retry.iloc[0]["params_x"] == float((tmp_path / "killed").read_text())
+    # the lost trial's row shows the values it ran with too, as Optuna's trial keeps them
+    assert trials.set_index("number").loc[8, "params_x"] == retry.iloc[0]["params_x"]
 
 
 def test_cli_run_writes_failed_trials_tracebacks_to_the_study_log(write_study, tmp_path):

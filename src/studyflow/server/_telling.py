@@ -129,6 +129,7 @@ class Telling:
         trial_id = trial_id_of(lease.trial)
         storage.set_trial_system_attr(trial_id, WORKER_ATTR, lease.worker)
         storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
+        self._record_handed(lease.trial)
         self.store.discard_staging(lease.key, number)
         if retry and lease.attempt < self.config.budget.retries:
             # with the values handed out for its define-by-run suggests, which the server's
@@ -138,6 +139,20 @@ class Telling:
         self.same_key.ready += self.same_key.release(lease.key)
         self._apply_received()
         self.backend.flush_to_disk()
+
+    def _record_handed(self, trial: optuna.Trial) -> None:
+        """A trial that ends without an outcome (its worker died, it timed out) keeps the
+        values handed out for its define-by-run suggests as its parameters, as Optuna's trial
+        keeps those suggested before a crash: the row showed none, and the user could not see
+        which values killed the worker (its retry runs with them)."""
+        space = trial.relative_search_space or {}
+        storage = storage_of(self.study)
+        for name, value in handed_relative(trial).items():
+            if name in space and name not in trial.params:
+                try:
+                    storage.set_trial_param(trial_id_of(trial), name, space[name].to_internal_repr(value), space[name])
+                except ValueError:  # unlike an earlier trial's distribution of the name: left out
+                    pass
 
     def lose_leases(self, numbers: list[int], error: str) -> None:
         """Leases whose loop is gone (its worker died or was restarted). Where the loop left a
