@@ -29,5 +29,5 @@ onerror:
 
 rule all:
     input:
-        final_outputs(),
+        final_outputs,
     default_target: True

@@ -255,6 +255,41 @@ def test_editing_a_datasets_loader_restages_it_and_reruns_its_study(workdir):
     assert staged["y"].tolist() == [4.0, 4.0, 4.0]
 
 
+def test_editing_a_datasets_entry_in_the_config_restages_it_and_reruns_its_study(workdir):
+    """A loader's `kwargs`, or a `path` to another file (older than the staged table), edited
+    in config/config.yaml: nothing ran, and the studies went on with the old data, saying
+    nothing. A path to a file that does not exist ran nothing either."""
+    loader = "import pandas as pd\n\ndef load(n):\n    return pd.DataFrame({'y': [float(n)] * n})\n"
+    (workdir / "tiny_loader.py").write_text(loader)
+    config = {"studies": ["tiny"], "datasets": {"tiny": {"loader": "tiny_loader:load", "kwargs": {"n": 3}}}}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "old.csv").write_text("y\n7\n7\n")  # older than anything staged below
+    first = snakemake(workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    config["datasets"]["tiny"]["kwargs"] = {"n": 5}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {("stage", "dataset=tiny"), ("optimize", "study=tiny")} <= ran_jobs(rerun)
+    assert pd.read_parquet(workdir / "results/data/tiny.parquet")["y"].tolist() == [5.0] * 5
+
+    config["datasets"]["tiny"] = {"path": "old.csv"}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {("stage", "dataset=tiny"), ("optimize", "study=tiny")} <= ran_jobs(rerun)
+    assert pd.read_parquet(workdir / "results/data/tiny.parquet")["y"].tolist() == [7, 7]
+    trials = pd.read_parquet(workdir / "results/studies/tiny/trials.parquet")
+    assert (trials["user_attrs_rows"] == 2).all()  # the study ran again on the new data
+    assert ran_jobs(snakemake(workdir)) == set()  # and then has nothing to do
+
+    config["datasets"]["tiny"] = {"path": "missing.csv"}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    missing = snakemake(workdir)
+    assert missing.returncode != 0 and "missing.csv" in missing.stderr
+
+
 def test_editing_the_users_own_sampler_reruns_its_study_with_it(workdir):
     # a scientist's method under development: the study file names their sampler class
     sampler = ("import optuna\n\nclass Fixed(optuna.samplers.RandomSampler):\n"

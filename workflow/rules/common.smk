@@ -17,10 +17,12 @@ from studyflow.config import optimize_job_gpus
 from studyflow.config import optimize_job_threads
 from studyflow.config import optimize_job_workers
 from studyflow.config import release_rate_timers
+from studyflow.config import dataset_spec_file
 from studyflow.config import loader_code_file
 from studyflow.config import report_settings_file
 from studyflow.config import run_config_file
 from studyflow.config import storage_plugin
+from studyflow.config import unreachable_source
 from studyflow.config import write_run_files
 from studyflow.errors import StudyflowError
 
@@ -66,7 +68,15 @@ def logs(path):
     return f"{LOGS}/{path}"
 
 
-def final_outputs():
+def final_outputs(wildcards=None):
+    """What the workflow makes; the `all` rule's input function, so it runs once every rule is
+    defined: a dataset `path:` that does not exist and that no rule writes fails here, in one
+    line (Snakemake would take the studies' old results as up to date, saying nothing)."""
+    for name in DATASETS:
+        path = WORKFLOW.datasets[name].path
+        if unreachable_source(path, workflow.rules):
+            raise WorkflowError(f"{_CONFIG_SOURCE}: datasets.{name}.path: {path} does not exist, "
+                                "and no rule of the workflow writes it")
     return [
         *expand(results("reports/{study}.html"), study=STUDIES),
         results("reports/index.html"),
@@ -77,13 +87,14 @@ def final_outputs():
 
 
 def stage_inputs(wildcards):
-    """A `path:` dataset's file (through Snakemake storage for a URL), or a folder's and its
-    files: editing one re-stages, and a rule of the workflow that writes it runs first. A
-    loader's: its code's fingerprint."""
+    """The dataset's entry and its loader's code fingerprint (editing either re-stages), and
+    a `path:` dataset's file (through Snakemake storage for a URL), or a folder's and its
+    files: editing one re-stages, and a rule of the workflow that writes it runs first."""
+    spec = {"spec": dataset_spec_file(WORKFLOW, wildcards.dataset)}
     path = WORKFLOW.datasets[wildcards.dataset].path
-    if path is None:  # a loader: editing its project source re-stages
-        return {"code": loader_code_file(WORKFLOW, "datasets", wildcards.dataset)}
-    return {"source": storage(path) if storage_plugin(path) else path, "parts": dataset_parts(path)}
+    if path is None:
+        return spec
+    return {**spec, "source": storage(path) if storage_plugin(path) else path, "parts": dataset_parts(path)}
 
 
 def dataset_spec_json(wildcards, input):

@@ -22,10 +22,12 @@ from studyflow.config._workflow_files import config_hash_file
 from studyflow.config._workflow_files import config_source
 from studyflow.config._workflow_files import dataset_parts
 from studyflow.config._workflow_files import release_rate_timers
+from studyflow.config._workflow_files import dataset_spec_file
 from studyflow.config._workflow_files import loader_code_file
 from studyflow.config._workflow_files import report_settings_file
 from studyflow.config._workflow_files import run_config_file
 from studyflow.config._workflow_files import storage_plugin
+from studyflow.config._workflow_files import unreachable_source
 from studyflow.config._workflow_files import write_run_files
 
 __all__ = [
@@ -51,9 +53,11 @@ __all__ = [
     "optimize_job_workers",
     "load_study",
     "release_rate_timers",
+    "dataset_spec_file",
     "loader_code_file",
     "report_settings_file",
     "run_config_file",
     "storage_plugin",
+    "unreachable_source",
     "write_run_files",
 ]

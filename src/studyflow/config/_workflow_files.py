@@ -4,8 +4,9 @@ The workflow writes small files at load, each only when its content changes, so 
 moves only then: a study's config hash and a hash of its objective's project source (so that
 editing the objective or a module it imports re-runs it; so too a sampler or pruner of the
 project named as 'module:Class'), the `optimize` rule's input in place
-of the study file; a hash of each data or reference loader's project source (the `stage` and
-`matrix_reference` rules' input: editing a loader re-stages its data);
+of the study file; each dataset's entry under `datasets:` with its loader's project source
+(the `stage` rule's input: editing either re-stages the data, as does a `path:` to another
+file, however old) and a hash of each reference loader's source (`matrix_reference`'s);
 and its `report:` settings, the `report` rule's; so a `report:` edit re-runs only the report, and
 a comment or a `cluster:` edit nothing. A matrix study's file, which its jobs read. And the
 run's config as a job's `--config` reads it (a module's config, `--config` overrides). A dataset `path:` that is a URL is read through
@@ -20,6 +21,7 @@ import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -110,9 +112,15 @@ def report_settings_file(workflow: WorkflowConfig, study: str) -> str:
 
 
 def loader_code_file(workflow: WorkflowConfig, kind: str, name: str) -> str:
-    """The fingerprint of a loader's project source: the `stage` rule's input for a dataset
-    (`kind` "datasets"), the `matrix_reference` rule's for a problem ("references")."""
+    """The fingerprint of a loader's project source: the `matrix_reference` rule's input for a
+    problem (`kind` "references")."""
     return f"{workflow.results}/.workflow/{kind}/{name}.code"
+
+
+def dataset_spec_file(workflow: WorkflowConfig, name: str) -> str:
+    """A dataset's entry under `datasets:` and its loader's source fingerprint: the `stage`
+    rule's input, so an edit to either re-stages it."""
+    return f"{workflow.results}/.workflow/datasets/{name}.spec"
 
 
 def _search_paths(study_file: Path) -> list[str]:
@@ -135,13 +143,23 @@ def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -
         sync_text(report_settings_file(workflow, name), canonical_json(cfg.report) + "\n")
     here = [str(Path.cwd())]  # a loader is imported from the working directory or an installed package
     for name in sorted({cfg.data for cfg in studies.values() if cfg.data}):
-        loader = workflow.datasets[name].loader
-        if loader:
-            sync_text(loader_code_file(workflow, "datasets", name), f"code {loader_fingerprint(loader, here)}\n")
+        spec = workflow.datasets[name]
+        entry = canonical_json({"path": spec.path, "loader": spec.loader, "kwargs": spec.kwargs})
+        code = f"code {loader_fingerprint(spec.loader, here)}\n" if spec.loader else ""
+        sync_text(dataset_spec_file(workflow, name), f"spec {entry}\n{code}")
     for name, problem in (workflow.matrix.problems.items() if workflow.matrix is not None else ()):
         if problem.reference:
             code = loader_fingerprint(problem.reference.loader, here)
             sync_text(loader_code_file(workflow, "references", name), f"code {code}\n")
+
+
+def unreachable_source(path: str | None, rules: Iterable[Any]) -> bool:
+    """Whether a dataset's local `path` neither exists nor is written by one of the workflow's
+    `rules`. Snakemake takes an existing file whose producer lacks an input as a source, and
+    so on down the chain: once a dataset's `path:` named a file that does not exist, no job
+    ran and the studies' old results stood, with nothing said."""
+    return (path is not None and storage_plugin(path) is None and not Path(path).exists()
+            and not any(rule.is_producer(path) for rule in rules))
 
 
 def release_rate_timers() -> int:
