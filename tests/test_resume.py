@@ -181,6 +181,31 @@ def test_ctrl_c_stops_within_seconds_writes_no_output_and_a_rerun_resumes(workdi
     assert_resumed_exactly(workdir)
 
 
+def test_a_run_interrupted_twice_still_runs_every_interrupted_trial_with_its_params(workdir, monkeypatch):
+    """Each Ctrl-C's running trials are re-run with their parameters on the next run. An
+    interrupt counted as one of `budget.retries`: the second Ctrl-C, hitting the retries,
+    failed them for good, and a retry a loop held unstarted was dropped, so those parameters
+    never ran (README: "trials that were running are re-run with the same parameters")."""
+    monkeypatch.setenv("SF_SLEEP", "1.0")
+    cmd = [sys.executable, "-m", "studyflow.cli", "run", "config/studies/counted.yaml", "--workers", "2"]
+    for stop_after in (4, 2):  # the second run is stopped while it runs the first one's retries
+        before = evaluations(workdir)
+        run = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for_evaluations(workdir, before + stop_after, run)
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=30)
+        assert run.returncode == 130, out[-2000:]
+    rerun = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    journal = next((workdir / "results/.store/journals").glob("counted-*.log"))
+    trials = optuna.load_study(study_name="counted", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    interrupted = [t for t in trials if t.system_attrs.get("studyflow:error") == "Interrupted: the run was stopped"]
+    assert len(interrupted) >= 3  # two on the first stop, at least one retry on the second
+    complete = {t.params["x"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(t.params["x"] in complete for t in interrupted)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == N_TRIALS
+
+
 # --- Step 13: max_failures and timeout_s mean the same on a resumed study as on one run ---
 
 def _journal_trials(results: Path) -> list:

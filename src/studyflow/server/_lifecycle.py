@@ -154,7 +154,8 @@ def resume(served: ServedStudy) -> None:
         if trial.system_attrs.get(NOT_RUN_ATTR) or WARM_START_ATTR in trial.system_attrs:
             continue
         if trial.state == TrialState.RUNNING and not trial.system_attrs.get(STARTED_ATTR):
-            served.mark_not_run(trial_id_of(trial))  # only held by a loop: a rerun samples afresh
+            served.requeue_retry(trial_id_of(trial))  # only held by a loop: a retry runs as it was,
+            served.mark_not_run(trial_id_of(trial))  # and a new trial is sampled afresh
             storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
             continue
         budget.n_resumed += trial.state != TrialState.WAITING
@@ -185,15 +186,19 @@ def close(served: ServedStudy, reason: str) -> ClosedStudy:
     Returns the final trials and best, so the driver need not replay the journal it has
     just been served from."""
     budget, leases = served.budget, served.leases
-    if budget.stop_reason is None:
+    interrupted = budget.stop_reason is None  # the run was stopped before the study ended
+    if interrupted:
         budget.stop_reason = reason
     for number in leases.unstarted():
         served.same_key.ready.append(leases.drop(number).trial)  # type: ignore[union-attr]
     for number in list(leases.leases):
-        served.fail_lease(number, "Interrupted: the run was stopped", True)
+        served.fail_lease(number, "Interrupted: the run was stopped", True, interrupted=interrupted)
     for trial in served.same_key.drain():
-        # Held by a loop, or waiting for one: a rerun samples afresh. (A loop may have begun
-        # the trial it held while its last outcome travelled; that result is dropped.)
+        # Held by a loop, or waiting for one: a rerun samples afresh, and runs a retry as it
+        # was. (A loop may have begun the trial it held while its last outcome travelled;
+        # that result is dropped.)
+        if interrupted:
+            served.requeue_retry(trial_id_of(trial))
         served.discard(trial)
     served.ordering.apply_all()
     served.save_active_time()

@@ -121,8 +121,10 @@ class Telling:
         self._receive(Outcome(trial, "COMPLETE", stored.values, cached=True, feasible=feasible(attrs)), None)
         self._apply_received()  # async: the next ask sees it (reproducible: a no-op, see there)
 
-    def fail_lease(self, number: int, error: str, retry: bool) -> None:
-        """Mark a running trial FAIL and, for infrastructure errors, enqueue its retry."""
+    def fail_lease(self, number: int, error: str, retry: bool, interrupted: bool = False) -> None:
+        """Mark a running trial FAIL and, for infrastructure errors, enqueue its retry (up to
+        `budget.retries`); an `interrupted` trial (the run was stopped) is always re-run, and
+        the interruption is not counted as an attempt."""
         lease = self.leases.drop(number)
         assert lease is not None
         storage = storage_of(self.study)
@@ -131,10 +133,11 @@ class Telling:
         storage.set_trial_system_attr(trial_id, ERROR_ATTR, error)
         self._record_handed(lease.trial)
         self.store.discard_staging(lease.key, number)
-        if retry and lease.attempt < self.config.budget.retries:
+        if interrupted or (retry and lease.attempt < self.config.budget.retries):
             # with the values handed out for its define-by-run suggests, which the server's
             # trial has only once its outcome came back
-            self.enqueue_retry({**handed_relative(lease.trial), **lease.trial.params}, number, lease.attempt + 1)
+            self.enqueue_retry({**handed_relative(lease.trial), **lease.trial.params}, number,
+                               lease.attempt + (not interrupted))
         self._receive(Outcome(lease.trial, "FAIL", None), error)
         self.same_key.ready += self.same_key.release(lease.key)
         self._apply_received()
@@ -208,6 +211,13 @@ class Telling:
         self.store.discard_staging(lease.key, number)
         self.discard(lease.trial)
         self.same_key.ready += self.same_key.release(lease.key)
+
+    def requeue_retry(self, trial_id: int) -> None:
+        """A retry that never began (held when its run stopped): enqueued again as it was, so
+        its parameters still run."""
+        attrs = storage_of(self.study).get_trial_system_attrs(trial_id)
+        if RETRY_OF_ATTR in attrs:
+            self.enqueue_retry(attrs["fixed_params"], attrs[RETRY_OF_ATTR], int(attrs.get(ATTEMPT_ATTR, 1)))
 
     def discard(self, trial: optuna.Trial) -> None:
         """A trial sampled but never run: FAIL, as Optuna cannot take back an ask."""
