@@ -126,6 +126,23 @@ def test_a_bad_study_file_fails_before_any_job_with_file_and_key(workdir):
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.parametrize(("config", "line"), [
+    ({"studys": ["tiny"]}, "config/config.yaml: studys: unknown key (did you mean 'studies'?"),
+    ({"studies": ["tiny"], "datasets": {"tiny": {"paht": "tiny.csv"}}},
+     "config/config.yaml: datasets.tiny.paht: unknown key (did you mean 'path'?"),
+    ({"studies": "tiny x"}, "config/config.yaml: studies: 'tiny x' is not of type 'array'"),
+    ({"datasets": {}}, "config/config.yaml: studies: missing (names of the studies to run)"),
+], ids=["misspelt top key", "misspelt dataset key", "wrong type", "missing studies"])
+def test_a_bad_workflow_config_fails_in_one_line_naming_the_key(workdir, config, line):
+    """Snakemake's schema check printed "Error validating config file", the error, then the
+    whole schema (about 100 lines), and never named the misspelt key."""
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir)
+    assert proc.returncode != 0
+    assert line in proc.stderr, proc.stderr[-3000:]
+    assert "Failed validating" not in proc.stderr and len(proc.stderr.splitlines()) < 30
+
+
 def test_a_study_file_naming_its_study_otherwise_fails_before_any_job(workdir):
     """config.yaml lists a study by its file, and the workflow's outputs are named after it;
     a `name:` of its own sent the job's outputs elsewhere: the whole study ran, then Snakemake

@@ -21,18 +21,23 @@ from studyflow.config import dataset_spec_file
 from studyflow.config import loader_code_file
 from studyflow.config import report_settings_file
 from studyflow.config import run_config_file
+from studyflow.config import schema_error_line
 from studyflow.config import storage_plugin
 from studyflow.config import unreachable_source
 from studyflow.config import write_run_files
 from studyflow.errors import StudyflowError
-
-validate(config, "../schemas/config.schema.yaml")
 
 _CONFIG_SOURCE = (
     config_source(workflow.configfiles, workflow.config_settings.configfiles, workflow.config_settings.config)
     if workflow.modifier.is_main_snakefile()
     else "the studyflow module's config"
 )
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as exc:  # one line naming the key, not the error and the whole schema
+    if not hasattr(exc.__context__, "absolute_path"):  # jsonschema's ValidationError
+        raise
+    raise WorkflowError(schema_error_line(exc.__context__, _CONFIG_SOURCE)) from None
 try:  # a bad config or study file: its one line, without studyflow's frames
     WORKFLOW = WorkflowConfig.from_dict(config, source=_CONFIG_SOURCE)
     # Loading each study here validates it, so a bad study file fails before any job starts.

@@ -26,6 +26,7 @@ from studyflow.config._workflow_files import dataset_spec_file
 from studyflow.config._workflow_files import loader_code_file
 from studyflow.config._workflow_files import report_settings_file
 from studyflow.config._workflow_files import run_config_file
+from studyflow.config._workflow_files import schema_error_line
 from studyflow.config._workflow_files import storage_plugin
 from studyflow.config._workflow_files import unreachable_source
 from studyflow.config._workflow_files import write_run_files
@@ -57,6 +58,7 @@ __all__ = [
     "loader_code_file",
     "report_settings_file",
     "run_config_file",
+    "schema_error_line",
     "storage_plugin",
     "unreachable_source",
     "write_run_files",

@@ -16,6 +16,7 @@ the end of a run (`release_rate_timers`).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import re
 import threading
@@ -51,6 +52,28 @@ def config_source(configfiles: Iterable[str | Path], cli_configfiles: Iterable[s
         except ValueError:  # outside the working directory
             names.append(str(path))
     return (" + ".join(dict.fromkeys(names)) or "the config") + (" (with --config)" if overrides else "")
+
+
+def schema_error_line(error: Any, source: str) -> str:
+    """One line naming the file and key for a jsonschema `ValidationError` of the workflow
+    config (Snakemake's schema check printed the error and the whole schema, ~100 lines, and
+    never named a misspelt key)."""
+    path = [str(part) for part in error.absolute_path]
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    known = list(schema.get("properties") or {})
+    unknown = [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []
+    if unknown and error.validator in ("additionalProperties", "required"):  # `studys:` lacks `studies:`
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        message = f"unknown key ({hint}takes {', '.join(known)})" if known else "unknown key"
+        return str(ConfigError(source, ".".join([*path, str(key)]), message))
+    if error.validator == "required":
+        missing = next((k for k in error.validator_value if k not in (error.instance or {})), "?")
+        described = (schema.get("properties", {}).get(missing) or {}).get("description", "")
+        detail = f" ({described.split(';')[0]})" if described else ""
+        return str(ConfigError(source, ".".join([*path, missing]), f"missing{detail}"))
+    return str(ConfigError(source, ".".join(path), " ".join(error.message.split())))
 
 
 def storage_plugin(path: str | None) -> str | None:
