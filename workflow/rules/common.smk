@@ -167,7 +167,10 @@ def optimize_threads(wildcards, cores=None):
     threads = optimize_job_threads(STUDIES[wildcards.study]) or cores
     if threads is None and workflow.resource_settings.cores is None:  # an executor's run without --cores
         raise WorkflowError(optimize_cores_unset(wildcards.study))
-    return threads or workflow.cores
+    try:
+        return threads or workflow.cores
+    except WorkflowError:  # no cores at all: `--report`, which runs no job
+        return 1
 
 
 def optimize_workers(wildcards, threads):
