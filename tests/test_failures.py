@@ -6,6 +6,8 @@ touch another test.
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pandas as pd
 import psutil
@@ -194,6 +196,28 @@ def test_a_worker_crashing_as_a_trial_begins_fails_that_trial_and_keeps_those_it
     first_tries = failed[failed["attempt"] == 0]
     assert len(first_tries) >= 2  # the seed gives several crashing draws: each is retried once
     assert sorted(failed.loc[failed["attempt"] == 1, "retry_of"]) == sorted(first_tries["number"])
+
+
+def test_the_summary_tables_count_lost_trials_apart_from_the_objectives_failures(tmp_path, monkeypatch):
+    """A trial lost with its worker is retried: summary/studies.parquet and matrix.parquet
+    counted it as a failure of the objective and as one more trial (n_trials 13 for a study
+    of 12), and their wall time was the last run's alone."""
+    from studyflow.outputs import summarize
+    from studyflow.outputs._matrix import matrix_table
+
+    monkeypatch.setenv("SF_KILL_MARKER", str(tmp_path / "killed"))
+    with connect(2) as client:
+        result = optimize(None, study("kills_worker_once", n_trials=12), client=client, results_dir=tmp_path,
+                          progress=False)
+    result.write(tmp_path / "studies" / result.config.name)
+    study_dir = tmp_path / "studies" / result.config.name
+    best = json.loads((study_dir / "best.json").read_text())
+    studies, _, _ = summarize([study_dir])
+    matrix = matrix_table([study_dir], {result.config.name: ("problem", "method")})
+    for table in (studies, matrix):
+        row = table.iloc[0]
+        assert (row["n_trials"], row["complete"], row["failed"], row["lost"]) == (12, 12, 0, 1)
+        assert row["active_time_s"] == best["active_time_s"]
 
 
 def test_a_trial_needing_more_than_a_workers_share_of_memory_runs_as_under_plain_optuna(tmp_path, monkeypatch):

@@ -12,10 +12,11 @@ import pandas as pd
 
 from studyflow._io import write_text
 from studyflow.outputs._report import _CSS
+from studyflow.outputs._counts import trial_counts
 from studyflow.outputs._tables import write_parquet
 
 COLUMNS = ("problem", "method", "study", "direction", "best_value", "n_trials", "complete", "pruned",
-           "failed", "wall_time_s", "best_number", "stop_reason")
+           "failed", "lost", "wall_time_s", "active_time_s", "best_number", "stop_reason")
 
 
 def matrix_table(study_dirs: list[Path], pairs: dict[str, tuple[str, str]]) -> pd.DataFrame:
@@ -23,22 +24,21 @@ def matrix_table(study_dirs: list[Path], pairs: dict[str, tuple[str, str]]) -> p
     rows = []
     for study_dir in study_dirs:
         best = json.loads((Path(study_dir) / "best.json").read_text())
-        states = pd.read_parquet(Path(study_dir) / "trials.parquet", columns=["state"])["state"].value_counts()
+        trials = pd.read_parquet(Path(study_dir) / "trials.parquet", columns=["state", "error"])
         problem, method = pairs[best["study"]]
         rows.append({
             "problem": problem, "method": method, "study": best["study"],
             "direction": ",".join(best["directions"]),
             "best_value": (best.get("best_values") or [None])[0],
-            "n_trials": int(states.sum()),
-            "complete": int(states.get("COMPLETE", 0)),
-            "pruned": int(states.get("PRUNED", 0)),
-            "failed": int(states.get("FAIL", 0)),
+            **trial_counts(trials["state"], trials["error"]),
             "wall_time_s": best.get("wall_time_s"),
+            "active_time_s": best.get("active_time_s"),
             "best_number": best.get("best_number"),
             "stop_reason": best.get("stop_reason"),
         })
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    return df.astype({"best_value": "float64", "wall_time_s": "float64", "best_number": "Int64"})
+    return df.astype({"best_value": "float64", "wall_time_s": "float64", "active_time_s": "float64",
+                      "best_number": "Int64"})
 
 
 def relative_scores(df: pd.DataFrame) -> pd.Series:

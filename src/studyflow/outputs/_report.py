@@ -22,6 +22,7 @@ from studyflow.outputs import _figures as figures
 from studyflow.outputs._importance import IMPORTANCES_FILE
 from studyflow.outputs._importance import Scores
 from studyflow.outputs._importance import stored_scores
+from studyflow.outputs._counts import trial_counts
 
 # The trials table: every trial's cells travel as JSON, and the page holds rows for the first
 # `TABLE_PAGE` of them in the current order (more on request), so a card of tens of thousands of
@@ -244,15 +245,17 @@ def write_index(study_dirs: list[Path], out: str | Path, pages: dict[str, str] |
     rows = []
     for d in study_dirs:
         best = json.loads((Path(d) / "best.json").read_text())
-        trials = pd.read_parquet(Path(d) / "trials.parquet", columns=["state"])
-        states = trials["state"].value_counts().to_dict()
+        trials = pd.read_parquet(Path(d) / "trials.parquet", columns=["state", "error"])
+        counts = trial_counts(trials["state"], trials["error"])
         value = (best.get("best_values") or ["-"])[0]
         value = f"{value:.6g}" if isinstance(value, float) else value
         name = html.escape(best["study"])
+        seconds = best.get("active_time_s", best.get("wall_time_s"))  # every run's, as the card's
         rows.append(f'<tr><td><a href="{name}.html">{name}</a></td><td>{",".join(best["directions"])}</td>'
-                    f"<td>{value}</td><td>{states.get('COMPLETE', 0)}</td><td>{states.get('PRUNED', 0)}</td>"
-                    f"<td>{states.get('FAIL', 0)}</td><td>{best.get('wall_time_s')}</td></tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("study", "directions", "best", "complete", "pruned", "failed", "wall s"))
+                    f"<td>{value}</td><td>{counts['complete']}</td><td>{counts['pruned']}</td>"
+                    f"<td>{counts['failed']}</td><td>{counts['lost']}</td><td>{seconds}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("study", "directions", "best", "complete", "pruned", "failed", "lost",
+                                            "active s"))
     links = "".join(f'<li><a href="{html.escape(f)}">{html.escape(t)}</a></li>' for f, t in (pages or {}).items())
     return write_text(out, f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>studyflow studies</title>'
                            f"<style>{_CSS}</style></head><body><h1>Studies</h1>"

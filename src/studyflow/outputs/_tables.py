@@ -10,6 +10,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 
 from studyflow._io import atomic_write
+from studyflow.outputs._counts import trial_counts
 from studyflow.outputs._trials_table import trials_table
 from studyflow.outputs._trials_table import value_columns
 from studyflow.store import TrialStore
@@ -31,18 +32,15 @@ def summarize(study_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     for study_dir in study_dirs:
         best = json.loads((Path(study_dir) / "best.json").read_text())
         trials = pd.read_parquet(Path(study_dir) / "trials.parquet")
-        states = trials["state"].value_counts()
         studies.append(
             {
                 "study": best["study"],
                 "directions": ",".join(best["directions"]),
-                "n_trials": int(len(trials)),
-                "complete": int(states.get("COMPLETE", 0)),
-                "pruned": int(states.get("PRUNED", 0)),
-                "failed": int(states.get("FAIL", 0)),
+                **trial_counts(trials["state"], trials["error"]),
                 "best_number": best.get("best_number"),
                 "best_value": (best.get("best_values") or [None])[0],
                 "wall_time_s": best.get("wall_time_s"),
+                "active_time_s": best.get("active_time_s"),
                 "workers": best.get("workers"),
                 "stop_reason": best.get("stop_reason"),
             }

@@ -247,13 +247,10 @@ class Asking:
         values = trial.relative_params  # evaluated once per trial; Optuna's suggests reuse it
         if not values and (self.spec.concurrency > 1 or len(self.leases) > 1):
             # Nothing sampled (TPE's and GP's start-up, no shared space yet) while other trials
-            # may run: Optuna samples again at the first suggest, which may come after the
-            # start-up has ended. Kept, the empty answer made every such trial's parameters
-            # independent (define-by-run TPE with 8 in flight on Hartmann-6 fell from 86% to
-            # 65-79% of sequential TPE's gain). A study run one trial at a time keeps it:
-            # nothing can finish before the trial's first suggest, and sampling again drew twice
-            # (NSGA-II's crossover draws even when mutation leaves it nothing to propose), away
-            # from plain Optuna's trials.
+            # may run: Optuna samples again at the first suggest, maybe after the start-up. Kept,
+            # the empty answer made such trials independent (define-by-run TPE, 8 in flight,
+            # Hartmann-6: 86% -> 65-79% of sequential TPE's gain). One trial at a time keeps it:
+            # sampling again drew twice (NSGA-II's crossover draws even when it proposes nothing).
             independent = not trial.relative_search_space
             forget_relative_params(trial)
             if not (independent and self._draws_ahead()):
