@@ -361,3 +361,21 @@ def test_metric_names_rerun_the_optimize_job_but_keep_the_studys_journal():
     assert plain.config_hash() != named.config_hash() and plain.identity_hash() == named.identity_hash()
     with pytest.raises(ConfigError, match="metric_names: the names must differ"):
         load_study({**base, "metric_names": ["a", "a"]}, name="s")
+
+
+def test_overrides_for_a_study_that_does_not_exist_fail_naming_the_key(write_study):
+    """`--config 'overrides={"toyy": [...]}'`, a misspelt study: "Nothing to be done", the
+    override silently ignored. An override for a study this run does not select (another
+    study file of the folder) is still fine."""
+    from studyflow.config import WorkflowConfig
+
+    path = write_study(objective="m:f", search_space=SPACE)
+    folder, name = str(path.parent), path.stem
+    write_study("other", objective="m:f", search_space=SPACE)
+    raw = {"studies": [name], "study_dir": folder,
+           "overrides": {"other": ["budget.n_trials=3"], f"{name}y": ["budget.n_trials=3"]}}
+    with pytest.raises(ConfigError) as err:
+        WorkflowConfig.from_dict(raw, source="config/config.yaml").load_all()
+    assert err.value.key == f"overrides.{name}y" and f"no study {name}y" in err.value.message
+    del raw["overrides"][f"{name}y"]
+    assert list(WorkflowConfig.from_dict(raw).load_all()) == [name]

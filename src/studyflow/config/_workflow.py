@@ -112,7 +112,12 @@ class WorkflowConfig:
 
     def load_all(self) -> dict[str, StudyConfig]:
         """Every study the workflow runs, by name, each resolved and validated: the one place
-        the Snakefile gets its studies from."""
+        the Snakefile gets its studies from. An override naming no study (of the folder or the
+        matrix, selected or not) is a typo: it would be ignored, saying nothing."""
+        for name in self.overrides:
+            if not (self.is_matrix_study(name) or self.study_file(name).is_file()):
+                raise ConfigError(self.source, f"overrides.{name}",
+                                  f"no study {name} (no file {self.study_file(name)}, and not of the matrix)")
         return {name: self.load(name) for name in self.study_names()}
 
     def used_datasets(self, studies: dict[str, StudyConfig]) -> list[str]:
