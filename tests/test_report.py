@@ -47,6 +47,7 @@ def test_every_section_is_there_and_numbers_match_the_trials_table(finished):
     for section in ("hero", "failures", "history", "importance", "parallel", "slices", "timeline", "trials", "facts"):
         assert f'id="{section}"' in html, section
     assert "<h1>A card for the tests</h1>" in html
+    assert "<title>A card for the tests</title>" in html  # the browser tab's, as the heading
     best = trials.loc[trials["value"].idxmin()]
     assert re.search(rf'id="best-value">{best["value"]:.6g}<', html)
     assert f"at trial {int(best['number'])} of {len(trials)}" in html

@@ -114,10 +114,10 @@ def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig, scores:
     ]
     body = "\n".join(_section(sid, title, fig) for sid, title, fig in sections)
     counts = trials["state"].value_counts().to_dict() if not trials.empty else {}
-    name = html.escape(cfg.name or "")
     title = html.escape(str(cfg.report.get("title") or f"Study {cfg.name}"))
+    tab = title if cfg.report.get("title") else html.escape(f"studyflow: {cfg.name or ''}")
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>studyflow: {name}</title>
+<html><head><meta charset="utf-8"><title>{tab}</title>
 <style>{_CSS}</style><script>{get_plotlyjs()}</script></head>
 <body>
 <h1>{title}</h1>
