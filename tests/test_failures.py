@@ -198,6 +198,14 @@ def test_a_worker_crashing_as_a_trial_begins_fails_that_trial_and_keeps_those_it
     assert sorted(failed.loc[failed["attempt"] == 1, "retry_of"]) == sorted(first_tries["number"])
 
 
+def test_loops_that_cannot_write_their_trails_run_their_trials_as_before(client2, tmp_path):
+    """A SLURM job whose results folder is not shared, a full disk: no trail, the study runs."""
+    (tmp_path / ".store").mkdir()
+    (tmp_path / ".store" / "trails").write_text("not a folder")
+    result = optimize(None, study("instant", n_trials=40), client=client2, results_dir=tmp_path, progress=False)
+    assert_finished_cleanly(result.trials, 40)
+
+
 def test_the_summary_tables_count_lost_trials_apart_from_the_objectives_failures(tmp_path, monkeypatch):
     """A trial lost with its worker is retried: summary/studies.parquet and matrix.parquet
     counted it as a failure of the objective and as one more trial (n_trials 13 for a study

@@ -44,6 +44,7 @@ class TrailWriter:
 
     def __init__(self) -> None:
         self.path: str | None = None
+        self._opened = False  # tried: a folder it cannot write to is not tried again each trial
         self._fd: int | None = None
         self._size = 0
         self._unanswered: deque[tuple[int, bytes]] = deque()  # (outcome's index, its record)
@@ -51,8 +52,9 @@ class TrailWriter:
 
     def open(self, folder: str | None, loop_id: str) -> None:
         """Keep the trail in `folder` (the server's, from a reply); once, before the first trial."""
-        if folder is None or self.path is not None:
+        if folder is None or self._opened:
             return
+        self._opened = True
         path = trail_path(folder, loop_id)
         try:
             os.makedirs(folder, exist_ok=True)

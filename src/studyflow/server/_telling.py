@@ -167,13 +167,14 @@ class Telling:
             by_loop.setdefault(self.leases[number].loop, []).append(number)
         for loop, lost in by_loop.items():
             trail = read_trail(trail_path(self.trails_dir, loop))
-            began, outcomes = trail if trail is not None else (None, [])
+            began, outcomes = (set(trail[0]), trail[1]) if trail is not None else (None, [])
             kept = {o.number: o for o in map(TrialOutcome.from_wire, outcomes) if o.number in lost}
             for number in lost:
                 lease = self.leases[number]
+                never_began = lease.started is None if began is None else number not in began
                 if number in kept:
                     self._tell_found(kept[number], lease.worker, loop)
-                elif lease.started is None if began is None else number not in began:
+                elif never_began:
                     self.leases.drop(number)
                     self.same_key.ready.append(lease.trial)
                 else:
