@@ -165,6 +165,20 @@ def worker_kill(run: Run) -> dict[str, object]:
         "how": "none: the server retries it (same params) on a live worker"}
 
 
+def instant_worker_kill(run: Run) -> dict[str, object]:
+    """The worker dies as an instant trial begins: its last outcomes, batched behind an exchange
+    in flight, had not reached the server (before the loops' trails, those trials ran again and
+    the crash was pinned on a trial that had returned)."""
+    run.env["FAULT_SLEEP"] = "0"
+    proc = run.start("kill_worker", at=40)
+    run.finish(proc)
+    fault = float(run.marker.read_text())
+    table = pd.read_parquet(run.dir / "results/studies/study/trials.parquet")
+    failed = table[table["state"] == "FAIL"]["number"].tolist()
+    return run.row(run.told(before=fault), fault) | {
+        "how": f"none: trial 40 fails and is retried; FAIL rows: {failed}"}
+
+
 def objective_fault(run: Run, fault: str) -> dict[str, object]:
     proc = run.start(fault, at=5)
     run.finish(proc)
@@ -263,6 +277,7 @@ def corrupted(run: Run) -> dict[str, object]:
 
 FAULTS = {
     "worker SIGKILL": lambda d, n: worker_kill(Run(d, n)),
+    "worker SIGKILL as an instant trial begins": lambda d, n: instant_worker_kill(Run(d, max(n, 80))),
     "`optimize` SIGKILLed (under snakemake)": lambda d, n: killed_then_rerun(Run(d, n, snakemake=True), "optimize"),
     "snakemake SIGKILLed": lambda d, n: killed_then_rerun(Run(d, n, snakemake=True), "snakemake"),
     "Ctrl-C (SIGINT to `studyflow run`)": lambda d, n: killed_then_rerun(Run(d, n), "sigint"),
