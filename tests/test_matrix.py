@@ -248,3 +248,18 @@ def test_a_reference_loader_named_as_a_class_method_is_accepted_as_objectives_an
     raw["matrix"], raw["study_dir"] = matrix, str(workdir / "config/studies")
     workflow = WorkflowConfig.from_dict(raw)
     assert workflow.matrix.problems["small"].reference.loader == "matrix_reference:References.mean_of"
+
+
+def test_editing_a_references_kwargs_reruns_that_reference(workdir):
+    """A reference's `kwargs` edited in the config re-run it (its spec is a param Snakemake
+    records); a dataset's entry did not re-stage it until its spec became the stage rule's input."""
+    (workdir / "small.csv").write_text("y,z\n1,10\n2,20\n3,30\n")
+    first = snakemake(workdir, "--until", "matrix_reference")
+    assert first.returncode == 0, first.stderr[-3000:]
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["matrix"]["problems"]["small"]["reference"]["kwargs"] = {"column": "z"}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    rerun = snakemake(workdir, "--until", "matrix_reference")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert ran_jobs(rerun) == {("matrix_reference", "problem=small")}
+    assert json.loads((workdir / "results/matrix/references/small.json").read_text())["mean"] == 20.0

@@ -16,9 +16,9 @@ It also gives the script's functions their file back (`_name_code_file`): cloudp
 names it `<dynamic-code>`, so a failed trial's traceback said `File "<dynamic-code>", line 6`
 with no source line. That holds for every script, guarded or not, and `python -m` modules.
 
-Adopting the globals is only for a script that calls studyflow under `if __name__ == "__main__":`,
-as Python asks of any script whose processes spawn: an unguarded script's spawned children would run its whole
-study again. Such a script, a module run with `python -m`, a notebook, and a worker whose main
+Adopting the globals is only for a script that calls studyflow under `if __name__ ==
+"__main__":`, as Python asks of any script whose processes spawn: an unguarded script's spawned
+children would run its whole study again. Such a script, a module run with `python -m`, a notebook, and a worker whose main
 is a module (`dask-worker`, SLURM's jobs) keep the worker's `__main__` as it is: pickling then
 finds no helper that a spawned child could not find (`Pool.map` would wait forever for it).
 """
