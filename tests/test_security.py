@@ -162,6 +162,28 @@ def test_mode_address_attaches_with_the_tls_files_named_in_the_study_file(tmp_pa
         load_study(str(missing))
 
 
+def test_attaching_to_a_tls_cluster_without_its_files_fails_in_one_line_naming_the_key(tmp_path):
+    """`cluster: {mode: address, address: tls://...}` without the TLS files, or with tcp://
+    to a cluster that speaks TLS: `studyflow run` printed a 60-line traceback (a TypeError
+    about `ssl_context`, or a CommClosedError) naming neither the key nor what to set."""
+    from studyflow.driver import connect
+
+    (tmp_path / "sf_obj.py").write_text("def objective(trial):\n    return trial.suggest_float('x', 0, 1)\n")
+    with connect(1) as owner:
+        tls_address = owner.scheduler.address
+        for name, address, words in (("tlsnofiles", tls_address, "tls_ca_file, tls_cert and tls_key"),
+                                     ("plaintcp", tls_address.replace("tls://", "tcp://"), "tls://")):
+            study = {"objective": "sf_obj:objective", "budget": {"n_trials": 1},
+                     "cluster": {"mode": "address", "address": address}}
+            (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(study))
+            run = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", f"{name}.yaml"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120)
+            assert run.returncode == 1
+            lines = run.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+            assert lines[0].startswith(f"studyflow: error: {name}.yaml: cluster.address: ") and words in lines[0], lines
+
+
 # --- SLURM: job script fields, dashboard, key files -----------------------------------------
 
 @pytest.mark.parametrize("key, value", [("queue", "debug; touch PWNED"), ("account", "lab $(id)"),

@@ -40,6 +40,7 @@ from studyflow.driver._security import restrict_key_files
 from studyflow.driver._security import run_security
 from studyflow.driver._slurm_jobs import check_submittable
 from studyflow.driver._supervisor import SlurmSupervisor
+from studyflow.errors import ConfigError
 from studyflow.errors import StudyflowError
 from studyflow.worker._gpu_pin import GPUS_PER_WORKER
 from studyflow.worker._gpu_pin import WORKERS_PER_JOB
@@ -163,11 +164,12 @@ def connect(
     resources: dict[str, float] | None = None,
     carry_resources: bool = False,
     security: Any = None,
+    source: str = "the study",
 ) -> Iterator[Client]:
     """Yield a client to the cluster the study asks for (see `ClusterConfig`); SLURM worker
     jobs carry `resources` (the study's `worker_resources`), local workers only with
     `carry_resources` (a standing cluster: a study's own local cluster must not pretend to
-    have a GPU). Clusters started here speak TLS with certificates made for the run unless
+    have a GPU); `source`, the study file errors name. Clusters started here speak TLS with certificates made for the run unless
     `cluster.tls: false` (`security`: these instead); attaching uses the study file's TLS files
     or the standing cluster's credentials (`_security.py`).
 
@@ -179,8 +181,7 @@ def connect(
     address = address or (cfg.address if cfg.mode == "address" else None)
     scheduler_file = scheduler_file or (cfg.scheduler_file if cfg.mode == "scheduler_file" else None)
     if address or scheduler_file:
-        with Client(address=address, scheduler_file=scheduler_file,
-                    security=attach_security(scheduler_file, cfg)) as client:
+        with _attached(address, scheduler_file, cfg, source) as client:
             _logger.info("attached to scheduler %s", client.scheduler.address)
             yield client
         return
@@ -218,6 +219,25 @@ def connect(
     ) as local, Client(local, security=security) as client:
         _logger.info("local cluster: %d workers at %s", n, local.scheduler_address)
         yield client
+
+
+def _attached(address: str | None, scheduler_file: str | None, cfg: ClusterConfig, source: str) -> Client:
+    """A client of the cluster at `address` or in `scheduler_file`; a cluster it cannot reach
+    fails in one line naming the key (Dask's errors came as a 60-line traceback: a TypeError
+    about `ssl_context` for tls:// without the TLS files, a reset connection for tcp:// to a
+    cluster that speaks TLS)."""
+    security = attach_security(scheduler_file, cfg)
+    key, target = ("cluster.address", address) if address else ("cluster.scheduler_file", scheduler_file)
+    files = "cluster.tls_ca_file, tls_cert and tls_key"
+    if address and address.startswith("tls://") and security is None:
+        raise ConfigError(source, key, f"{address} speaks TLS: set {files} (a standing cluster writes them "
+                                       "in <scheduler file>.tls), or attach by cluster.scheduler_file")
+    try:
+        return Client(address=address, scheduler_file=scheduler_file, security=security)
+    except (OSError, TypeError, ValueError) as exc:
+        hint = f" (a cluster that speaks TLS needs a tls:// address and {files})" if (
+            address and address.startswith("tcp://")) else ""
+        raise ConfigError(source, key, f"cannot attach to {target}: {type(exc).__name__}: {exc}{hint}") from None
 
 
 def _forked(start: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -144,7 +144,8 @@ def optimize(
         warm_forkserver([module] if module and module != "__main__" else [], tables=data_arg is not None)
     starting = nullcontext(lambda: client) if client is not None else connecting(
         n_workers or cfg.concurrency, address, cluster=cfg.cluster,
-        tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources, exiting=exiting)
+        tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources, exiting=exiting,
+        source=label)
     with starting as started:  # a local cluster starts meanwhile
         code = _checked_code(cfg, objective, label, paths, started if local else None, data_arg is not None)
         key_base = _key_base(cfg, objective, code, data_sha)
