@@ -170,6 +170,20 @@ def test_gpus_naming_a_gpu_this_process_cannot_use_fail_instead_of_running_trial
         gpu_ids([0, 1])
 
 
+def test_gpus_that_nothing_here_can_check_are_used_with_a_warning(tmp_path, monkeypatch, caplog):
+    """`gpus: [0]` on a machine where neither CUDA_VISIBLE_DEVICES nor nvidia-smi says what it
+    has (a container without nvidia-smi, or no GPU at all): the ids are used as given, but the
+    run said nothing, and on a CPU box every trial quietly ran on the CPU."""
+    from studyflow.driver._gpus import gpu_ids
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with caplog.at_level("WARNING", logger="studyflow.driver._gpus"):
+        assert gpu_ids([0]) == ["0"]
+    assert any("cluster.gpus" in r.message and "nvidia-smi" in r.message and "CPU" in r.message
+               for r in caplog.records), caplog.text
+
+
 @pytest.mark.parametrize("hidden", ["-1", "", "NoDevFiles"])
 def test_gpus_auto_where_cuda_visible_devices_hides_every_gpu_fails_instead_of_pinning_a_worker_to_none(
         tmp_path, monkeypatch, hidden):

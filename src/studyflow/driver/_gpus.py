@@ -22,6 +22,8 @@ from studyflow._processes import worker_memory_limit
 from studyflow.errors import StudyflowError
 from studyflow.worker._gpu_pin import visible_gpus
 
+_logger = logging.getLogger(__name__)
+
 
 def gpu_ids(gpus: Any) -> list[str]:
     """The ids a `cluster.gpus` setting names; "auto": `CUDA_VISIBLE_DEVICES`, else (not inside
@@ -61,13 +63,17 @@ def _listed_gpus() -> list[str] | None:
 def _check_usable(ids: list[str], visible: list[str], setting: str | None) -> None:
     """Refuse an id outside this process's CUDA_VISIBLE_DEVICES (`setting`: another user's GPU,
     or none where it hides them all), or an index nvidia-smi does not list (a typo). Ids are
-    trusted where neither is known, and UUIDs (`GPU-...`, `MIG-...`) are left to CUDA."""
+    trusted, with a warning, where neither is known, and UUIDs (`GPU-...`, `MIG-...`) are left to CUDA."""
     for gpu in ids:
         if setting is not None and gpu not in visible:
             raise StudyflowError(f"cluster.gpus: GPU {gpu} is not among this process's "
                                  f"CUDA_VISIBLE_DEVICES={setting}")
     listed = None if setting is not None else _listed_gpus()
     if listed is None:
+        if setting is None:
+            _logger.warning("cluster.gpus %s: neither CUDA_VISIBLE_DEVICES nor nvidia-smi says which GPUs this "
+                            "machine has; the ids are used as given (without such GPUs, trials run on the CPU)",
+                            ", ".join(ids))
         return
     for gpu in ids:
         if gpu.isdigit() and gpu not in listed:
