@@ -153,11 +153,13 @@ def test_hung_trial_times_out_its_worker_is_restarted_and_the_study_goes_on(tmp_
     assert (timed_out["duration_s"] < 2 + 10).all()
 
 
-def test_worker_killed_mid_trial_is_retried_with_the_same_params(tmp_path, monkeypatch):
+def test_worker_killed_mid_trial_is_retried_with_the_same_params(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("SF_KILL_MARKER", str(tmp_path / "killed"))
     cfg = study("kills_worker_once", n_trials=12)
-    with connect(2) as client:  # workers spawn after the env is set, so they see the marker path
+    with connect(2) as client, caplog.at_level("INFO", logger="studyflow"):  # workers see the marker path
         result = optimize(None, cfg, client=client, results_dir=tmp_path, progress=False)
+    # the log counts it lost, not failed by the objective (as the summary tables do)
+    assert any('"failed": 0, "lost": 1' in r.getMessage() for r in caplog.records), caplog.text[-2000:]
     trials = result.trials.set_index("number")
     assert (tmp_path / "killed").exists()
     assert_finished_cleanly(result.trials, 12)

@@ -350,7 +350,7 @@ def _run(
     trials = closed.trials
     wall = time.monotonic() - started
     _logger.info("study %s finished (%s) in %.1f s: %s", cfg.name, reason, wall, json.dumps(
-        {k: status[k] for k in ("complete", "pruned", "failed", "best_value", "best_number")}))
+        {k: status.get(k) for k in ("complete", "pruned", "failed", "lost", "best_value", "best_number")}))
     return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed.best,
                        _importances_on_a_worker(client, trials, cfg))
 

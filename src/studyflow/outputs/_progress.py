@@ -33,7 +33,10 @@ class Progress:
         if not self.enabled:
             return
         done = status["complete"] + status["pruned"]
-        facts = {"best": _fmt(status["best_value"]), "failed": status["failed"], "running": status["running"]}
+        lost = status.get("lost") or 0  # with a worker or a stopped run, and re-run: not the objective's
+        failed = f"{status['failed']} failed" + (f", {lost} lost" if lost else "")
+        facts = {"best": _fmt(status["best_value"]), "failed": status["failed"], **({"lost": lost} if lost else {}),
+                 "running": status["running"]}
         if self._bar is not None:
             self._bar.n = done if self.total is None else min(done, self.total)
             self._bar.set_postfix(facts, refresh=True)
@@ -41,15 +44,15 @@ class Progress:
         elapsed = time.monotonic() - self.started
         if self.total is None:  # no count to reach: a line every UNCOUNTED_LOG_S, and the last
             if elapsed >= self._next_log or status["done"]:
-                _logger.info("%s: %d trials, best %s, %d failed, %d running, %.0f s elapsed", self.study, done,
-                             facts["best"], status["failed"], status["running"], elapsed)
+                _logger.info("%s: %d trials, best %s, %s, %d running, %.0f s elapsed", self.study, done,
+                             facts["best"], failed, status["running"], elapsed)
                 self._next_log = elapsed + UNCOUNTED_LOG_S
             return
         if done >= self._next_log or status["done"]:
             eta = f"{elapsed / done * (self.total - done):.0f} s" if done else "-"  # none before a trial ends
             _logger.info(
-                "%s: %d/%d trials, best %s, %d failed, %d running, %.0f s elapsed, ETA %s",
-                self.study, done, self.total, facts["best"], status["failed"], status["running"],
+                "%s: %d/%d trials, best %s, %s, %d running, %.0f s elapsed, ETA %s",
+                self.study, done, self.total, facts["best"], failed, status["running"],
                 elapsed, eta,
             )
             self._next_log = done + max(1, self.total // 10)

@@ -157,7 +157,8 @@ class Budget:
             "n_trials": None if self.n_trials >= UNLIMITED else self.n_trials,
             "complete": self.n_complete,
             "pruned": self.n_pruned,
-            "failed": self.n_fail,
+            "failed": self.n_objective_fail,  # the objective's; `lost`: with a worker or a stopped run
+            "lost": self.n_fail - self.n_objective_fail,
             "cached": self.n_cached,
             "resumed": self.n_resumed,
             "best_value": self.best_value,
