@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from conftest import TESTS
 from studyflow import optimize
 from studyflow.config import ClusterConfig
 from studyflow.driver import connect
@@ -310,3 +311,32 @@ def test_a_job_slurms_accounting_has_not_seen_end_yet_is_quoted_once_it_has(tmp_
     started = time.monotonic()
     assert slurm_says("88", wait_s=0.0) == "state PENDING, reason None, exit code 0:0"  # it gives up
     assert time.monotonic() - started < 5
+
+
+def test_a_standing_slurm_cluster_runs_a_study_and_down_leaves_nothing_behind(tmp_path):
+    """`studyflow cluster up --from` a SLURM study, a study attached by its scheduler file,
+    then `down`: its worker jobs are gone from the queue, and so is every file it wrote
+    beside the scheduler file (an empty `.<file>.certs/` folder stayed)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump({"objective": "sf_objectives:instant",
+                                                        "cluster": {**SLURM, "jobs": 1}}))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+        "budget": {"n_trials": 3}, "cluster": {"mode": "scheduler_file", "scheduler_file": "c.json"}}))
+    cli = [sys.executable, "-m", "studyflow.cli"]
+    up = subprocess.run([*cli, "cluster", "up", "c.json", "--from", "pool.yaml"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stderr[-3000:]
+    try:
+        run = subprocess.run([*cli, "run", "study.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert (pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")["state"] == "COMPLETE").sum() == 3
+    finally:
+        down = subprocess.run([*cli, "cluster", "down", "c.json"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert down.returncode == 0, down.stderr[-3000:]
+    deadline = time.monotonic() + 30
+    while any(p.name.startswith((".c.json", "c.json")) and p.name != "c.json.log" for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline, sorted(p.name for p in tmp_path.iterdir())
+        time.sleep(0.5)

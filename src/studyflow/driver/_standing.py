@@ -11,6 +11,7 @@ process that can read them gets in. `down` shuts it down and removes both files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -89,6 +90,8 @@ def serve(scheduler_file: str | Path, cfg: ClusterConfig, n_workers: int | None,
     finally:
         path.unlink(missing_ok=True)
         credentials_path(path).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the SLURM key folders' parent, empty once they are gone
+            (path.parent / f".{path.name}.certs").rmdir()
 
 
 def _closed_states() -> tuple[Any, ...]:
