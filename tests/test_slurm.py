@@ -117,14 +117,16 @@ def test_a_cluster_run_that_cannot_tell_an_optimize_jobs_cpus_says_how_to(tmp_pa
             "not set") in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
 
 
-@pytest.mark.parametrize("cluster, says", [
-    ({"queue": "nope"}, "invalid partition specified: nope"),
-    ({"cores": 64}, "Requested node configuration is not available"),  # this node has 2 CPUs
+@pytest.mark.parametrize("cluster, says, asked", [
+    ({"queue": "nope"}, "invalid partition specified: nope", "-p nope"),
+    ({"cores": 64}, "Requested node configuration is not available", "--cpus-per-task=64"),  # the node has 2
+    ({"memory": "900GB"}, "Requested node configuration is not available", "--mem=839G"),
 ])
-def test_a_worker_job_slurm_refuses_stops_the_study_in_one_line(tmp_path, cluster, says):
-    """A typo'd partition, or more CPUs than any node has: sbatch refuses the job.
+def test_a_worker_job_slurm_refuses_stops_the_study_in_one_line(tmp_path, cluster, says, asked):
+    """A typo'd partition, more CPUs or memory than any node has: sbatch refuses the job.
     dask-jobqueue retried the submission for good, logging a traceback each time, and the
-    study waited 600 s for a worker."""
+    study waited 600 s for a worker. The line quotes what the job asked for: sbatch's "node
+    configuration is not available" is the same for cores and memory."""
     (tmp_path / "study.yaml").write_text(yaml.safe_dump({
         "objective": "sf_objectives:instant", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
         "budget": {"n_trials": 2}, "cluster": {**SLURM, "jobs": 1, **cluster}}))
@@ -135,6 +137,7 @@ def test_a_worker_job_slurm_refuses_stops_the_study_in_one_line(tmp_path, cluste
     assert time.monotonic() - started < 60
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("studyflow: error: SLURM refuses this study's worker job") and says in last, last
+    assert asked in last, last
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 

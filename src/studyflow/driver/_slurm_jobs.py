@@ -33,7 +33,16 @@ def check_submittable(job_script: str) -> None:
     if done.returncode != 0:
         said = "; ".join(line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip())
         raise StudyflowError("SLURM refuses this study's worker job (cluster: queue, account, cores, memory, "
-                             f"walltime, job_extra_directives): {said or f'sbatch exit code {done.returncode}'}")
+                             f"walltime, job_extra_directives; worker_resources GPU: --gres): "
+                             f"{said or f'sbatch exit code {done.returncode}'}; it asks for {_asked(job_script)}")
+
+
+def _asked(job_script: str) -> str:
+    """The job's #SBATCH requests, but its name and log files: sbatch's "Requested node
+    configuration is not available" is the same for too many cores and too much memory."""
+    asked = [line.split(None, 1)[1].strip() for line in job_script.splitlines()
+             if line.startswith("#SBATCH") and len(line.split(None, 1)) == 2]
+    return " ".join(a for a in asked if not a.startswith(("-J", "-e", "-o", "--job-name", "--output", "--error")))
 
 
 def slurm_says(job_id: str, wait_s: float = ACCOUNTING_WAIT_S) -> str:
