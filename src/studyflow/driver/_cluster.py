@@ -169,9 +169,10 @@ def connect(
     """Yield a client to the cluster the study asks for (see `ClusterConfig`); SLURM worker
     jobs carry `resources` (the study's `worker_resources`), local workers only with
     `carry_resources` (a standing cluster: a study's own local cluster must not pretend to
-    have a GPU); `source`, the study file errors name. Clusters started here speak TLS with certificates made for the run unless
-    `cluster.tls: false` (`security`: these instead); attaching uses the study file's TLS files
-    or the standing cluster's credentials (`_security.py`).
+    have a GPU); `source`: the study file its errors name. Clusters started here speak TLS with
+    certificates made for the run unless `cluster.tls: false` (`security`: these instead);
+    attaching uses the study file's TLS files or the standing cluster's credentials
+    (`_security.py`), and a cluster it cannot reach fails in one line (`_attached`).
 
     The local cluster has one worker process of one trial per slot (BLAS/OpenMP capped at
     `cluster.trial_threads` threads, one by default), listens on 127.0.0.1 only, and picks a free dashboard port so parallel runs
