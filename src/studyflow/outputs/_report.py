@@ -14,7 +14,6 @@ from typing import Any
 
 import pandas as pd
 
-from studyflow._attrs import INFRA_ERRORS
 from studyflow._io import write_text
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
@@ -149,7 +148,7 @@ def _failure_banner(trials: pd.DataFrame) -> str:
         return ""
     errors = failed["error"].fillna("")
     timed_out = int(errors.str.startswith("Timeout").sum())
-    lost = int(errors.str.startswith(INFRA_ERRORS).sum())
+    lost = trial_counts(failed["state"], failed["error"])["lost"]
     others = len(failed) - timed_out - lost
     return (f'<div class="banner" id="failures"><b>{len(failed)} failed trial(s)</b>: '
             f"{others} raised or returned a bad value, {timed_out} timed out, {lost} lost with their "

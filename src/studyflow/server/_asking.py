@@ -26,7 +26,6 @@ from optuna.trial import TrialState
 
 from studyflow._attrs import ATTEMPT_ATTR
 from studyflow._attrs import KEY_ATTR
-from studyflow._attrs import RETRY_OF_ATTR
 from studyflow._attrs import STARTED_ATTR
 from studyflow._attrs import WORKER_ATTR
 from studyflow._compat import draw_independent
@@ -333,9 +332,7 @@ class Asking:
         for trial in storage.get_all_trials(study_id_of(self.study), deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number in known:
                 continue
-            if RETRY_OF_ATTR in trial.system_attrs:
-                self.enqueue_retry(trial.system_attrs["fixed_params"], trial.system_attrs[RETRY_OF_ATTR],
-                                   int(trial.system_attrs.get(ATTEMPT_ATTR, 1)))
+            self.requeue_retry(trial_id_of(trial))
             self.mark_not_run(trial_id_of(trial))
             storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
 
