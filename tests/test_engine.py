@@ -229,6 +229,26 @@ def test_grid_sampler_visits_every_combination_once_and_stops(client4, tmp_path)
     assert result.best()["stop_reason"] == "grid"  # not "n_trials": 100 were asked for, 12 ran
 
 
+@pytest.mark.parametrize("n_trials", [None, 100])
+def test_a_grid_with_enqueued_trials_runs_every_point_as_optunas_grid_does(client4, tmp_path, n_trials):
+    """A quant enqueues known-good settings (one on the grid, one off it) into a grid search
+    with no limit (or one above grid + enqueued): Optuna's grid sampler gives the enqueued
+    trials no grid point, runs every point of the grid besides them and stops. The enqueued
+    trials count toward n_trials, so they must not use up the grid's points."""
+    study = {"objective": "sf_objectives:quadratic", "sampler": {"name": "grid", "seed": 0},
+             "search_space": {"x": {"type": "float", "low": 0, "high": 1, "step": 0.5},
+                              "n": {"type": "int", "low": 1, "high": 2},
+                              "kind": {"type": "categorical", "choices": ["a", "b"]}},
+             "enqueue": [{"x": 0.5, "n": 1, "kind": "a"}, {"x": 0.25, "n": 2, "kind": "b"}],
+             "budget": {"n_trials": n_trials}}
+    result = optimize(None, study, client=client4, results_dir=tmp_path, progress=False)
+    combos = list(result.trials[["params_x", "params_n", "params_kind"]].itertuples(index=False, name=None))
+    grid = {(x, n, k) for x in (0.0, 0.5, 1.0) for n in (1, 2) for k in ("a", "b")}
+    assert combos[:2] == [(0.5, 1, "a"), (0.25, 2, "b")]  # the enqueued ones first
+    assert set(combos[2:]) == grid and len(combos) == 14  # then each of the 12 points once
+    assert result.best()["stop_reason"] == "grid"
+
+
 @pytest.mark.parametrize("scheduling", ["async", "reproducible"])
 def test_a_grid_of_hundreds_of_points_some_failing_runs_each_point_once_on_four_workers(client4, tmp_path, scheduling):
     """A quant's grid of cheap backtests, some of which raise, on 4 workers: every point is

@@ -111,7 +111,9 @@ def open_study(spec: StudySpec) -> ServedStudy:
     _name_metrics(study, cfg.metric_names)
     n_trials = cfg.budget.n_trials if cfg.budget.n_trials is not None else UNLIMITED
     if cfg.sampler.name == "grid":
-        n_trials = min(n_trials, grid_size(cfg))  # and it ends when every point has run (`_grid_spent`)
+        # the enqueued trials hold no grid point (as in Optuna's grid sampler) but count toward
+        # n_trials; it ends when every point has run (`_grid_spent`)
+        n_trials = min(n_trials, grid_size(cfg) + len(cfg.enqueue))
     store = TrialStore(spec.store_root)
     store.load_index()
     served = ServedStudy(spec=spec, study=study, backend=backend, store=store, n_trials=n_trials)
