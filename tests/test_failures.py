@@ -91,8 +91,9 @@ def test_what_an_objective_returns_completes_or_fails_its_trial_as_in_plain_optu
 def test_too_many_failures_stops_the_study_with_a_clear_error(client2, tmp_path):
     cfg = study("always_raises", n_trials=50)
     cfg["budget"]["max_failures"] = None  # the default rule: the first 10 all failed
-    with pytest.raises(StudyAbortedError, match="the first 10 trials all failed"):
+    with pytest.raises(StudyAbortedError, match="the first 10 trials all failed") as caught:
         optimize(None, cfg, client=client2, results_dir=tmp_path, progress=False)
+    assert "budget.max_failures" in str(caught.value)  # the setting that lets it go on
 
 
 def test_patience_stops_after_n_trials_without_improvement(client2, tmp_path):

@@ -51,7 +51,17 @@ def test_budget_stops_when_the_first_ten_trials_all_fail():
     budget = Budget(_config(), n_trials=100)
     for number in range(10):
         budget.count(number, "FAIL", None, "RuntimeError: broken")
-    assert budget.stop_reason == "too many failures: the first 10 trials all failed"
+    assert budget.stop_reason == ("too many failures: the first 10 trials all failed "
+                                  "(set budget.max_failures to allow more)")
+
+
+def test_budget_stops_when_more_than_half_fail_naming_the_setting():
+    budget = Budget(_config(), n_trials=100)
+    for number in range(11):  # 4 complete, then the 7th failure of 11 trials
+        budget.count(number, "FAIL" if number % 3 else "COMPLETE", [1.0] if number % 3 == 0 else None,
+                     None if number % 3 == 0 else "RuntimeError: broken")
+    assert budget.stop_reason == ("too many failures: 7 of 11 trials failed (more than half; "
+                                  "set budget.max_failures to allow more)")
 
 
 def test_budget_patience_counts_trials_without_improvement_and_ignores_infeasible_bests():

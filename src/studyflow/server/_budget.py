@@ -147,9 +147,11 @@ class Budget:
             return
         total = self.finished + n
         if self.n_objective_fail_first10 >= 10 and self.finished == 0:
-            self.stop_reason = f"{TOO_MANY_FAILURES}: the first 10 trials all failed"
+            self.stop_reason = (f"{TOO_MANY_FAILURES}: the first 10 trials all failed "
+                                f"(set budget.max_failures to allow more)")
         elif total >= 10 and n > total / 2:
-            self.stop_reason = f"{TOO_MANY_FAILURES}: {n} of {total} trials failed (more than half)"
+            self.stop_reason = (f"{TOO_MANY_FAILURES}: {n} of {total} trials failed "
+                                f"(more than half; set budget.max_failures to allow more)")
 
     def counts(self) -> dict[str, object]:
         """The status fields the budget owns."""
