@@ -55,6 +55,8 @@ from studyflow.server._study import ServedStudy
 from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
+HUNG_KILL_S = 0.5  # a hung trial's worker is asked to close, and killed 0.4 s later (`_kill_workers`)
+
 
 class UnknownStudyError(KeyError):
     """A call names a study id this server did not open (or has closed): one line, unquoted."""
@@ -186,10 +188,23 @@ class StudyServer(SchedulerPlugin):
             _logger.warning("study %s: trials %s timed out; restarting workers %s",
                             served.config.name, [n for n, _ in expired], workers)
             served.notify()
-            await self.scheduler.restart_workers(
-                workers, timeout=30, wait_for_workers=False, on_error="return",
-                stimulus_id=f"studyflow-timeout-{time.time()}",
-            )
+            await self._kill_workers(workers)
+
+    async def _kill_workers(self, workers: list[str]) -> None:
+        """Kill the workers of hung trials; each nanny starts a new one, as after a crash. Not
+        `Scheduler.restart_workers`: it asks a worker to close and kills it only 4 s later, and
+        one whose trial hangs never closes, so each timeout cost its slot 4 s more. A worker
+        without a nanny, or whose nanny does not answer, goes through it (it removes those)."""
+        nannies = {addr: ws.nanny for addr in workers
+                   if (ws := self.scheduler.workers.get(addr)) is not None and ws.nanny}
+        answers = await asyncio.gather(*(
+            self.scheduler.rpc(nanny).kill(timeout=HUNG_KILL_S, reason="studyflow-trial-timeout")
+            for nanny in nannies.values()), return_exceptions=True)
+        rest = [addr for addr in workers if addr not in nannies]
+        rest += [addr for addr, answer in zip(nannies, answers) if isinstance(answer, BaseException)]
+        if rest:
+            await self.scheduler.restart_workers(rest, timeout=30, wait_for_workers=False, on_error="return",
+                                                 stimulus_id=f"studyflow-timeout-{time.time()}")
 
     async def exchange(self, study_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Tell a loop's finished trials and lease it up to `want` more (`protocol.ExchangeRequest`
