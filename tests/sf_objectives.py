@@ -418,3 +418,14 @@ def stops_at_trial_3_of_slow_ones(trial):
             log.write(f"stop {time.time()}\n")
     time.sleep(0.3)
     return trial.suggest_float("x", 0, 1)
+
+
+def model_choices(trial):
+    """An sklearn-style space: a define-by-run bool and a categorical mixing None, numbers and
+    text (`max_features`), each used only by one classifier."""
+    clf = trial.suggest_categorical("clf", ["svc", "rf"])
+    if clf == "svc":
+        shrinking = trial.suggest_categorical("shrinking", [True, False])
+        return trial.suggest_float("c", 0.0, 1.0) + (0.5 if shrinking else 0.0)
+    features = trial.suggest_categorical("max_features", [None, 0.5, 1.0, "sqrt"])
+    return trial.suggest_int("depth", 1, 8) / 8 + (0.0 if features == 0.5 else 0.3)

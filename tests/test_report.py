@@ -263,3 +263,18 @@ def test_a_resumed_studys_card_measures_utilization_over_all_its_runs(client4, t
     html = (tmp_path / "card.html").read_text()
     utilization = int(re.search(r"worker utilization[^<]*</th><td>(\d+)%", html).group(1))
     assert 0 < utilization <= 100, utilization
+
+
+def test_a_card_draws_importances_of_bool_and_mixed_categorical_choices(client4, tmp_path):
+    """A define-by-run `[True, False]` categorical comes back from trials.parquet as bools and a
+    declared `[None, 0.5, 1.0, "sqrt"]` one as text ('0.5'): building the importances' study
+    from them raised `ValueError: 'True' not in ('False', 'True')` and no card was written."""
+    study = {"objective": "sf_objectives:model_choices", "name": "choices",
+             "search_space": {"max_features": {"type": "categorical", "choices": [None, 0.5, 1.0, "sqrt"]}},
+             "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 30}}
+    study_dir = tmp_path / "results/studies/choices"
+    optimize(None, study, client=client4, results_dir=tmp_path / "results", progress=False).write(study_dir)
+    write_report(study_dir, tmp_path / "card.html")
+    html = (tmp_path / "card.html").read_text()
+    assert 'id="plot-importance"' in html and "Parameter importances could not be computed" not in html
+

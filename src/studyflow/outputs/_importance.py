@@ -64,12 +64,12 @@ def importance_scores(trials: pd.DataFrame, cfg: StudyConfig) -> Scores:
     if reason is not None:
         return reason
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "new study created" line
-    study = _in_memory_study(done, params, cfg)
     value = None
     if len(cfg.study_directions) > 1:  # PED-ANOVA takes a target's low values as its best
         sign = -1.0 if cfg.study_directions[0] == "maximize" else 1.0
         value = lambda t: sign * t.values[0]  # noqa: E731
-    try:
+    try:  # a value its distribution refuses costs the card its importances, not the card
+        study = _in_memory_study(done, params, cfg)
         with warnings.catch_warnings():  # that a target's low values are taken as its best: they are
             warnings.filterwarnings("ignore", message=".*low `target` values", category=UserWarning)
             scores = optuna.importance.get_param_importances(
@@ -127,13 +127,24 @@ def _in_memory_study(done: pd.DataFrame, params: list[str], cfg: StudyConfig) ->
     study = optuna.create_study(directions=cfg.study_directions)
     trials = []
     for row in done.to_dict("records"):
-        present = {c.removeprefix("params_"): _native(row[c]) for c in params if not _missing(row[c])}
+        present = {name: _as_choice(_native(row[c]), dists[name]) for c in params
+                   if not _missing(row[c]) for name in [c.removeprefix("params_")]}
         trials.append(optuna.trial.create_trial(
             params=present, distributions={k: dists[k] for k in present},
             values=[row[c] for c in value_cols], state=optuna.trial.TrialState.COMPLETE,
         ))
     study.add_trials(trials)
     return study
+
+
+def _as_choice(value: Any, dist: optuna.distributions.BaseDistribution) -> Any:
+    """A categorical value as its distribution holds it. The trials table keeps one type per
+    column, so a bool there meets choices made from the column's text ('True'), and a choice of
+    a declared mix of None, numbers and text arrives as text ('0.5'): matched by that text."""
+    if not isinstance(dist, optuna.distributions.CategoricalDistribution) or any(
+            type(value) is type(choice) and value == choice for choice in dist.choices):
+        return value
+    return {str(choice): choice for choice in dist.choices}.get(str(value), value)
 
 
 def _missing(value: Any) -> bool:
