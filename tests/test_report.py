@@ -278,3 +278,29 @@ def test_a_card_draws_importances_of_bool_and_mixed_categorical_choices(client4,
     html = (tmp_path / "card.html").read_text()
     assert 'id="plot-importance"' in html and "Parameter importances could not be computed" not in html
 
+
+def test_parallel_coordinates_draw_the_trials_of_a_conditional_space(client4, tmp_path):
+    """Each trial of a conditional space lacks the other branch's parameters: a NaN (or a
+    category code -1) in any dimension keeps plotly from drawing its line, so the card's
+    parallel coordinates were empty axes. A missing value is drawn at an 'n/a' tick instead."""
+    import math
+
+    from studyflow.outputs import _figures as figures
+
+    study = {"objective": "sf_objectives:model_choices", "name": "branches",
+             "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 20}}
+    trials = optimize(None, study, client=client4, results_dir=tmp_path, progress=False).trials
+    assert trials.filter(like="params_").isna().any(axis=1).all()  # no trial has every parameter
+    dims = figures.parallel_coordinates(trials, "value").data[0].dimensions
+    for dim in dims:
+        values = [float(v) for v in dim.values]
+        assert not any(math.isnan(v) for v in values), dim.label
+        if dim.label in ("clf", "shrinking", "max_features"):  # categories: each value at its tick
+            assert set(values) <= set(dim.tickvals), dim.label
+    by_label = {dim.label: dim for dim in dims}
+    for name in ("c", "depth", "shrinking", "max_features"):
+        dim, missing = by_label[name], trials[f"params_{name}"].isna()
+        na = dim.tickvals[list(dim.ticktext).index("n/a")]
+        assert [float(v) == na for v in dim.values] == missing.tolist(), name
+    drawn = [float(v) for v, gap in zip(by_label["c"].values, trials["params_c"].isna()) if not gap]
+    assert drawn == trials["params_c"].dropna().tolist()

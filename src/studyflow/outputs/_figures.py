@@ -82,15 +82,7 @@ def parallel_coordinates(trials: pd.DataFrame, value_col: str, direction: str = 
     if done.empty or not params:
         return "Parallel coordinates need completed trials with parameters."
     n_done, done = len(done), _lines_drawn(done, value_col, direction)
-    dims = []
-    for col in params:
-        series = done[col]
-        if pd.api.types.is_numeric_dtype(series):
-            dims.append(dict(label=col.removeprefix("params_"), values=series))
-        else:
-            codes, labels = pd.factorize(series.astype(str))
-            dims.append(dict(label=col.removeprefix("params_"), values=codes,
-                             tickvals=list(range(len(labels))), ticktext=list(labels)))
+    dims = [_dimension(col.removeprefix("params_"), done[col]) for col in params]
     dims.append(dict(label=value_col, values=done[value_col]))
     fig = go.Figure(go.Parcoords(line=dict(color=done[value_col], colorscale="Viridis", showscale=True),
                                  dimensions=dims))
@@ -101,6 +93,29 @@ def parallel_coordinates(trials: pd.DataFrame, value_col: str, direction: str = 
                                           f"{len(done) - best:,} others at random", font=dict(size=12)),
                           margin=dict(t=90, l=60, r=60, b=30))
     return fig
+
+
+def _dimension(label: str, series: pd.Series) -> dict:
+    """One parameter's axis. plotly draws no line through a missing value, and in a conditional
+    space every trial lacks the parameters of the branches it did not take: a missing value is
+    drawn at an 'n/a' tick below the others instead."""
+    if pd.api.types.is_numeric_dtype(series) and series.dtype != bool:
+        values = series.astype(float)
+        missing = values.isna()
+        if not missing.any():
+            return dict(label=label, values=series)
+        if missing.all():
+            return dict(label=label, values=[0.0] * len(values), tickvals=[0.0], ticktext=["n/a"])
+        low, high = values.min(), values.max()
+        na = low - 0.15 * ((high - low) or 1.0)
+        ticks = sorted({low + (high - low) * i / 4 for i in range(5)})  # evenly, as plotly's own
+        return dict(label=label, values=values.fillna(na), range=[na, high], tickvals=[na, *ticks],
+                    ticktext=["n/a", *(f"{t:.4g}" for t in ticks)])
+    codes, labels = pd.factorize(series.astype(str).where(series.notna()))
+    tickvals, ticktext = list(range(len(labels))), list(labels)
+    if (codes < 0).any():
+        tickvals, ticktext = [-1, *tickvals], ["n/a", *ticktext]
+    return dict(label=label, values=codes, tickvals=tickvals, ticktext=ticktext)
 
 
 def _lines_drawn(done: pd.DataFrame, value_col: str, direction: str) -> pd.DataFrame:
