@@ -304,3 +304,27 @@ def test_parallel_coordinates_draw_the_trials_of_a_conditional_space(client4, tm
         assert [float(v) == na for v in dim.values] == missing.tolist(), name
     drawn = [float(v) for v, gap in zip(by_label["c"].values, trials["params_c"].isna()) if not gap]
     assert drawn == trials["params_c"].dropna().tolist()
+
+
+def test_log_scale_parameters_are_drawn_on_log_axes(client4, tmp_path):
+    """The shipped study's `l2_regularization` (1e-6 to 10, log) on a linear axis put nearly
+    every trial's line at its bottom end. As Optuna's plots do, a parameter declared `log: true`
+    is drawn in log10 in the parallel coordinates (ticks labelled with its values) and on a
+    log x axis in its slice."""
+    import math
+
+    from studyflow import load_study
+    from studyflow.outputs import _figures as figures
+
+    space = {"l2": {"type": "float", "low": 1e-6, "high": 10.0, "log": True}, "x": SPACE["x"]}
+    study = {"objective": "sf_objectives:instant", "search_space": space, "name": "logs",
+             "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 20}}
+    trials = optimize(None, study, client=client4, results_dir=tmp_path, progress=False).trials
+    log_params = figures.log_params(load_study(study))
+    assert log_params == {"l2"}
+    dims = {d.label: d for d in figures.parallel_coordinates(trials, "value", log_params=log_params).data[0].dimensions}
+    assert [float(v) for v in dims["l2"].values] == pytest.approx([math.log10(v) for v in trials["params_l2"]])
+    assert [float(v) for v in dims["x"].values] == pytest.approx(trials["params_x"].tolist())
+    assert any(text.startswith("1e-0") for text in dims["l2"].ticktext)
+    slices = figures.slices(trials, "value", log_params=log_params)
+    assert slices.layout.xaxis.type == "log" and slices.layout.xaxis2.type != "log"

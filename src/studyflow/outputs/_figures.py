@@ -6,8 +6,11 @@ objective where two are needed...), which the card shows as a placeholder.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -76,13 +79,20 @@ def importances(trials: pd.DataFrame, cfg: StudyConfig, scores: Scores | None = 
     return fig
 
 
-def parallel_coordinates(trials: pd.DataFrame, value_col: str, direction: str = "minimize") -> Figure:
+def log_params(cfg: StudyConfig) -> set[str]:
+    """The parameters the study file declares on a log scale: the card draws them on log axes."""
+    return {name for name, spec in cfg.search_space.items() if spec.log}
+
+
+def parallel_coordinates(trials: pd.DataFrame, value_col: str, direction: str = "minimize",
+                         log_params: Collection[str] = ()) -> Figure:
     done = complete(trials)
     params = param_columns(trials)
     if done.empty or not params:
         return "Parallel coordinates need completed trials with parameters."
     n_done, done = len(done), _lines_drawn(done, value_col, direction)
-    dims = [_dimension(col.removeprefix("params_"), done[col]) for col in params]
+    dims = [_dimension(col.removeprefix("params_"), done[col], col.removeprefix("params_") in log_params)
+            for col in params]
     dims.append(dict(label=value_col, values=done[value_col]))
     fig = go.Figure(go.Parcoords(line=dict(color=done[value_col], colorscale="Viridis", showscale=True),
                                  dimensions=dims))
@@ -95,22 +105,31 @@ def parallel_coordinates(trials: pd.DataFrame, value_col: str, direction: str = 
     return fig
 
 
-def _dimension(label: str, series: pd.Series) -> dict:
+def _dimension(label: str, series: pd.Series, log: bool = False) -> dict:
     """One parameter's axis. plotly draws no line through a missing value, and in a conditional
     space every trial lacks the parameters of the branches it did not take: a missing value is
-    drawn at an 'n/a' tick below the others instead."""
+    drawn at an 'n/a' tick below the others instead. A log-scale parameter is drawn in log10
+    (as Optuna's plot does), its ticks labelled with its values."""
     if pd.api.types.is_numeric_dtype(series) and series.dtype != bool:
         values = series.astype(float)
+        values = np.log10(values.where(values > 0)) if log else values
         missing = values.isna()
-        if not missing.any():
+        if not missing.any() and not log:
             return dict(label=label, values=series)
         if missing.all():
             return dict(label=label, values=[0.0] * len(values), tickvals=[0.0], ticktext=["n/a"])
         low, high = values.min(), values.max()
+        if log:  # the powers of ten in the range, and its ends
+            ticks = sorted({low, high, *map(float, range(math.ceil(low), math.floor(high) + 1))})
+            text = [f"{10 ** t:.3g}" for t in ticks]
+        else:
+            ticks = sorted({low + (high - low) * i / 4 for i in range(5)})  # evenly, as plotly's own
+            text = [f"{t:.4g}" for t in ticks]
+        if not missing.any():
+            return dict(label=label, values=values, range=[low, high], tickvals=ticks, ticktext=text)
         na = low - 0.15 * ((high - low) or 1.0)
-        ticks = sorted({low + (high - low) * i / 4 for i in range(5)})  # evenly, as plotly's own
         return dict(label=label, values=values.fillna(na), range=[na, high], tickvals=[na, *ticks],
-                    ticktext=["n/a", *(f"{t:.4g}" for t in ticks)])
+                    ticktext=["n/a", *text])
     codes, labels = pd.factorize(series.astype(str).where(series.notna()))
     tickvals, ticktext = list(range(len(labels))), list(labels)
     if (codes < 0).any():
@@ -129,7 +148,7 @@ def _lines_drawn(done: pd.DataFrame, value_col: str, direction: str) -> pd.DataF
     return pd.concat([ranked.iloc[:best], others]).sort_values("number")
 
 
-def slices(trials: pd.DataFrame, value_col: str) -> Figure:
+def slices(trials: pd.DataFrame, value_col: str, log_params: Collection[str] = ()) -> Figure:
     done = complete(trials)
     params = param_columns(trials)
     if done.empty or not params:
@@ -139,6 +158,8 @@ def slices(trials: pd.DataFrame, value_col: str) -> Figure:
     for i, col in enumerate(params, start=1):
         fig.add_trace(go.Scattergl(x=done[col], y=done[value_col], mode="markers", showlegend=False,
                                    marker=dict(size=5, color=done["number"], colorscale="Blues")), row=1, col=i)
+        if col.removeprefix("params_") in log_params:
+            fig.update_xaxes(type="log", row=1, col=i)
     fig.update_yaxes(title_text=value_col, row=1, col=1)
     fig.update_layout(**{**_LAYOUT, "height": 320})
     return fig

@@ -107,8 +107,9 @@ def render(trials: pd.DataFrame, best: dict[str, Any], cfg: StudyConfig, scores:
         ("pareto", "Pareto front", figures.pareto(trials, directions, front, value_cols, labels)) if multi
         else ("history", "Optimization history", figures.history(trials, directions[0], value_col, labels[0])),
         ("importance", "Parameter importances", figures.importances(trials, cfg, scores)),
-        ("parallel", "Parallel coordinates", figures.parallel_coordinates(trials, value_col, directions[0])),
-        ("slices", "Slices", figures.slices(trials, value_col)),
+        ("parallel", "Parallel coordinates", figures.parallel_coordinates(trials, value_col, directions[0],
+                                                                           figures.log_params(cfg))),
+        ("slices", "Slices", figures.slices(trials, value_col, figures.log_params(cfg))),
         ("timeline", "Timeline of trials per worker", figures.timeline(trials)),
     ]
     body = "\n".join(_section(sid, title, fig) for sid, title, fig in sections)
