@@ -356,6 +356,7 @@ def reports_threads(trial):
     trial.set_user_attr("omp_env", os.environ.get("OMP_NUM_THREADS"))
     trial.set_user_attr("blas", max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
     trial.set_user_attr("torch", torch.get_num_threads())
+    trial.set_user_attr("joblib", __import__("joblib").effective_n_jobs(-1))  # scikit-learn's n_jobs=-1
     a = np.random.default_rng(0).random((1000, 1000))
     wall, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - wall < 0.6:

@@ -26,6 +26,9 @@ def test_each_trial_runs_its_blas_and_torch_with_trial_threads_and_keeps_that_ma
     trial = result.trials.iloc[0]
     assert trial["state"] == "COMPLETE", trial["error"]
     assert (trial["user_attrs_omp_env"], trial["user_attrs_blas"], trial["user_attrs_torch"]) == (str(threads), threads, threads)
+    # scikit-learn's n_jobs=-1 (joblib: the machine's cores, whatever OMP_NUM_THREADS says) gave
+    # every trial both cores of this machine, 8 on 8 cores: 64 threads for 8 trials
+    assert trial["user_attrs_joblib"] == threads
     # the machine has 2 cores: one thread keeps one busy, two keep both (1.02 and 1.95 measured; the
     # bound leaves room for the other processes of the test run)
     if threads == 1:

@@ -24,8 +24,10 @@ from studyflow.errors import StudyflowError
 # BLAS/OpenMP threads and the workers together would oversubscribe the cores many times over.
 # One worker slot, one thread. The forkserver imports numpy with them set, which is when
 # OpenBLAS sizes its thread pool, so the workers forked from it inherit one thread too.
+# LOKY_MAX_CPU_COUNT caps joblib's cpu_count, so scikit-learn's `n_jobs=-1` (every core of the
+# machine, whatever OMP_NUM_THREADS says) runs the trial's threads too.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
-                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "LOKY_MAX_CPU_COUNT")
 ONE_THREAD_ENV = dict.fromkeys(THREAD_ENV_VARS, "1")
 # `cluster.trial_threads` above one: what a worker's `worker._threads` sets its loaded pools to
 TRIAL_THREADS_ENV = "STUDYFLOW_TRIAL_THREADS"
