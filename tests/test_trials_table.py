@@ -23,6 +23,7 @@ from optuna.trial import create_trial
 from studyflow.outputs import trials_frame
 from studyflow.outputs import trials_table
 from studyflow.outputs import write_table
+from studyflow.outputs._trials_table import _column_group
 from studyflow.outputs._trials_table import trial_rows
 
 F, I, C = FloatDistribution(0, 1), IntDistribution(0, 9), CategoricalDistribution(["a", 1, None])
@@ -81,7 +82,8 @@ def _as_pandas_built_it(trials: list, n_objectives: int) -> pd.DataFrame:
             if len(kinds) > 1 or kinds & {list, dict}:
                 df[col] = df[col].map(lambda v: None if v is None else json.dumps(v) if isinstance(v, (list, dict))
                                       else str(v))
-    return df.sort_values("number", ignore_index=True)
+    # grouped since (params together, a later trial's too: the order itself is pinned below)
+    return df[sorted(df.columns, key=_column_group)].sort_values("number", ignore_index=True)
 
 
 @pytest.mark.parametrize("n_objectives", [1, 2])
@@ -100,6 +102,18 @@ def test_a_study_without_trials_still_has_its_columns_and_dtypes(tmp_path):
     pd.testing.assert_frame_equal(trials_frame([], ["value"]), expected)
     write_table(trials_table([], ["value"]), tmp_path / "trials.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "trials.parquet"), expected)
+
+
+def test_a_conditional_spaces_later_parameters_sit_with_the_others():
+    """Each branch's parameters first appear in a later trial: their columns came after
+    `artifacts` and the user attrs, away from the other parameters."""
+    trials = [_trial(0, TrialState.COMPLETE, [1.0], {"c": "a"}, {"u": 1}, {"constraints:c0": 0.1}),
+              _trial(1, TrialState.COMPLETE, [2.0], {"c": 1, "x": 0.5}, {"u": 2, "v": 3}, {"constraints:c0": 0.1}),
+              _trial(2, TrialState.COMPLETE, [3.0], {"c": None, "n": 4}, {}, {"constraints:c0": 0.2})]
+    assert list(trials_frame(trials, ["value"]).columns) == [
+        "number", "state", "value", "params_c", "params_x", "params_n", "datetime_start", "datetime_complete",
+        "duration_s", "worker", "error", "attempt", "retry_of", "key", "cached", "artifacts", "user_attrs_u",
+        "user_attrs_v", "constraints_c0"]
 
 
 def test_times_read_back_to_the_microsecond_and_an_aware_time_in_utc():

@@ -82,6 +82,7 @@ def trials_table(trials: list[FrozenTrial], value_cols: list[str], store: TrialS
     for row in rows:  # columns in the order they first appear, as a DataFrame of the rows has them
         if not names.keys() >= row.keys():
             names.update(dict.fromkeys(row))
+    names = dict.fromkeys(sorted(names, key=_column_group))  # a stable sort: first seen within a group
     rows.sort(key=lambda row: row["number"])
     columns, dtypes = [], []
     for name in names:
@@ -98,6 +99,18 @@ def trials_table(trials: list[FrozenTrial], value_cols: list[str], store: TrialS
         columns.append(_column(values, kind, dtype))
         dtypes.append(dtype)
     return pa.Table.from_arrays(columns, names=list(names), metadata={"pandas": _pandas_metadata(list(names), dtypes)})
+
+
+def _column_group(name: str) -> int:
+    """Where a column goes: number, state and values; the parameters (a conditional space's
+    later branches too, first seen in a later trial); the fixed columns; user attrs; constraints."""
+    if name.startswith("params_"):
+        return 1
+    if name.startswith("user_attrs_"):
+        return 3
+    if name.startswith("constraints_"):
+        return 4
+    return 2 if name in FIXED and name not in ("number", "state") else 0  # else number, state, values
 
 
 def value_columns(columns: list[str]) -> list[str]:
