@@ -143,6 +143,26 @@ def test_a_bad_workflow_config_fails_in_one_line_naming_the_key(workdir, config,
     assert "Failed validating" not in proc.stderr and len(proc.stderr.splitlines()) < 30
 
 
+@pytest.mark.parametrize(("objective", "missing"), [
+    ("tiny_objectiv:objective", "tiny_objectiv"),
+    ("tiny_pkg.modle:objective", "tiny_pkg.modle"),
+], ids=["module", "package's module"])
+def test_a_misspelt_objective_module_fails_the_dry_run_naming_the_file_and_key(workdir, objective, missing):
+    """`snakemake -n` planned every job, and the optimize job's log said the module was
+    missing only once the stage job had run."""
+    (workdir / "tiny_pkg").mkdir()
+    (workdir / "tiny_pkg/__init__.py").write_text("")
+    (workdir / "tiny_pkg/model.py").write_text((workdir / "tiny_objective.py").read_text())
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(dict(TINY_STUDY, objective=objective)))
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode != 0
+    assert (f"config/studies/tiny.yaml: objective: no module named {missing!r} in the study file's folder, "
+            "the working directory or the installed packages") in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert not (workdir / "results/data").exists()
+    (workdir / "config/studies/tiny.yaml").write_text(yaml.safe_dump(dict(TINY_STUDY, objective="tiny_pkg.model:objective")))
+    assert snakemake(workdir, "-n").returncode == 0  # a package's module is found
+
+
 def test_a_study_file_naming_its_study_otherwise_fails_before_any_job(workdir):
     """config.yaml lists a study by its file, and the workflow's outputs are named after it;
     a `name:` of its own sent the job's outputs elsewhere: the whole study ran, then Snakemake

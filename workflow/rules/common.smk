@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from studyflow.config import WorkflowConfig
+from studyflow.config import check_objectives
 from studyflow.config import check_storage_plugins
 from studyflow.config import config_hash_file
 from studyflow.config import config_source
@@ -44,6 +45,7 @@ try:  # a bad config or study file: its one line, without studyflow's frames
     STUDIES = WORKFLOW.load_all()
     DATASETS = WORKFLOW.used_datasets(STUDIES)
     check_storage_plugins(WORKFLOW, DATASETS)
+    check_objectives(WORKFLOW, STUDIES)
 except StudyflowError as exc:
     raise WorkflowError(str(exc)) from None
 RESULTS = WORKFLOW.results

@@ -29,6 +29,7 @@ from studyflow.config._workflow_files import run_config_file
 from studyflow.config._workflow_files import schema_error_line
 from studyflow.config._workflow_files import storage_plugin
 from studyflow.config._workflow_files import unreachable_source
+from studyflow.config._workflow_files import check_objectives
 from studyflow.config._workflow_files import write_run_files
 
 __all__ = [
@@ -62,4 +63,5 @@ __all__ = [
     "storage_plugin",
     "unreachable_source",
     "write_run_files",
+    "check_objectives",
 ]

@@ -32,6 +32,7 @@ from studyflow.config._study import StudyConfig
 from studyflow.config._workflow import WorkflowConfig
 from studyflow.errors import ConfigError
 from studyflow.store._code import loader_fingerprint
+from studyflow.store._code import missing_module
 from studyflow.store._code import source_fingerprint
 from studyflow.store._code import strategy_fingerprint
 
@@ -149,6 +150,18 @@ def dataset_spec_file(workflow: WorkflowConfig, name: str) -> str:
 def _search_paths(study_file: Path) -> list[str]:
     """Where a study's workers import its objective from (as `worker.search_paths`)."""
     return [str(Path(study_file).resolve().parent), str(Path.cwd())]
+
+
+def check_objectives(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -> None:
+    """Fail, naming the study file and `objective`, when an objective's module is nowhere a
+    worker would import it from: before any job, so `snakemake -n` says so too."""
+    for name, cfg in studies.items():
+        module = (cfg.objective or "").partition(":")[0]
+        missing = missing_module(module, _search_paths(workflow.study_file(name))) if module else None
+        if missing is not None:
+            raise ConfigError(cfg.source or str(workflow.study_file(name)), "objective",
+                              f"no module named {missing!r} in the study file's folder, the working "
+                              "directory or the installed packages")
 
 
 def write_run_files(workflow: WorkflowConfig, studies: dict[str, StudyConfig]) -> None:

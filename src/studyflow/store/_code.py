@@ -20,6 +20,7 @@ import functools
 import hashlib
 import importlib.machinery
 import importlib.metadata
+import importlib.util
 import inspect
 import linecache
 import re
@@ -115,6 +116,33 @@ def source_fingerprint(objective: str, search_paths: Iterable[str], library: str
     finally:
         sys.path[:] = saved
     return sha256_text(canonical_json(files)) if files else "not found"
+
+
+def missing_module(name: str, search_paths: Iterable[str]) -> str | None:
+    """The first part of dotted module `name` that neither `search_paths` nor the installed
+    packages hold, found without importing anything: so a misspelt objective fails the
+    workflow's dry run. None when found, and when unknowable without an import: the parts of a
+    package that lies outside the search paths (an installed one may add submodules as it loads)."""
+    parts = name.split(".")
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in search_paths if p not in sys.path]
+    try:
+        spec = importlib.util.find_spec(parts[0]) if parts[0] not in sys.modules else None
+        if spec is None:
+            return None if parts[0] in sys.modules else parts[0]
+        locations = list(spec.submodule_search_locations or [])
+        project = [Path(p).resolve() for p in search_paths]
+        where = locations or ([spec.origin] if spec.origin else [])
+        if not any(Path(w).resolve().is_relative_to(root) for w in where for root in project):
+            return None
+        for i in range(1, len(parts)):
+            sub = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), locations)
+            if sub is None:
+                return ".".join(parts[: i + 1])
+            locations = list(sub.submodule_search_locations or [])
+        return None
+    finally:
+        sys.path[:] = saved
 
 
 def loader_fingerprint(loader: str, search_paths: Iterable[str]) -> str:
