@@ -39,7 +39,8 @@ def workdir(tmp_path: Path, monkeypatch) -> Path:
     (tmp_path / "config" / "studies" / "counted.yaml").write_text(yaml.safe_dump(study))
     monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "evaluations.txt"))
     monkeypatch.setenv("SF_SLEEP", "0.25")
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    # the test objectives, then what conftest found (the checkout under test, where PYTHONPATH names one)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p))
     return tmp_path
 
 
