@@ -210,6 +210,29 @@ def test_repair_recovers_a_trial_whose_create_record_was_zeroed_and_no_other_run
     _assert_resumed_with_every_told_trial(tmp_path, told)
 
 
+
+def test_gc_beside_a_damaged_journal_refuses_in_one_line_and_removes_nothing_repair_needs(tmp_path):
+    """`store gc` read the journals with Optuna, which raised a JSONDecodeError traceback on the
+    hole; it must not remove the stored trials a repair re-adds (their keys may be in the hole)."""
+    _write_study(tmp_path)
+    assert _run(tmp_path).returncode == 0
+    journal = _journal(tmp_path)
+    told = _told(journal)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    _zero(journal, len(lines) // 2)
+
+    gc = _studyflow(tmp_path, "store", "gc")
+    assert gc.returncode == 1 and "Traceback" not in gc.stderr, gc.stderr
+    (error,) = _error_lines(gc)
+    assert f"{journal.relative_to(tmp_path)}: unreadable journal record at line {len(lines) // 2 + 1}" in error
+    assert "journal repair" in error and "not collected" in error
+
+    assert _studyflow(tmp_path, "journal", "repair", str(journal)).returncode == 0
+    gc = _studyflow(tmp_path, "store", "gc")
+    assert gc.returncode == 0 and gc.stdout.startswith("removed 0 entries"), gc.stdout + gc.stderr
+    _assert_resumed_with_every_told_trial(tmp_path, told)
+
+
 def test_failed_trials_after_the_hole_leave_gaps_and_every_complete_one_keeps_its_number(tmp_path):
     """Failed trials are not in the store: the numbers they had become trials marked not run
     (left out of the table and the counts), so the stored ones after them keep their numbers."""
@@ -244,6 +267,9 @@ def test_repair_reports_stored_trials_whose_distributions_it_cannot_know(tmp_pat
     assert repair.returncode == 0, repair.stderr
     assert "recovered 0 finished trials" in repair.stdout, repair.stdout
     assert "could not re-add 6 stored trials: 0: distribution of kind, n, x unknown" in repair.stdout
+    # the trials it names are still in the store (their keys in the `.bak` alone): gc keeps them
+    gc = _studyflow(tmp_path, "store", "gc")
+    assert gc.returncode == 0 and gc.stdout.startswith("removed 0 entries"), gc.stdout + gc.stderr
 
 
 def _file_size_limit(limit: int):

@@ -13,6 +13,7 @@ starts while gc runs waits for it.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -23,12 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from studyflow._attrs import KEY_ATTR
+from studyflow.errors import JournalDamagedError
 from studyflow.errors import StudyLockedError
 from studyflow.store._store import TrialStore
 
 _logger = logging.getLogger(__name__)
 IN_USE = "in-use.lock"
 GC_WAIT_S = 600.0  # how long a starting study waits for a running gc before it fails
+_CREATE_TRIAL, _SET_TRIAL_SYSTEM_ATTR = 4, 9  # Optuna journal op codes
 _JOURNAL_LOCK = re.compile(r"^(?P<study>.+)-[0-9a-f]{16}$")  # `<study>-<hash>.lock` (driver.ResultsLayout)
 
 
@@ -84,17 +87,43 @@ def running_studies(root: str | Path) -> list[tuple[str, str, Path]]:
 
 
 def referenced_keys(journal_dir: str | Path) -> set[str]:
-    """Every trial key that some study journal under `journal_dir` refers to."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
+    """Every trial key that some study journal under `journal_dir` refers to, read from its
+    records as they are (an Optuna replay raised a traceback on a hole): a `<journal>.bak`
+    that `journal repair` left counts too, so the stored trials it could not re-add stay.
+    A journal with an unreadable record before its end raises `JournalDamagedError`: the
+    keys in the hole are unknown, and its repair re-adds trials from the store."""
     keys: set[str] = set()
     for journal in sorted(Path(journal_dir).glob("*.log")):
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        for study in storage.get_all_studies():
-            for trial in storage.get_all_trials(storage.get_study_id_from_name(study.study_name), deepcopy=False):
-                if KEY_ATTR in trial.system_attrs:
-                    keys.add(trial.system_attrs[KEY_ATTR])
+        keys |= _keys_in(journal, damaged_ok=False)
+    for backup in sorted(Path(journal_dir).glob("*.log.bak")):
+        keys |= _keys_in(backup, damaged_ok=True)
+    return keys
+
+
+def _keys_in(journal: Path, damaged_ok: bool) -> set[str]:
+    keys: set[str] = set()
+    bad: tuple[int, int, str] | None = None  # (line, byte, why) of an unreadable line
+    offset = 0
+    with open(journal, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if bad is not None and not damaged_ok:  # more after an unreadable line: not a torn tail
+                raise JournalDamagedError(
+                    f"{journal}: unreadable journal record at line {bad[0]} (byte {bad[1]}): {bad[2]}; the store "
+                    f"is not collected (the keys in the hole are unknown): `studyflow journal repair {journal}` "
+                    f"first, then gc")
+            try:
+                record = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("op_code"), int):
+                bad = bad or (number, offset, "no line end" if not line.endswith(b"\n")
+                              else "not an Optuna journal record" if isinstance(record, dict) else "not JSON")
+            else:
+                attrs = record.get("system_attrs") if record.get("op_code") == _CREATE_TRIAL else (
+                    record.get("system_attr") if record.get("op_code") == _SET_TRIAL_SYSTEM_ATTR else None)
+                if isinstance(attrs, dict) and isinstance(attrs.get(KEY_ATTR), str):
+                    keys.add(attrs[KEY_ATTR])
+            offset += len(line)
     return keys
 
 
