@@ -430,3 +430,14 @@ def model_choices(trial):
         return trial.suggest_float("c", 0.0, 1.0) + (0.5 if shrinking else 0.0)
     features = trial.suggest_categorical("max_features", [None, 0.5, 1.0, "sqrt"])
     return trial.suggest_int("depth", 1, 8) / 8 + (0.0 if features == 0.5 else 0.3)
+
+
+def stages_then_sleeps(trial):
+    """Writes a file into its artifact folder (staged until the trial completes), appends a
+    line to $SF_COUNT_FILE, then sleeps $SF_SLEEP s: a kill then leaves a staging folder."""
+    x = trial.suggest_float("x", 0, 1)
+    (trial.artifact_dir / "model.bin").write_bytes(b"\0" * 100_000)
+    with open(os.environ["SF_COUNT_FILE"], "a") as f:
+        f.write(f"{trial.number}\n")
+    time.sleep(float(os.environ.get("SF_SLEEP", "0")))
+    return x

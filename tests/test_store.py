@@ -242,6 +242,42 @@ def test_store_ls_and_gc(client4, tmp_path):
     assert gc.startswith("removed 7 entries")
 
 
+
+def test_gc_removes_the_staging_folders_a_killed_run_left_under_keys_journals_refer_to(tmp_path, monkeypatch):
+    """A run killed mid-trial left each running trial's staging folder (its partial artifacts)
+    under a key its journal refers to: the resume re-ran the trial, and gc kept the folder
+    forever (`store ls`: "incomplete"), space lost on what may be a full disk."""
+    import signal
+    import time
+
+    monkeypatch.setenv("SF_COUNT_FILE", str(tmp_path / "evaluations.txt"))
+    monkeypatch.setenv("SF_SLEEP", "0.5")
+    study = {"objective": "sf_objectives:stages_then_sleeps", "search_space": {"x": SPACE["x"]},
+             "sampler": {"name": "random", "seed": 1}, "budget": {"n_trials": 8}}
+    (tmp_path / "study.yaml").write_text(json.dumps(study))
+    cmd = [sys.executable, "-m", "studyflow.cli", "run", "study.yaml", "--workers", "2"]
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline, evaluations = time.monotonic() + 120, tmp_path / "evaluations.txt"
+    while not evaluations.exists() or len(evaluations.read_text().split()) < 4:  # two begun after two done
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300).returncode == 0
+    assert list(tmp_path.glob("results/.store/trials/*/*/.staging-*"))  # the killed trials'
+    gc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "gc"], cwd=tmp_path,
+                        capture_output=True, text=True, check=True).stdout
+    assert gc.startswith("removed 0 entries") and not gc.endswith("freed 0.0 MB\n"), gc
+    assert not list(tmp_path.glob("results/.store/trials/*/*/.staging-*"))
+    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) == 8 and all((Path(a) / "model.bin").stat().st_size == 100_000 for a in complete["artifacts"])
+    ls = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "ls"], cwd=tmp_path,
+                        capture_output=True, text=True, check=True).stdout
+    assert "incomplete" not in ls and "COMPLETE: 8" in ls, ls
+
+
 def test_a_torn_last_result_line_is_skipped_and_gc_keeps_what_journals_refer_to(tmp_path, caplog):
     """A server killed mid-append leaves half a line: the results before it still answer."""
     from studyflow.store import StoredResult

@@ -290,8 +290,23 @@ class TrialStore:
                 write_text(log, "".join(kept))
         for key in drop:
             shutil.rmtree(self.entry(key), ignore_errors=True)
+        freed += self._prune_staging()
         self.load_index()
         return len(drop), freed
+
+    def _prune_staging(self) -> int:
+        """Remove the staging folders left by trials that never completed (a run killed
+        mid-trial: its resume re-runs the trial under a new number), and key folders left
+        empty; return the bytes freed. Only while no study runs: then none is in use."""
+        freed = 0
+        for staging in self.trials.glob("*/*/.staging-*"):
+            freed += sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                staging.parent.rmdir()  # only if empty: no artifacts, no old-layout result
+            except OSError:
+                pass
+        return freed
 
 
 def _line_key(line: str) -> str | None:
