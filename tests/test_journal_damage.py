@@ -233,6 +233,31 @@ def test_gc_beside_a_damaged_journal_refuses_in_one_line_and_removes_nothing_rep
     _assert_resumed_with_every_told_trial(tmp_path, told)
 
 
+
+def test_repair_recovers_the_trials_a_study_was_answered_from_the_store_by_another_study(tmp_path):
+    """Two studies of the same objective and parameters share stored results (README): the
+    second's trials were all answered from the first's. Its stored lines name the first study,
+    so a repair of the second's journal re-added none of them, and the resume ran new trials."""
+    _write_study(tmp_path)
+    assert _run(tmp_path).returncode == 0
+    (tmp_path / "twin.yaml").write_text((tmp_path / "study.yaml").read_text())
+    assert _studyflow(tmp_path, "run", "twin.yaml", "--workers", "2").returncode == 0
+    (journal,) = (tmp_path / "results/.store/journals").glob("twin-*.log")
+    study = optuna.load_study(study_name="twin", storage=JournalStorage(JournalFileBackend(str(journal))))
+    told = {t.number: t.values[0] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(told) == N_TRIALS and all(t.system_attrs.get("studyflow:cached") for t in study.trials)
+    _zero(journal, len(journal.read_bytes().splitlines()) // 3)
+
+    repair = _studyflow(tmp_path, "journal", "repair", str(journal))
+    assert repair.returncode == 0, repair.stderr
+    assert "recovered 0 " not in repair.stdout and "could not" not in repair.stdout, repair.stdout
+    resumed = _studyflow(tmp_path, "run", "twin.yaml", "--workers", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "results/studies/twin/trials.parquet")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert dict(zip(complete["number"], complete["value"])) == told  # each under its own number: none re-run
+
+
 def test_failed_trials_after_the_hole_leave_gaps_and_every_complete_one_keeps_its_number(tmp_path):
     """Failed trials are not in the store: the numbers they had become trials marked not run
     (left out of the table and the counts), so the stored ones after them keep their numbers."""

@@ -6,7 +6,9 @@ attrs), written by the server as it told the trial, so a COMPLETE trial cut from
 still there. Which store lines are this journal's own is decided by the damaged file itself (its
 `.bak` copy): a line must name the journal's study, and either its key is one the journal
 recorded (every trial gets `studyflow:key` at its ask) or the journal told a trial of its number
-COMPLETE with its very values (the hole was the trial's own create record). Another run of the
+COMPLETE with its very values (the hole was the trial's own create record). A trial answered
+from the store by another study's line (same objective and parameters) comes back by its key,
+under the number the damaged file told COMPLETE with its values. Another run of the
 same study name (another journal hash: another seed, objective code or data) asked other keys,
 so its trials stay out.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -133,7 +136,7 @@ def recover(journal: str | Path, backup: str | Path, store: str | Path) -> Recov
         done.study = study.study_name
         evidence = _evidence(backup)
         lines = [r for r in map(TrialStore(store).get, TrialStore(store).keys()) if r is not None]
-        ours = sorted((r for r in lines if _is_ours(r, study.study_name, evidence)),
+        ours = sorted(filter(None, (_ours(r, study.study_name, evidence) for r in lines)),
                       key=lambda r: (r.number is None, r.number or 0))
         _readd(storage, storage.get_study_id_from_name(study.study_name), ours, _resolved_distributions(store, study.study_name), done)
         backend.flush_to_disk()
@@ -142,10 +145,19 @@ def recover(journal: str | Path, backup: str | Path, store: str | Path) -> Recov
     return done
 
 
-def _is_ours(result: StoredResult, study: str, evidence: _Evidence) -> bool:
-    if result.study != study or result.state != "COMPLETE" or not result.values:
-        return False
-    return result.key in evidence.keys or (result.number, tuple(result.values)) in evidence.told
+def _ours(result: StoredResult, study: str, evidence: _Evidence) -> StoredResult | None:
+    """The stored result as this study's trial, or None. A line another study wrote (with the
+    same objective and parameters it answered this study's trial from the store) counts by
+    its key, under the number the damaged journal told COMPLETE with its values (if one did:
+    else at the end)."""
+    if result.state != "COMPLETE" or not result.values:
+        return None
+    if result.study == study:
+        return result if result.key in evidence.keys or (result.number, tuple(result.values)) in evidence.told else None
+    if result.key not in evidence.keys:
+        return None
+    numbers = [n for n, values in evidence.told if values == tuple(result.values)]
+    return replace(result, study=study, number=numbers[0] if len(numbers) == 1 else None)
 
 
 def _readd(storage: JournalStorage, study_id: int, results: list[StoredResult],
