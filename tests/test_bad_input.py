@@ -95,3 +95,41 @@ def test_dataset_not_defined_in_the_workflow_config(write_study, tmp_path):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert f"{path}: data: dataset 'prices' is not defined under 'datasets'" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a folder read-only as the file system does it (root ignores a mode): a read-only bind mount."""
+    import os
+    import shutil
+
+    made = []
+
+    def make(folder):
+        if os.geteuid() != 0:
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(path.stat().st_mode & ~0o222)
+            return
+        if shutil.which("mount") is None or subprocess.run(["mount", "--bind", str(folder), str(folder)]).returncode:
+            pytest.skip("no bind mount here")
+        made.append(folder)
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+
+    yield make
+    for folder in made:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_results_folder_is_one_line_naming_the_file(tmp_path, read_only):
+    """`studyflow run` and `store gc` on a results folder that cannot be written printed a
+    20-line traceback (OSError opening the study's lock file)."""
+    study = {"objective": "sf_objectives:instant", "search_space": {"x": SPACE["w"]}, "budget": {"n_trials": 3}}
+    (tmp_path / "study.yaml").write_text(__import__("json").dumps(study))
+    assert run_cli("run", "study.yaml", "--workers", "1", cwd=tmp_path).returncode == 0
+    read_only(tmp_path / "results")
+    for args in (("run", "study.yaml", "--workers", "1"), ("store", "gc")):
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = [line for line in proc.stderr.splitlines() if line.startswith("studyflow: error:")]
+        assert f"{tmp_path / 'results'}" in line or "results/.store" in line, line
+        assert "Read-only file system" in line or "Permission denied" in line, line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
 import logging
@@ -279,6 +280,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# Errors of the file system, not of studyflow: the file is named in one line, without a traceback.
+_FOLDER_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -303,6 +308,11 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
         return commands[args.command](args)
     except StudyflowError as exc:  # one line, whatever a library's message quoted in it holds
         sys.stderr.write(f"studyflow: error: {' '.join(str(exc).split())}\n")
+        return 1
+    except OSError as exc:  # a folder it cannot write (read-only, not the user's, full): one line too
+        if exc.filename is None or exc.errno not in _FOLDER_ERRORS:
+            raise
+        sys.stderr.write(f"studyflow: error: {exc.filename}: {exc.strerror}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("studyflow: interrupted; finished trials are in the journal, rerun to resume\n")
