@@ -441,3 +441,18 @@ def stages_then_sleeps(trial):
         f.write(f"{trial.number}\n")
     time.sleep(float(os.environ.get("SF_SLEEP", "0")))
     return x
+
+
+def killed_then_crashes_once(trial):
+    """Per parameter value, in $SF_STATE_DIR: its first run (trial 0 only) sleeps until the test
+    SIGKILLs the run, its second SIGKILLs its own worker, its third returns."""
+    x = trial.suggest_float("x", 0, 1)
+    state = os.path.join(os.environ["SF_STATE_DIR"], repr(x))
+    step = int(open(state).read()) if os.path.exists(state) else 0
+    with open(state, "w") as f:
+        f.write(str(step + 1))
+    if step == 0 and trial.number == 0:
+        time.sleep(60)
+    elif step == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

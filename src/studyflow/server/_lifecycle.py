@@ -171,8 +171,9 @@ def resume(served: ServedStudy) -> None:
             error = "Interrupted: the run was stopped mid-trial"
             storage.set_trial_system_attr(trial_id_of(trial), ERROR_ATTR, error)
             storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
+            # the run was stopped, not the trial's worker lost: not an attempt (as `close` does)
             attempt = int(trial.system_attrs.get(ATTEMPT_ATTR, 0))
-            served.enqueue_retry(trial.params, trial.number, attempt + 1)
+            served.enqueue_retry(trial.params, trial.number, attempt)
             budget.n_fail += 1
         elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             budget.count(trial.number, trial.state.name, trial.values, trial.system_attrs.get(ERROR_ATTR),
