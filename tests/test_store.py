@@ -264,8 +264,12 @@ def test_gc_removes_the_staging_folders_a_killed_run_left_under_keys_journals_re
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
+    left = sorted(tmp_path.glob("results/.store/trials/*/*/.staging-*"))  # the killed trials'
+    gc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "gc"], cwd=tmp_path,
+                        capture_output=True, text=True, check=True).stdout
+    assert left and sorted(tmp_path.glob("results/.store/trials/*/*/.staging-*")) == left, gc  # still running
     assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300).returncode == 0
-    assert list(tmp_path.glob("results/.store/trials/*/*/.staging-*"))  # the killed trials'
+    assert set(left) <= set(tmp_path.glob("results/.store/trials/*/*/.staging-*"))  # settled, not removed
     gc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", "gc"], cwd=tmp_path,
                         capture_output=True, text=True, check=True).stdout
     assert gc.startswith("removed 0 entries") and not gc.endswith("freed 0.0 MB\n"), gc

@@ -31,7 +31,8 @@ from studyflow.store._store import TrialStore
 _logger = logging.getLogger(__name__)
 IN_USE = "in-use.lock"
 GC_WAIT_S = 600.0  # how long a starting study waits for a running gc before it fails
-_CREATE_TRIAL, _SET_TRIAL_SYSTEM_ATTR = 4, 9  # Optuna journal op codes
+_CREATE_TRIAL, _SET_TRIAL_STATE, _SET_TRIAL_SYSTEM_ATTR = 4, 6, 9  # Optuna journal op codes
+_RUNNING, _WAITING = 0, 4  # Optuna's TrialState values
 _JOURNAL_LOCK = re.compile(r"^(?P<study>.+)-[0-9a-f]{16}$")  # `<study>-<hash>.lock` (driver.ResultsLayout)
 
 
@@ -87,21 +88,31 @@ def running_studies(root: str | Path) -> list[tuple[str, str, Path]]:
 
 
 def referenced_keys(journal_dir: str | Path) -> set[str]:
-    """Every trial key that some study journal under `journal_dir` refers to, read from its
-    records as they are (an Optuna replay raised a traceback on a hole): a `<journal>.bak`
-    that `journal repair` left counts too, so the stored trials it could not re-add stay.
-    A journal with an unreadable record before its end raises `JournalDamagedError`: the
-    keys in the hole are unknown, and its repair re-adds trials from the store."""
-    keys: set[str] = set()
-    for journal in sorted(Path(journal_dir).glob("*.log")):
-        keys |= _keys_in(journal, damaged_ok=False)
-    for backup in sorted(Path(journal_dir).glob("*.log.bak")):
-        keys |= _keys_in(backup, damaged_ok=True)
-    return keys
+    """Every trial key that some study journal under `journal_dir` refers to (`referenced`)."""
+    return referenced(journal_dir)[0]
 
 
-def _keys_in(journal: Path, damaged_ok: bool) -> set[str]:
+def referenced(journal_dir: str | Path) -> tuple[set[str], set[tuple[str, int]]]:
+    """Every trial key that some study journal under `journal_dir` refers to, and the (key,
+    number) of every trial a journal holds unfinished (RUNNING or WAITING: a killed run's, until
+    its resume settles it), whose staging folder gc keeps. Read from the records as they are
+    (an Optuna replay raised a traceback on a hole): a `<journal>.bak` that `journal repair`
+    left counts too, so the stored trials it could not re-add stay. A journal with an
+    unreadable record before its end raises `JournalDamagedError`: the keys in the hole are
+    unknown, and its repair re-adds trials from the store."""
     keys: set[str] = set()
+    unfinished: set[tuple[str, int]] = set()
+    for journal in sorted(Path(journal_dir).glob("*.log")) + sorted(Path(journal_dir).glob("*.log.bak")):
+        found, running = _keys_in(journal, damaged_ok=journal.suffix == ".bak")
+        keys |= found
+        unfinished |= running
+    return keys, unfinished
+
+
+def _keys_in(journal: Path, damaged_ok: bool) -> tuple[set[str], set[tuple[str, int]]]:
+    key_of: dict[int, str] = {}  # trial id (its number: a studyflow journal holds one study) -> key
+    state_of: dict[int, int] = {}
+    created = 0
     bad: tuple[int, int, str] | None = None  # (line, byte, why) of an unreadable line
     offset = 0
     with open(journal, "rb") as f:
@@ -118,13 +129,23 @@ def _keys_in(journal: Path, damaged_ok: bool) -> set[str]:
             if not isinstance(record, dict) or not isinstance(record.get("op_code"), int):
                 bad = bad or (number, offset, "no line end" if not line.endswith(b"\n")
                               else "not an Optuna journal record" if isinstance(record, dict) else "not JSON")
-            else:
-                attrs = record.get("system_attrs") if record.get("op_code") == _CREATE_TRIAL else (
-                    record.get("system_attr") if record.get("op_code") == _SET_TRIAL_SYSTEM_ATTR else None)
-                if isinstance(attrs, dict) and isinstance(attrs.get(KEY_ATTR), str):
-                    keys.add(attrs[KEY_ATTR])
+                offset += len(line)
+                continue
+            op, trial_id = record["op_code"], record.get("trial_id")
+            attrs = None
+            if op == _CREATE_TRIAL:
+                trial_id, created = created, created + 1
+                state_of[trial_id] = record.get("state", _RUNNING)
+                attrs = record.get("system_attrs")
+            elif op == _SET_TRIAL_SYSTEM_ATTR:
+                attrs = record.get("system_attr")
+            elif op == _SET_TRIAL_STATE and isinstance(trial_id, int):
+                state_of[trial_id] = record.get("state")
+            if isinstance(attrs, dict) and isinstance(attrs.get(KEY_ATTR), str) and isinstance(trial_id, int):
+                key_of[trial_id] = attrs[KEY_ATTR]
             offset += len(line)
-    return keys
+    running = {(key, n) for n, key in key_of.items() if state_of.get(n, _RUNNING) in (_RUNNING, _WAITING)}
+    return set(key_of.values()), running
 
 
 def gc(root: str | Path) -> tuple[int, int]:
@@ -145,6 +166,7 @@ def gc(root: str | Path) -> tuple[int, int]:
             raise StudyLockedError(f"{root}: not collected: {what}; run gc when it has finished")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"studyflow store gc: pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        return TrialStore(root).prune(referenced_keys(root / "journals"))
+        keys, unfinished = referenced(root / "journals")
+        return TrialStore(root).prune(keys, unfinished)
     finally:
         os.close(fd)

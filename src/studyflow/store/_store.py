@@ -25,6 +25,7 @@ import queue
 import shutil
 import threading
 import uuid
+from collections.abc import Collection
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -274,9 +275,10 @@ class TrialStore:
         files = [f for f in self.entry(key).rglob("*") if f.is_file() and f != old_result]
         return self._sizes.get(key, 0) + sum(f.stat().st_size for f in files)
 
-    def prune(self, keep: set[str]) -> tuple[int, int]:
-        """Remove every key not in `keep`; return (keys removed, bytes freed). Not while a study
-        writes to this store: its log is rewritten without the removed keys' lines."""
+    def prune(self, keep: set[str], unfinished: Collection[tuple[str, int]] = ()) -> tuple[int, int]:
+        """Remove every key not in `keep`, and the staging folders of trials not `unfinished`
+        ((key, number): a journal still holds them running); return (keys removed, bytes freed).
+        Not while a study writes to this store: its log is rewritten without the removed keys' lines."""
         self.load_index()
         drop = [key for key in self.keys() if key not in keep]
         freed = sum(self.size_bytes(key) for key in drop)
@@ -290,16 +292,19 @@ class TrialStore:
                 write_text(log, "".join(kept))
         for key in drop:
             shutil.rmtree(self.entry(key), ignore_errors=True)
-        freed += self._prune_staging()
+        freed += self._prune_staging(unfinished)
         self.load_index()
         return len(drop), freed
 
-    def _prune_staging(self) -> int:
+    def _prune_staging(self, unfinished: Collection[tuple[str, int]]) -> int:
         """Remove the staging folders left by trials that never completed (a run killed
         mid-trial: its resume re-runs the trial under a new number), and key folders left
-        empty; return the bytes freed. Only while no study runs: then none is in use."""
+        empty; return the bytes freed. A trial a journal still holds running keeps its own."""
         freed = 0
         for staging in self.trials.glob("*/*/.staging-*"):
+            number = staging.name.removeprefix(".staging-")
+            if number.isdigit() and (staging.parent.name, int(number)) in unfinished:
+                continue
             freed += sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
             shutil.rmtree(staging, ignore_errors=True)
             try:
