@@ -243,6 +243,17 @@ def test_store_ls_and_gc(client4, tmp_path):
 
 
 
+
+def test_store_ls_and_gc_of_a_folder_without_a_store_say_so_and_make_nothing(tmp_path):
+    """A mistyped --results: gc made `<folder>/.store` and said it removed 0 entries; ls listed 0 trials."""
+    for action in ("ls", "gc"):
+        proc = subprocess.run([sys.executable, "-m", "studyflow.cli", "store", action, "--results", "resluts"],
+                              cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 1, proc.stdout
+        assert proc.stderr == "studyflow: error: resluts/.store: no trial store here; check --results\n"
+    assert not (tmp_path / "resluts").exists()
+
+
 def test_gc_removes_the_staging_folders_a_killed_run_left_under_keys_journals_refer_to(tmp_path, monkeypatch):
     """A run killed mid-trial left each running trial's staging folder (its partial artifacts)
     under a key its journal refers to: the resume re-ran the trial, and gc kept the folder

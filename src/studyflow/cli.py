@@ -176,6 +176,8 @@ def cmd_store(args: argparse.Namespace) -> int:
     from studyflow.store import gc
 
     root = Path(args.results) / ".store"
+    if not root.is_dir():  # a mistyped --results: gc would make the folder and report nothing removed
+        raise StudyflowError(f"{root}: no trial store here; check --results")
     if args.action == "gc":
         removed, freed = gc(root)
         sys.stdout.write(f"removed {removed} entries no journal refers to, freed {freed / 1e6:.1f} MB\n")
