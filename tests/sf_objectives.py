@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
 import time
 
 
@@ -455,4 +456,16 @@ def killed_then_crashes_once(trial):
         time.sleep(60)
     elif step == 1:
         os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def runs_a_child(trial):
+    """Starts `sleep` (as an objective shells out to a training script: 600 s for trial 1, else
+    60 s, or $SF_CHILD_S), writes its pid to $SF_CHILD_PIDS, and waits for it."""
+    x = trial.suggest_float("x", 0, 1)
+    seconds = "600" if trial.number == 1 else os.environ.get("SF_CHILD_S", "60")
+    child = subprocess.Popen(["sleep", seconds])
+    with open(os.environ["SF_CHILD_PIDS"], "a") as f:
+        f.write(f"{child.pid}\n")
+    child.wait()
     return x

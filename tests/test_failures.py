@@ -7,6 +7,7 @@ touch another test.
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pandas as pd
@@ -152,6 +153,24 @@ def test_hung_trial_times_out_its_worker_is_restarted_and_the_study_goes_on(tmp_
     assert len(timed_out) > 0 and (timed_out["params_x"] > 0.8).all()
     assert timed_out["error"].str.startswith("Timeout: trial ran longer than budget.trial_timeout_s=2 s").all()
     assert (timed_out["duration_s"] < 2 + 10).all()
+
+
+def test_a_hung_trials_program_ends_with_its_worker(tmp_path, monkeypatch):
+    """A trial that hangs in a program it started (a training script it shells out to): the
+    timeout restarted the worker, and the program ran on, holding its GPU or cores, for good."""
+    monkeypatch.setenv("SF_CHILD_PIDS", str(tmp_path / "children.txt"))
+    monkeypatch.setenv("SF_CHILD_S", "0.2")  # trial 1's runs 600 s
+    cfg = study("runs_a_child", n_trials=6, budget={"trial_timeout_s": 2, "retries": 0})
+    with connect(2) as client:  # a fresh cluster: its workers see $SF_CHILD_PIDS
+        result = optimize(None, cfg, client=client, results_dir=tmp_path, progress=False)
+        timed_out = result.trials[result.trials["state"] == "FAIL"]
+        assert list(timed_out["number"]) == [1] and timed_out["error"].str.startswith("Timeout").all()
+        time.sleep(1.0)
+        pids = [int(pid) for pid in (tmp_path / "children.txt").read_text().split()]
+        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    for pid in left:
+        psutil.Process(pid).kill()
+    assert not left, "the hung trial's program ran on after its worker was restarted"
 
 
 def test_worker_killed_mid_trial_is_retried_with_the_same_params(tmp_path, monkeypatch, caplog):

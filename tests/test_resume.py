@@ -232,6 +232,43 @@ def test_a_trial_cut_short_by_a_killed_run_keeps_its_retries_for_a_worker_that_d
     assert trials.loc[trials["state"] == "COMPLETE", "params_x"].tolist() == [first], trials.to_string()
 
 
+def running(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (not gone, not a zombie)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def test_ctrl_c_in_a_terminal_ends_the_programs_trials_started(workdir, monkeypatch):
+    """A terminal's Ctrl-C (SIGINT to the whole process group): a program a trial runs (a
+    training script it shells out to) that started after the signal, before the driver
+    stopped the study, ran on after the run had ended, holding the run's output open."""
+    monkeypatch.setenv("SF_CHILD_PIDS", str(workdir / "children.txt"))
+    study = workdir / "config/studies/counted.yaml"
+    study.write_text(study.read_text().replace("sf_objectives:counted", "sf_objectives:runs_a_child"))
+    cmd = [sys.executable, "-m", "studyflow.cli", "run", "config/studies/counted.yaml", "--workers", "2"]
+    run = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    children = workdir / "children.txt"
+    deadline = time.monotonic() + 60
+    while len(children.read_text().split() if children.exists() else []) < 2:
+        assert run.poll() is None and time.monotonic() < deadline, "the trials did not start their programs"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert run.wait(timeout=30) == 130
+    time.sleep(1.0)
+    left = running([int(pid) for pid in children.read_text().split()])
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "programs that trials started ran on after the run"
+
+
 # --- Step 13: max_failures and timeout_s mean the same on a resumed study as on one run ---
 
 def _journal_trials(results: Path) -> list:

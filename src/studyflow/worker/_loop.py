@@ -36,6 +36,8 @@ from studyflow.worker._objective import add_search_paths
 from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
 from studyflow.worker._objective import import_objective
+from studyflow.worker._reaper import closing
+from studyflow.worker._reaper import watch_children
 from studyflow.worker._script_main import Script
 from studyflow.worker._script_main import adopt_script
 from studyflow.worker._stop_push import stop_heard_by
@@ -247,6 +249,7 @@ def _run_trials(conn: ServerConnection, objective: Any, data: Any, objective_arg
     call = bind(fn, objective_args, has_data=data is not None)
     data = load_data(data)
     use_trial_threads()  # after the objective's imports: PyTorch's pool too
+    watch_children(conn.worker)  # the programs its trials start end with the worker
     _line_buffered_output()
     # The task key (the driver names a dead loop by it) and this run of it: Dask may run the
     # task again elsewhere while the old run still hangs in a worker that is shutting down.
@@ -258,6 +261,9 @@ def _run_trials(conn: ServerConnection, objective: Any, data: Any, objective_arg
     try:
         with stop_heard_by(conn.worker, conn.study_id, courier.stop_pushed):
             while (lease := courier.next_trial()) is not None:
+                if closing(conn.worker):  # its held trials go to other loops: its trail has them unbegun
+                    trail.close(remove=False)
+                    return ran
                 trail.open(courier.trails, loop_id)
                 trail.began(lease.number, courier.answered)
                 outcome = _run_trial(conn, call, lease, data, objective_args, n_objectives)

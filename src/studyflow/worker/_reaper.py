@@ -1,0 +1,62 @@
+"""The programs a worker's trials started end with the worker.
+
+An objective that shells out (a training script, a simulator) starts processes of its own. When
+the worker goes (a hung trial's timeout restarts it, the run was stopped, the cluster closes),
+Dask stops the worker's process and nothing else: a program its trial had started ran on,
+holding its GPU or cores, past the study. A trial loop adds `ChildReaper` to its worker's
+plugins, whose `teardown` (at the worker's close, before the worker waits for its task
+threads) ends every process below the worker's. A worker killed outright (SIGKILL, the OOM
+killer) runs no teardown; its trial's programs are orphaned as before.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psutil
+from distributed.core import Status
+from distributed.diagnostics.plugin import WorkerPlugin
+
+REAPER = "studyflow-child-reaper"
+GRACE_S = 0.5  # between asking the programs to end (SIGTERM) and killing them
+
+
+class ChildReaper(WorkerPlugin):
+    """Ends the worker's child processes, and theirs, when the worker closes."""
+
+    name = REAPER
+
+    def teardown(self, worker: Any) -> None:
+        end_children(os.getpid())
+
+
+def closing(worker: Any) -> bool:
+    """Whether `worker` is closing: a loop begins no trial there (the reaper may just have ended
+    the program a hung trial waited for, which frees the loop while the worker goes)."""
+    return worker.status in (Status.closing, Status.closing_gracefully, Status.closed, Status.failed)
+
+
+def watch_children(worker: Any) -> None:
+    """Add the reaper to `worker`, once (its plugins are by name)."""
+    if REAPER not in worker.plugins:
+        worker.plugins[REAPER] = ChildReaper()
+
+
+def end_children(pid: int, grace_s: float = GRACE_S) -> None:
+    """SIGTERM to every process below `pid`, then SIGKILL to those still there after `grace_s`."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
