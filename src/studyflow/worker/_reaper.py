@@ -4,7 +4,7 @@ An objective that shells out (a training script, a simulator) starts processes o
 the worker goes (a hung trial's timeout restarts it, the run was stopped, the cluster closes),
 Dask stops the worker's process and nothing else: a program its trial had started ran on,
 holding its GPU or cores, past the study. A trial loop adds `ChildReaper` to its worker's
-plugins, whose `teardown` (at the worker's close, before the worker waits for its task
+plugins (a worker under a nanny: its process is the worker's own), whose `teardown` (at the worker's close, before the worker waits for its task
 threads) ends every process below the worker's. A worker killed outright (SIGKILL, the OOM
 killer) runs no teardown; its trial's programs are orphaned as before.
 """
@@ -38,8 +38,10 @@ def closing(worker: Any) -> bool:
 
 
 def watch_children(worker: Any) -> None:
-    """Add the reaper to `worker`, once (its plugins are by name)."""
-    if REAPER not in worker.plugins:
+    """Add the reaper to `worker`, once (its plugins are by name). Only to a worker under a
+    nanny, whose process is its own: a worker of `LocalCluster(processes=False)` lives in the
+    user's process, whose other children are not the trials'."""
+    if worker.nanny and REAPER not in worker.plugins:
         worker.plugins[REAPER] = ChildReaper()
 
 
