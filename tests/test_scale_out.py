@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,13 @@ def _cluster(n_workers: int) -> LocalCluster:
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0")
 
 
-def _side_by_side(client: Client, studies: dict[str, dict], tmp_path) -> dict:
-    """Run the studies at once on one client, each from its own thread; their results by name."""
+def _side_by_side(client: Client, studies: dict[str, dict], tmp_path, delays: dict[str, float] | None = None) -> dict:
+    """Run the studies at once on one client, each from its own thread (after its delay in s);
+    their results by name."""
     results: dict = {}
 
     def run(name: str) -> None:
+        time.sleep((delays or {}).get(name, 0.0))
         study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "name": name, **studies[name]}
         results[name] = optimize(None, study, client=client, results_dir=tmp_path / name, progress=False)
 
@@ -231,6 +234,23 @@ def test_two_studies_started_together_on_one_cluster_both_make_progress_from_the
     later = max(starts.values())
     # and neither waited for the other to use the whole cluster: both started within a couple of s
     assert (later - min(starts.values())).total_seconds() < 2.0
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_study_opened_beside_a_running_one_gets_its_share_while_the_first_runs(tmp_path, sampler):
+    """The first study holds both slots; a second opens 1 s later and gets one of them as the
+    first's running trial ends. A random search's loops always hold a trial ahead (prefetch), and
+    a loop over its study's share stopped only once it held none: the second study waited for
+    the whole of the first."""
+    with _cluster(2) as cluster, Client(cluster) as client:
+        studies = {"first": {"budget": {"n_trials": 80}, "sampler": {"name": sampler, "seed": 1}},
+                   "second": {"budget": {"n_trials": 6}, "sampler": {"name": sampler, "seed": 2}}}
+        results = _side_by_side(client, studies, tmp_path, delays={"second": 1.0})
+    first, second = results["first"].trials, results["second"].trials
+    assert (first["state"] == "COMPLETE").sum() == 80 and (second["state"] == "COMPLETE").sum() == 6
+    # 80 trials of 0.1 s on 2 slots take 4 s alone: the second (0.6 s on one slot) is done well before
+    left = (first["datetime_complete"].max() - second["datetime_complete"].max()).total_seconds()
+    assert left > 1.0, (left, first["datetime_complete"].max(), second["datetime_start"].min())
 
 
 def test_a_slurm_studys_worker_resources_become_gres_and_worker_resources_in_the_job_script():

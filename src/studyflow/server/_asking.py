@@ -45,6 +45,7 @@ from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
 from studyflow.server._budget import STUDY_FAILED
 from studyflow.server._leases import Lease
+from studyflow.server._shares import loop_share
 from studyflow.store import StoredResult
 from studyflow.store import trial_key
 from studyflow.store import trial_seed
@@ -84,7 +85,8 @@ class Asking:
         Returns how many trials were asked."""
         asked = 0
         for loop, worker in loops:
-            if loop in self.leases.ahead or len(self.leases) > self.loops or not self._loop_has_room(loop):
+            if (loop in self.leases.ahead or len(self.leases) > self.loops or not self._loop_has_room(loop)
+                    or self._share_of(loop) != "in"):
                 continue
             lease = self._ask(worker, loop)
             if lease is None:
@@ -97,14 +99,15 @@ class Asking:
     def _lease_batch(self, loop: str, worker: str, want: int) -> Reply | None:
         """Up to `want` trials for a loop (the one asked ahead for it first); None when it
         wants one and none can be leased yet; 'stop' for a loop beyond the study's share of a
-        cluster other studies use too, once it holds nothing."""
-        if self._over_share(loop):
+        cluster other studies use too, once it holds nothing (nothing new till then)."""
+        share = self._share_of(loop)
+        if share == "stop":
             return Reply("stop", reason="share")
         ahead = self.leases.take_ahead(loop)
         trials = [ahead] if ahead is not None else []
         if ahead is not None and self.leases.head(loop).started is None:
             self._mark_started(self.leases.head(loop))  # the one the loop runs first has begun
-        while len(trials) < want and self._loop_has_room(loop):
+        while share == "in" and len(trials) < want and self._loop_has_room(loop):
             lease = self._ask(worker, loop)
             if lease is None:
                 break
@@ -116,23 +119,21 @@ class Asking:
         if self.spec.release_idle and not self.leases.held(loop) and not self.same_key.ready and (
                 self.budget.finished + self.in_flight >= self.n_trials or (self.grid is not None and self._grid_spent())):
             return Reply("stop", reason="budget")  # the rest runs elsewhere: give its job back
-        if want > 0:
+        if want > 0 and share == "in":
             return None
         return Reply("ok", policy=self.policy, ends_in=self.budget.ends_in())
 
-    def _over_share(self, loop: str) -> bool:
-        """Whether this loop, holding no trial, is one more than the study's share: loops that
-        hold trials or exchanged in the last `LOOP_SEEN_S` count as running."""
+    def _share_of(self, loop: str) -> str:
+        """`_shares.loop_share` of this loop: loops that hold trials or exchanged in the last
+        `LOOP_SEEN_S` count as running; one told to stop is forgotten."""
         now = time.monotonic()
         self.seen_loops[loop] = now
-        if self.loop_quota is None or self.leases.held(loop):
-            return False
         running = set(self.leases.loop_queues) | {
             other for other, seen in self.seen_loops.items() if now - seen < LOOP_SEEN_S}
-        if len(running) <= self.loop_quota:
-            return False
-        del self.seen_loops[loop]
-        return True
+        share = loop_share(loop, self.loop_quota, running, self.leases.held)
+        if share == "stop":
+            del self.seen_loops[loop]
+        return share
 
     def _loop_has_room(self, loop: str) -> bool:
         """A loop holds at most 1 + prefetch cap trials and no more than its share of what is
