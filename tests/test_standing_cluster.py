@@ -112,3 +112,19 @@ def test_an_objective_and_dataframe_given_as_values_reach_a_standing_clusters_wo
     assert (trials["state"] == "COMPLETE").sum() == 12
     assert (trials["user_attrs_rows"] == 4).all()
     assert ((trials["value"] - 10.0 * trials["params_w"]).abs() < 1e-12).all()
+
+
+def test_cluster_status_names_the_studies_open_on_it_while_they_run(standing, write_study, tmp_path):
+    from studyflow.driver._standing import status
+
+    study = write_study("listed", objective="sf_objectives:sleepy", search_space=SPACE, budget={"n_trials": 120},
+                        cluster={"mode": "scheduler_file", "scheduler_file": str(standing)})
+    run = subprocess.Popen([sys.executable, "-m", "studyflow.cli", "run", str(study), "--results", "results"],
+                           cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    while run.poll() is None:
+        seen.update(status(standing)["studies"])
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 0, err
+    assert seen == {"listed"}
+    assert status(standing)["studies"] == []  # closed once it ended

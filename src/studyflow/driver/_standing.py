@@ -137,8 +137,9 @@ def status(scheduler_file: str | Path) -> dict[str, Any]:
 
 
 def _open_studies(dask_scheduler: Any) -> list[str]:
+    """The names of the studies the cluster's study server holds open (`StudyServer._studies`)."""
     plugin = dask_scheduler.plugins.get("studyflow")
-    return sorted(getattr(plugin, "studies", {}) or {}) if plugin is not None else []
+    return sorted(served.config.name for served in getattr(plugin, "_studies", {}).values())
 
 
 def down(scheduler_file: str | Path, timeout_s: float = 60) -> None:
