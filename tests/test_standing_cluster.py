@@ -128,3 +128,23 @@ def test_cluster_status_names_the_studies_open_on_it_while_they_run(standing, wr
     assert run.returncode == 0, err
     assert seen == {"listed"}
     assert status(standing)["studies"] == []  # closed once it ended
+
+
+def test_a_study_whose_standing_cluster_goes_down_mid_run_fails_in_one_line(standing, write_study, tmp_path):
+    import time
+
+    from studyflow.driver._standing import status
+
+    study = write_study("orphan", objective="sf_objectives:sleepy", search_space=SPACE, budget={"n_trials": 400},
+                        cluster={"mode": "scheduler_file", "scheduler_file": str(standing)})
+    run = subprocess.Popen([sys.executable, "-m", "studyflow.cli", "run", str(study), "--results", "results"],
+                           cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    while run.poll() is None and not status(standing)["studies"]:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert _studyflow("cluster", "down", "cluster.json", cwd=tmp_path).returncode == 0
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("studyflow: error: study orphan: lost the cluster's scheduler mid-study"), err[-3000:]
+    assert "rerun to resume" in last  # (above it, Dask's client logs its failed reconnects)

@@ -13,6 +13,8 @@ import pickle
 import time
 import uuid
 from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextlib import nullcontext
 from numbers import Integral
 from pathlib import Path
@@ -306,35 +308,36 @@ def _run(
     ancestors = parent_pids(2) if watch_parent else []
     supervisor = supervisor_for(client, adaptive=bool(adaptive))
     reason = "closed"
-    try:
-        hooks.start(client, study_id, opened)
-        while True:
-            workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
-            slots = adaptive or eligible_slots(workers, cfg.worker_resources)
-            # Answers within POLL_S, or as soon as the study is done; with this study's share
-            # of the slots while other studies use the cluster too.
-            status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S,
-                                 slots=slots)
-            progress.update(status)
-            hooks.on_status(client, study_id, status)
-            # adaptive: no more loops than trials left, so jobs are given back in the tail
-            left = (status["n_trials"] - status["complete"] - status["pruned"]
-                    if adaptive and status["n_trials"] is not None else None)
-            loops.follow(slots, status["done"], status.get("share"), left)
-            if status["done"]:
-                reason = status["stop_reason"]
-                break
-            supervisor.check()
-            dead = [pid for pid in ancestors if not is_alive(pid)]
-            if dead:
-                raise StudyflowError(f"study {cfg.name}: parent process {dead[0]} died; stopping")
-        wait(loops.futures, timeout=30)
-    finally:
-        progress.close()
-        reply = client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason,
-                            **hooks.close_args())
-        closed = pickle.loads(reply["result"]) if "result" in reply else None
-        client.cancel(loops.futures, force=True)
+    with _scheduler_lost_as_one_line(client, cfg.name, journal):
+        try:
+            hooks.start(client, study_id, opened)
+            while True:
+                workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+                slots = adaptive or eligible_slots(workers, cfg.worker_resources)
+                # Answers within POLL_S, or as soon as the study is done; with this study's share
+                # of the slots while other studies use the cluster too.
+                status = client.sync(client.scheduler.studyflow_status, study_id=study_id, wait_s=POLL_S,
+                                     slots=slots)
+                progress.update(status)
+                hooks.on_status(client, study_id, status)
+                # adaptive: no more loops than trials left, so jobs are given back in the tail
+                left = (status["n_trials"] - status["complete"] - status["pruned"]
+                        if adaptive and status["n_trials"] is not None else None)
+                loops.follow(slots, status["done"], status.get("share"), left)
+                if status["done"]:
+                    reason = status["stop_reason"]
+                    break
+                supervisor.check()
+                dead = [pid for pid in ancestors if not is_alive(pid)]
+                if dead:
+                    raise StudyflowError(f"study {cfg.name}: parent process {dead[0]} died; stopping")
+            wait(loops.futures, timeout=30)
+        finally:
+            progress.close()
+            reply = client.sync(client.scheduler.studyflow_close, study_id=study_id, reason=reason,
+                                **hooks.close_args())
+            closed = pickle.loads(reply["result"]) if "result" in reply else None
+            client.cancel(loops.futures, force=True)
     hooks.on_close(reply)
     for err in status["errors"]:
         _logger.info("failed %s", err)
@@ -353,6 +356,19 @@ def _run(
         {k: status.get(k) for k in ("complete", "pruned", "failed", "lost", "best_value", "best_number")}))
     return StudyResult(cfg, trials, journal, wall, slots, reason, data_sha, closed.best,
                        _importances_on_a_worker(client, trials, cfg))
+
+
+@contextmanager
+def _scheduler_lost_as_one_line(client: Client, name: str, journal: Path) -> Iterator[None]:
+    """A scheduler that goes away mid-study (a standing cluster brought down, a crash) ends the
+    run in one line, not Dask's tracebacks, once the client has given up reconnecting (30 s)."""
+    try:
+        yield
+    except OSError as exc:
+        if client.status == "running":
+            raise
+        raise StudyflowError(f"study {name}: lost the cluster's scheduler mid-study ({exc}); every trial "
+                             f"told is in its journal {journal}: rerun to resume") from None
 
 
 def _importances_on_a_worker(client: Client, trials: pa.Table, cfg: StudyConfig) -> dict[str, Any] | None:
