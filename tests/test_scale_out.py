@@ -287,3 +287,22 @@ def test_two_studies_routed_to_two_labelled_pools_each_run_only_on_their_pool(tm
     for pool, result in results.items():
         assert (result.trials["state"] == "COMPLETE").sum() == 12
         assert set(result.trials["worker"]) == {addresses[pool]}
+
+
+def test_a_users_client_runs_a_study_file_written_for_an_adaptive_slurm_cluster_on_its_own_workers(tmp_path):
+    """`client=` is where the trials run: a study file's `cluster: {mode: slurm, adapt: ...}`
+    (for the SLURM runs) does not make the study plan for the SLURM cluster's 8 slots on the
+    user's 2 workers (8 loop tasks, 6 of them queued on the user's cluster)."""
+    with _cluster(2) as cluster, Client(cluster) as client:
+        loops = []
+
+        def count(done, total):
+            loops.append(client.run_on_scheduler(
+                lambda dask_scheduler: sum(str(k).startswith("studyflow-loop") for k in dask_scheduler.tasks)))
+
+        study = {"objective": "sf_objectives:sleepy", "search_space": SPACE, "budget": {"n_trials": 12},
+                 "cluster": {"mode": "slurm", "adapt": {"minimum": 0, "maximum": 4}, "cores": 2}}
+        result = optimize(None, study, client=client, results_dir=tmp_path, progress=False, progress_callback=count)
+    assert (result.trials["state"] == "COMPLETE").sum() == 12
+    assert result.trials["worker"].nunique() == 2
+    assert result.best()["workers"] == 2 and max(loops) == 2, (result.best()["workers"], loops)

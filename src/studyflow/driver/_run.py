@@ -269,8 +269,10 @@ def _run(
     warm: list[FrozenTrial],
 ) -> StudyResult:
     started = time.monotonic()
-    adaptive = cfg.cluster.max_slots() if cfg.cluster.mode == "slurm" else None
-    # an adaptive cluster starts with no job: its loops are what make it ask for some
+    # an adaptive cluster starts with no job: its loops are what make it ask for some (the SLURM
+    # cluster `connecting` started; not a user's `client=` for a study file written for SLURM)
+    ours = type(getattr(client, "cluster", None)).__name__ == "SLURMCluster"
+    adaptive = cfg.cluster.max_slots() if cfg.cluster.mode == "slurm" and ours else None
     slots = adaptive or _slots(client, cfg.worker_resources)
     concurrency = cfg.window or cfg.concurrency or slots
     study_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
