@@ -18,6 +18,7 @@ DURATION_ATTR = "studyflow:duration_s"  # the objective's own run time, measured
 # cannot take back an ask, and left out of tables and counts.
 NOT_RUN_ATTR = "studyflow:not_run"
 NOT_RUN_ERROR = "Interrupted: not run before the study stopped"
+INTERRUPTED_ERROR = "Interrupted: the run was stopped"  # running when it was: re-run, no attempt counted
 # An earlier study's finished trial, copied in by `warm_start` (its source journal and number):
 # history for the sampler, left out of this study's budget, counts, best and tables.
 WARM_START_ATTR = "studyflow:warm_start"

@@ -21,6 +21,7 @@ import warnings
 from studyflow import _preload_begin
 from studyflow._compat import build_tls_defaults
 from studyflow._yaml import restore
+from studyflow.worker._interrupt import note_interrupts
 
 # Under `python -m studyflow.cli`, each forked worker runs that module again as its
 # `__mp_main__` (multiprocessing does, for a `-m` main), and runpy warns that it is imported
@@ -39,6 +40,10 @@ def _end_now() -> None:
 
 
 atexit.register(_end_now)
+
+# A terminal's Ctrl-C ends no worker: each notes it (`worker._interrupt`; the forkserver hands
+# its children the SIGINT handler it had before its own loop began: this one).
+note_interrupts()
 
 # Each worker accepts TLS connections; forked from here, it inherits tornado's default context
 # built once. On Linux only: elsewhere loading the CA store may start threads, unsafe to fork.

@@ -67,12 +67,15 @@ class TrialLease(_Message):
     relative_distributions: dict[str, str] = field(default_factory=dict)
 
 
+INTERRUPTED = "INTERRUPTED"  # `worker._interrupt`: the trial is re-run, as a stopped run's are
+
+
 @dataclass
 class TrialOutcome(_Message):
     """What a loop reports of one trial it ran."""
 
     number: int
-    state: str  # "COMPLETE", "PRUNED" or "FAIL"
+    state: str  # "COMPLETE", "PRUNED", "FAIL", or INTERRUPTED (a Ctrl-C reached its worker mid-trial)
     values: list[float] | None
     user_attrs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # one line; the traceback travels beside it for the server's log

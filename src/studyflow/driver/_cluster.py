@@ -301,8 +301,22 @@ def connecting(n_workers: int | None = 1, address: str | None = None, cluster: C
         if not exiting:
             done.set()
             thread.join()
+        elif client.done() and client.exception() is None:
+            _end_trial_programs(client.result())
     if closing:
         raise closing[0]
+
+
+def _end_trial_programs(client: Client) -> None:
+    """The programs trials started (a training script they shell out to), ended before the CLI
+    exits without closing its local cluster: each worker then ends at once (`os._exit`, with no
+    close for `worker._reaper` to end them at), and a trial still running at the end (a stopped
+    study, a Ctrl-C) left its program running past the run."""
+    from studyflow.worker._reaper import end_descendants  # not before: `studyflow.worker` loads Optuna
+
+    pids = [nanny.pid for nanny in getattr(client.cluster, "workers", {}).values() if getattr(nanny, "pid", None)]
+    if pids:
+        end_descendants(pids)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from studyflow._attrs import ATTEMPT_ATTR
 from studyflow._attrs import ERROR_ATTR
 from studyflow._attrs import KEY_ATTR
+from studyflow._attrs import INTERRUPTED_ERROR
 from studyflow._attrs import NOT_RUN_ATTR
 from studyflow._attrs import STARTED_ATTR
 from studyflow._attrs import WARM_START_ATTR
@@ -195,7 +196,7 @@ def close(served: ServedStudy, reason: str) -> ClosedStudy:
     for number in leases.unstarted():
         served.same_key.ready.append(leases.drop(number).trial)  # type: ignore[union-attr]
     for number in list(leases.leases):
-        served.fail_lease(number, "Interrupted: the run was stopped", True, interrupted=interrupted)
+        served.fail_lease(number, INTERRUPTED_ERROR, True, interrupted=interrupted)
     for trial in served.same_key.drain():
         # Held by a loop, or waiting for one: a rerun samples afresh, and runs a retry as it
         # was. (A loop may have begun the trial it held while its last outcome travelled;

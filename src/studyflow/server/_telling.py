@@ -20,6 +20,7 @@ from studyflow._attrs import ATTEMPT_ATTR
 from studyflow._attrs import CACHED_ATTR
 from studyflow._attrs import DURATION_ATTR
 from studyflow._attrs import ERROR_ATTR
+from studyflow._attrs import INTERRUPTED_ERROR
 from studyflow._attrs import KEY_ATTR
 from studyflow._attrs import NOT_RUN_ATTR
 from studyflow._attrs import NOT_RUN_ERROR
@@ -31,6 +32,7 @@ from studyflow._compat import trial_id_of
 from studyflow._trail import read_trail
 from studyflow._trail import trail_path
 from studyflow.errors import JournalWriteError
+from studyflow.protocol import INTERRUPTED
 from studyflow.protocol import TrialOutcome
 from studyflow.server._budget import STOP_CALLED
 from studyflow.server._constraints import feasible
@@ -55,6 +57,8 @@ class Telling:
         user_attrs, duration_s, artifacts = outcome.user_attrs, outcome.duration_s, outcome.artifacts
         if not self._holds(loop, number, "the outcome of"):
             return {"status": "refused"}
+        if state == INTERRUPTED:  # a Ctrl-C reached its worker mid-trial: re-run, as `close` does
+            return self._interrupted(outcome)
         lease = self.leases.drop(number)
         if lease is None:  # already failed as lost or timed out; the late answer is dropped
             return {"status": "stale"}
@@ -102,6 +106,14 @@ class Telling:
                 self.same_key.ready.append(follower)
         self._apply_received()
         return {"status": "ok"}  # with the OS before the worker hears back; fsynced soon after
+
+    def _interrupted(self, outcome: TrialOutcome) -> dict[str, Any]:
+        lease = self.leases.get(outcome.number)
+        if lease is None:
+            return {"status": "stale"}
+        self.replay_suggested(lease.trial, outcome.suggested)  # its retry runs with them
+        self.fail_lease(outcome.number, INTERRUPTED_ERROR, True, interrupted=True)
+        return {"status": "ok"}
 
     def _answer_from_store(self, trial: optuna.Trial, stored: StoredResult) -> None:
         for key, value in stored.user_attrs.items():

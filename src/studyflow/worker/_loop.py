@@ -26,12 +26,14 @@ from typing import Any
 import optuna
 
 from studyflow._trail import TrailWriter
+from studyflow.protocol import INTERRUPTED
 from studyflow.protocol import ExchangeRequest
 from studyflow.protocol import Reply
 from studyflow.protocol import TrialLease
 from studyflow.protocol import TrialOutcome
 from studyflow.protocol import json_attrs
 from studyflow.worker._held import held_values
+from studyflow.worker._interrupt import interrupted_since
 from studyflow.worker._objective import add_search_paths
 from studyflow.worker._threads import use_trial_threads
 from studyflow.worker._objective import bind
@@ -257,11 +259,14 @@ def _run_trials(conn: ServerConnection, objective: Any, data: Any, objective_arg
     pace = Pace()
     courier = Courier(conn, loop_id, pace)
     trail = TrailWriter()  # what the server reads if this worker dies
-    ran = 0
+    ran, began = 0, time.monotonic()
     try:
         with stop_heard_by(conn.worker, conn.study_id, courier.stop_pushed):
             while (lease := courier.next_trial()) is not None:
-                if closing(conn.worker):  # its held trials go to other loops: its trail has them unbegun
+                # A closing worker (the reaper may just have freed a hung trial's thread) or a
+                # Ctrl-C (the driver is stopping the study) begins nothing more: the trail has
+                # the held trials unbegun, and the server gives them to other loops.
+                if closing(conn.worker) or interrupted_since(began):
                     trail.close(remove=False)
                     return ran
                 trail.open(courier.trails, loop_id)
@@ -305,7 +310,7 @@ def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
                         lease.artifact_dir, lease.distributions, lease.datetime_start, lease.relative,
                         lease.relative_distributions)
     state, values, error, tb = "COMPLETE", None, None, None
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.monotonic()
     try:
         values, error = check_result(call(trial, data), n_objectives)
         if error:
@@ -320,5 +325,7 @@ def _run_trial(conn: ServerConnection, call: Any, lease: TrialLease, data: Any,
     unrecordable = unrecordable or unrecordable_system
     if unrecordable and state != "FAIL":
         state, values, error = "FAIL", None, unrecordable
+    if interrupted_since(began):  # the programs it waited for got the Ctrl-C too: re-run
+        state, values, error, tb = INTERRUPTED, None, None, None
     return TrialOutcome(trial.number, state, values, user_attrs, error, tb,
                         time.perf_counter() - started, trial.used_artifact_dir, system_attrs, trial.suggested)

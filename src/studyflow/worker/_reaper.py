@@ -47,13 +47,25 @@ def watch_children(worker: Any) -> None:
 
 def end_children(pid: int, grace_s: float = GRACE_S) -> None:
     """SIGTERM to every process below `pid`, then SIGKILL to those still there after `grace_s`."""
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return
-    for child in children:
+    end_descendants([pid], grace_s)
+
+
+def end_descendants(pids: list[int], grace_s: float = GRACE_S) -> None:
+    """`end_children` of each of `pids` (the process table read once)."""
+    below: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        below.setdefault(proc.info["ppid"], []).append(proc.pid)
+    found, todo = [], list(pids)
+    while todo:
+        for child in below.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    children = []
+    for pid in found:
         try:
+            child = psutil.Process(pid)
             child.terminate()
+            children.append(child)
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(children, timeout=grace_s)
