@@ -217,7 +217,7 @@ def sampler_raise(run: Run) -> dict[str, object]:
 
 
 def killed_then_rerun(run: Run, which: str) -> dict[str, object]:
-    proc = run.start(start_new_session=(which == "run"))
+    proc = run.start(start_new_session=which in ("run", "terminal"))
     run.wait_for(run.n_trials // 2, proc)
     fault_at = time.time()
     if which == "optimize":
@@ -229,6 +229,8 @@ def killed_then_rerun(run: Run, which: str) -> dict[str, object]:
         proc.send_signal(signal.SIGKILL)
     elif which == "sigint":
         proc.send_signal(signal.SIGINT)
+    elif which == "terminal":  # a terminal's Ctrl-C: the whole process group, workers too
+        os.killpg(proc.pid, signal.SIGINT)
     run.finish(proc, expect_ok=False)
     run.wait_unlocked()
     told, since = run.told(), len(run.evaluations())
@@ -237,8 +239,11 @@ def killed_then_rerun(run: Run, which: str) -> dict[str, object]:
                        capture_output=True, env=run.env)
     run.finish(run.start())
     how = {"optimize": "rerun snakemake", "snakemake": "snakemake --unlock, rerun",
-           "sigint": "rerun studyflow run"}[which]
-    return run.row(told, fault_at, since=since) | {"how": how}
+           "sigint": "rerun studyflow run", "terminal": "rerun studyflow run"}[which]
+    storage = JournalStorage(JournalFileBackend(str(run.journal())))
+    lost_workers = sum("WorkerLost" in str(t.system_attrs.get("studyflow:error"))
+                       for t in optuna.load_study(study_name="study", storage=storage).trials)
+    return run.row(told, fault_at, since=since) | {"how": f"{how} ({lost_workers} trials failed as WorkerLost)"}
 
 
 def disk_full(run: Run, limit: int = 200_000) -> dict[str, object]:
@@ -286,6 +291,7 @@ FAULTS = {
     "`optimize` SIGKILLed (under snakemake)": lambda d, n: killed_then_rerun(Run(d, n, snakemake=True), "optimize"),
     "snakemake SIGKILLed": lambda d, n: killed_then_rerun(Run(d, n, snakemake=True), "snakemake"),
     "Ctrl-C (SIGINT to `studyflow run`)": lambda d, n: killed_then_rerun(Run(d, n), "sigint"),
+    "Ctrl-C in a terminal (SIGINT to its process group)": lambda d, n: killed_then_rerun(Run(d, n), "terminal"),
     "objective raises": lambda d, n: objective_fault(Run(d, n), "raise"),
     "objective returns NaN": lambda d, n: objective_fault(Run(d, n), "nan"),
     "objective hangs": lambda d, n: hang(Run(d, max(n, 60), budget={"n_trials": max(n, 60), "trial_timeout_s": 2})),

@@ -16,6 +16,7 @@ An objective that is one module importing no project module keeps the key it had
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import importlib.machinery
@@ -243,8 +244,18 @@ def _followed(module: str) -> bool:
 
 # CPython 3.11's AST constructor is not thread-safe: two drivers started together in one
 # process (threads) parsing at once failed with "SystemError: AST constructor recursion depth
-# mismatch". Parsing is a small part of hashing the code: one at a time.
+# mismatch". Parsing is a small part of hashing the code: one at a time. Another thread's
+# `ast.parse` (a library's, while the cluster starts) can still meet ours: tried again then.
 _PARSE_LOCK = threading.Lock()
+_PARSE_TRIES = 3
+
+
+def _parsed(source: bytes, path: Path) -> ast.Module:
+    for _ in range(_PARSE_TRIES - 1):  # "AST constructor recursion depth mismatch": again
+        with contextlib.suppress(SystemError), _PARSE_LOCK:
+            return ast.parse(source, filename=str(path))
+    with _PARSE_LOCK:
+        return ast.parse(source, filename=str(path))
 
 
 def _imports(module: str, path: Path) -> set[str]:
@@ -252,8 +263,7 @@ def _imports(module: str, path: Path) -> set[str]:
     `a.b.c` runs `a` and `a.b` first); relative imports resolved against `module`'s package."""
     source = path.read_bytes()
     try:
-        with _PARSE_LOCK:
-            tree = ast.parse(source, filename=str(path))
+        tree = _parsed(source, path)
     except (SyntaxError, ValueError):
         return set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
