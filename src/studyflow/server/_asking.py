@@ -128,6 +128,8 @@ class Asking:
         `LOOP_SEEN_S` count as running; one told to stop is forgotten."""
         now = time.monotonic()
         self.seen_loops[loop] = now
+        if self.loop_quota is None:  # no other study open: every exchange, so kept cheap
+            return "in"
         running = set(self.leases.loop_queues) | {
             other for other, seen in self.seen_loops.items() if now - seen < LOOP_SEEN_S}
         share = loop_share(loop, self.loop_quota, running, self.leases.held)
