@@ -314,7 +314,8 @@ def _end_trial_programs(client: Client) -> None:
     study, a Ctrl-C) left its program running past the run."""
     from studyflow.worker._reaper import end_descendants  # not before: `studyflow.worker` loads Optuna
 
-    pids = [nanny.pid for nanny in getattr(client.cluster, "workers", {}).values() if getattr(nanny, "pid", None)]
+    nannies = getattr(client.cluster, "workers", {}).values()
+    pids = [nanny.pid for nanny in nannies if getattr(nanny, "pid", None)]
     if pids:
         end_descendants(pids)
 

@@ -4,9 +4,11 @@ An objective that shells out (a training script, a simulator) starts processes o
 the worker goes (a hung trial's timeout restarts it, the run was stopped, the cluster closes),
 Dask stops the worker's process and nothing else: a program its trial had started ran on,
 holding its GPU or cores, past the study. A trial loop adds `ChildReaper` to its worker's
-plugins (a worker under a nanny: its process is the worker's own), whose `teardown` (at the worker's close, before the worker waits for its task
-threads) ends every process below the worker's. A worker killed outright (SIGKILL, the OOM
-killer) runs no teardown; its trial's programs are orphaned as before.
+plugins (on a worker under a nanny, whose process is the worker's own); its `teardown`, at the
+worker's close and before the worker waits for its task threads, ends every process below the
+worker's. A worker killed outright (SIGKILL, the OOM killer) runs no teardown: its trial's
+programs are orphaned as before. The CLI, which exits without closing its local cluster, ends
+them itself (`end_descendants`).
 """
 
 from __future__ import annotations
