@@ -464,7 +464,9 @@ def runs_a_child(trial):
     60 s, or $SF_CHILD_S), writes its pid to $SF_CHILD_PIDS, and waits for it."""
     x = trial.suggest_float("x", 0, 1)
     seconds = "600" if trial.number == 1 else os.environ.get("SF_CHILD_S", "60")
-    child = subprocess.Popen(["sleep", seconds])
+    # $SF_CHILD_IGNORES_TERM: a program that ignores SIGTERM (one busy saving a checkpoint)
+    ignores = ["sh", "-c", f"trap '' TERM; exec sleep {seconds}"] if os.environ.get("SF_CHILD_IGNORES_TERM") else []
+    child = subprocess.Popen(ignores or ["sleep", seconds])
     with open(os.environ["SF_CHILD_PIDS"], "a") as f:
         f.write(f"{child.pid}\n")
     child.wait()

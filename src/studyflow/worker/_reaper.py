@@ -21,7 +21,10 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import WorkerPlugin
 
 REAPER = "studyflow-child-reaper"
-GRACE_S = 0.5  # between asking the programs to end (SIGTERM) and killing them
+# Between asking the programs to end (SIGTERM) and killing them: within the 0.4 s a hung
+# trial's nanny gives its worker to close (the server's HUNG_KILL_S x 0.8) before it kills it,
+# with the reaper in it: one that ignores SIGTERM is still killed.
+GRACE_S = 0.25
 
 
 class ChildReaper(WorkerPlugin):
