@@ -343,3 +343,19 @@ def test_a_standing_slurm_cluster_runs_a_study_and_down_leaves_nothing_behind(tm
     while any(p.name.startswith((".c.json", "c.json")) and p.name != "c.json.log" for p in tmp_path.iterdir()):
         assert time.monotonic() < deadline, sorted(p.name for p in tmp_path.iterdir())
         time.sleep(0.5)
+
+
+def test_a_study_running_fewer_trials_at_once_than_its_jobs_hold_books_only_the_jobs_it_uses(tmp_path):
+    """`concurrency: 1` (the matrix example's methods) with `jobs: 2` of one worker: one trial
+    loop ran, on one job, and the other job sat booked and idle for the whole study."""
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "objective": "sf_objectives:sleepy", "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+        "budget": {"n_trials": 30}, "concurrency": 1, "cluster": {**SLURM, "cores": 1}}))  # 3 s of trials
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "studyflow.cli", "run", "study.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")["state"] == "COMPLETE").sum() == 30
+    jobs = sorted(p.name for p in (tmp_path / "logs/slurm-workers").glob("dask-worker-*.err"))
+    assert len(jobs) == 1, jobs
+    assert "1 job(s) of 1 worker(s)" in proc.stderr, proc.stderr[-3000:]

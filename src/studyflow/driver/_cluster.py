@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,19 @@ def slurm_job_script(cfg: ClusterConfig, search_paths: list[str] | None = None,
     job = SLURMJob(scheduler="tls://<scheduler>:<port>" if cfg.tls else "tcp://<scheduler>:<port>",
                    name="studyflow-worker", **slurm_cluster_kwargs(cfg, search_paths, resources))
     return job.job_script()
+
+
+def jobs_used(cfg: ClusterConfig, loops: int | None) -> ClusterConfig:
+    """`cfg` with no more SLURM jobs than hold `loops` trial loops (the study's concurrency, or
+    its reproducible window): loops never exceed it, so a job beyond them was booked and sat
+    idle for the whole study (`concurrency: 1` with `jobs: 2`). Adaptive clusters follow the
+    loops already; other modes are as they are."""
+    if cfg.mode != "slurm" or cfg.adapt is not None or not loops or loops >= cfg.jobs * cfg.cores:
+        return cfg
+    jobs = -(-loops // cfg.cores)
+    _logger.info("%d trial(s) at once fit %d of the %d worker job(s) of %d worker(s) asked for: submitting %d",
+                 loops, jobs, cfg.jobs, cfg.cores, jobs)
+    return replace(cfg, jobs=jobs)
 
 
 def describe(cfg: ClusterConfig, n_workers: int | None, search_paths: list[str] | None = None,

@@ -35,6 +35,7 @@ from studyflow._processes import warm_forkserver
 from studyflow.config import StudyConfig
 from studyflow.config import load_study
 from studyflow.driver._cluster import connecting
+from studyflow.driver._cluster import jobs_used
 from studyflow.driver._supervisor import supervisor_for
 from studyflow.driver._data import resolve_data
 from studyflow.driver._hooks import Callback
@@ -145,7 +146,7 @@ def optimize(
         module = cfg.objective.partition(":")[0] if objective is None else getattr(objective, "__module__", None)
         warm_forkserver([module] if module and module != "__main__" else [], tables=data_arg is not None)
     starting = nullcontext(lambda: client) if client is not None else connecting(
-        n_workers or cfg.concurrency, address, cluster=cfg.cluster,
+        n_workers or cfg.concurrency, address, cluster=jobs_used(cfg.cluster, cfg.window or cfg.concurrency),
         tls_dir=layout.store / "tls", search_paths=paths, resources=cfg.worker_resources, exiting=exiting,
         source=label)
     with starting as started:  # a local cluster starts meanwhile
