@@ -196,15 +196,22 @@ def test_a_run_interrupted_twice_still_runs_every_interrupted_trial_with_its_par
         run.send_signal(signal.SIGINT)
         out, _ = run.communicate(timeout=30)
         assert run.returncode == 130, out[-2000:]
+    trials, interrupted = rerun_interrupted(workdir, cmd)
+    assert len(interrupted) >= 3  # two on the first stop, at least one retry on the second
+
+
+def rerun_interrupted(workdir: Path, cmd: list[str]) -> tuple[list, list]:
+    """Rerun the stopped study; its trials and those a stop interrupted, each of which ran
+    again with its parameters, every trial of the budget COMPLETE."""
     rerun = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     journal = next((workdir / "results/.store/journals").glob("counted-*.log"))
     trials = optuna.load_study(study_name="counted", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
     interrupted = [t for t in trials if t.system_attrs.get("studyflow:error") == "Interrupted: the run was stopped"]
-    assert len(interrupted) >= 3  # two on the first stop, at least one retry on the second
     complete = {t.params["x"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert all(t.params["x"] in complete for t in interrupted)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == N_TRIALS
+    return trials, interrupted
 
 
 def test_a_trial_cut_short_by_a_killed_run_keeps_its_retries_for_a_worker_that_dies(tmp_path, monkeypatch):
@@ -262,41 +269,9 @@ def test_ctrl_c_in_a_terminal_reruns_the_running_trials_even_with_no_retries(wor
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=30)
     assert run.returncode == 130, out[-2000:]
-    rerun = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    journal = next((workdir / "results/.store/journals").glob("counted-*.log"))
-    trials = optuna.load_study(study_name="counted", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    trials, interrupted = rerun_interrupted(workdir, cmd)
     assert not [t.number for t in trials if "WorkerLost" in str(t.system_attrs.get("studyflow:error"))]
-    interrupted = [t for t in trials if t.system_attrs.get("studyflow:error") == "Interrupted: the run was stopped"]
     assert interrupted
-    complete = {t.params["x"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
-    assert all(t.params["x"] in complete for t in interrupted)
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == N_TRIALS
-
-
-def test_a_trial_cut_short_by_a_killed_run_keeps_its_retries_for_a_worker_that_dies(tmp_path, monkeypatch):
-    """The resume re-ran a trial that a SIGKILLed run left running as attempt 1, spending one of
-    `budget.retries` on the kill (a Ctrl-C does not): when that re-run's worker then died, its
-    parameters never ran again, with `retries: 1`."""
-    monkeypatch.setenv("SF_STATE_DIR", str(tmp_path))
-    study = {"objective": "sf_objectives:killed_then_crashes_once", "prefetch": 0,
-             "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
-             "sampler": {"name": "random", "seed": 2}, "budget": {"n_trials": 1, "retries": 1}}
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    cmd = [sys.executable, "-m", "studyflow.cli", "run", "study.yaml", "--workers", "1"]
-    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (began := list(tmp_path.glob("0.*"))):  # the first trial began: its x names its file
-        assert run.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    first = float(began[0].name)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    trials = pd.read_parquet(tmp_path / "results/studies/study/trials.parquet")
-    assert trials.loc[trials["state"] == "COMPLETE", "params_x"].tolist() == [first], trials.to_string()
 
 
 def running(pids: list[int]) -> list[int]:
