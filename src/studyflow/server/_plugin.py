@@ -56,6 +56,7 @@ from studyflow.errors import StudyflowError
 
 _logger = logging.getLogger(__name__)
 HUNG_KILL_S = 0.5  # a hung trial's worker is asked to close, and killed 0.4 s later (`_kill_workers`)
+MEMORY_EVENT_WAIT_S = 0.2  # for a nanny's memory stop event trailing its worker's removal
 
 
 class UnknownStudyError(KeyError):
@@ -361,8 +362,9 @@ class StudyServer(SchedulerPlugin):
         return reply
 
     def log_event(self, topic: str, msg: Any) -> None:
-        """Note a worker its nanny stops for memory (the event comes before the worker leaves),
-        so its trials' error says so: a leak or an oversized trial, not a crash."""
+        """Note a worker its nanny stops for memory, so its trials' error says so: a leak or an
+        oversized trial, not a crash. The nanny sends the event as it stops the worker, and it
+        may arrive just after the worker's removal: `_fail_trials_of` waits for it a moment."""
         if topic == "worker-restart-memory" and isinstance(msg, dict) and msg.get("worker"):
             self._memory_stops[msg["worker"]] = msg.get("rss") or 0
 
@@ -371,14 +373,20 @@ class StudyServer(SchedulerPlugin):
         open: the scheduler awaits what its plugins return, and a cluster closing after its
         studies (SLURM's) cut that wait short for each worker it removed, which distributed
         logged as ERROR tracebacks after a study that had gone right."""
-        why = f"WorkerLost: worker {worker} left mid-trial"
-        if worker in self._memory_stops:
-            rss = self._memory_stops.pop(worker)
-            why += f" (its nanny stopped it at 95% of its memory limit, using {rss / 2**20:,.0f} MiB)"
-        return self._fail_trials_of(worker, why) if self._studies else None
+        if not self._studies:
+            self._memory_stops.pop(worker, None)
+        return self._fail_trials_of(worker) if self._studies else None
 
-    async def _fail_trials_of(self, worker: str, why: str) -> None:
+    async def _fail_trials_of(self, worker: str) -> None:
         try:
+            waited = time.monotonic() + MEMORY_EVENT_WAIT_S
+            while worker not in self._memory_stops and time.monotonic() < waited and any(
+                    served.leases.of_worker(worker) for served in self._studies.values()):
+                await asyncio.sleep(0.01)
+            why = f"WorkerLost: worker {worker} left mid-trial"
+            if worker in self._memory_stops:
+                rss = self._memory_stops.pop(worker)
+                why += f" (its nanny stopped it at 95% of its memory limit, using {rss / 2**20:,.0f} MiB)"
             for served in list(self._studies.values()):
                 async with served.lock:
                     lost = served.leases.of_worker(worker)
