@@ -33,7 +33,7 @@ class ChildReaper(WorkerPlugin):
     name = REAPER
 
     def teardown(self, worker: Any) -> None:
-        end_children(os.getpid())
+        end_descendants([os.getpid()])
 
 
 def closing(worker: Any) -> bool:
@@ -50,13 +50,9 @@ def watch_children(worker: Any) -> None:
         worker.plugins[REAPER] = ChildReaper()
 
 
-def end_children(pid: int, grace_s: float = GRACE_S) -> None:
-    """SIGTERM to every process below `pid`, then SIGKILL to those still there after `grace_s`."""
-    end_descendants([pid], grace_s)
-
-
 def end_descendants(pids: list[int], grace_s: float = GRACE_S) -> None:
-    """`end_children` of each of `pids` (the process table read once)."""
+    """SIGTERM to every process below each of `pids`, then SIGKILL to those still there after
+    `grace_s` (the process table read once for all of them)."""
     below: dict[int, list[int]] = {}
     for proc in psutil.process_iter(["ppid"]):
         below.setdefault(proc.info["ppid"], []).append(proc.pid)
