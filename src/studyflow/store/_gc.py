@@ -13,7 +13,6 @@ starts while gc runs waits for it.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
@@ -31,8 +30,6 @@ from studyflow.store._store import TrialStore
 _logger = logging.getLogger(__name__)
 IN_USE = "in-use.lock"
 GC_WAIT_S = 600.0  # how long a starting study waits for a running gc before it fails
-_CREATE_TRIAL, _SET_TRIAL_STATE, _SET_TRIAL_SYSTEM_ATTR = 4, 6, 9  # Optuna journal op codes
-_RUNNING, _WAITING = 0, 4  # Optuna's TrialState values
 _JOURNAL_LOCK = re.compile(r"^(?P<study>.+)-[0-9a-f]{16}$")  # `<study>-<hash>.lock` (driver.ResultsLayout)
 
 
@@ -110,41 +107,38 @@ def referenced(journal_dir: str | Path) -> tuple[set[str], set[tuple[str, int]]]
 
 
 def _keys_in(journal: Path, damaged_ok: bool) -> tuple[set[str], set[tuple[str, int]]]:
+    # here, not at the top: `studyflow.store` loads without Optuna
+    from optuna.trial import TrialState
+
+    from studyflow._compat import JournalOperation
+    from studyflow.optuna_ext._journal_check import read_records
+
     key_of: dict[int, str] = {}  # trial id (its number: a studyflow journal holds one study) -> key
     state_of: dict[int, int] = {}
     created = 0
     bad: tuple[int, int, str] | None = None  # (line, byte, why) of an unreadable line
-    offset = 0
-    with open(journal, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            if bad is not None and not damaged_ok:  # more after an unreadable line: not a torn tail
-                raise JournalDamagedError(
-                    f"{journal}: unreadable journal record at line {bad[0]} (byte {bad[1]}): {bad[2]}; the store "
-                    f"is not collected (the keys in the hole are unknown): `studyflow journal repair {journal}` "
-                    f"first, then gc")
-            try:
-                record = json.loads(line) if line.endswith(b"\n") else None
-            except ValueError:  # JSONDecodeError, UnicodeDecodeError
-                record = None
-            if not isinstance(record, dict) or not isinstance(record.get("op_code"), int):
-                bad = bad or (number, offset, "no line end" if not line.endswith(b"\n")
-                              else "not an Optuna journal record" if isinstance(record, dict) else "not JSON")
-                offset += len(line)
-                continue
-            op, trial_id = record["op_code"], record.get("trial_id")
-            attrs = None
-            if op == _CREATE_TRIAL:
-                trial_id, created = created, created + 1
-                state_of[trial_id] = record.get("state", _RUNNING)
-                attrs = record.get("system_attrs")
-            elif op == _SET_TRIAL_SYSTEM_ATTR:
-                attrs = record.get("system_attr")
-            elif op == _SET_TRIAL_STATE and isinstance(trial_id, int):
-                state_of[trial_id] = record.get("state")
-            if isinstance(attrs, dict) and isinstance(attrs.get(KEY_ATTR), str) and isinstance(trial_id, int):
-                key_of[trial_id] = attrs[KEY_ATTR]
-            offset += len(line)
-    running = {(key, n) for n, key in key_of.items() if state_of.get(n, _RUNNING) in (_RUNNING, _WAITING)}
+    for number, offset, _, record, why in read_records(journal):
+        if bad is not None and not damaged_ok:  # more after an unreadable line: not a torn tail
+            raise JournalDamagedError(
+                f"{journal}: unreadable journal record at line {bad[0]} (byte {bad[1]}): {bad[2]}; the store "
+                f"is not collected (the keys in the hole are unknown): `studyflow journal repair {journal}` "
+                f"first, then gc")
+        if record is None:
+            bad = bad or (number, offset, why)
+            continue
+        op, trial_id, attrs = record["op_code"], record.get("trial_id"), None
+        if op == JournalOperation.CREATE_TRIAL:
+            trial_id, created = created, created + 1
+            state_of[trial_id] = record.get("state", TrialState.RUNNING)
+            attrs = record.get("system_attrs")
+        elif op == JournalOperation.SET_TRIAL_SYSTEM_ATTR:
+            attrs = record.get("system_attr")
+        elif op == JournalOperation.SET_TRIAL_STATE_VALUES and isinstance(trial_id, int):
+            state_of[trial_id] = record.get("state")
+        if isinstance(attrs, dict) and isinstance(attrs.get(KEY_ATTR), str) and isinstance(trial_id, int):
+            key_of[trial_id] = attrs[KEY_ATTR]
+    unfinished = (TrialState.RUNNING, TrialState.WAITING)
+    running = {(key, n) for n, key in key_of.items() if state_of.get(n, TrialState.RUNNING) in unfinished}
     return set(key_of.values()), running
 
 
